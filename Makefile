@@ -1,0 +1,87 @@
+# marketpulse: every target a person or a nightly job needs.
+# The Makefile owns its virtualenv (.venv) and installs from pyproject.toml.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MP     := $(BIN)/marketpulse
+STAMP  := $(VENV)/.installed
+EXTRAS ?= train,trends,dev
+
+# Job variables (override on the command line: make score DB=prod.duckdb TABLE=news ...)
+DB          ?= artifacts/demo/market.duckdb
+TABLE       ?= posts
+ID_COL      ?= id
+TEXT_COL    ?= text
+LABEL_COL   ?= label
+TIME_COL    ?= posted_at
+BY          ?= brand
+GRAIN       ?= week
+DEVICE      ?= auto
+MODEL       ?= artifacts/model
+BUNDLE      ?= artifacts/bundle
+INPUT       ?=
+TRAIN_ARGS  ?=
+EXPORT_ARGS ?=
+SCORE_ARGS  ?=
+TRENDS_ARGS ?=
+BENCH_ARGS  ?=
+
+.PHONY: setup setup-gpu test test-fast lint fmt demo bench train export score trends nightly clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: it is a CPU build on local disk; unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+# onnxruntime and onnxruntime-gpu must never be installed together: the CUDA provider
+# silently disappears. Remove the CPU build first, then install the GPU one.
+setup-gpu: setup
+	$(BIN)/python -m pip uninstall -y onnxruntime
+	$(BIN)/python -m pip install -q 'onnxruntime-gpu>=1.18'
+	$(BIN)/python -c "import onnxruntime as ort; print(ort.get_available_providers())"
+
+test: setup
+	$(BIN)/python -m pytest -m "not gpu" -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not gpu and not slow" -q
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: setup
+	$(BIN)/python -m marketpulse.demo
+
+bench: setup
+	$(BIN)/python -m marketpulse.bench $(BENCH_ARGS)
+
+train: setup
+	$(MP) train $(if $(INPUT),--input $(INPUT),--db $(DB) --table $(TABLE)) \
+		--text-col $(TEXT_COL) --label-col $(LABEL_COL) --out $(MODEL) $(TRAIN_ARGS)
+
+export: setup
+	$(MP) export --model $(MODEL) --out $(BUNDLE) $(EXPORT_ARGS)
+
+score: setup
+	$(MP) score --db $(DB) --table $(TABLE) --id-col $(ID_COL) --text-col $(TEXT_COL) \
+		--bundle $(BUNDLE) --device $(DEVICE) $(SCORE_ARGS)
+
+trends: setup
+	$(MP) trends --db $(DB) --source $(TABLE) --id-col $(ID_COL) --time-col $(TIME_COL) \
+		--by $(BY) --grain $(GRAIN) $(TRENDS_ARGS)
+
+nightly: score trends
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache *.egg-info

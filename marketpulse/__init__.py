@@ -1,0 +1,3 @@
+"""marketpulse: fine-tune, export and score market text."""
+
+__version__ = "0.1.0"

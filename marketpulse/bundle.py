@@ -1,0 +1,193 @@
+"""The model bundle: the one contract between export (writes) and runtime (reads).
+
+A bundle is a directory that scores text without torch or transformers:
+
+    BUNDLE_DIR/
+      model.fp32.onnx     fp32 graph (reference, any provider)
+      model.int8.onnx     dynamically quantized graph for the CPU provider
+      model.fp16.onnx     fp16 graph for the CUDA provider (float32 inputs/outputs kept)
+      tokenizer.json      Hugging Face `tokenizers` file
+      labels.json         ["bearish", "bullish", "neutral"], index = logit position
+      manifest.json       everything below
+
+manifest.json holds the bundle format version, the model version (a content hash of
+the graphs and labels, so the same model always gets the same version), the source
+checkpoint and base model, max length, opset, library versions, the sha256 of every
+other file, and the parity/accuracy results export measured. A bundle whose manifest
+says `valid: false` (failed its accuracy gate) or whose files do not match their
+hashes is refused by `load_bundle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marketpulse.errors import MarketpulseError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+LABELS = "labels.json"
+VARIANTS = ("fp32", "int8", "fp16")
+
+
+def variant_file(variant: str) -> str:
+    return f"model.{variant}.onnx"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_version(file_hashes: dict[str, str], labels: list[str]) -> str:
+    """Content hash of the graphs and labels: equal models share a version."""
+    digest = hashlib.sha256()
+    for name in sorted(file_hashes):
+        if name.endswith(".onnx"):
+            digest.update(f"{name}={file_hashes[name]}\n".encode())
+    digest.update(json.dumps(labels).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.manifest["max_length"])
+
+    @property
+    def variants(self) -> list[str]:
+        return [v for v in VARIANTS if v in self.manifest["variants"]]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER
+
+    def variant_path(self, variant: str) -> Path:
+        if variant not in self.manifest["variants"]:
+            have = ", ".join(self.variants)
+            raise MarketpulseError(
+                f"bundle {self.path} has no {variant!r} graph (has: {have}); "
+                f"re-export with --variants including {variant}"
+            )
+        return self.path / self.manifest["variants"][variant]["file"]
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file in the bundle, stamp format and model version, write manifest.json.
+
+    `manifest` must carry at least `labels`, `max_length` and `variants`
+    ({variant: {...metadata}}); file names and hashes are filled in here.
+    The manifest is written last, through a temporary file, so a crash mid-export
+    never leaves a bundle that looks complete.
+    """
+    bundle_dir = Path(bundle_dir)
+    labels = list(manifest["labels"])
+    (bundle_dir / LABELS).write_text(json.dumps(labels) + "\n")
+    files = {
+        p.name: sha256_file(p)
+        for p in sorted(bundle_dir.iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    out = dict(manifest)
+    out["format_version"] = FORMAT_VERSION
+    out["labels"] = labels
+    out["files"] = files
+    out["model_version"] = model_version(files, labels)
+    for variant, meta in out["variants"].items():
+        meta["file"] = variant_file(variant)
+        if meta["file"] not in files:
+            raise MarketpulseError(f"export bug: {meta['file']} missing from {bundle_dir}")
+    out.setdefault("valid", True)
+    tmp = bundle_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    tmp.replace(bundle_dir / MANIFEST)
+    return out
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise MarketpulseError(
+            f"{bundle_dir} is not a marketpulse bundle (no {MANIFEST}); "
+            "create one with `marketpulse export --model CHECKPOINT --out DIR`"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MarketpulseError(
+            f"{path} is unreadable ({exc}); re-export the bundle with `marketpulse export`"
+        ) from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise MarketpulseError(
+            f"{bundle_dir} has bundle format {manifest.get('format_version')!r}, this "
+            f"marketpulse reads format {FORMAT_VERSION}; re-export it with this version"
+        )
+    return manifest
+
+
+def verify_bundle(bundle_dir: Path) -> list[str]:
+    """Return a list of problems (empty when every file matches its recorded hash)."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    problems = []
+    for name, expected in sorted(manifest.get("files", {}).items()):
+        path = bundle_dir / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{name}: sha256 mismatch (file altered or corrupt)")
+    labels_file = bundle_dir / LABELS
+    if labels_file.is_file() and not problems:
+        if json.loads(labels_file.read_text()) != manifest["labels"]:
+            problems.append(f"{MANIFEST}: labels differ from {LABELS}")
+    if not problems and model_version(manifest["files"], manifest["labels"]) != manifest.get(
+        "model_version"
+    ):
+        problems.append(f"{MANIFEST}: model_version does not match the graphs and labels")
+    return problems
+
+
+def load_bundle(bundle_dir: Path, *, allow_invalid: bool = False) -> Bundle:
+    """Open a bundle after checking every hash; raise MarketpulseError saying the fix."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise MarketpulseError(
+            f"bundle directory {bundle_dir} not found; pass --bundle with a directory "
+            "made by `marketpulse export`"
+        )
+    manifest = read_manifest(bundle_dir)
+    problems = verify_bundle(bundle_dir)
+    if problems:
+        raise MarketpulseError(
+            f"bundle {bundle_dir} is corrupt ({'; '.join(problems)}); re-export it with "
+            "`marketpulse export`"
+        )
+    if not manifest.get("valid", False) and not allow_invalid:
+        reason = manifest.get("invalid_reason", "it failed export's accuracy checks")
+        raise MarketpulseError(
+            f"bundle {bundle_dir} is marked invalid ({reason}); re-export it, or pass "
+            "--allow-accuracy-drop to export if the drop is acceptable"
+        )
+    return Bundle(path=bundle_dir, manifest=manifest)
