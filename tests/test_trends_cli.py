@@ -1,0 +1,136 @@
+"""`marketpulse trends` on the command line: outputs written, errors that name the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from trends_fixtures import build_db
+
+from marketpulse.cli import main
+
+
+@pytest.fixture
+def db(tmp_path):
+    return build_db(tmp_path / "market.duckdb")
+
+
+def _invoke(db, *extra):
+    args = ["trends", "--db", str(db), "--source", "posts", "--id-col", "id"]
+    args += ["--time-col", "posted_at", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def test_trends_writes_table_exports_and_plot(db, tmp_path):
+    csv, parquet, png = tmp_path / "t.csv", tmp_path / "t.parquet", tmp_path / "t.png"
+    res = _invoke(
+        db, "--by", "brand", "--grain", "day", "--window", "3",
+        "--csv", str(csv), "--parquet", str(parquet), "--plot", str(png),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    con = duckdb.connect(str(db), read_only=True)
+    n, flagged = con.execute(
+        "SELECT count(*), list(brand || ' ' || bucket) FILTER (WHERE is_shift) FROM trend_posts_day"
+    ).fetchone()
+    con.close()
+    assert n == 16 and flagged == ["A 2024-01-08"]
+    assert "Flagged shifts (|z| >= 2): 1" in res.output
+    assert "A      2024-01-08  4       -0.750" in res.output
+    assert pacsv.read_csv(csv).num_rows == 16
+    table = pq.read_table(parquet)
+    assert table.num_rows == 16 and "forecast_high" in table.column_names
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert f"wrote plot: {png}" in res.output
+
+
+def test_rerun_refreshes_the_table(db):
+    assert _invoke(db, "--by", "brand", "--grain", "day").exit_code == 0
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM posts WHERE brand = 'B'")
+    con.close()
+    assert _invoke(db, "--by", "brand", "--grain", "day").exit_code == 0
+    con = duckdb.connect(str(db), read_only=True)
+    brands = con.execute("SELECT list(DISTINCT brand) FROM trend_posts_day").fetchone()[0]
+    con.close()
+    assert brands == ["A"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--by", "region"], "column 'region' not found in table 'posts'"),
+        (["--positive", "bullish"], "--positive 'bullish' is not a label of the model"),
+        (["--scores-table", "nope"], "table 'nope' not found"),
+        (["--by", "volume"], "column 'volume' not found"),
+    ],
+)
+def test_errors_name_the_fix(db, extra, message):
+    res = _invoke(db, *extra)
+    assert res.exit_code == 1
+    assert message in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_time_column_must_be_a_date(db):
+    res = CliRunner().invoke(
+        main,
+        ["trends", "--db", str(db), "--source", "posts", "--id-col", "id", "--time-col", "id"],
+    )
+    assert res.exit_code == 1
+    assert "column 'id' is INTEGER, not a date or timestamp; pass --time-col" in res.output
+    con = duckdb.connect(str(db), read_only=True)
+    tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    con.close()
+    assert not any(t.startswith("trend_") for t in tables)
+
+
+def test_unscored_source_and_missing_db(db, tmp_path):
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE fresh (id INTEGER, posted_at DATE)")
+    con.execute("INSERT INTO fresh VALUES (999, DATE '2024-01-01')")
+    con.close()
+    res = CliRunner().invoke(
+        main,
+        [
+            "trends",
+            "--db",
+            str(db),
+            "--source",
+            "fresh",
+            "--id-col",
+            "id",
+            "--time-col",
+            "posted_at",
+        ],
+    )
+    assert res.exit_code == 1 and "no row of 'fresh' has a score" in res.output
+    res = _invoke(tmp_path / "missing.duckdb")
+    assert res.exit_code == 1 and "not found; pass --db" in res.output
+
+
+def test_bad_choices_are_usage_errors(db):
+    assert _invoke(db, "--grain", "hour").exit_code == 2
+    assert _invoke(db, "--window", "1").exit_code == 2
+    assert _invoke(db, "--z-threshold", "0").exit_code == 2
+
+
+def test_by_column_that_clashes_with_a_trend_column(db):
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE posts ADD COLUMN volume INTEGER")
+    con.close()
+    res = _invoke(db, "--by", "volume")
+    assert res.exit_code == 1 and "clashes with a trend column" in res.output
+
+
+def test_runtime_import_does_not_load_matplotlib():
+    code = (
+        "import sys, marketpulse.runtime.trends, marketpulse.runtime.plot; "
+        "print('matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
