@@ -45,3 +45,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported by `marketpulse.export.run` (fp32, int8, fp16 graphs).
+
+    Read-only: tests that corrupt a bundle copy it first.
+    """
+    pytest.importorskip("optimum.onnxruntime")
+    from marketpulse.export import ExportConfig, run
+
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    # A random tiny model has near-tied logits, so int8 may flip a few argmaxes; the
+    # gate is tested on its own, this fixture only needs a loadable bundle.
+    return run(
+        ExportConfig(
+            model=tiny_checkpoint,
+            out=out,
+            variants=("fp32", "int8", "fp16"),
+            allow_accuracy_drop=True,
+        )
+    )

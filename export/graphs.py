@@ -1,0 +1,167 @@
+"""Make the ONNX graphs of a bundle: the fp32 export, its ORT optimization, int8, fp16.
+
+Every function takes a graph file and writes a new one, so the stage can chain them
+in the order that `marketpulse.export.measure` found fastest on this CPU:
+
+    export (optimum) -> optimize (ORT level) -> quantize int8 (dynamic, per-channel)
+    export (optimum) -> transformers optimizer (model_type bert) -> float16 (fp32 I/O kept)
+
+Nothing here talks to a model hub: the checkpoint is a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from pathlib import Path
+
+from marketpulse.errors import MarketpulseError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZATION_LEVELS = ("none", "O1", "O2", "O3")
+INT8_ORDERS = ("optimize-then-quantize", "quantize-then-optimize")
+DEFAULT_OPSET = 18
+
+
+def export_fp32(checkpoint: Path, workdir: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export the checkpoint with optimum; batch and sequence axes stay dynamic."""
+    from optimum.exporters.onnx import main_export
+
+    out = workdir / "optimum"
+    try:
+        main_export(
+            str(checkpoint),
+            out,
+            task="text-classification",
+            opset=opset,
+            local_files_only=True,
+            library_name="transformers",
+            # export.run checks parity itself, on real texts and with a tighter bound
+            do_validation=False,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise MarketpulseError(
+            f"could not export {checkpoint} to ONNX ({exc}); pass --model with a checkpoint "
+            "directory written by `marketpulse train`"
+        ) from exc
+    return out / "model.onnx"
+
+
+def optimize(model: Path, level: str, out_dir: Path) -> Path:
+    """Apply optimum's ORT optimization level offline; `none` copies the graph unchanged.
+
+    O1 is ORT's basic level (constant folding, redundant node removal); O2 adds the
+    transformer fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization).
+    """
+    if level not in OPTIMIZATION_LEVELS:
+        raise MarketpulseError(
+            f"unknown optimization level {level!r}; pass one of {', '.join(OPTIMIZATION_LEVELS)}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if level == "none":
+        return _copy_graph(model, out_dir)
+    from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
+
+    optimizer = ORTOptimizer.from_pretrained(model.parent, file_names=[model.name])
+    config = AutoOptimizationConfig.with_optimization_level(level, for_gpu=False)
+    optimizer.optimize(config, save_dir=out_dir, file_suffix=None)
+    return out_dir / model.name
+
+
+def _copy_graph(model: Path, out_dir: Path) -> Path:
+    """Copy a graph and the config.json beside it (optimum's tools read it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model, out_dir / model.name)
+    if (model.parent / "config.json").is_file():
+        shutil.copyfile(model.parent / "config.json", out_dir / "config.json")
+    return out_dir / model.name
+
+
+def cpu_isa() -> str:
+    """The instruction set that decides the int8 quantization config on this machine."""
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags and "avx512bw" in flags:
+        return "avx512"
+    if "avx2" in flags:
+        return "avx2"
+    return "generic"
+
+
+def quantization_config(isa: str):
+    """optimum's dynamic, per-channel int8 config for `isa`.
+
+    VNNI computes u8*s8 in one instruction without saturating, so full range is safe;
+    plain AVX2/AVX512 use VPMADDUBSW, whose int16 intermediate saturates, hence 7-bit
+    `reduce_range`.
+    """
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    if isa == "avx512_vnni":
+        return AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
+    if isa == "avx512":
+        return AutoQuantizationConfig.avx512(is_static=False, per_channel=True, reduce_range=True)
+    if isa == "arm64":
+        return AutoQuantizationConfig.arm64(is_static=False, per_channel=True)
+    return AutoQuantizationConfig.avx2(is_static=False, per_channel=True, reduce_range=True)
+
+
+def quantize_int8(model: Path, out_dir: Path, isa: str) -> Path:
+    """Dynamic int8 quantization (weights per channel, activations at run time)."""
+    from optimum.onnxruntime import ORTQuantizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        quantizer = ORTQuantizer.from_pretrained(model.parent, file_name=model.name)
+        quantizer.quantize(quantization_config(isa), save_dir=out_dir, file_suffix=None)
+    except Exception as exc:  # onnx shape inference raises bare Exceptions
+        raise MarketpulseError(
+            f"int8 quantization of {model} failed ({str(exc).splitlines()[0]}); "
+            "export with --optimization none or O1, or leave int8 out of --variants"
+        ) from exc
+    return out_dir / model.name
+
+
+def convert_fp16(model: Path, out_dir: Path) -> Path:
+    """fp16 graph for the CUDA provider, made on any machine.
+
+    The transformers optimizer fuses for GPU first (fused kernels are where fp16 pays
+    off), then weights become float16 while inputs (int64 ids) and the logits output
+    keep their types, so the runtime feeds and reads the same arrays for every variant.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = json.loads((model.parent / "config.json").read_text())
+    fused = optimize_model(
+        str(model),
+        model_type="bert",
+        num_heads=config["num_attention_heads"],
+        hidden_size=config["hidden_size"],
+        opt_level=0,
+        use_gpu=True,
+    )
+    fused.convert_float_to_float16(keep_io_types=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fused.save_model_to_file(str(out_dir / model.name))
+    return out_dir / model.name
+
+
+def opset_of(model: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False)
+    return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))

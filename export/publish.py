@@ -1,0 +1,112 @@
+"""Check a staged bundle against PyTorch and, when it passes, move it into place.
+
+The gate:
+- fp32 parity: max |logit_onnx - logit_torch| <= parity_tolerance, always fatal
+  (a wrong export is never "an acceptable drop").
+- every other variant that can run here: top-1 agreement with PyTorch >= min_agreement
+  and macro-F1 no more than max_f1_drop below PyTorch's, unless allow_accuracy_drop.
+- fp16 needs the CUDA provider; without it the check is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from marketpulse.bundle import Bundle, load_bundle, write_manifest
+from marketpulse.errors import MarketpulseError
+
+log = logging.getLogger(__name__)
+
+
+def check_and_publish(cfg, checkpoint: Path, staging: Path, out: Path, manifest: dict) -> Bundle:
+    from marketpulse.export.checks import TorchReference, compare, load_check_texts, run_all
+    from marketpulse.metrics import classification_metrics
+    from marketpulse.runtime.predictor import Predictor, cuda_provider_available
+
+    manifest = dict(manifest, valid=False, invalid_reason="export checks have not run yet")
+    write_manifest(staging, manifest)
+    staged = load_bundle(staging, allow_invalid=True)
+
+    labels = staged.labels
+    texts = load_check_texts(checkpoint, labels, cfg.check_rows)
+    runnable = [v for v in staged.variants if v != "fp16" or cuda_provider_available()]
+    predictors = {
+        v: Predictor(staged, variant=v, device="cuda" if v == "fp16" else "cpu") for v in runnable
+    }
+    onnx_logits, torch_logits = run_all(predictors, TorchReference(checkpoint), texts.texts)
+    del predictors  # release the sessions before the files move
+
+    checks: dict[str, Any] = {"texts": texts.source, "variants": {}}
+    if texts.labels is not None:
+        predicted = [labels[i] for i in torch_logits.argmax(axis=1)]
+        scores = classification_metrics(texts.labels, predicted, labels)
+        checks["pytorch"] = {"rows": len(predicted), "macro_f1": scores["macro_f1"]}
+    failures: list[str] = []
+    drops: list[str] = []
+    for variant in staged.variants:
+        if variant not in onnx_logits:
+            checks["variants"][variant] = {"skipped": "no CUDA provider"}
+            continue
+        result = compare(onnx_logits[variant], torch_logits, labels, texts.labels)
+        checks["variants"][variant] = result
+        if variant == "fp32":
+            result["parity_tolerance"] = cfg.parity_tolerance
+            if result["max_abs_logit_diff"] > cfg.parity_tolerance:
+                failures.append(
+                    f"fp32 logits differ from PyTorch by {result['max_abs_logit_diff']:.2e} "
+                    f"(> {cfg.parity_tolerance:.0e})"
+                )
+            continue
+        if result["agreement"] < cfg.min_agreement:
+            drops.append(
+                f"{variant} agrees with PyTorch on {result['agreement']:.2%} of rows "
+                f"(< {cfg.min_agreement:.2%})"
+            )
+        if "macro_f1" in result:
+            result["f1_drop"] = checks["pytorch"]["macro_f1"] - result["macro_f1"]
+            if result["f1_drop"] > cfg.max_f1_drop:
+                drops.append(
+                    f"{variant} macro-F1 is {result['f1_drop']:.4f} below PyTorch's "
+                    f"(> {cfg.max_f1_drop})"
+                )
+    checks["gate"] = {
+        "min_agreement": cfg.min_agreement,
+        "max_f1_drop": cfg.max_f1_drop,
+        "allow_accuracy_drop": cfg.allow_accuracy_drop,
+        "accuracy_drops": drops,
+    }
+    if failures:
+        raise MarketpulseError(
+            f"export rejected, {out} left unchanged: {'; '.join(failures)}; the ONNX export "
+            "is wrong: re-export with --optimization none, and report it if that fails too"
+        )
+    if drops and not cfg.allow_accuracy_drop:
+        raise MarketpulseError(
+            f"export rejected, {out} left unchanged: {'; '.join(drops)}; pass "
+            "--allow-accuracy-drop to accept it, or loosen --min-agreement / --max-f1-drop"
+        )
+    manifest.update(checks=checks, valid=True)
+    manifest.pop("invalid_reason")
+    write_manifest(staging, manifest)
+    _replace_dir(staging, out)
+    return load_bundle(out)
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`; an existing bundle there is swapped out, then deleted."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

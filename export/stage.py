@@ -1,0 +1,245 @@
+"""The export stage, top to bottom: checkpoint -> ONNX graphs -> checked bundle.
+
+    graphs    optimum export (fp32), ORT optimization, int8 quantization, fp16 conversion
+    staging   graphs + tokenizer.json + labels written to a hidden sibling of --out
+    checks    fp32 parity with PyTorch, then agreement and macro-F1 per variant
+    publish   manifest with the results, then one rename puts the bundle in place
+
+A failed check raises before publishing, so --out never holds a half-written or
+unchecked bundle: it keeps whatever it held before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from marketpulse.bundle import MANIFEST, TOKENIZER, VARIANTS, Bundle, variant_file
+from marketpulse.errors import MarketpulseError
+from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 128
+# Measured by `python -m marketpulse.export.measure` (see its docstring): on AVX512-VNNI
+# the int8 graph made from the O1 graph is fastest at equal agreement, and ORT's own
+# load-time fusions make offline O2 no faster for fp32.
+DEFAULT_OPTIMIZATION = "O1"
+DEFAULT_INT8_ORDER = "optimize-then-quantize"
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "tokenizers",
+)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: Path
+    out: Path
+    variants: tuple[str, ...] = VARIANTS
+    min_agreement: float = 0.99
+    max_f1_drop: float = 0.01
+    allow_accuracy_drop: bool = False
+    parity_tolerance: float = 1e-4
+    optimization: str = DEFAULT_OPTIMIZATION
+    int8_order: str = DEFAULT_INT8_ORDER
+    opset: int = DEFAULT_OPSET
+    max_length: int | None = None  # None: from the checkpoint's metrics.json, else 128
+    check_rows: int | None = None  # cap on test-split rows checked; None: all
+
+    def __post_init__(self):
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise MarketpulseError(
+                f"unknown variants {unknown}; pass --variants as a comma list of {', '.join(VARIANTS)}"
+            )
+        if "fp32" not in self.variants:
+            raise MarketpulseError(
+                "--variants must include fp32: it is the reference graph parity is proven on"
+            )
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise MarketpulseError(
+                f"unknown --optimization {self.optimization!r}; pass one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        if self.int8_order not in INT8_ORDERS:
+            raise MarketpulseError(
+                f"unknown --int8-order {self.int8_order!r}; pass one of {', '.join(INT8_ORDERS)}"
+            )
+
+
+def run(cfg: ExportConfig) -> Bundle:
+    """Export, check and publish a bundle; raise MarketpulseError when a check fails."""
+    checkpoint = Path(cfg.model).resolve()
+    out = Path(cfg.out).resolve()
+    labels = read_labels(checkpoint)
+    info = read_training_info(checkpoint)
+    max_length = cfg.max_length or int(info.get("max_length") or DEFAULT_MAX_LENGTH)
+    check_out_dir(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="marketpulse-export-") as work:
+            graphs = build_graphs(checkpoint, Path(work), cfg)
+            for variant, path in graphs.items():
+                shutil.move(path, staging / variant_file(variant))
+        write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
+        manifest = base_manifest(cfg, checkpoint, labels, info, max_length, graphs)
+        from marketpulse.export.publish import check_and_publish
+
+        return check_and_publish(cfg, checkpoint, staging, out, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_graphs(checkpoint: Path, work: Path, cfg: ExportConfig) -> dict[str, Path]:
+    from marketpulse.export import graphs
+
+    fp32 = graphs.export_fp32(checkpoint, work, cfg.opset)
+    optimized = graphs.optimize(fp32, cfg.optimization, work / f"fp32-{cfg.optimization}")
+    out = {"fp32": optimized}
+    if "int8" in cfg.variants:
+        isa = graphs.cpu_isa()
+        if cfg.int8_order == "optimize-then-quantize":
+            out["int8"] = graphs.quantize_int8(optimized, work / "int8", isa)
+        else:
+            quantized = graphs.quantize_int8(fp32, work / "int8-raw", isa)
+            out["int8"] = graphs.optimize(quantized, cfg.optimization, work / "int8")
+    if "fp16" in cfg.variants:
+        out["fp16"] = graphs.convert_fp16(fp32, work / "fp16")
+    return out
+
+
+def read_labels(checkpoint: Path) -> list[str]:
+    config_path = checkpoint / "config.json"
+    if not config_path.is_file():
+        raise MarketpulseError(
+            f"{checkpoint} is not a model checkpoint (no config.json); pass --model with a "
+            "directory written by `marketpulse train`"
+        )
+    id2label = json.loads(config_path.read_text()).get("id2label") or {}
+    labels = [id2label[k] for k in sorted(id2label, key=int)]
+    if len(labels) < 2 or all(label.startswith("LABEL_") for label in labels):
+        raise MarketpulseError(
+            f"{config_path} has no label names (id2label: {id2label}); train with "
+            "`marketpulse train`, which records them"
+        )
+    return labels
+
+
+def read_training_info(checkpoint: Path) -> dict[str, Any]:
+    """base_model and max_length from train's metrics.json, wherever it nests them."""
+    path = checkpoint / "metrics.json"
+    if not path.is_file():
+        return {}
+    found: dict[str, Any] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("base_model", "max_length") and not isinstance(value, dict | list):
+                    found.setdefault(key, value)
+                walk(value)
+
+    walk(json.loads(path.read_text()))
+    return found
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise MarketpulseError(f"--out {out} is a file; pass a directory path for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise MarketpulseError(
+            f"--out {out} is a non-empty directory that is not a bundle; pass a new or empty "
+            "directory (an existing bundle there is replaced)"
+        )
+
+
+def write_tokenizer(checkpoint: Path, dest: Path, max_length: int) -> None:
+    """tokenizer.json with truncation at max_length and pad-to-longest (pad id recorded)."""
+    from tokenizers import Tokenizer
+
+    source = checkpoint / TOKENIZER
+    if not source.is_file():
+        raise MarketpulseError(
+            f"{checkpoint} has no {TOKENIZER} (fast tokenizer); save it next to the model "
+            "with AutoTokenizer.from_pretrained(...).save_pretrained(DIR)"
+        )
+    tokenizer = Tokenizer.from_file(str(source))
+    pad_token = "[PAD]"
+    special = (
+        json.loads((checkpoint / "special_tokens_map.json").read_text()).get("pad_token", pad_token)
+        if (checkpoint / "special_tokens_map.json").is_file()
+        else pad_token
+    )
+    pad_token = special["content"] if isinstance(special, dict) else special
+    pad_id = tokenizer.token_to_id(pad_token)
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad_token)
+    tokenizer.save(str(dest))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def base_manifest(
+    cfg: ExportConfig,
+    checkpoint: Path,
+    labels: list[str],
+    info: dict[str, Any],
+    max_length: int,
+    graphs: dict[str, Path],
+) -> dict[str, Any]:
+    from marketpulse import __version__
+    from marketpulse.export.graphs import cpu_isa, quantization_config
+
+    variants: dict[str, dict[str, Any]] = {"fp32": {"provider": "any"}}
+    if "int8" in graphs:
+        qc = quantization_config(cpu_isa())
+        variants["int8"] = {
+            "provider": "CPUExecutionProvider",
+            "quantization": {
+                "mode": "dynamic",
+                "cpu_isa": cpu_isa(),
+                "per_channel": qc.per_channel,
+                "reduce_range": qc.reduce_range,
+                "weights": str(qc.weights_dtype.name),
+                "activations": str(qc.activations_dtype.name),
+            },
+        }
+    if "fp16" in graphs:
+        variants["fp16"] = {
+            "provider": "CUDAExecutionProvider",
+            "io_types": "int64 in, float32 out",
+        }
+    return {
+        "labels": labels,
+        "max_length": max_length,
+        "variants": variants,
+        "source_checkpoint": str(checkpoint),
+        "base_model": info.get("base_model"),
+        "opset": cfg.opset,
+        "optimization": {"level": cfg.optimization, "int8_order": cfg.int8_order},
+        "libraries": library_versions(),
+        "marketpulse_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
