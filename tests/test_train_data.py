@@ -1,0 +1,198 @@
+"""Loading labeled rows (train/data.py) and the stratified split (train/split.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from marketpulse.train.data import DataSource, load_labeled, parse_label_names, require_trainable
+from marketpulse.train.split import parse_fractions, stratified_split, write_test_split
+
+from marketpulse.errors import MarketpulseError
+
+
+def make_db(path, rows, label_type="VARCHAR"):
+    con = duckdb.connect(str(path))
+    con.execute(f"CREATE TABLE posts (id INTEGER, body VARCHAR, tag {label_type})")
+    con.executemany("INSERT INTO posts VALUES (?, ?, ?)", rows)
+    con.close()
+    return str(path)
+
+
+def test_table_source_skips_and_counts_unusable_rows(tmp_path):
+    db = make_db(
+        tmp_path / "a.duckdb",
+        [
+            (1, "stocks up", "bullish"),
+            (2, None, "bearish"),
+            (3, "   ", "neutral"),
+            (4, "flat day", None),
+            (5, "crash", "bearish"),
+            (6, "", "bullish"),
+            (7, "meh", "  "),
+        ],
+    )
+    rows = load_labeled(DataSource(db=db, table="posts", text_col="body", label_col="tag"))
+    assert rows.rows_read == 7
+    assert rows.skipped == {"null_text": 1, "empty_text": 2, "null_label": 2}
+    assert sorted(zip(rows.texts, rows.labels, strict=True)) == [
+        ("crash", "bearish"),
+        ("stocks up", "bullish"),
+    ]
+    assert rows.label_names == ["bearish", "bullish"]
+
+
+def test_integer_labels_named_by_label_names(tmp_path):
+    db = make_db(tmp_path / "a.duckdb", [(1, "a", 0), (2, "b", 2), (3, "c", 1)], "INTEGER")
+    names = parse_label_names("bearish, bullish,neutral")
+    rows = load_labeled(
+        DataSource(db=db, table="posts", text_col="body", label_col="tag", label_names=names)
+    )
+    assert dict(zip(rows.texts, rows.labels, strict=True)) == {
+        "a": "bearish",
+        "b": "neutral",
+        "c": "bullish",
+    }
+    assert rows.label_names == ["bearish", "bullish", "neutral"]
+    plain = load_labeled(DataSource(db=db, table="posts", text_col="body", label_col="tag"))
+    assert (
+        plain.label_names == ["0", "1", "2"]
+        and dict(zip(plain.texts, plain.labels, strict=True))["b"] == "2"
+    )
+
+
+def test_integer_label_without_a_name_is_an_error(tmp_path):
+    db = make_db(tmp_path / "a.duckdb", [(1, "a", 0), (2, "b", 3)], "INTEGER")
+    source = DataSource(
+        db=db, table="posts", text_col="body", label_col="tag", label_names=("x", "y")
+    )
+    with pytest.raises(MarketpulseError, match=r"label value 3 .* has no name .*--label-names"):
+        load_labeled(source)
+
+
+def test_unknown_string_label_name_is_an_error(tmp_path):
+    db = make_db(tmp_path / "a.duckdb", [(1, "a", "bullish"), (2, "b", "hold")])
+    source = DataSource(
+        db=db, table="posts", text_col="body", label_col="tag", label_names=("bullish", "bearish")
+    )
+    with pytest.raises(MarketpulseError, match=r"label 'hold' .* not among the label names"):
+        load_labeled(source)
+
+
+def test_repeated_label_names_are_an_error():
+    with pytest.raises(MarketpulseError, match="empty or repeated"):
+        parse_label_names("a,b,a")
+
+
+def test_missing_table_and_column_errors_name_the_fix(tmp_path):
+    db = make_db(tmp_path / "a.duckdb", [(1, "a", "x")])
+    with pytest.raises(MarketpulseError, match=r"table 'news' not found .*posts.*--table"):
+        load_labeled(DataSource(db=db, table="news", text_col="body", label_col="tag"))
+    with pytest.raises(
+        MarketpulseError, match=r"column 'text' not found .*id, body, tag.*--text-col"
+    ):
+        load_labeled(DataSource(db=db, table="posts", label_col="tag"))
+    with pytest.raises(MarketpulseError, match=r"column 'label' not found .*--label-col"):
+        load_labeled(DataSource(db=db, table="posts", text_col="body"))
+    with pytest.raises(MarketpulseError, match=r"database .* not found; pass --db"):
+        load_labeled(DataSource(db=str(tmp_path / "nope.duckdb"), table="posts"))
+
+
+def test_query_csv_and_parquet_sources_agree(tmp_path):
+    csv = tmp_path / "rows.csv"
+    csv.write_text('text,label\n"up, up",1\ndown,0\n,1\nsideways,2\n')
+    from_csv = load_labeled(DataSource(input=str(csv)))
+    assert from_csv.skipped["null_text"] == 1
+    parquet = tmp_path / "rows.parquet"
+    duckdb.sql(f"COPY (SELECT * FROM read_csv('{csv}')) TO '{parquet}' (FORMAT parquet)")
+    from_parquet = load_labeled(DataSource(input=str(parquet)))
+    from_query = load_labeled(DataSource(query=f"SELECT * FROM read_csv('{csv}') WHERE label < 3"))
+    assert (
+        from_csv.texts == from_parquet.texts == from_query.texts == ["down", "sideways", "up, up"]
+    )
+    assert from_csv.fingerprint() == from_parquet.fingerprint() == from_query.fingerprint()
+    with pytest.raises(MarketpulseError, match="--query failed: .*fix the SQL"):
+        load_labeled(DataSource(query="SELEC 1"))
+    with pytest.raises(MarketpulseError, match=r"\.csv, \.tsv or \.parquet"):
+        (tmp_path / "rows.xlsx").write_text("x")
+        load_labeled(DataSource(input=str(tmp_path / "rows.xlsx")))
+
+
+def test_fingerprint_ignores_scan_order_but_not_content(tmp_path):
+    rows = [(i, f"text {i}", "ab"[i % 2]) for i in range(20)]
+    a = load_labeled(
+        DataSource(
+            db=make_db(tmp_path / "a.duckdb", rows), table="posts", text_col="body", label_col="tag"
+        )
+    )
+    b = load_labeled(
+        DataSource(
+            db=make_db(tmp_path / "b.duckdb", rows[::-1]),
+            table="posts",
+            text_col="body",
+            label_col="tag",
+        )
+    )
+    changed = rows[:-1] + [(19, "text 19", "a")]
+    c = load_labeled(
+        DataSource(
+            db=make_db(tmp_path / "c.duckdb", changed),
+            table="posts",
+            text_col="body",
+            label_col="tag",
+        )
+    )
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_trainability_checks(tmp_path):
+    one_class = load_labeled(
+        DataSource(
+            db=make_db(tmp_path / "a.duckdb", [(1, "a", "x"), (2, "b", "x")]),
+            table="posts",
+            text_col="body",
+            label_col="tag",
+        )
+    )
+    with pytest.raises(MarketpulseError, match="1 distinct label.*at least two classes"):
+        require_trainable(one_class, DataSource(label_col="tag"), 3)
+    rows = [(i, f"t{i}", "big") for i in range(10)] + [(20, "s1", "small"), (21, "s2", "small")]
+    tiny_class = load_labeled(
+        DataSource(
+            db=make_db(tmp_path / "b.duckdb", rows), table="posts", text_col="body", label_col="tag"
+        )
+    )
+    with pytest.raises(MarketpulseError, match="label 'small' has only 2 usable rows.*at least 3"):
+        require_trainable(tiny_class, DataSource(label_col="tag"), 3)
+
+
+def test_stratified_split_is_reproducible_and_covers_every_class():
+    labels = ["neutral"] * 600 + ["bullish"] * 190 + ["bearish"] * 140 + ["rare"] * 3
+    split = stratified_split(labels, (0.8, 0.1, 0.1), seed=1)
+    all_idx = split.train + split.validation + split.test
+    assert sorted(all_idx) == list(range(len(labels)))  # disjoint and complete
+    for part, frac in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
+        counts = Counter(labels[i] for i in getattr(split, part))
+        assert set(counts) == {"neutral", "bullish", "bearish", "rare"}
+        assert counts["neutral"] == pytest.approx(600 * frac, abs=1)
+        assert counts["bearish"] == pytest.approx(140 * frac, abs=1)
+    assert stratified_split(labels, (0.8, 0.1, 0.1), seed=1) == split
+    assert stratified_split(labels, (0.8, 0.1, 0.1), seed=2).test != split.test
+
+
+def test_parse_fractions():
+    assert parse_fractions("80,10,10") == pytest.approx((0.8, 0.1, 0.1))
+    for bad in ("0.8,0.2", "0.9,0.1,0", "a,b,c"):
+        with pytest.raises(MarketpulseError, match="--split"):
+            parse_fractions(bad)
+
+
+def test_test_split_file_has_agreed_schema(tmp_path):
+    path = write_test_split(tmp_path / "test_split.parquet", ["a", "b"], ["bullish", "bearish"])
+    assert duckdb.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()[0][:2] == ("text", "VARCHAR")
+    assert pq.read_table(path).to_pylist() == [
+        {"text": "a", "label": "bullish"},
+        {"text": "b", "label": "bearish"},
+    ]

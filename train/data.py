@@ -1,0 +1,248 @@
+"""Read labeled text from DuckDB: a table, a SQL query, or a CSV/Parquet file.
+
+The loader knows nothing about models or splits. It returns every usable row as a
+(text, label name) pair in a canonical order (sorted), so the same data gives the
+same fingerprint and the same split however DuckDB happened to scan it. Rows with
+NULL/empty text or a NULL/empty label are skipped and counted, never dropped silently.
+
+Labels may be strings or integers. Integer labels are named by `label_names`
+(`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by their digits.
+Given string labels, `label_names` is the allowed set (and fixes the label order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.sql import quote_ident, quote_table, table_columns
+
+_VIEW = "__marketpulse_input"
+_PARQUET = (".parquet", ".pq")
+_CSV = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where labeled rows come from: exactly one of `table`, `query`, `input`."""
+
+    db: str | None = None
+    table: str | None = None
+    query: str | None = None
+    input: str | None = None
+    text_col: str = "text"
+    label_col: str = "label"
+    label_names: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        if self.table:
+            return f"table {self.table} in {self.db}"
+        if self.query:
+            where = f" on {self.db}" if self.db else ""
+            return f"query{where}: {self.query}"
+        return f"file {self.input}"
+
+
+@dataclass
+class LabeledRows:
+    """Usable rows plus an account of what was read and skipped."""
+
+    texts: list[str]
+    labels: list[str]
+    label_names: list[str]
+    rows_read: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {name: counts.get(name, 0) for name in self.label_names}
+
+    def fingerprint(self) -> str:
+        """sha256 of the usable (text, label) rows in canonical order."""
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels, strict=True):
+            digest.update(json.dumps([text, label], ensure_ascii=False).encode())
+            digest.update(b"\n")
+        return "sha256:" + digest.hexdigest()
+
+
+def parse_label_names(value: str | None) -> tuple[str, ...] | None:
+    """`"bearish, bullish,neutral"` -> ("bearish", "bullish", "neutral")."""
+    if value is None or not value.strip():
+        return None
+    names = tuple(part.strip() for part in value.split(","))
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise MarketpulseError(
+            f"--label-names {value!r} has empty or repeated names; "
+            "pass distinct comma-separated names, e.g. bearish,bullish,neutral"
+        )
+    return names
+
+
+def _connect(source: DataSource):
+    import duckdb
+
+    if source.db:
+        if not Path(source.db).is_file():
+            raise MarketpulseError(
+                f"database {source.db} not found; pass --db with an existing DuckDB file"
+            )
+        try:
+            return duckdb.connect(source.db, read_only=True)
+        except duckdb.Error as exc:
+            raise MarketpulseError(
+                f"cannot open {source.db} read-only ({_first_line(exc)}); "
+                "close the process that holds it for writing, or pass a copy with --db"
+            ) from exc
+    return duckdb.connect(":memory:")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _open_relation(con, source: DataSource) -> str:
+    """Return a quoted relation name that SELECTs can read the source from."""
+    import duckdb
+
+    if source.table:
+        table_columns(con, source.table)  # raises "table not found ... pass --table"
+        return quote_table(source.table)
+    if source.query:
+        try:
+            con.execute(f"CREATE TEMP VIEW {_VIEW} AS {source.query}")
+        except duckdb.Error as exc:
+            raise MarketpulseError(f"--query failed: {_first_line(exc)}; fix the SQL") from exc
+        return _VIEW
+    path = Path(source.input)
+    if not path.is_file():
+        raise MarketpulseError(f"input file {path} not found; pass --input with an existing file")
+    name = path.name.lower()
+    try:
+        if name.endswith(_PARQUET):
+            relation = con.read_parquet(str(path))
+        elif name.endswith(_CSV):
+            relation = con.read_csv(str(path))
+        else:
+            raise MarketpulseError(
+                f"cannot tell the format of {path}; pass --input with a .csv, .tsv or .parquet file"
+            )
+        relation.to_view(_VIEW)
+    except duckdb.Error as exc:
+        raise MarketpulseError(
+            f"cannot read {path}: {_first_line(exc)}; check that it is valid CSV or Parquet"
+        ) from exc
+    return _VIEW
+
+
+def _check_columns(con, relation: str, source: DataSource) -> dict[str, str]:
+    have = table_columns(con, source.table or _VIEW)
+    where = (
+        f"table {source.table!r}"
+        if source.table
+        else ("the query" if source.query else str(source.input))
+    )
+    for flag, col in (("--text-col", source.text_col), ("--label-col", source.label_col)):
+        if col not in have:
+            raise MarketpulseError(
+                f"column {col!r} not found in {where} (columns: {', '.join(have)}); "
+                f"pass {flag} with one of them"
+            )
+    return have
+
+
+def _as_int(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
+    """Map raw label values to names; return (names per row, label order)."""
+    names = source.label_names
+    ints = [_as_int(v) for v in raw]
+    if raw and all(i is not None for i in ints):
+        if names is None:
+            order = [str(i) for i in sorted(set(ints))]
+            return [str(i) for i in ints], order
+        bad = sorted({i for i in ints if not 0 <= i < len(names)})
+        if bad:
+            raise MarketpulseError(
+                f"label value {bad[0]} in column {source.label_col!r} has no name "
+                f"({len(names)} names given: {', '.join(names)}); pass one name per value "
+                f"0..{max(ints)} with --label-names"
+            )
+        return [names[i] for i in ints], list(names)
+    labels = [str(v).strip() for v in raw]
+    if names is None:
+        return labels, sorted(set(labels))
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise MarketpulseError(
+            f"label {unknown[0]!r} in column {source.label_col!r} is not among the label names "
+            f"({', '.join(names)}); add it to --label-names or filter those rows with --query"
+        )
+    return labels, list(names)
+
+
+def load_labeled(source: DataSource) -> LabeledRows:
+    """Read (text, label) rows, skipping and counting unusable ones."""
+    con = _connect(source)
+    try:
+        relation = _open_relation(con, source)
+        _check_columns(con, relation, source)
+        text, label = quote_ident(source.text_col), quote_ident(source.label_col)
+        rows = con.execute(f"SELECT CAST({text} AS VARCHAR), {label} FROM {relation}").fetchall()
+    finally:
+        con.close()
+
+    skipped = {"null_text": 0, "empty_text": 0, "null_label": 0}
+    texts, raw = [], []
+    for t, y in rows:
+        if t is None:
+            skipped["null_text"] += 1
+        elif not t.strip():
+            skipped["empty_text"] += 1
+        elif y is None or (isinstance(y, str) and not y.strip()):
+            skipped["null_label"] += 1
+        else:
+            texts.append(t)
+            raw.append(y)
+    labels, order = _name_labels(raw, source)
+    pairs = sorted(zip(texts, labels, strict=True))
+    return LabeledRows(
+        texts=[p[0] for p in pairs],
+        labels=[p[1] for p in pairs],
+        label_names=order,
+        rows_read=len(rows),
+        skipped=skipped,
+    )
+
+
+def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int) -> None:
+    """At least two classes, each with enough rows to land in every split."""
+    skipped = sum(rows.skipped.values())
+    note = f" after skipping {skipped} unusable rows" if skipped else ""
+    present = {name: n for name, n in rows.counts.items() if n > 0}
+    if len(present) < 2:
+        found = ", ".join(f"{k!r}" for k in present) or "none"
+        raise MarketpulseError(
+            f"column {source.label_col!r} has {len(present)} distinct label(s){note} "
+            f"(found: {found}); training needs at least two classes, pass a different --label-col"
+        )
+    for name, n in rows.counts.items():
+        if n < min_per_class:
+            raise MarketpulseError(
+                f"label {name!r} has only {n} usable rows{note}; each class needs at least "
+                f"{min_per_class} to appear in train, validation and test; add rows or drop "
+                "that label (with --query, or leave it out of --label-names)"
+            )

@@ -1,0 +1,129 @@
+"""Score a labeled table with a trained model and report the training metrics.
+
+The model is either a `marketpulse train` checkpoint (scored with PyTorch through
+`predict.predict_logits`) or an exported bundle (a directory with manifest.json,
+scored with the runtime's ONNX `Predictor`, so no torch is needed for that path).
+Integer labels in the table are named by the model's own label order unless
+`--label-names` says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from marketpulse.train.data import DataSource, load_labeled
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.metrics import classification_metrics
+
+BUNDLE_MANIFEST = "manifest.json"
+
+
+def _checkpoint_max_length(model_dir: Path) -> int:
+    metrics = model_dir / "metrics.json"
+    if metrics.is_file():
+        return int(json.loads(metrics.read_text()).get("max_length", 128))
+    return 128
+
+
+def _predict_checkpoint(model_dir: Path, texts, max_length, batch_size, device):
+    from marketpulse.train.predict import load_checkpoint, predict_logits, resolve_device
+
+    device, _, reason = resolve_device(device)
+    model, tokenizer, labels = load_checkpoint(model_dir, device)
+    max_length = max_length or _checkpoint_max_length(model_dir)
+    logits = predict_logits(
+        model,
+        tokenizer,
+        texts,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        progress=True,
+    )
+    info = {"kind": "checkpoint", "device": device, "reason": reason, "max_length": max_length}
+    return labels, logits, info
+
+
+def _predict_bundle(bundle_dir: Path, texts, variant, device):
+    from marketpulse.runtime.predictor import Predictor
+
+    from marketpulse.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    predictor = Predictor(bundle, variant=variant, device=device)
+    probs = predictor.predict_proba(list(texts))
+    info = {
+        "kind": "bundle",
+        "model_version": bundle.version,
+        "variant": predictor.variant,
+        "provider": predictor.provider,
+        "max_length": bundle.max_length,
+    }
+    return bundle.labels, probs, info
+
+
+def _model_labels(model_dir: Path) -> list[str]:
+    if (model_dir / BUNDLE_MANIFEST).is_file():
+        return list(json.loads((model_dir / BUNDLE_MANIFEST).read_text())["labels"])
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise MarketpulseError(
+            f"{model_dir} is neither a checkpoint (config.json) nor a bundle (manifest.json); "
+            "pass --model with a `marketpulse train` or `marketpulse export` output directory"
+        )
+    id2label = json.loads(config.read_text())["id2label"]
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def evaluate(
+    model: str | Path,
+    source: DataSource,
+    *,
+    variant: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict:
+    """Return {"model", "data", "rows", "metrics", ...} for `model` on `source`'s rows."""
+    model_dir = Path(model)
+    if not model_dir.is_dir():
+        raise MarketpulseError(
+            f"model directory {model_dir} not found; pass --model with an existing directory"
+        )
+    is_bundle = (model_dir / BUNDLE_MANIFEST).is_file()
+    if variant and not is_bundle:
+        raise MarketpulseError(
+            f"--variant applies to exported bundles but {model_dir} is a checkpoint; "
+            "drop --variant or pass --model with a bundle directory"
+        )
+    labels = _model_labels(model_dir)
+    if source.label_names is None:
+        source = dataclasses.replace(source, label_names=tuple(labels))
+    rows = load_labeled(source)
+    if not rows.texts:
+        raise MarketpulseError(
+            f"no usable rows in {source.describe()} (skipped {rows.skipped}); "
+            "pass a table with non-empty text and labels"
+        )
+    started = time.perf_counter()
+    if is_bundle:
+        model_labels, scores, info = _predict_bundle(model_dir, rows.texts, variant, device)
+    else:
+        model_labels, scores, info = _predict_checkpoint(
+            model_dir, rows.texts, max_length, batch_size, device
+        )
+    elapsed = time.perf_counter() - started
+    y_pred = [model_labels[i] for i in scores.argmax(axis=1)]
+    return {
+        "model": str(model_dir),
+        **info,
+        "data": {"source": source.describe(), "fingerprint": rows.fingerprint()},
+        "rows": {"read": rows.rows_read, "used": len(rows.texts), "skipped": rows.skipped},
+        "predict_time_s": round(elapsed, 2),
+        "rows_per_s": round(len(rows.texts) / max(elapsed, 1e-9), 1),
+        "metrics": classification_metrics(rows.labels, y_pred, model_labels),
+    }

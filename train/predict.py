@@ -1,0 +1,103 @@
+"""Order-preserving batch prediction with a PyTorch checkpoint.
+
+Why this exists: with `group_by_length=True`, transformers' Trainer (4.57) also
+feeds evaluate/predict through a shuffled, length-grouped sampler, so its
+predictions no longer line up with the labels. Here the row order is explicit:
+texts are batched by length for speed, and every logit row is written back to
+the index of the text it came from. `predict_logits(...)[i]` belongs to `texts[i]`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def resolve_device(requested: str = "auto") -> tuple[str, str, str]:
+    """Return (device, precision, reason): CUDA with bf16/fp16 when present, else CPU fp32."""
+    import torch
+
+    from marketpulse.errors import MarketpulseError
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise MarketpulseError(
+            "--device cuda was requested but CUDA is not available; pass --device cpu"
+        )
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported():
+            return "cuda", "bf16", f"CUDA device {name} supports bf16"
+        return "cuda", "fp16", f"CUDA device {name} has no bf16, using fp16 mixed precision"
+    if requested == "cpu":
+        return "cpu", "fp32", "--device cpu requested"
+    return "cpu", "fp32", "no CUDA device found"
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """Load (model, tokenizer, labels) from a training output directory."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from marketpulse.errors import MarketpulseError
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MarketpulseError(
+            f"{path} is not a model checkpoint (no config.json); pass --model with a "
+            "`marketpulse train` output directory or an exported bundle"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    id2label = model.config.id2label
+    labels = [id2label[i] for i in range(len(id2label))]
+    return model, tokenizer, labels
+
+
+def predict_logits(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int = 128,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Logits (n, n_labels) as float32, row i for texts[i]."""
+    import torch
+
+    n_labels = model.config.num_labels
+    out = np.zeros((len(texts), n_labels), dtype=np.float32)
+    if not texts:
+        return out
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    # Longest first: padding waste stays small and a too-large batch fails early.
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+    pad_id = tokenizer.pad_token_id or 0
+    started, done = time.perf_counter(), 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = len(encoded[idx[0]])
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                seq = encoded[i]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out[idx] = logits.float().cpu().numpy()
+            done += len(idx)
+            if progress:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                print(
+                    f"\rpredicted {done}/{len(texts)} rows ({rate:.0f} rows/s)",
+                    end="",
+                    file=sys.stderr,
+                )
+    if progress:
+        print(file=sys.stderr)
+    return out

@@ -1,0 +1,307 @@
+"""Fine-tune a BERT-family encoder as a text classifier, read top to bottom by `run`.
+
+load rows -> stratified split (test rows saved) -> tokenize -> transformers Trainer
+(dynamic padding, length-grouped training batches, early stopping on validation
+macro-F1) -> save checkpoint -> score the test rows in order -> metrics.json.
+
+Evaluation never trusts Trainer's sampler order: `_OrderedEvalTrainer` forces a
+sequential sampler for validation, and the final test metrics come from
+`predict.predict_logits`, which maps each logit row back to its own text.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from marketpulse.train.basemodel import resolve_base_model
+from marketpulse.train.config import TrainConfig
+from marketpulse.train.data import load_labeled, require_trainable
+from marketpulse.train.predict import predict_logits, resolve_device
+from marketpulse.train.split import TEST_SPLIT, stratified_split, write_test_split
+
+from marketpulse.metrics import classification_metrics, format_metrics
+
+METRICS = "metrics.json"
+_WORK = "_trainer"  # Trainer's own epoch checkpoints; removed after the run
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Encoded:
+    """A list-backed torch Dataset of {"input_ids", "attention_mask", "labels"} dicts."""
+
+    def __init__(self, encodings: dict, labels: list[int]):
+        self.encodings = encodings
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {key: values[i] for key, values in self.encodings.items()}
+        item["labels"] = self.labels[i]
+        return item
+
+
+def _make_trainer_class():
+    """Build the Trainer subclass lazily so importing this module stays cheap."""
+    import torch
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class OrderedEvalTrainer(Trainer):
+        """Trainer whose evaluate/predict keep dataset order; optional class-weighted loss."""
+
+        def __init__(self, *args, class_weights=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.class_weights = class_weights
+
+        def _get_eval_sampler(self, eval_dataset):
+            # Stock Trainer uses a shuffled LengthGroupedSampler here when group_by_length
+            # is on, so eval predictions stop lining up with eval labels.
+            return SequentialSampler(eval_dataset)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.class_weights is None:
+                return super().compute_loss(
+                    model,
+                    inputs,
+                    return_outputs=return_outputs,
+                    num_items_in_batch=num_items_in_batch,
+                )
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = self.class_weights.to(outputs.logits.device, outputs.logits.dtype)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return OrderedEvalTrainer
+
+
+def _make_progress_callback():
+    from transformers import TrainerCallback
+
+    class ProgressLog(TrainerCallback):
+        """One stderr line per logging step (loss, rate, ETA) and per evaluation."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            elapsed = time.perf_counter() - self.started
+            if "loss" in logs:
+                rate = state.global_step / max(elapsed, 1e-9)
+                eta = (state.max_steps - state.global_step) / max(rate, 1e-9)
+                _log(
+                    f"step {state.global_step}/{state.max_steps} epoch {state.epoch:.2f} "
+                    f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
+                    f"{rate * args.train_batch_size:.1f} rows/s ETA {eta:.0f}s"
+                )
+            elif "eval_macro_f1" in logs:
+                _log(
+                    f"validation epoch {state.epoch:.2f}: macro-F1 {logs['eval_macro_f1']:.4f} "
+                    f"accuracy {logs['eval_accuracy']:.4f} loss {logs.get('eval_loss', float('nan')):.4f}"
+                )
+
+    return ProgressLog
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Fine-tune, save the checkpoint and metrics.json in `cfg.out`, return `cfg.out`."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    base_dir = resolve_base_model(cfg.base_model)
+    device, precision, reason = resolve_device(cfg.device)
+
+    rows = load_labeled(cfg.source)
+    require_trainable(rows, cfg.source, min_per_class=3)
+    labels = rows.label_names
+    split = stratified_split(rows.labels, cfg.split, cfg.seed)
+    skipped = sum(rows.skipped.values())
+    _log(
+        f"read {rows.rows_read} rows from {cfg.source.describe()}: {len(rows.texts)} used, "
+        f"{skipped} skipped {rows.skipped}; split {split.sizes()}"
+    )
+    _log(f"device {device} ({precision}): {reason}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    test_texts = [rows.texts[i] for i in split.test]
+    test_labels = [rows.labels[i] for i in split.test]
+    write_test_split(out / TEST_SPLIT, test_texts, test_labels)
+
+    import torch
+    import transformers
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        TrainingArguments,
+        set_seed,
+    )
+
+    set_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    label2id = {label: i for i, label in enumerate(labels)}
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_dir,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=label2id,
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+    def encode(indices: list[int]) -> _Encoded:
+        texts = [rows.texts[i] for i in indices]
+        enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
+        return _Encoded(dict(enc), [label2id[rows.labels[i]] for i in indices])
+
+    train_ds, val_ds = encode(split.train), encode(split.validation)
+
+    def compute_metrics(pred) -> dict:
+        y_pred = [labels[i] for i in np.argmax(pred.predictions, axis=-1)]
+        y_true = [labels[i] for i in pred.label_ids]
+        m = classification_metrics(y_true, y_pred, labels)
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+    weights = None
+    if cfg.class_weights:
+        counts = np.bincount([label2id[rows.labels[i]] for i in split.train], minlength=len(labels))
+        weights = torch.tensor(len(split.train) / (len(labels) * counts), dtype=torch.float32)
+
+    steps_per_epoch = max(1, -(-len(train_ds) // cfg.batch_size))
+    args = TrainingArguments(
+        output_dir=str(out / _WORK),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        group_by_length=cfg.group_by_length,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_steps=max(1, min(50, steps_per_epoch // 5)),
+        logging_strategy="steps",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        dataloader_num_workers=0,
+        save_safetensors=True,
+    )
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience),
+            _make_progress_callback()(),
+        ],
+        class_weights=weights,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # ProgressLog prints instead, to stderr
+
+    t_train = time.perf_counter()
+    trainer.train()
+    train_time = time.perf_counter() - t_train
+    best_val = trainer.state.best_metric
+
+    model = trainer.model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(out / _WORK, ignore_errors=True)
+
+    logits = predict_logits(
+        model,
+        tokenizer,
+        test_texts,
+        max_length=cfg.max_length,
+        batch_size=cfg.eval_batch_size,
+        device=str(model.device),
+    )
+    test = classification_metrics(test_labels, [labels[i] for i in logits.argmax(1)], labels)
+
+    metrics = {
+        "format": 1,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "labels": labels,
+        "max_length": cfg.max_length,
+        "test": test,
+        "validation": {"best_macro_f1": best_val, "epochs_run": trainer.state.epoch},
+        "train_time_s": round(train_time, 1),
+        "total_time_s": round(time.perf_counter() - t0, 1),
+        "rows": {
+            "read": rows.rows_read,
+            "used": len(rows.texts),
+            "skipped": rows.skipped,
+            "per_label": rows.counts,
+            "split": split.sizes(),
+        },
+        "data": {
+            "source": cfg.source.describe(),
+            "text_col": cfg.source.text_col,
+            "label_col": cfg.source.label_col,
+            "label_names": list(cfg.source.label_names) if cfg.source.label_names else None,
+            "fingerprint": rows.fingerprint(),
+            "test_split": TEST_SPLIT,
+        },
+        "base_model": str(base_dir),
+        "hyperparameters": cfg.hyperparameters(),
+        "device": {"device": device, "precision": precision, "reason": reason},
+        "versions": _versions(),
+    }
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    _log(f"wrote checkpoint, {METRICS} and {TEST_SPLIT} to {out}")
+    return out
+
+
+def format_summary(metrics: dict) -> str:
+    rows = metrics["rows"]
+    split = rows["split"]
+    header = [
+        f"test set: {split['test']} rows (train {split['train']}, validation {split['validation']}); "
+        f"best validation macro-F1 {metrics['validation']['best_macro_f1']:.4f}",
+        f"rows used {rows['used']}, skipped {sum(rows['skipped'].values())}; "
+        f"train time {metrics['train_time_s']:.0f}s on {metrics['device']['device']}",
+        "",
+    ]
+    return "\n".join(header) + format_metrics(metrics["test"])
