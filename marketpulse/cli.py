@@ -32,6 +32,215 @@ def main():
     """
 
 
+# --- train ---
+def _source_options(fn):
+    """Flags naming labeled input rows, shared by `train` and `evaluate`."""
+    options = [
+        click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file to read from."),
+        click.option("--table", help="Table (or view) in --db holding the labeled rows."),
+        click.option("--query", help="SQL SELECT returning the rows (runs on --db, or in memory)."),
+        click.option(
+            "--input",
+            "input_path",
+            type=click.Path(dir_okay=False),
+            help="CSV/TSV/Parquet file, read through DuckDB.",
+        ),
+        click.option("--text-col", default="text", show_default=True, help="Column with the text."),
+        click.option(
+            "--label-col", default="label", show_default=True, help="Column with the label."
+        ),
+        click.option(
+            "--label-names", help="Names for integer labels 0,1,2..., e.g. bearish,bullish,neutral."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _data_source(db, table, query, input_path, text_col, label_col, label_names):
+    from marketpulse.train.data import DataSource, parse_label_names
+
+    if sum(x is not None for x in (table, query, input_path)) != 1:
+        raise click.UsageError("pass exactly one of --table, --query or --input")
+    if table and not db:
+        raise click.UsageError("--table needs --db FILE")
+    if input_path and db:
+        raise click.UsageError("--input reads a file; drop --db (or use --query to join them)")
+    return DataSource(
+        db=db,
+        table=table,
+        query=query,
+        input=input_path,
+        text_col=text_col,
+        label_col=label_col,
+        label_names=parse_label_names(label_names),
+    )
+
+
+@main.command()
+@_source_options
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory."
+)
+@click.option(
+    "--base-model", help="Local BERT-family checkpoint dir [default: bundled all-MiniLM-L6-v2]."
+)
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 512))
+@click.option(
+    "--epochs", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option(
+    "--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--weight-decay", default=0.01, show_default=True, type=click.FloatRange(min=0))
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option(
+    "--split",
+    "split_",
+    default="0.8,0.1,0.1",
+    show_default=True,
+    help="TRAIN,VALIDATION,TEST fractions.",
+)
+@click.option(
+    "--patience",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Epochs without a better validation macro-F1 before stopping.",
+)
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of the table."
+)
+def train(
+    db,
+    table,
+    query,
+    input_path,
+    text_col,
+    label_col,
+    label_names,
+    out,
+    base_model,
+    max_length,
+    epochs,
+    learning_rate,
+    batch_size,
+    warmup_ratio,
+    weight_decay,
+    seed,
+    split_,
+    patience,
+    class_weights,
+    device,
+    as_json,
+):
+    """Fine-tune a BERT-family text classifier on labeled rows.
+
+    Example: marketpulse train --input train.csv --label-names bearish,bullish,neutral --out model/
+    """
+    import json
+    from pathlib import Path
+
+    from marketpulse.train import TrainConfig, run
+    from marketpulse.train.split import parse_fractions
+    from marketpulse.train.trainer import format_summary
+
+    source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
+    cfg = TrainConfig(
+        source=source,
+        out=Path(out),
+        base_model=base_model,
+        max_length=max_length,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        seed=seed,
+        split=parse_fractions(split_),
+        early_stopping_patience=patience,
+        class_weights=class_weights,
+        device=device,
+    )
+    metrics_text = (run(cfg) / "metrics.json").read_text()
+    click.echo(metrics_text.rstrip() if as_json else format_summary(json.loads(metrics_text)))
+
+
+@main.command()
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Checkpoint dir (train) or bundle dir (export).",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["int8", "fp32", "fp16"]),
+    help="Bundle graph to score with [default: the runtime's choice].",
+)
+@_source_options
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="Also write the metrics to this JSON file."
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max-length",
+    type=click.IntRange(8, 512),
+    help="Checkpoints: token limit [default: the one trained with].",
+)
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of the table."
+)
+def evaluate(
+    model,
+    variant,
+    db,
+    table,
+    query,
+    input_path,
+    text_col,
+    label_col,
+    label_names,
+    out,
+    batch_size,
+    max_length,
+    device,
+    as_json,
+):
+    """Score a labeled table with a checkpoint or bundle and report accuracy and F1.
+
+    Example: marketpulse evaluate --model model/ --input valid.csv --label-names bearish,bullish,neutral --out eval.json
+    """
+    import json
+    from pathlib import Path
+
+    from marketpulse.metrics import format_metrics
+    from marketpulse.train.evaluate import evaluate as run_evaluate
+
+    source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
+    result = run_evaluate(
+        model, source, variant=variant, device=device, batch_size=batch_size, max_length=max_length
+    )
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    summary = f"{result['rows']['used']} rows from {result['data']['source']} ({result['rows']['skipped']} skipped), model {result['model']}"
+    click.echo(
+        json.dumps(result, indent=2)
+        if as_json
+        else summary + "\n\n" + format_metrics(result["metrics"])
+    )
+
+
 # --- trends ---
 @main.command()
 @click.option(
