@@ -18,12 +18,16 @@ from typing import Any
 
 from marketpulse.bundle import Bundle, load_bundle, write_manifest
 from marketpulse.errors import MarketpulseError
+from marketpulse.export.checks import CheckTexts
 
 log = logging.getLogger(__name__)
 
 
-def check_and_publish(cfg, checkpoint: Path, staging: Path, out: Path, manifest: dict) -> Bundle:
-    from marketpulse.export.checks import TorchReference, compare, load_check_texts, run_all
+def check_and_publish(
+    cfg, checkpoint: Path, texts: CheckTexts, staging: Path, out: Path, manifest: dict
+) -> Bundle:
+    """Run every check on the staged bundle; publish it at `out` or raise saying why not."""
+    from marketpulse.export.checks import TorchReference, compare, run_all
     from marketpulse.metrics import classification_metrics
     from marketpulse.runtime.predictor import Predictor, cuda_provider_available
 
@@ -32,7 +36,6 @@ def check_and_publish(cfg, checkpoint: Path, staging: Path, out: Path, manifest:
     staged = load_bundle(staging, allow_invalid=True)
 
     labels = staged.labels
-    texts = load_check_texts(checkpoint, labels, cfg.check_rows)
     runnable = [v for v in staged.variants if v != "fp16" or cuda_provider_available()]
     predictors = {
         v: Predictor(staged, variant=v, device="cuda" if v == "fp16" else "cpu") for v in runnable

@@ -23,6 +23,7 @@ from typing import Any
 
 from marketpulse.bundle import MANIFEST, TOKENIZER, VARIANTS, Bundle, variant_file
 from marketpulse.errors import MarketpulseError
+from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def run(cfg: ExportConfig) -> Bundle:
     info = read_training_info(checkpoint)
     max_length = cfg.max_length or int(info.get("max_length") or DEFAULT_MAX_LENGTH)
     check_out_dir(out)
+    texts = load_check_texts(checkpoint, labels, cfg.check_rows)  # bad split: fail before work
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -99,7 +101,7 @@ def run(cfg: ExportConfig) -> Bundle:
         manifest = base_manifest(cfg, checkpoint, labels, info, max_length, graphs)
         from marketpulse.export.publish import check_and_publish
 
-        return check_and_publish(cfg, checkpoint, staging, out, manifest)
+        return check_and_publish(cfg, checkpoint, texts, staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

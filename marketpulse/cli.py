@@ -241,6 +241,211 @@ def evaluate(
     )
 
 
+# --- export ---
+def _parse_variants(ctx, param, value):
+    from marketpulse.bundle import VARIANTS
+
+    variants = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise click.BadParameter(f"{unknown or value!r}: use a comma list of {', '.join(VARIANTS)}")
+    if "fp32" not in variants:
+        raise click.BadParameter("must include fp32, the reference graph parity is proven on")
+    return variants
+
+
+@main.command("export")
+@click.option(
+    "--model", required=True, type=click.Path(file_okay=False), help="Checkpoint dir from train."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory.")
+@click.option(
+    "--variants",
+    default="fp32,int8,fp16",
+    show_default=True,
+    callback=_parse_variants,
+    help="Graphs to write: fp32 (reference), int8 (CPU), fp16 (CUDA).",
+)
+@click.option(
+    "--min-agreement",
+    default=0.99,
+    show_default=True,
+    type=click.FloatRange(0, 1.01),
+    help="Least top-1 agreement with PyTorch per variant.",
+)
+@click.option(
+    "--max-f1-drop",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Largest macro-F1 drop vs PyTorch per variant.",
+)
+@click.option(
+    "--allow-accuracy-drop", is_flag=True, help="Publish even if a variant fails the gate."
+)
+@click.option(
+    "--optimization",
+    type=click.Choice(["none", "O1", "O2", "O3"]),
+    default="O1",
+    show_default=True,
+    help="ORT graph optimization applied offline.",
+)
+@click.option(
+    "--int8-order",
+    type=click.Choice(["optimize-then-quantize", "quantize-then-optimize"]),
+    default="optimize-then-quantize",
+    show_default=True,
+)
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(14, 21))
+@click.option(
+    "--max-length",
+    type=click.IntRange(8, 512),
+    help="Token limit [default: the checkpoint's, else 128].",
+)
+@click.option(
+    "--check-rows", type=click.IntRange(min=1), help="Check on at most this many test rows."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_(
+    model,
+    out,
+    variants,
+    min_agreement,
+    max_f1_drop,
+    allow_accuracy_drop,
+    optimization,
+    int8_order,
+    opset,
+    max_length,
+    check_rows,
+    as_json,
+):
+    """Export a checkpoint to a checked ONNX bundle (fp32, int8, fp16 graphs).
+
+    Example: marketpulse export --model model/ --out bundle/ --variants fp32,int8
+    """
+    import json
+    from pathlib import Path
+
+    from marketpulse.export import ExportConfig, run
+    from marketpulse.export.summary import format_manifest
+
+    cfg = ExportConfig(
+        model=Path(model),
+        out=Path(out),
+        variants=variants,
+        min_agreement=min_agreement,
+        max_f1_drop=max_f1_drop,
+        allow_accuracy_drop=allow_accuracy_drop,
+        optimization=optimization,
+        int8_order=int8_order,
+        opset=opset,
+        max_length=max_length,
+        check_rows=check_rows,
+    )
+    bundle = run(cfg)
+    click.echo(
+        json.dumps(bundle.manifest, indent=2)
+        if as_json
+        else format_manifest(bundle.path, bundle.manifest)
+    )
+
+
+@main.command("inspect")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect_(bundle_dir, as_json):
+    """Print a bundle's manifest and verify the sha256 of every file.
+
+    Example: marketpulse inspect bundle/
+    """
+    import json
+    from pathlib import Path
+
+    from marketpulse.bundle import read_manifest, verify_bundle
+    from marketpulse.export.summary import format_manifest
+
+    path = Path(bundle_dir)
+    if not path.is_dir():
+        raise MarketpulseError(
+            f"{path} is not a directory; pass a bundle made by `marketpulse export`"
+        )
+    manifest = read_manifest(path)
+    problems = verify_bundle(path)
+    if problems:
+        raise MarketpulseError(
+            f"bundle {path} is corrupt ({'; '.join(problems)}); re-export it with `marketpulse export`"
+        )
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        click.echo(format_manifest(path, manifest))
+        click.echo(f"all {len(manifest['files'])} file hashes verified")
+
+
+# --- runtime ---
+@main.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Source DuckDB file.")
+@click.option("--table", required=True, help="Table (or view) holding the texts.")
+@click.option("--id-col", required=True, help="Unique, non-NULL key column.")
+@click.option("--text-col", required=True, help="VARCHAR column to classify.")
+@click.option("--bundle", required=True, type=click.Path(file_okay=False), help="Bundle dir.")
+@click.option("--results-db", type=click.Path(dir_okay=False), help="Write results here [default: --db].")
+@click.option("--results-table", default="scores", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    envvar="MARKETPULSE_DEVICE",
+    help="cpu runs int8, cuda runs fp16; auto takes CUDA when it works.",
+)
+@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), help="Override the graph.")
+@click.option("--limit", type=click.IntRange(min=0), help="Score at most N pending rows.")
+@click.option(
+    "--where",
+    help="Filter on the table's own columns, e.g. \"lang = 'en' AND posted_at >= DATE "
+    "'2024-01-01'\". Comparisons, AND/OR/NOT, IN, BETWEEN, LIKE, IS NULL, casts and simple "
+    "functions only; no subqueries or other tables; values are sent as parameters.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar="MARKETPULSE_THREADS",
+    help="ONNX Runtime threads [default: all cores].",
+)
+@click.option(
+    "--batch-tokens",
+    type=click.IntRange(min=64),
+    default=8192,
+    show_default=True,
+    help="Padded tokens per inference batch.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+def score(db, table, id_col, text_col, bundle, results_db, results_table, device, variant, limit, where, threads, batch_tokens, as_json):  # fmt: skip
+    """Classify every not-yet-scored row of a DuckDB table; resumable.
+
+    Example: marketpulse score --db news.duckdb --table news --id-col id --text-col text --bundle bundle/
+    """
+    import json
+    from pathlib import Path
+
+    from marketpulse.runtime import ScoreConfig
+    from marketpulse.runtime import score as run_score
+
+    stats = run_score(
+        ScoreConfig(
+            db=Path(db), table=table, id_col=id_col, text_col=text_col, bundle=Path(bundle),
+            results_db=Path(results_db) if results_db else None, results_table=results_table,
+            device=device, variant=variant, limit=limit, where=where, threads=threads,
+            batch_tokens=batch_tokens,
+        )
+    )  # fmt: skip
+    click.echo(stats.summary(), err=as_json)
+    if as_json:
+        click.echo(json.dumps(stats.to_dict(), indent=2))
+
+
 # --- trends ---
 @main.command()
 @click.option(

@@ -1,0 +1,50 @@
+"""Readable summaries of a bundle manifest (for `export` and `inspect`; no heavy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 2**20:.1f} MiB" if path.is_file() else "missing"
+
+
+def _check_line(result: dict[str, Any]) -> str:
+    if "skipped" in result:
+        return f"check skipped: {result['skipped']}"
+    parts = [
+        f"agreement {result['agreement']:.2%}",
+        f"max |dlogit| {result['max_abs_logit_diff']:.1e}",
+    ]
+    if "macro_f1" in result:
+        parts.append(f"macro-F1 {result['macro_f1']:.4f}")
+    return ", ".join(parts)
+
+
+def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
+    """Model version, provenance, and one line per variant with its size and check results."""
+    checks = manifest.get("checks", {})
+    valid = "yes" if manifest.get("valid") else f"NO ({manifest.get('invalid_reason', '?')})"
+    lines = [
+        f"bundle         {bundle_dir}",
+        f"model version  {manifest['model_version']} (format {manifest['format_version']})",
+        f"valid          {valid}",
+        f"labels         {', '.join(manifest['labels'])}",
+        f"max length     {manifest['max_length']} tokens",
+        f"source         {manifest.get('source_checkpoint')} (base model {manifest.get('base_model')})",
+        f"exported       {manifest.get('exported_at')}, opset {manifest.get('opset')}, "
+        f"optimization {manifest.get('optimization', {}).get('level')}",
+    ]
+    if "texts" in checks:
+        pytorch = checks.get("pytorch", {}).get("macro_f1")
+        reference = f", PyTorch macro-F1 {pytorch:.4f}" if pytorch is not None else ""
+        lines.append(f"checked on     {checks['texts']}{reference}")
+    for variant, meta in manifest["variants"].items():
+        result = checks.get("variants", {}).get(variant)
+        detail = _check_line(result) if result else "not checked"
+        size = _size(bundle_dir / meta["file"])
+        lines.append(f"  {variant:<5} {meta['file']:<16} {size:>9}  {detail}")
+    libraries = manifest.get("libraries", {})
+    lines.append("libraries      " + ", ".join(f"{k} {v}" for k, v in sorted(libraries.items())))
+    return "\n".join(lines)

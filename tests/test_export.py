@@ -1,0 +1,262 @@
+"""Export stage on the tiny model: files, manifest, graphs, hashes, the accuracy gate, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from marketpulse.bundle import load_bundle, read_manifest
+from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
+
+pytest.importorskip("optimum.onnxruntime")
+
+TEXTS = ["Apple shares jump after earnings beat", "Oil slides as inventories rise", "Fed holds"]
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+def _labeled_checkpoint(tiny_checkpoint: Path, tmp_path: Path, labels: list[str]) -> Path:
+    """The tiny checkpoint plus a test_split.parquet, as `marketpulse train` leaves it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    texts = [f"{t} ({i})" for i in range(10) for t in TEXTS][: len(labels)]
+    pq.write_table(pa.table({"text": texts, "label": labels}), checkpoint / "test_split.parquet")
+    (checkpoint / "metrics.json").write_text(
+        json.dumps({"config": {"base_model": "tiny-test-bert", "max_length": 64}})
+    )
+    return checkpoint
+
+
+def test_bundle_has_every_file_and_manifest_field(tiny_bundle, tiny_checkpoint):
+    names = {p.name for p in tiny_bundle.path.iterdir()}
+    assert names == {
+        "model.fp32.onnx",
+        "model.int8.onnx",
+        "model.fp16.onnx",
+        "tokenizer.json",
+        "labels.json",
+        "manifest.json",
+    }
+    manifest = tiny_bundle.manifest
+    assert manifest["valid"] is True
+    assert manifest["labels"] == ["bearish", "bullish", "neutral"]
+    assert json.loads((tiny_bundle.path / "labels.json").read_text()) == manifest["labels"]
+    assert manifest["max_length"] == 128  # no metrics.json in the tiny checkpoint
+    assert manifest["opset"] == 18
+    assert manifest["source_checkpoint"] == str(tiny_checkpoint.resolve())
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    for library in ("torch", "transformers", "optimum-onnx", "onnxruntime", "onnx", "tokenizers"):
+        assert manifest["libraries"][library][0].isdigit()
+    checks = manifest["checks"]["variants"]
+    assert checks["fp32"]["max_abs_logit_diff"] <= 1e-4
+    assert checks["fp32"]["agreement"] == 1.0
+    assert 0 <= checks["int8"]["agreement"] <= 1
+    assert checks["fp16"] == {"skipped": "no CUDA provider"}
+    quant = manifest["variants"]["int8"]["quantization"]
+    assert quant["per_channel"] is True and quant["mode"] == "dynamic"
+    # load_bundle re-verifies every hash
+    assert load_bundle(tiny_bundle.path).version == manifest["model_version"]
+
+
+def test_graphs_have_dynamic_axes_and_expected_types(tiny_bundle):
+    import onnx
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    for variant in ("fp32", "int8", "fp16"):
+        graph = onnx.load(str(tiny_bundle.variant_path(variant))).graph
+        inputs = {i.name: i for i in graph.input}
+        assert dims(inputs["input_ids"]) == ["batch_size", "sequence_length"]
+        assert inputs["input_ids"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+        (logits,) = graph.output
+        assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, variant
+        assert dims(logits) == ["batch_size", 3]
+    int8_ops = {n.op_type for n in onnx.load(str(tiny_bundle.variant_path("int8"))).graph.node}
+    assert int8_ops & {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention"}
+    fp16 = onnx.load(str(tiny_bundle.variant_path("fp16"))).graph
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.initializer)
+
+
+def test_fp32_graph_matches_pytorch_on_fresh_texts(tiny_bundle, tiny_checkpoint):
+    """Independent of export's own check: different texts, different batch shapes."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from marketpulse.runtime.predictor import Predictor
+
+    texts = ["Tesla recalls 2 million cars", "Gold at record high; miners rally hard today"]
+    predictor = Predictor(tiny_bundle, variant="fp32")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        expected = torch.softmax(model(**batch).logits, dim=-1).numpy()
+    np.testing.assert_allclose(predictor.predict_proba(texts), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["altered byte", "missing file"])
+def test_corrupt_bundle_is_refused_by_load_and_inspect(tiny_bundle, tmp_path, damage):
+    bundle = _copy(tiny_bundle.path, tmp_path)
+    if damage == "altered byte":
+        graph = bundle / "model.int8.onnx"
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        graph.write_bytes(bytes(data))
+        expected = "model.int8.onnx: sha256 mismatch"
+    else:
+        (bundle / "tokenizer.json").unlink()
+        expected = "tokenizer.json: missing"
+    with pytest.raises(MarketpulseError, match=expected):
+        load_bundle(bundle)
+    result = CliRunner().invoke(main, ["inspect", str(bundle)])
+    assert result.exit_code == 1
+    assert expected in result.output and "re-export" in result.output
+
+
+def test_inspect_prints_manifest_and_verifies(tiny_bundle):
+    result = CliRunner().invoke(main, ["inspect", str(tiny_bundle.path)])
+    assert result.exit_code == 0, result.output
+    assert tiny_bundle.version in result.output
+    assert "all 5 file hashes verified" in result.output
+    assert "check skipped: no CUDA provider" in result.output
+    as_json = CliRunner().invoke(main, ["inspect", "--json", str(tiny_bundle.path)])
+    assert json.loads(as_json.output)["model_version"] == tiny_bundle.version
+
+
+def test_inspect_rejects_a_directory_that_is_no_bundle(tmp_path):
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not a marketpulse bundle" in result.output
+
+
+def test_cli_export_writes_requested_variants_only(tiny_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        main,
+        ["export", "--model", str(tiny_checkpoint), "--out", str(out), "--variants", "fp32,int8"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "model.int8.onnx" in result.output
+    bundle = load_bundle(out)
+    assert bundle.variants == ["fp32", "int8"]
+    assert not (out / "model.fp16.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging left over
+
+
+def test_impossible_agreement_fails_and_keeps_the_old_bundle(
+    tiny_bundle, tiny_checkpoint, tmp_path
+):
+    out = _copy(tiny_bundle.path, tmp_path)
+    before = read_manifest(out)
+    args = ["export", "--model", str(tiny_checkpoint), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--variants", "fp32,int8", "--min-agreement", "1.01"])
+    assert result.exit_code == 1
+    assert "export rejected" in result.output and "int8 agrees with PyTorch" in result.output
+    assert "--allow-accuracy-drop" in result.output
+    assert read_manifest(out) == before  # the bundle that was there is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_allow_accuracy_drop_publishes_and_records_the_drop(tiny_checkpoint, tmp_path):
+    from marketpulse.export import ExportConfig, run
+
+    bundle = run(
+        ExportConfig(
+            model=tiny_checkpoint,
+            out=tmp_path / "bundle",
+            variants=("fp32", "int8"),
+            min_agreement=1.01,
+            allow_accuracy_drop=True,
+        )
+    )
+    gate = bundle.manifest["checks"]["gate"]
+    assert gate["allow_accuracy_drop"] is True
+    assert gate["accuracy_drops"] and "int8" in gate["accuracy_drops"][0]
+
+
+def test_parity_failure_is_fatal_even_with_allow_accuracy_drop(tiny_checkpoint, tmp_path):
+    from marketpulse.export import ExportConfig, run
+
+    cfg = ExportConfig(
+        model=tiny_checkpoint,
+        out=tmp_path / "bundle",
+        variants=("fp32",),
+        parity_tolerance=-1.0,  # no graph can meet it
+        allow_accuracy_drop=True,
+    )
+    with pytest.raises(MarketpulseError, match="fp32 logits differ from PyTorch"):
+        run(cfg)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_test_split_gives_macro_f1_and_metrics_json_settings(tiny_checkpoint, tmp_path):
+    from marketpulse.export import ExportConfig, run
+
+    labels = ["bearish", "bullish", "neutral"] * 4
+    checkpoint = _labeled_checkpoint(tiny_checkpoint, tmp_path, labels)
+    bundle = run(
+        ExportConfig(
+            model=checkpoint,
+            out=tmp_path / "b",
+            variants=("fp32", "int8"),
+            allow_accuracy_drop=True,
+        )
+    )
+    checks = bundle.manifest["checks"]
+    assert checks["texts"] == "test_split.parquet (12 rows)"
+    assert 0 <= checks["pytorch"]["macro_f1"] <= 1
+    assert checks["variants"]["fp32"]["macro_f1"] == pytest.approx(checks["pytorch"]["macro_f1"])
+    int8 = checks["variants"]["int8"]
+    assert int8["f1_drop"] == pytest.approx(checks["pytorch"]["macro_f1"] - int8["macro_f1"])
+    assert bundle.manifest["base_model"] == "tiny-test-bert"
+    assert bundle.max_length == 64
+    assert (
+        json.loads((bundle.path / "tokenizer.json").read_text())["truncation"]["max_length"] == 64
+    )
+
+
+def test_test_split_with_unknown_label_is_refused(tiny_checkpoint, tmp_path):
+    from marketpulse.export import ExportConfig, run
+
+    checkpoint = _labeled_checkpoint(tiny_checkpoint, tmp_path, ["bearish", "sideways"])
+    with pytest.raises(MarketpulseError, match="sideways"):
+        run(ExportConfig(model=checkpoint, out=tmp_path / "b", variants=("fp32",)))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "variants, message", [("fp32,int4", "int4"), ("int8", "must include fp32")]
+)
+def test_bad_variants_are_usage_errors(tmp_path, variants, message):
+    result = CliRunner().invoke(
+        main,
+        ["export", "--model", str(tmp_path), "--out", str(tmp_path / "b"), "--variants", variants],
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_export_refuses_missing_checkpoint_and_foreign_out_dir(tiny_checkpoint, tmp_path):
+    result = CliRunner().invoke(
+        main, ["export", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 1 and "no config.json" in result.output
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
+    result = CliRunner().invoke(
+        main, ["export", "--model", str(tiny_checkpoint), "--out", str(foreign)]
+    )
+    assert result.exit_code == 1 and "not a bundle" in result.output
+    assert [p.name for p in foreign.iterdir()] == ["cat.jpg"]
