@@ -80,3 +80,27 @@ def build_db(path: Path, counts=COUNTS) -> Path:
     insert_scores(con, "v1", scores)
     con.close()
     return path
+
+
+def build_weekly_db(path: Path) -> Path:
+    """Two brands x 8 weeks from Monday 2024-01-01, 20 posts a week; brand A drops in week 6."""
+    counts = {}
+    for week in range(8):
+        counts[("A", week)] = (3, 5, 12) if week == 5 else (10, 5, 5)
+        counts[("B", week)] = (8 + week % 2, 6, 6 - week % 2)
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE posts (id BIGINT, brand VARCHAR, posted_at TIMESTAMP, text VARCHAR)")
+    create_results_tables(con, id_type="BIGINT")
+    register_model(con, "v1", datetime(2024, 3, 1))
+    posts, scores = [], []
+    for (brand, week), (pos, neu, neg) in sorted(counts.items()):
+        labels = ["positive"] * pos + ["neutral"] * neu + ["negative"] * neg
+        for k, label in enumerate(labels):
+            id_ = len(posts) + 1
+            at = datetime(2024, 1, 1) + timedelta(weeks=week, hours=8 * k)
+            posts.append([id_, brand, at, f"{brand} {label} post {id_}"])
+            scores.append((id_, label))
+    con.executemany("INSERT INTO posts VALUES (?, ?, ?, ?)", posts)
+    insert_scores(con, "v1", scores)
+    con.close()
+    return path

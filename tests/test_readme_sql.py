@@ -1,0 +1,55 @@
+"""Every ```sql block in the README's "Trends from SQL" section runs against a built database."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+import duckdb
+import pytest
+from conftest import REPO
+from marketpulse.runtime.trends import TrendsConfig, run
+from trends_fixtures import build_weekly_db
+
+
+def _sql_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"^## Trends from SQL\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert section, "README lost its '## Trends from SQL' section"
+    return re.findall(r"```sql\n(.*?)```", section.group(1), re.S)
+
+
+BLOCKS = _sql_blocks()
+
+
+@pytest.fixture(scope="module")
+def con(tmp_path_factory):
+    db = build_weekly_db(tmp_path_factory.mktemp("readme") / "market.duckdb")
+    run(TrendsConfig(db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",)))
+    con = duckdb.connect(str(db), read_only=True)
+    yield con
+    con.close()
+
+
+def test_readme_has_the_queries():
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("sql", BLOCKS, ids=[f"query{i + 1}" for i in range(len(BLOCKS))])
+def test_readme_query_runs_and_returns_rows(con, sql):
+    rows = con.execute(sql).fetchall()
+    assert rows, sql
+
+
+def test_readme_queries_give_the_expected_answers(con):
+    results = {i: con.execute(sql).fetchall() for i, sql in enumerate(BLOCKS)}
+    by_text = dict(zip(BLOCKS, results.values(), strict=True))
+    flagged = [rows for sql, rows in by_text.items() if "WHERE is_shift" in sql]
+    assert flagged and [(r[0], r[1]) for r in flagged[0]] == [("A", date(2024, 2, 5))]
+    latest = [rows for sql, rows in by_text.items() if "QUALIFY" in sql]
+    assert latest and [(r[0], r[1], r[2]) for r in latest[0]] == [
+        ("A", date(2024, 2, 19), 20),
+        ("B", date(2024, 2, 19), 20),
+    ]
+    behind = [rows for sql, rows in by_text.items() if "LIMIT 5" in sql]
+    assert behind and len(behind[0]) == 5 and {r[0] for r in behind[0]} == {"A"}
