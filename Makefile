@@ -26,6 +26,7 @@ EXPORT_ARGS ?=
 SCORE_ARGS  ?=
 TRENDS_ARGS ?=
 BENCH_ARGS  ?=
+DEMO_ARGS   ?=
 
 .PHONY: setup setup-gpu test test-fast lint fmt demo bench train export score trends nightly clean
 
@@ -61,7 +62,7 @@ fmt: setup
 	$(BIN)/ruff check --fix .
 
 demo: setup
-	$(BIN)/python -m marketpulse.demo
+	$(BIN)/python -m marketpulse.demo $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python -m marketpulse.bench $(BENCH_ARGS)
@@ -79,9 +80,12 @@ score: setup
 
 trends: setup
 	$(MP) trends --db $(DB) --source $(TABLE) --id-col $(ID_COL) --time-col $(TIME_COL) \
-		--by $(BY) --grain $(GRAIN) $(TRENDS_ARGS)
+		$(if $(BY),--by $(BY)) --grain $(GRAIN) $(TRENDS_ARGS)
 
-nightly: score trends
+# Sequential even under `make -j`: trends must read tonight's scores.
+nightly: setup
+	$(MAKE) --no-print-directory score
+	$(MAKE) --no-print-directory trends
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache *.egg-info
