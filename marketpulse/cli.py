@@ -390,7 +390,9 @@ def inspect_(bundle_dir, as_json):
 @click.option("--id-col", required=True, help="Unique, non-NULL key column.")
 @click.option("--text-col", required=True, help="VARCHAR column to classify.")
 @click.option("--bundle", required=True, type=click.Path(file_okay=False), help="Bundle dir.")
-@click.option("--results-db", type=click.Path(dir_okay=False), help="Write results here [default: --db].")
+@click.option(
+    "--results-db", type=click.Path(dir_okay=False), help="Write results here [default: --db]."
+)
 @click.option("--results-table", default="scores", show_default=True)
 @click.option(
     "--device",
@@ -422,7 +424,22 @@ def inspect_(bundle_dir, as_json):
     help="Padded tokens per inference batch.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-def score(db, table, id_col, text_col, bundle, results_db, results_table, device, variant, limit, where, threads, batch_tokens, as_json):  # fmt: skip
+def score(
+    db,
+    table,
+    id_col,
+    text_col,
+    bundle,
+    results_db,
+    results_table,
+    device,
+    variant,
+    limit,
+    where,
+    threads,
+    batch_tokens,
+    as_json,
+):
     """Classify every not-yet-scored row of a DuckDB table; resumable.
 
     Example: marketpulse score --db news.duckdb --table news --id-col id --text-col text --bundle bundle/
@@ -435,12 +452,21 @@ def score(db, table, id_col, text_col, bundle, results_db, results_table, device
 
     stats = run_score(
         ScoreConfig(
-            db=Path(db), table=table, id_col=id_col, text_col=text_col, bundle=Path(bundle),
-            results_db=Path(results_db) if results_db else None, results_table=results_table,
-            device=device, variant=variant, limit=limit, where=where, threads=threads,
+            db=Path(db),
+            table=table,
+            id_col=id_col,
+            text_col=text_col,
+            bundle=Path(bundle),
+            results_db=Path(results_db) if results_db else None,
+            results_table=results_table,
+            device=device,
+            variant=variant,
+            limit=limit,
+            where=where,
+            threads=threads,
             batch_tokens=batch_tokens,
         )
-    )  # fmt: skip
+    )
     click.echo(stats.summary(), err=as_json)
     if as_json:
         click.echo(json.dumps(stats.to_dict(), indent=2))

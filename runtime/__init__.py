@@ -16,7 +16,7 @@ def __getattr__(name: str):
 
         return Predictor
     if name in ("RunStats", "ScoreConfig", "score"):
-        from marketpulse.runtime import score as _score
+        from marketpulse.runtime import scoring
 
-        return getattr(_score, name)
+        return getattr(scoring, name)
     raise AttributeError(f"module 'marketpulse.runtime' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from marketpulse.runtime.batching import pad, plan_batches
 from marketpulse.runtime.predictor import CPU, Predictor, choose_placement, cuda_provider_available
-from test_runtime_support import get_bundle_dir
+from test_runtime_support import spread_bundle
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
@@ -21,8 +21,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(request, tmp_path_factory):
-    return get_bundle_dir(request, tmp_path_factory)
+def bundle_dir(tiny_bundle):
+    return tiny_bundle.path
 
 
 def test_cpu_default_is_int8_and_probabilities_sum_to_one(bundle_dir):
@@ -73,9 +73,10 @@ def test_device_auto_falls_back_to_cpu_and_says_so(bundle_dir):
     assert "no CUDA provider" in placement.reason and "using CPU" in placement.reason
 
 
-def test_missing_variant_names_what_the_bundle_has(bundle_dir):
+def test_missing_variant_names_what_the_bundle_has(tiny_checkpoint, tmp_path_factory):
+    fp32_int8 = spread_bundle(tiny_checkpoint, tmp_path_factory)
     with pytest.raises(MarketpulseError, match=r"no 'fp16' graph \(has: fp32, int8\)"):
-        Predictor(bundle_dir, variant="fp16")
+        Predictor(fp32_int8, variant="fp16")
 
 
 def test_plan_batches_respects_token_budget_and_covers_every_row():

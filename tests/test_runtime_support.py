@@ -1,40 +1,75 @@
-"""Shared helpers for the runtime tests: a tiny bundle, a source table.
+"""Shared helpers for the runtime tests.
 
-Uses the export helper's `tiny_bundle` fixture when tests/conftest.py has it; until
-then builds one the same way export does (optimum main_export + dynamic int8).
+`spread_bundle(tiny_checkpoint, tmp_path_factory)`: the tiny checkpoint with its weights redrawn at a large scale, exported
+by `marketpulse.export.run`. The stock tiny model has near-tied logits, so every text
+gets almost the same probabilities; here different texts get clearly different ones,
+which lets a test prove each result landed on the right id after length sorting.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
 import pytest
 
-from marketpulse.bundle import write_manifest
+_CACHE: dict = {}
 
 
-def build_tiny_bundle(checkpoint: Path, out: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from optimum.exporters.onnx import main_export
+def spread_bundle(tiny_checkpoint, tmp_path_factory):
+    """Built once per test session; call it from a fixture."""
+    if tiny_checkpoint in _CACHE:
+        return _CACHE[tiny_checkpoint]
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("optimum.onnxruntime")
+    from marketpulse.export import ExportConfig, run
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    onnx_dir = out.parent / (out.name + "_onnx")
-    main_export(str(checkpoint), output=str(onnx_dir), task="text-classification")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(onnx_dir / "model.onnx", out / "model.fp32.onnx")
-    shutil.copy(onnx_dir / "tokenizer.json", out / "tokenizer.json")
-    quantize_dynamic(
-        str(out / "model.fp32.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "LayerNorm" not in name:
+                param.normal_(0.0, 0.4)
+    checkpoint = tmp_path_factory.mktemp("spread") / "checkpoint"
+    model.save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(checkpoint)
+    out = checkpoint.parent / "bundle"
+    _CACHE[tiny_checkpoint] = run(
+        ExportConfig(
+            model=checkpoint,
+            out=out,
+            variants=("fp32", "int8"),
+            allow_accuracy_drop=True,
+            max_length=48,
+        )
     )
-    labels = ["bearish", "bullish", "neutral"]
-    write_manifest(out, {"labels": labels, "max_length": 64, "variants": {"fp32": {}, "int8": {}}})
-    return out
+    return _CACHE[tiny_checkpoint]
 
 
-def get_bundle_dir(request, tmp_path_factory) -> Path:
-    try:
-        value = request.getfixturevalue("tiny_bundle")
-        return Path(getattr(value, "path", value))
-    except pytest.FixtureLookupError:
-        checkpoint = request.getfixturevalue("tiny_checkpoint")
-        return build_tiny_bundle(checkpoint, tmp_path_factory.mktemp("rt") / "bundle")
+def make_source(db: Path, n: int, table: str = "posts", long_every: int = 0) -> list:
+    """A posts(id BIGINT, text VARCHAR, lang VARCHAR) table; every 97th text NULL, 89th blank."""
+    texts = []
+    for i in range(n):
+        if i % 97 == 5:
+            text = None
+        elif i % 89 == 7:
+            text = "   " if i % 2 else ""
+        elif long_every and i % long_every == 3:
+            text = f"row {i} " + "markets tumble on rate fears " * 40
+        else:
+            text = f"row {i}: {'shares rally ' * (i % 9)}{['AAPL', 'TSLA', 'oil'][i % 3]} guidance"
+        texts.append(text)
+    rows = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "text": pa.array(texts, pa.string()),
+            "lang": pa.array(["en" if i % 2 == 0 else "de" for i in range(n)]),
+        }
+    )
+    con = duckdb.connect(str(db))
+    con.register("rows", rows)
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM rows")
+    con.close()
+    return texts

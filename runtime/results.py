@@ -1,0 +1,177 @@
+"""The results tables in DuckDB: what a scoring run writes, so it can be audited in SQL.
+
+    scores(id <source id type>, model_version, label, confidence, p_<label>..., reason,
+           truncated, scored_at, PRIMARY KEY (id, model_version))
+    models(model_version PRIMARY KEY, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
+    runs(run_id, model_version, source, rows_scored, rows_skipped, rows_failed, started_at,
+         finished_at, rows_per_s, status, ...)
+
+`label` is NULL exactly when `reason` is set ('null_text', 'empty_text' or
+'inference_error'). A chunk of scores and the run's counters are written in one
+transaction (`write_chunk`), so after a crash the table holds whole chunks only and
+the run row agrees with it. A run row still 'running' when a new run opens the same
+database belonged to a dead process (DuckDB lets one process write a database file at
+a time) and is marked 'interrupted'.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+from marketpulse.bundle import Bundle
+from marketpulse.errors import MarketpulseError
+from marketpulse.sql import quote_ident, quote_table
+
+RUNS = "runs"
+MODELS = "models"
+SCORE_COLUMNS = ("id", "model_version", "label", "confidence", "reason", "truncated", "scored_at")
+RUN_COLUMNS = {
+    "run_id": "VARCHAR PRIMARY KEY",
+    "model_version": "VARCHAR",
+    "source": "VARCHAR",
+    "rows_scored": "BIGINT",
+    "rows_skipped": "BIGINT",
+    "rows_failed": "BIGINT",
+    "started_at": "TIMESTAMP",
+    "finished_at": "TIMESTAMP",
+    "rows_per_s": "DOUBLE",
+    "status": "VARCHAR",
+    "rows_truncated": "BIGINT",
+    "results_table": "VARCHAR",
+    "source_db": "VARCHAR",
+    "filter": "VARCHAR",
+    "row_limit": "BIGINT",
+    "provider": "VARCHAR",
+    "variant": "VARCHAR",
+    "error": "VARCHAR",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def probability_column(label: str) -> str:
+    return "p_" + re.sub(r"[^a-z0-9_]", "_", label.lower())
+
+
+def probability_columns(labels: list[str]) -> list[str]:
+    cols = [probability_column(label) for label in labels]
+    if len(set(cols)) != len(cols):
+        raise MarketpulseError(
+            f"labels {labels} collide once sanitized to column names ({cols}); "
+            "re-train with distinct label names"
+        )
+    return cols
+
+
+def _columns(con, table_sql: str) -> dict[str, str] | None:
+    try:
+        return {r[0]: r[1] for r in con.execute(f"DESCRIBE {table_sql}").fetchall()}
+    except Exception:  # duckdb.CatalogException: table absent
+        return None
+
+
+def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[str]:
+    """Create or check the scores, models and runs tables; return the probability columns.
+
+    Raises before anything is written when an existing table cannot take these results.
+    """
+    table = quote_table(results_table)
+    p_cols = probability_columns(labels)
+    have = _columns(con, table)
+    if have is not None:
+        missing = [c for c in SCORE_COLUMNS if c not in have]
+        if missing:
+            raise MarketpulseError(
+                f"table {results_table!r} exists but is not a scores table (lacks "
+                f"{', '.join(missing)}); pass --results-table with a new or scores table name"
+            )
+        if have["id"] != id_type:
+            raise MarketpulseError(
+                f"results table {results_table!r} holds ids of type {have['id']}, the source "
+                f"id column is {id_type}; pass --results-table with another name"
+            )
+    for name, expected in ((RUNS, RUN_COLUMNS), (MODELS, {"model_version": ""})):
+        cols = _columns(con, quote_ident(name))
+        if cols is not None and not set(expected) <= set(cols):
+            raise MarketpulseError(
+                f"table {name!r} in the results database is not marketpulse's {name} table; "
+                "pass --results-db with another database file"
+            )
+    if have is None:
+        probs = "".join(f", {quote_ident(c)} DOUBLE" for c in p_cols)
+        con.execute(
+            f"CREATE TABLE {table} (id {id_type} NOT NULL, model_version VARCHAR NOT NULL, "
+            f"label VARCHAR, confidence DOUBLE{probs}, reason VARCHAR, truncated BOOLEAN, "
+            "scored_at TIMESTAMP, PRIMARY KEY (id, model_version))"
+        )
+    else:
+        # A model with new labels adds its probability columns; older rows read NULL there.
+        for col in p_cols:
+            if col not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} DOUBLE")
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(MODELS)} (model_version VARCHAR PRIMARY KEY, "
+        "labels VARCHAR[], manifest VARCHAR, registered_at TIMESTAMP)"
+    )
+    cols = ", ".join(f"{quote_ident(k)} {v}" for k, v in RUN_COLUMNS.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(RUNS)} ({cols})")
+    return p_cols
+
+
+def register_model(con, bundle: Bundle) -> None:
+    con.execute(
+        f"INSERT INTO {quote_ident(MODELS)} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [bundle.version, bundle.labels, json.dumps(bundle.manifest, sort_keys=True), utcnow()],
+    )
+
+
+def close_dead_runs(con) -> int:
+    """Mark runs left 'running' by a killed process as 'interrupted'; return how many."""
+    rows = con.execute(
+        f"UPDATE {quote_ident(RUNS)} SET status = 'interrupted' WHERE status = 'running' "
+        "RETURNING run_id"
+    ).fetchall()
+    return len(rows)
+
+
+def start_run(con, run: dict) -> None:
+    cols = list(run)
+    con.execute(
+        f"INSERT INTO {quote_ident(RUNS)} ({', '.join(quote_ident(c) for c in cols)}) "
+        f"VALUES ({', '.join('?' for _ in cols)})",
+        [run[c] for c in cols],
+    )
+
+
+def write_chunk(con, results_table: str, chunk, run_id: str, counts: dict[str, int]) -> None:
+    """Insert one chunk of scores (a pyarrow Table) and bump the run counters atomically."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("_marketpulse_chunk", chunk)
+        con.execute(
+            f"INSERT INTO {quote_table(results_table)} BY NAME SELECT * FROM _marketpulse_chunk"
+        )
+        con.execute(
+            f"UPDATE {quote_ident(RUNS)} SET rows_scored = rows_scored + ?, "
+            "rows_skipped = rows_skipped + ?, rows_failed = rows_failed + ?, "
+            "rows_truncated = rows_truncated + ? WHERE run_id = ?",
+            [counts["scored"], counts["skipped"], counts["failed"], counts["truncated"], run_id],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_marketpulse_chunk")
+
+
+def finish_run(con, run_id: str, status: str, rows_per_s: float, error: str | None = None):
+    con.execute(
+        f"UPDATE {quote_ident(RUNS)} SET status = ?, finished_at = ?, rows_per_s = ?, error = ? "
+        "WHERE run_id = ?",
+        [status, utcnow(), rows_per_s, error, run_id],
+    )

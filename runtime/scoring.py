@@ -1,0 +1,366 @@
+"""`score(ScoreConfig) -> RunStats`: score a DuckDB table with a bundle, resumably.
+
+Read top to bottom:
+1. Check everything that can be wrong with the input (bundle, databases, table,
+   columns, ids, filter, device) and raise one-line errors before writing anything.
+2. Create or check the results tables, register the model, open a run row.
+3. Stream pending rows (not yet scored by this model version) through three stages
+   that overlap, because DuckDB, the Rust tokenizer and ONNX Runtime all release the
+   GIL:
+       reader thread:  DuckDB record batch -> split NULL/empty -> tokenize the window
+       main thread:    length-sorted token-budget batches -> ONNX Runtime -> softmax
+       writer thread:  one transaction per window: scores rows + run counters
+   Queues between stages are short, so at most a few windows are in memory.
+4. Close the run row as completed, failed or interrupted.
+
+A row whose batch fails in ONNX Runtime is retried alone; if it still fails it is
+counted as failed and not written, so the next run tries it again.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from marketpulse.runtime import results
+from marketpulse.runtime.batching import (
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_BATCH_ROWS,
+    pad,
+    plan_batches,
+    softmax,
+)
+from marketpulse.runtime.predictor import Predictor, available_cores
+from marketpulse.runtime.progress import Progress, format_duration
+from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
+
+from marketpulse.bundle import load_bundle
+from marketpulse.errors import MarketpulseError
+
+DEFAULT_CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    db: Path
+    table: str
+    id_col: str
+    text_col: str
+    bundle: Path
+    results_db: Path | None = None
+    results_table: str = "scores"
+    device: str = "auto"
+    variant: str | None = None
+    limit: int | None = None
+    where: str | None = None
+    threads: int | None = None
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    memory_limit: str = "512MB"
+    progress: bool = True
+
+
+@dataclass
+class RunStats:
+    run_id: str
+    model_version: str
+    source: str
+    results_table: str
+    results_db: str
+    provider: str = ""
+    variant: str = ""
+    provider_reason: str = ""
+    status: str = "running"
+    rows_pending: int = 0
+    rows_already_scored: int = 0
+    rows_scored: int = 0
+    rows_skipped: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    rows_truncated: int = 0
+    rows_failed: int = 0
+    seconds: float = 0.0
+    rows_per_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(self.skipped_reasons.items()))
+        skipped = f" ({reasons})" if reasons else ""
+        return (
+            f"{self.status}: scored {self.rows_scored:,} rows, skipped {self.rows_skipped:,}"
+            f"{skipped}, truncated {self.rows_truncated:,}, failed {self.rows_failed:,}, "
+            f"{self.rows_already_scored:,} already scored; {format_duration(self.seconds)} at "
+            f"{self.rows_per_s:,.0f} rows/s -> {self.results_table} in {self.results_db} "
+            f"(run {self.run_id}, model {self.model_version}, {self.provider} {self.variant})"
+        )
+
+
+def _check_config(cfg: ScoreConfig) -> None:
+    if cfg.limit is not None and cfg.limit < 0:
+        raise MarketpulseError(f"--limit must be 0 or more, got {cfg.limit}")
+    if cfg.batch_tokens < 64:
+        raise MarketpulseError(f"--batch-tokens must be at least 64, got {cfg.batch_tokens}")
+    if cfg.chunk_rows < 1:
+        raise MarketpulseError(f"chunk_rows must be at least 1, got {cfg.chunk_rows}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise MarketpulseError(f"--threads must be at least 1, got {cfg.threads}")
+
+
+def score(cfg: ScoreConfig) -> RunStats:
+    """Score every pending row of `cfg.table`; return what the run did."""
+    _check_config(cfg)
+    # The tokenizer runs on the reader thread beside ONNX Runtime's pool; a second
+    # Rayon pool per core would only oversubscribe the CPU. Set before first use.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_RS_NUM_CPUS"] = "1"
+    bundle = load_bundle(Path(cfg.bundle))
+    threads = cfg.threads or available_cores()
+    con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
+    try:
+        source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
+        predictor = Predictor(bundle, cfg.variant, cfg.device, threads)
+        p_cols = results.prepare(con, cfg.results_table, source.id_type, bundle.labels)
+        results.register_model(con, bundle)
+        dead = results.close_dead_runs(con)
+        matching, done = count_rows(con, source, cfg.results_table, bundle.version)
+        pending = matching - done if cfg.limit is None else min(matching - done, cfg.limit)
+        stats = RunStats(
+            run_id=uuid.uuid4().hex[:12],
+            model_version=bundle.version,
+            source=cfg.table,
+            results_table=cfg.results_table,
+            results_db=str(cfg.results_db or cfg.db),
+            provider=predictor.provider,
+            variant=predictor.variant,
+            provider_reason=predictor.reason,
+            rows_pending=pending,
+            rows_already_scored=done,
+        )
+        progress = Progress(pending, enabled=cfg.progress)
+        progress.log(predictor.describe())
+        if dead:
+            progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
+        results.start_run(
+            con,
+            {
+                "run_id": stats.run_id,
+                "model_version": stats.model_version,
+                "source": cfg.table,
+                "rows_scored": 0,
+                "rows_skipped": 0,
+                "rows_failed": 0,
+                "rows_truncated": 0,
+                "started_at": results.utcnow(),
+                "status": "running",
+                "results_table": cfg.results_table,
+                "source_db": str(Path(cfg.db).resolve()),
+                "filter": cfg.where,
+                "row_limit": cfg.limit,
+                "provider": predictor.provider,
+                "variant": predictor.variant,
+            },
+        )
+        sql, params = pending_query(source, cfg.results_table, bundle.version, cfg.limit)
+        start = time.perf_counter()
+        error = None
+        try:
+            _stream(con, sql, params, predictor, cfg, stats, p_cols, progress)
+            stats.status = "completed"
+        except KeyboardInterrupt:
+            stats.status = "interrupted"
+            raise
+        except BaseException as exc:
+            stats.status = "failed"
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise
+        finally:
+            progress.close()
+            stats.seconds = time.perf_counter() - start
+            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
+            results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+        return stats
+    finally:
+        con.close()
+
+
+class _Stop(Exception):
+    """Raised inside a stage thread when another stage failed."""
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+@dataclass
+class _Window:
+    ids: object  # pyarrow Array, the source id type
+    texts: list
+    reasons: list  # None for rows to score, else 'null_text' / 'empty_text'
+    valid: np.ndarray  # int indices of rows to score
+    encoded: object = None  # batching.Encoded for the valid rows
+    probs: np.ndarray | None = None  # (len(valid), n_labels)
+    failed: np.ndarray | None = None  # bool (len(valid),)
+
+
+def _stream(con, sql, params, predictor: Predictor, cfg, stats, p_cols, progress) -> None:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    to_infer: queue.Queue = queue.Queue(maxsize=2)
+    to_write: queue.Queue = queue.Queue(maxsize=2)
+    reader_con, writer_con = con.cursor(), con.cursor()
+
+    def read() -> None:
+        try:
+            reader = _record_batches(reader_con.sql(sql, params=params), cfg.chunk_rows)
+            for batch in reader:
+                texts = batch.column(1).to_pylist()
+                reasons = [
+                    "null_text" if t is None else ("empty_text" if not t.strip() else None)
+                    for t in texts
+                ]
+                valid = np.fromiter((i for i, r in enumerate(reasons) if r is None), np.int64)
+                window = _Window(batch.column(0), texts, reasons, valid)
+                window.encoded = predictor.encoder.encode([texts[i] for i in valid])
+                _put(to_infer, window, stop)
+            _put(to_infer, None, stop)
+        except _Stop:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    def write() -> None:
+        try:
+            while (window := _get(to_write, stop)) is not None:
+                table, counts = _results_table(window, predictor, stats.model_version, p_cols)
+                results.write_chunk(writer_con, cfg.results_table, table, stats.run_id, counts)
+                stats.rows_scored += counts["scored"]
+                stats.rows_skipped += counts["skipped"]
+                stats.rows_failed += counts["failed"]
+                stats.rows_truncated += counts["truncated"]
+                for reason in filter(None, window.reasons):
+                    stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + 1
+                progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
+        except _Stop:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=f, name=f"score-{f.__name__}") for f in (read, write)]
+    for t in threads:
+        t.start()
+    try:
+        while (window := _get(to_infer, stop)) is not None:
+            _infer(window, predictor, cfg.batch_tokens)
+            _put(to_write, window, stop)
+        _put(to_write, None, stop)
+        threads[1].join()
+    except _Stop:
+        pass
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        reader_con.close()
+        writer_con.close()
+    if errors:
+        raise errors[0]
+
+
+def _record_batches(relation, rows: int):
+    """A streaming Arrow reader over a DuckDB relation (the method's name varies by version)."""
+    if hasattr(relation, "to_arrow_reader"):  # duckdb >= 2
+        return relation.to_arrow_reader(rows)
+    return relation.fetch_arrow_reader(rows)
+
+
+def _infer(window: _Window, predictor: Predictor, batch_tokens: int) -> None:
+    encoded = window.encoded
+    n = len(window.valid)
+    window.probs = np.zeros((n, len(predictor.labels)), dtype=np.float32)
+    window.failed = np.zeros(n, dtype=bool)
+    last_error = None
+    pad_id = predictor.encoder.pad_id
+    for idx in plan_batches(encoded.lengths, batch_tokens, DEFAULT_MAX_BATCH_ROWS):
+        try:
+            window.probs[idx] = softmax(predictor.run(*pad([encoded.ids[i] for i in idx], pad_id)))
+            continue
+        except Exception as exc:  # retry the rows of a failed batch one by one
+            last_error = exc
+        for i in idx:
+            try:
+                window.probs[i] = softmax(predictor.run(*pad([encoded.ids[i]], pad_id)))[0]
+            except Exception as exc:
+                last_error = exc
+                window.failed[i] = True
+    if n and window.failed.all():
+        raise MarketpulseError(
+            f"ONNX Runtime failed on every row of a window ({last_error}); check the bundle "
+            "with `marketpulse evaluate --bundle` or rerun with --device cpu"
+        ) from last_error
+
+
+def _results_table(window: _Window, predictor: Predictor, version: str, p_cols: list[str]):
+    """The window's rows for the scores table (failed rows left out) and its counters."""
+    import pyarrow as pa
+
+    n = len(window.texts)
+    keep = np.ones(n, dtype=bool)
+    keep[window.valid[window.failed]] = False
+    scored = np.zeros(n, dtype=bool)
+    scored[window.valid[~window.failed]] = True
+    probs = np.full((n, len(p_cols)), np.nan)
+    probs[window.valid] = window.probs
+    best = probs[window.valid].argmax(axis=1) if len(window.valid) else np.zeros(0, int)
+    labels = np.full(n, None, dtype=object)
+    labels[window.valid] = np.asarray(predictor.labels, dtype=object)[best]
+    truncated = np.zeros(n, dtype=bool)
+    truncated[window.valid] = window.encoded.truncated
+    confidence = np.nanmax(np.where(scored[:, None], probs, -1.0), axis=1)
+    rows = np.flatnonzero(keep)
+    scored_at = np.datetime64(results.utcnow(), "us")
+    columns = {
+        "id": window.ids.take(pa.array(rows)),
+        "model_version": pa.array([version] * len(rows), pa.string()),
+        "label": pa.array(labels[rows].tolist(), pa.string()),
+        "confidence": pa.array(confidence[rows], mask=~scored[rows]),
+        "reason": pa.array([window.reasons[i] for i in rows], pa.string()),
+        "truncated": pa.array(truncated[rows]),
+        "scored_at": pa.array(np.full(len(rows), scored_at)),
+    }
+    for j, col in enumerate(p_cols):
+        columns[col] = pa.array(probs[rows, j], mask=~scored[rows])
+    counts = {
+        "scored": int(scored.sum()),
+        "skipped": int(sum(r is not None for r in window.reasons)),
+        "failed": int(window.failed.sum()),
+        "truncated": int(truncated[scored].sum()),
+    }
+    return pa.table(columns), counts

@@ -1,0 +1,190 @@
+"""Reading the source table: open the databases, check the input, stream pending rows.
+
+`open_databases` opens the results database read-write (creating it if needed) and,
+when the source lives in another file, attaches that one read-only as `src`. DuckDB's
+own memory is capped so its buffer cache cannot grow with the table.
+
+`check_source` turns every input problem into a one-line error before anything is
+written: missing table or column, an id column that is not a plain scalar or holds
+NULLs or duplicates, a text column that is not text.
+
+`pending_query` is the one query that streams work: the source rows that pass the
+filter and that this model version has not scored yet (an anti-join against the
+results table inside DuckDB), optionally limited. It has no ORDER BY, so DuckDB
+streams it in record batches without materialising it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from marketpulse.runtime.where import compile_where
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.sql import quote_ident, quote_table, table_columns
+
+SOURCE_ALIAS = "src"
+_TEXT_TYPES = ("VARCHAR",)
+_BAD_ID_PREFIXES = ("STRUCT", "MAP", "UNION", "BLOB", "FLOAT", "DOUBLE")
+
+
+@dataclass(frozen=True)
+class Source:
+    table_sql: str  # quoted, catalog-qualified when attached
+    id_col: str
+    text_col: str
+    id_type: str
+    where_sql: str
+    where_params: list
+
+
+def open_databases(db: Path, results_db: Path | None, memory_limit: str, threads: int):
+    """Return a DuckDB connection on the results database with the source reachable."""
+    import duckdb
+
+    db = Path(db)
+    if not db.is_file():
+        raise MarketpulseError(
+            f"database file {db} not found; pass --db with an existing DuckDB file"
+        )
+    same = results_db is None or Path(results_db).resolve() == db.resolve()
+    target = db if same else Path(results_db)
+    try:
+        con = duckdb.connect(str(target))
+        if not same:
+            con.execute(f"ATTACH ? AS {SOURCE_ALIAS} (READ_ONLY)", [str(db)])
+    except duckdb.IOException as exc:
+        first = str(exc).splitlines()[0]
+        if "lock" in first.lower():
+            raise MarketpulseError(
+                f"database {target} is in use by another process ({first}); wait for it to "
+                "finish or score into another file with --results-db"
+            ) from exc
+        raise MarketpulseError(f"cannot open {target} ({first}); check the path") from exc
+    except duckdb.Error as exc:
+        raise MarketpulseError(
+            f"cannot open {db} as a DuckDB database ({str(exc).splitlines()[0]}); pass --db "
+            "with a DuckDB file"
+        ) from exc
+    # Capped memory keeps the buffer cache (and so RSS) flat however large the table is;
+    # operators spill to disk beyond it. No insertion order: results need no ordering.
+    con.execute(f"SET memory_limit = '{_checked_size(memory_limit)}'")
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET preserve_insertion_order = false")
+    return con, not same
+
+
+def _checked_size(size: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)\s*", size, re.I):
+        raise MarketpulseError(f"invalid memory size {size!r}; use e.g. 512MB or 2GB")
+    return size.strip()
+
+
+def check_source(
+    con, table: str, id_col: str, text_col: str, where: str | None, attached: bool
+) -> Source:
+    table_sql = quote_table(table)
+    if attached:
+        if table.count(".") >= 2:
+            raise MarketpulseError(
+                f"--table {table!r} names a catalog; with --results-db pass schema.table only"
+            )
+        table_sql = f"{SOURCE_ALIAS}.{table_sql}"
+        cols = _attached_columns(con, table_sql, table)
+    else:
+        cols = table_columns(con, table)
+    for flag, col in (("--id-col", id_col), ("--text-col", text_col)):
+        if col not in cols:
+            raise MarketpulseError(
+                f"column {col!r} not found in table {table!r} (columns: {', '.join(cols)}); "
+                f"pass {flag} with one of them"
+            )
+    if id_col == text_col:
+        raise MarketpulseError(
+            "--id-col and --text-col name the same column; pass distinct columns"
+        )
+    id_type, text_type = cols[id_col], cols[text_col]
+    if id_type.upper().startswith(_BAD_ID_PREFIXES) or id_type.endswith("]"):
+        raise MarketpulseError(
+            f"id column {id_col!r} has type {id_type}; pass --id-col with an integer, text or "
+            "UUID key column"
+        )
+    if text_type.upper() not in _TEXT_TYPES:
+        raise MarketpulseError(
+            f"text column {text_col!r} has type {text_type}, not VARCHAR; pass --text-col with "
+            "a text column"
+        )
+    where_sql, params = compile_where(con, where or "", list(cols))
+    source = Source(table_sql, id_col, text_col, id_type, where_sql, params)
+    _check_ids(con, source, table)
+    return source
+
+
+def _attached_columns(con, table_sql: str, table: str) -> dict[str, str]:
+    try:
+        return {r[0]: r[1] for r in con.execute(f"DESCRIBE {table_sql}").fetchall()}
+    except Exception as exc:  # duckdb.CatalogException
+        tables = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [SOURCE_ALIAS]
+            ).fetchall()
+        ]
+        raise MarketpulseError(
+            f"table {table!r} not found in --db (tables: {', '.join(tables) or 'none'}); "
+            "pass --table with an existing table"
+        ) from exc
+
+
+def _check_ids(con, source: Source, table: str) -> None:
+    """The id column must be a key of the whole table: no NULLs, no duplicates."""
+    ident = quote_ident(source.id_col)
+    nulls, dups = con.execute(
+        f"SELECT count(*) - count({ident}), count({ident}) - count(DISTINCT {ident}) "
+        f"FROM {source.table_sql}"
+    ).fetchone()
+    if nulls:
+        raise MarketpulseError(
+            f"id column {source.id_col!r} of {table!r} has {nulls} NULL value(s); give every "
+            "row an id or pass --id-col with a key column"
+        )
+    if dups:
+        example = con.execute(
+            f"SELECT {ident} FROM {source.table_sql} GROUP BY {ident} HAVING count(*) > 1 LIMIT 1"
+        ).fetchone()[0]
+        raise MarketpulseError(
+            f"id column {source.id_col!r} of {table!r} has {dups} duplicate value(s) (e.g. "
+            f"{example!r}); deduplicate the table or pass --id-col with a unique column"
+        )
+
+
+def pending_query(
+    source: Source, results_table: str, model_version: str, limit: int | None
+) -> tuple[str, list]:
+    """SQL + parameters for (id, text) of rows still to score, in no particular order."""
+    sql = (
+        f"SELECT s.{quote_ident(source.id_col)} AS id, s.{quote_ident(source.text_col)} AS text "
+        f"FROM {source.table_sql} AS s "
+        f"ANTI JOIN (SELECT id FROM {quote_table(results_table)} WHERE model_version = ?) AS r "
+        f"ON r.id = s.{quote_ident(source.id_col)} "
+        f"WHERE {source.where_sql}"
+    )
+    params = [model_version, *source.where_params]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    return sql, params
+
+
+def count_rows(con, source: Source, results_table: str, model_version: str) -> tuple[int, int]:
+    """(rows passing the filter, of which already scored by this model version)."""
+    matching, done = con.execute(
+        f"SELECT count(*), count(r.id) FROM {source.table_sql} AS s "
+        f"LEFT JOIN (SELECT id FROM {quote_table(results_table)} WHERE model_version = ?) AS r "
+        f"ON r.id = s.{quote_ident(source.id_col)} WHERE {source.where_sql}",
+        [model_version, *source.where_params],
+    ).fetchone()
+    return int(matching), int(done)

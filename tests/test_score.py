@@ -1,0 +1,212 @@
+"""`marketpulse score` end to end on the tiny bundle: what lands in DuckDB, and when not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from marketpulse.runtime import Predictor, ScoreConfig, score
+from marketpulse.runtime.predictor import cuda_provider_available
+from test_runtime_support import make_source, spread_bundle
+
+from marketpulse.cli import main
+
+N = 600
+
+
+def run_cli(db, bundle, *extra):
+    args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
+    return CliRunner().invoke(main, [*args, "--bundle", str(bundle), "--device", "cpu", *extra])
+
+
+def tables(db) -> set[str]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    finally:
+        con.close()
+
+
+def query(db, sql, params=None):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    return spread_bundle(tiny_checkpoint, tmp_path_factory)
+
+
+@pytest.fixture
+def source(tmp_path):
+    db = tmp_path / "market.duckdb"
+    texts = make_source(db, N, long_every=50)
+    return db, texts
+
+
+def test_scores_every_row_once_with_probabilities_on_the_right_id(source, bundle):
+    db, texts = source
+    # fp32 so results can be matched exactly (int8 rounding depends on batch mates).
+    result = run_cli(db, bundle.path, "--batch-tokens", "256", "--variant", "fp32")
+    assert result.exit_code == 0, result.output
+    assert "completed: scored" in result.output
+
+    rows = query(
+        db,
+        "SELECT id, label, confidence, p_bearish, p_bullish, p_neutral, reason, truncated, "
+        "model_version, scored_at FROM scores ORDER BY id",
+    )
+    assert [r[0] for r in rows] == list(range(N))
+    assert {r[8] for r in rows} == {bundle.version}
+    assert all(r[9] is not None for r in rows)
+    # Results must be on the id they belong to even though batches were length-sorted:
+    # compare with the same texts scored one at a time by the fp32 graph.
+    predictor = Predictor(bundle, variant="fp32")
+    scored = [r for r in rows if r[1] is not None]
+    expected = predictor.predict_proba([texts[r[0]] for r in scored])
+    got = np.array([r[3:6] for r in scored])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    labels = np.array(bundle.labels)[expected.argmax(axis=1)]
+    assert labels.tolist() == [r[1] for r in scored]
+    assert len(set(np.round(got[:, 0], 3))) > 50  # the probabilities really differ per text
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose([r[2] for r in scored], got.max(axis=1))
+
+    for r in rows:
+        text = texts[r[0]]
+        if text is None:
+            assert (r[1], r[2], r[6]) == (None, None, "null_text")
+        elif not text.strip():
+            assert (r[1], r[2], r[6]) == (None, None, "empty_text")
+        else:
+            assert r[6] is None
+    long_ids = {i for i, t in enumerate(texts) if t and "rate fears" in t}
+    assert {r[0] for r in rows if r[7]} == long_ids
+
+    n_null = sum(t is None for t in texts)
+    n_empty = sum(t is not None and not t.strip() for t in texts)
+    run = query(
+        db,
+        "SELECT status, rows_scored, rows_skipped, rows_failed, rows_truncated, model_version, "
+        "source, finished_at IS NOT NULL, rows_per_s > 0 FROM runs",
+    )
+    assert run == [
+        ("completed", N - n_null - n_empty, n_null + n_empty, 0, len(long_ids), bundle.version, "posts", True, True)
+    ]  # fmt: skip
+    models = query(db, "SELECT model_version, labels, manifest FROM models")
+    assert models[0][:2] == (bundle.version, bundle.labels)
+    assert json.loads(models[0][2])["model_version"] == bundle.version
+
+
+def test_rerun_skips_scored_rows_and_scores_only_new_ones(source, bundle):
+    db, _ = source
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", progress=False)  # fmt: skip
+    first = score(cfg)
+    assert first.rows_scored + first.rows_skipped == N
+    again = score(cfg)
+    assert (again.rows_scored, again.rows_skipped, again.rows_already_scored) == (0, 0, N)
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO posts VALUES (100000, 'brand new post about oil', 'en')")
+    con.close()
+    third = score(cfg)
+    assert (third.rows_scored, third.rows_already_scored) == (1, N)
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N + 1, N + 1)]
+    assert [r[0] for r in query(db, "SELECT status FROM runs")] == ["completed"] * 3
+
+
+def test_limit_where_and_json(source, bundle):
+    db, _ = source
+    result = run_cli(
+        db, bundle.path, "--where", "lang = 'en' AND id < 300", "--limit", "40", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["rows_scored"] + summary["rows_skipped"] == 40
+    ids = [r[0] for r in query(db, "SELECT id FROM scores")]
+    assert len(ids) == 40 and all(i % 2 == 0 and i < 300 for i in ids)
+    assert query(db, "SELECT filter, row_limit FROM runs") == [("lang = 'en' AND id < 300", 40)]
+
+
+def test_results_db_leaves_the_source_untouched(source, bundle, tmp_path):
+    db, _ = source
+    out = tmp_path / "results.duckdb"
+    result = run_cli(db, bundle.path, "--results-db", str(out), "--results-table", "sentiment")
+    assert result.exit_code == 0, result.output
+    assert tables(db) == {"posts"}
+    assert tables(out) == {"sentiment", "runs", "models"}
+    assert query(out, "SELECT count(DISTINCT id) FROM sentiment") == [(N,)]
+
+
+@pytest.mark.parametrize(
+    "setup, flags, message",
+    [
+        (None, {"--table": "nope"}, "table 'nope' not found (tables: posts); pass --table"),
+        (None, {"--text-col": "body"}, "column 'body' not found in table 'posts' (columns: id, text, lang); pass --text-col"),
+        ("UPDATE posts SET id = 1 WHERE id = 2", {}, "id column 'id' of 'posts' has 1 duplicate value(s) (e.g. 1)"),
+        ("UPDATE posts SET id = NULL WHERE id = 2", {}, "id column 'id' of 'posts' has 1 NULL value(s)"),
+        (None, {"--text-col": "id", "--id-col": "lang"}, "text column 'id' has type BIGINT, not VARCHAR"),
+        (None, {"--where": "id IN (SELECT id FROM posts)"}, "uses a subquery expression, which is not allowed"),
+        (None, {"--where": "1=1; DROP TABLE posts"}, "no ';' or other statements"),
+        (None, {"--where": "secret > 0"}, "column 'secret', which the source table lacks"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_error_before_anything_is_written(
+    source, bundle, setup, flags, message
+):
+    db, _ = source
+    if setup:
+        con = duckdb.connect(str(db))
+        con.execute(setup)
+        con.close()
+    args = {"--db": str(db), "--table": "posts", "--id-col": "id", "--text-col": "text"}
+    args.update(flags, **{"--bundle": str(bundle.path), "--device": "cpu"})
+    result = CliRunner().invoke(main, ["score", *[x for kv in args.items() for x in kv]])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert result.output.count("\n") == 1  # one line
+    assert tables(db) == {"posts"}
+
+
+def test_corrupt_bundle_is_refused_before_anything_is_written(source, bundle, tmp_path):
+    db, _ = source
+    broken = tmp_path / "bundle"
+    shutil.copytree(bundle.path, broken)
+    with open(broken / "model.int8.onnx", "ab") as fh:
+        fh.write(b"junk")
+    result = run_cli(db, broken)
+    assert result.exit_code == 1
+    assert "model.int8.onnx: sha256 mismatch" in result.output and "re-export" in result.output
+    assert tables(db) == {"posts"}
+    result = run_cli(db, tmp_path / "missing")
+    assert result.exit_code == 1 and "bundle directory" in result.output
+
+
+@pytest.mark.skipif(cuda_provider_available(), reason="this machine has a CUDA provider")
+def test_device_cuda_without_provider_fails_and_auto_falls_back(source, bundle):
+    db, _ = source
+    result = run_cli(db, bundle.path, "--device", "cuda")
+    assert result.exit_code == 1
+    assert "--device cuda but onnxruntime has no CUDA provider" in result.output
+    assert tables(db) == {"posts"}
+    result = run_cli(db, bundle.path, "--device", "auto", "--limit", "5")
+    assert result.exit_code == 0, result.output
+    assert "found no CUDA provider" in result.output and "using CPU" in result.output
+    assert query(db, "SELECT provider, variant FROM runs") == [("CPUExecutionProvider", "int8")]
+
+
+def test_results_table_with_another_id_type_is_refused(source, bundle):
+    db, _ = source
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE scores (id VARCHAR, model_version VARCHAR, label VARCHAR, confidence DOUBLE, reason VARCHAR, truncated BOOLEAN, scored_at TIMESTAMP)")  # fmt: skip
+    con.close()
+    result = run_cli(db, bundle.path)
+    assert result.exit_code == 1
+    assert "holds ids of type VARCHAR, the source id column is BIGINT" in result.output
+    assert query(db, "SELECT count(*) FROM scores") == [(0,)]
