@@ -172,6 +172,8 @@ def run(cfg: TrainConfig) -> Path:
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id=label2id,
+            # A classifier checkpoint with another label count as base: new head.
+            ignore_mismatched_sizes=True,
         )
     finally:
         transformers.logging.set_verbosity(verbosity)

@@ -1,0 +1,259 @@
+"""`marketpulse train` / `evaluate` end to end on the tiny BERT: files written, errors."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from marketpulse.cli import main
+
+pytest.importorskip("torch")
+
+WORDS = {
+    "bearish": ["falls", "misses", "downgrade", "slump"],
+    "bullish": ["rallies", "beats", "upgrade", "soars"],
+    "neutral": ["reports", "schedules", "holds", "files"],
+}
+
+
+@pytest.fixture(scope="module")
+def market_db(tmp_path_factory):
+    """posts(id, body, tag VARCHAR, tag_id INTEGER): 90 usable rows + 3 unusable ones."""
+    path = tmp_path_factory.mktemp("data") / "market.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE posts (id INTEGER, body VARCHAR, tag VARCHAR, tag_id INTEGER)")
+    rows, i = [], 0
+    for label_id, (label, words) in enumerate(WORDS.items()):
+        for n in range(30):
+            rows.append((i, f"$T{n} {words[n % 4]} after quarter {n}", label, label_id))
+            i += 1
+    rows += [(100, None, "bullish", 1), (101, "  ", "bearish", 0), (102, "orphan text", None, None)]
+    con.executemany("INSERT INTO posts VALUES (?, ?, ?, ?)", rows)
+    con.close()
+    return str(path)
+
+
+def _train_args(db, out, base, *extra):
+    return [
+        "train",
+        "--db",
+        db,
+        "--table",
+        "posts",
+        "--text-col",
+        "body",
+        "--label-col",
+        "tag",
+        "--out",
+        str(out),
+        "--base-model",
+        str(base),
+        "--epochs",
+        "1",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(market_db, tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "model"
+    result = CliRunner().invoke(main, _train_args(market_db, out, tiny_checkpoint, "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny_checkpoint):
+    out, result = trained
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "metrics.json",
+        "test_split.parquet",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "_trainer").exists()  # Trainer's epoch checkpoints are cleaned up
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "bearish", "1": "bullish", "2": "neutral"}
+    assert config["label2id"] == {"bearish": 0, "bullish": 1, "neutral": 2}
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rows"]["read"] == 93 and m["rows"]["used"] == 90
+    assert m["rows"]["skipped"] == {"null_text": 1, "empty_text": 1, "null_label": 1}
+    assert m["rows"]["split"] == {"train": 72, "validation": 9, "test": 9}
+    assert m["data"]["fingerprint"].startswith("sha256:")
+    assert m["hyperparameters"]["epochs"] == 1 and m["hyperparameters"]["seed"] == 3
+    assert m["hyperparameters"]["max_length"] == 16 and m["max_length"] == 16
+    assert m["base_model"] == str(tiny_checkpoint)
+    assert m["device"]["device"] == "cpu" and m["train_time_s"] >= 0
+    test = m["test"]
+    assert test["n"] == 9 and set(test["per_class"]) == {"bearish", "bullish", "neutral"}
+    assert sum(map(sum, test["confusion_matrix"])) == 9
+    assert {"accuracy", "macro_f1", "majority_baseline"} <= set(test)
+
+    # The recorded test rows are real input rows, three per class, with label names.
+    con = duckdb.connect(market_db, read_only=True)
+    split = con.execute(
+        f"SELECT s.text, s.label, p.tag FROM '{out / 'test_split.parquet'}' s "
+        "LEFT JOIN posts p ON p.body = s.text"
+    ).fetchall()
+    assert len(split) == 9 and all(label == tag for _, label, tag in split)
+    assert (
+        sorted(label for _, label, _ in split)
+        == ["bearish"] * 3 + ["bullish"] * 3 + ["neutral"] * 3
+    )
+    assert "macro avg" in result.output and "test set: 9 rows" in result.output
+
+
+def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint, tmp_path):
+    out, _ = trained
+    again = tmp_path / "again"
+    result = CliRunner().invoke(main, _train_args(market_db, again, tiny_checkpoint, "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    first = duckdb.sql(f"SELECT * FROM '{out / 'test_split.parquet'}' ORDER BY ALL").fetchall()
+    second = duckdb.sql(f"SELECT * FROM '{again / 'test_split.parquet'}' ORDER BY ALL").fetchall()
+    assert first == second
+
+
+def test_evaluate_on_the_test_split_reproduces_training_metrics(trained, tmp_path):
+    out, _ = trained
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            str(out),
+            "--input",
+            str(out / "test_split.parquet"),
+            "--out",
+            str(report),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads(report.read_text())
+    trained_test = json.loads((out / "metrics.json").read_text())["test"]
+    assert saved["metrics"]["confusion_matrix"] == trained_test["confusion_matrix"]
+    assert saved["metrics"]["macro_f1"] == pytest.approx(trained_test["macro_f1"])
+    assert saved["kind"] == "checkpoint" and saved["max_length"] == 16
+    assert "confusion matrix" in result.output
+
+
+def test_evaluate_names_integer_labels_by_the_model(trained, market_db, tmp_path):
+    out, _ = trained
+    report = tmp_path / "eval.json"
+    args = ["evaluate", "--model", str(out), "--db", market_db, "--table", "posts"]
+    args += ["--text-col", "body", "--label-col", "tag_id", "--out", str(report), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(report.read_text())
+    assert saved == json.loads(result.stdout)
+    assert saved["rows"] == {
+        "read": 93,
+        "used": 90,
+        "skipped": {"null_text": 1, "empty_text": 1, "null_label": 1},
+    }
+    assert [
+        saved["metrics"]["per_class"][k]["support"] for k in ("bearish", "bullish", "neutral")
+    ] == [30, 30, 30]
+
+
+def test_evaluate_scores_a_bundle_variant(tiny_bundle, market_db, tmp_path):
+    report = tmp_path / "eval.json"
+    args = ["evaluate", "--model", str(tiny_bundle.path), "--variant", "fp32", "--db", market_db]
+    args += ["--table", "posts", "--text-col", "body", "--label-col", "tag", "--out", str(report)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(report.read_text())
+    assert saved["kind"] == "bundle" and saved["variant"] == "fp32"
+    assert saved["model_version"] == tiny_bundle.version
+    assert saved["metrics"]["n"] == 90
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--table", "news"], 1, "table 'news' not found"),
+        (["--text-col", "txt"], 1, "column 'txt' not found in table 'posts'"),
+        (["--label-col", "tagg"], 1, "pass --label-col with one of them"),
+        (["--label-names", "bearish,bullish"], 1, "label 'neutral' in column 'tag' is not among"),
+        (["--split", "0.8,0.2"], 1, "--split '0.8,0.2' is not three positive numbers"),
+        (["--base-model", "/nonexistent"], 1, "is not a Hugging Face checkpoint"),
+    ],
+)
+def test_train_errors_name_the_fix(extra, code, message, market_db, tiny_checkpoint, tmp_path):
+    out = tmp_path / "model"
+    args = _train_args(market_db, out, tiny_checkpoint)
+    flag, value = extra
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += extra
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("tag = 'bullish'", "has 1 distinct label(s)"),
+        ("tag <> 'neutral' OR id < 62", "label 'neutral' has only 2 usable rows"),
+    ],
+)
+def test_train_refuses_untrainable_labels(where, message, market_db, tiny_checkpoint, tmp_path):
+    out = tmp_path / "model"
+    args = _train_args(market_db, out, tiny_checkpoint)
+    i = args.index("--table")
+    args[i : i + 2] = ["--query", f"SELECT * FROM posts WHERE {where}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "x"], "exactly one of --table, --query or --input"),
+        (["--out", "x", "--table", "posts"], "--table needs --db"),
+        (["--out", "x", "--input", "a.csv", "--db", "a.duckdb"], "--input reads a file"),
+        (["--out", "x", "--table", "t", "--query", "SELECT 1"], "exactly one of"),
+    ],
+)
+def test_bad_flag_combinations_are_usage_errors(args, message):
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_evaluate_errors(trained, market_db, tmp_path):
+    out, _ = trained
+    base = [
+        "evaluate",
+        "--db",
+        market_db,
+        "--table",
+        "posts",
+        "--text-col",
+        "body",
+        "--label-col",
+        "tag",
+    ]
+    result = CliRunner().invoke(main, [*base, "--model", str(out), "--variant", "int8"])
+    assert result.exit_code == 1 and "--variant applies to exported bundles" in result.output
+    result = CliRunner().invoke(main, [*base, "--model", str(tmp_path)])
+    assert result.exit_code == 1 and "neither a checkpoint" in result.output
+    result = CliRunner().invoke(main, [*base, "--model", str(out), "--label-names", "up,down"])
+    assert result.exit_code == 1 and "not among the label names" in result.output
