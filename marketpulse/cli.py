@@ -423,6 +423,13 @@ def inspect_(bundle_dir, as_json):
     show_default=True,
     help="Padded tokens per inference batch.",
 )
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Rows per committed chunk (and per length-sorting window).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def score(
     db,
@@ -438,6 +445,7 @@ def score(
     where,
     threads,
     batch_tokens,
+    chunk_rows,
     as_json,
 ):
     """Classify every not-yet-scored row of a DuckDB table; resumable.
@@ -465,6 +473,7 @@ def score(
             where=where,
             threads=threads,
             batch_tokens=batch_tokens,
+            chunk_rows=chunk_rows,
         )
     )
     click.echo(stats.summary(), err=as_json)

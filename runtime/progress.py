@@ -27,7 +27,7 @@ class Progress:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every = 0.5 if self.tty else log_every
+        self.every = min(0.5, log_every) if self.tty else log_every
         self.start = time.perf_counter()
         self.last = self.start
         self.done = 0

@@ -64,6 +64,7 @@ class ScoreConfig:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     memory_limit: str = "512MB"
     progress: bool = True
+    progress_every: float = 10.0  # seconds between progress lines when stderr is not a TTY
 
 
 @dataclass
@@ -143,7 +144,7 @@ def score(cfg: ScoreConfig) -> RunStats:
             rows_pending=pending,
             rows_already_scored=done,
         )
-        progress = Progress(pending, enabled=cfg.progress)
+        progress = Progress(pending, enabled=cfg.progress, log_every=cfg.progress_every)
         progress.log(predictor.describe())
         if dead:
             progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
