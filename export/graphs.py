@@ -15,6 +15,7 @@ import json
 import logging
 import platform
 import shutil
+import warnings
 from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
@@ -32,16 +33,19 @@ def export_fp32(checkpoint: Path, workdir: Path, opset: int = DEFAULT_OPSET) -> 
 
     out = workdir / "optimum"
     try:
-        main_export(
-            str(checkpoint),
-            out,
-            task="text-classification",
-            opset=opset,
-            local_files_only=True,
-            library_name="transformers",
-            # export.run checks parity itself, on real texts and with a tighter bound
-            do_validation=False,
-        )
+        with warnings.catch_warnings():
+            # torch.jit tracing warns about every constant it records; none are actionable here
+            warnings.simplefilter("ignore")
+            main_export(
+                str(checkpoint),
+                out,
+                task="text-classification",
+                opset=opset,
+                local_files_only=True,
+                library_name="transformers",
+                # export.run checks parity itself, on real texts and with a tighter bound
+                do_validation=False,
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise MarketpulseError(
             f"could not export {checkpoint} to ONNX ({exc}); pass --model with a checkpoint "
@@ -120,6 +124,34 @@ def quantization_config(isa: str):
     return AutoQuantizationConfig.avx2(is_static=False, per_channel=True, reduce_range=True)
 
 
+def infer_fused_shapes(model: Path, out_dir: Path) -> Path:
+    """Type every tensor of an O2/O3-fused graph so the quantizer can find its weights.
+
+    The quantizer reads tensor types from ONNX shape inference, which does not know
+    ORT's contrib ops (Attention, SkipLayerNormalization, ...), so on a fused graph the
+    MatMul after each Attention has no type and quantization stops ("Unable to find data
+    type for weight_name"). ORT's symbolic shape inference knows those ops; auto_merge
+    unifies the batch/sequence symbols that the fused attention mask path introduces.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _copy_graph(model, out_dir)
+    try:
+        quant_pre_process(
+            str(model),
+            str(out_dir / model.name),
+            skip_optimization=True,
+            auto_merge=True,
+            guess_output_rank=True,
+        )
+    except Exception as exc:  # symbolic shape inference raises bare Exceptions
+        raise MarketpulseError(
+            f"shape inference on the fused graph {model} failed ({str(exc).splitlines()[0]}); "
+            "export with --optimization O1 or --int8-order quantize-then-optimize"
+        ) from exc
+    return out_dir / model.name
+
+
 def quantize_int8(model: Path, out_dir: Path, isa: str) -> Path:
     """Dynamic int8 quantization (weights per channel, activations at run time)."""
     from optimum.onnxruntime import ORTQuantizer
@@ -131,9 +163,22 @@ def quantize_int8(model: Path, out_dir: Path, isa: str) -> Path:
     except Exception as exc:  # onnx shape inference raises bare Exceptions
         raise MarketpulseError(
             f"int8 quantization of {model} failed ({str(exc).splitlines()[0]}); "
-            "export with --optimization none or O1, or leave int8 out of --variants"
+            "export with --optimization O1, or leave int8 out of --variants"
         ) from exc
     return out_dir / model.name
+
+
+def make_int8(fp32: Path, optimized: Path, level: str, order: str, isa: str, work: Path) -> Path:
+    """The int8 graph for `level` and `order` (see INT8_ORDERS); `optimized` is fp32 at `level`."""
+    if order == "optimize-then-quantize":
+        source = optimized
+        if level in ("O2", "O3"):
+            source = infer_fused_shapes(optimized, work / "shapes")
+        return quantize_int8(source, work / "quantized", isa)
+    if order == "quantize-then-optimize":
+        quantized = quantize_int8(fp32, work / "quantized", isa)
+        return optimize(quantized, level, work / "optimized")
+    raise MarketpulseError(f"unknown int8 order {order!r}; pass one of {', '.join(INT8_ORDERS)}")
 
 
 def convert_fp16(model: Path, out_dir: Path) -> Path:

@@ -10,7 +10,6 @@ The gate:
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,8 +18,7 @@ from typing import Any
 from marketpulse.bundle import Bundle, load_bundle, write_manifest
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckTexts
-
-log = logging.getLogger(__name__)
+from marketpulse.export.stage import log
 
 
 def check_and_publish(
@@ -37,6 +35,7 @@ def check_and_publish(
 
     labels = staged.labels
     runnable = [v for v in staged.variants if v != "fp16" or cuda_provider_available()]
+    log(f"checking {', '.join(runnable)} against PyTorch on {texts.source}")
     predictors = {
         v: Predictor(staged, variant=v, device="cuda" if v == "fp16" else "cpu") for v in runnable
     }
@@ -96,7 +95,9 @@ def check_and_publish(
     manifest.pop("invalid_reason")
     write_manifest(staging, manifest)
     _replace_dir(staging, out)
-    return load_bundle(out)
+    bundle = load_bundle(out)
+    log(f"wrote bundle {out} (model version {bundle.version})")
+    return bundle
 
 
 def _replace_dir(staging: Path, out: Path) -> None:

@@ -12,9 +12,10 @@ unchecked bundle: it keeps whatever it held before.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -26,7 +27,11 @@ from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 
-log = logging.getLogger(__name__)
+
+def log(message: str) -> None:
+    """Progress for people: stderr, so --json output on stdout stays clean."""
+    print(f"export: {message}", file=sys.stderr, flush=True)
+
 
 DEFAULT_MAX_LENGTH = 128
 # Measured by `python -m marketpulse.export.measure` (see its docstring): on AVX512-VNNI
@@ -109,18 +114,24 @@ def run(cfg: ExportConfig) -> Bundle:
 def build_graphs(checkpoint: Path, work: Path, cfg: ExportConfig) -> dict[str, Path]:
     from marketpulse.export import graphs
 
+    start = time.perf_counter()
     fp32 = graphs.export_fp32(checkpoint, work, cfg.opset)
+    log(
+        f"exported {checkpoint} with optimum (opset {cfg.opset}) in {time.perf_counter() - start:.0f}s"
+    )
     optimized = graphs.optimize(fp32, cfg.optimization, work / f"fp32-{cfg.optimization}")
     out = {"fp32": optimized}
     if "int8" in cfg.variants:
         isa = graphs.cpu_isa()
-        if cfg.int8_order == "optimize-then-quantize":
-            out["int8"] = graphs.quantize_int8(optimized, work / "int8", isa)
-        else:
-            quantized = graphs.quantize_int8(fp32, work / "int8-raw", isa)
-            out["int8"] = graphs.optimize(quantized, cfg.optimization, work / "int8")
+        out["int8"] = graphs.make_int8(
+            fp32, optimized, cfg.optimization, cfg.int8_order, isa, work / "int8"
+        )
+        log(
+            f"int8: dynamic per-channel quantization for {isa}, {cfg.int8_order} at {cfg.optimization}"
+        )
     if "fp16" in cfg.variants:
         out["fp16"] = graphs.convert_fp16(fp32, work / "fp16")
+        log("fp16: fused for CUDA, float16 weights, int64 inputs and float32 logits kept")
     return out
 
 
