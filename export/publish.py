@@ -20,6 +20,8 @@ from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckTexts
 from marketpulse.export.stage import log
 
+CPU_FP16 = "fp16 on CPU"
+
 
 def check_and_publish(
     cfg, checkpoint: Path, texts: CheckTexts, staging: Path, out: Path, manifest: dict
@@ -34,11 +36,21 @@ def check_and_publish(
     staged = load_bundle(staging, allow_invalid=True)
 
     labels = staged.labels
-    runnable = [v for v in staged.variants if v != "fp16" or cuda_provider_available()]
-    log(f"checking {', '.join(runnable)} against PyTorch on {texts.source}")
+    cuda = cuda_provider_available()
     predictors = {
-        v: Predictor(staged, variant=v, device="cuda" if v == "fp16" else "cpu") for v in runnable
+        v: Predictor(staged, variant=v, device="cuda" if v == "fp16" else "cpu")
+        for v in staged.variants
+        if v != "fp16" or cuda
     }
+    cpu_fp16_error = None
+    if "fp16" in staged.variants and not cuda:
+        # Not the provider fp16 is made for, but it runs the same graph and shows the
+        # float16 conversion kept the model's decisions; recorded, not gated.
+        try:
+            predictors[CPU_FP16] = Predictor(staged, variant="fp16", device="cpu")
+        except MarketpulseError as exc:
+            cpu_fp16_error = str(exc)
+    log(f"checking {', '.join(predictors)} against PyTorch on {texts.source}")
     onnx_logits, torch_logits = run_all(predictors, TorchReference(checkpoint), texts.texts)
     del predictors  # release the sessions before the files move
 
@@ -51,7 +63,14 @@ def check_and_publish(
     drops: list[str] = []
     for variant in staged.variants:
         if variant not in onnx_logits:
-            checks["variants"][variant] = {"skipped": "no CUDA provider"}
+            result = {"skipped": "no CUDA provider"}
+            if CPU_FP16 in onnx_logits:
+                result["cpu_provider"] = compare(
+                    onnx_logits[CPU_FP16], torch_logits, labels, texts.labels
+                )
+            elif cpu_fp16_error:
+                result["cpu_provider"] = {"error": cpu_fp16_error}
+            checks["variants"][variant] = result
             continue
         result = compare(onnx_logits[variant], torch_logits, labels, texts.labels)
         checks["variants"][variant] = result

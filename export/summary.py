@@ -12,7 +12,11 @@ def _size(path: Path) -> str:
 
 def _check_line(result: dict[str, Any]) -> str:
     if "skipped" in result:
-        return f"check skipped: {result['skipped']}"
+        line = f"check skipped: {result['skipped']}"
+        on_cpu = result.get("cpu_provider")
+        if on_cpu and "agreement" in on_cpu:
+            line += f"; on the CPU provider: {_check_line(on_cpu)}"
+        return line
     parts = [
         f"agreement {result['agreement']:.2%}",
         f"max |dlogit| {result['max_abs_logit_diff']:.1e}",
