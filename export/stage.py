@@ -27,12 +27,6 @@ from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 
-
-def log(message: str) -> None:
-    """Progress for people: stderr, so --json output on stdout stays clean."""
-    print(f"export: {message}", file=sys.stderr, flush=True)
-
-
 DEFAULT_MAX_LENGTH = 128
 # Measured by `python -m marketpulse.export.measure` (see its docstring): on AVX512-VNNI
 # the int8 graph made from the O1 graph is fastest at equal agreement, and ORT's own
@@ -48,6 +42,11 @@ LIBRARIES = (
     "onnxruntime",
     "tokenizers",
 )
+
+
+def log(message: str) -> None:
+    """Progress for people: stderr, so --json output on stdout stays clean."""
+    print(f"export: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -98,11 +97,11 @@ def run(cfg: ExportConfig) -> Bundle:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
+        write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
         with tempfile.TemporaryDirectory(prefix="marketpulse-export-") as work:
             graphs = build_graphs(checkpoint, Path(work), cfg)
             for variant, path in graphs.items():
                 shutil.move(path, staging / variant_file(variant))
-        write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
         manifest = base_manifest(cfg, checkpoint, labels, info, max_length, graphs)
         from marketpulse.export.publish import check_and_publish
 
@@ -191,17 +190,20 @@ def write_tokenizer(checkpoint: Path, dest: Path, max_length: int) -> None:
             "with AutoTokenizer.from_pretrained(...).save_pretrained(DIR)"
         )
     tokenizer = Tokenizer.from_file(str(source))
-    pad_token = "[PAD]"
-    special = (
-        json.loads((checkpoint / "special_tokens_map.json").read_text()).get("pad_token", pad_token)
-        if (checkpoint / "special_tokens_map.json").is_file()
-        else pad_token
-    )
-    pad_token = special["content"] if isinstance(special, dict) else special
+    pad_token = _pad_token(checkpoint)
     pad_id = tokenizer.token_to_id(pad_token)
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad_token)
     tokenizer.save(str(dest))
+
+
+def _pad_token(checkpoint: Path) -> str:
+    """The pad token transformers saved with the tokenizer ([PAD] for BERT)."""
+    path = checkpoint / "special_tokens_map.json"
+    token = json.loads(path.read_text()).get("pad_token") if path.is_file() else None
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token or "[PAD]"
 
 
 def library_versions() -> dict[str, str]:
