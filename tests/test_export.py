@@ -261,3 +261,13 @@ def test_export_refuses_missing_checkpoint_and_foreign_out_dir(tiny_checkpoint, 
     )
     assert result.exit_code == 1 and "not a bundle" in result.output
     assert [p.name for p in foreign.iterdir()] == ["cat.jpg"]
+
+
+def test_checkpoint_without_weights_fails_cleanly(tiny_checkpoint, tmp_path):
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    (checkpoint / "model.safetensors").unlink()
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["export", "--model", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "could not export" in result.output and "model.safetensors" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no staging left
