@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from marketpulse.bundle import VARIANTS
+
 
 def _size(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.1f} MiB" if path.is_file() else "missing"
@@ -44,7 +46,8 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
         pytorch = checks.get("pytorch", {}).get("macro_f1")
         reference = f", PyTorch macro-F1 {pytorch:.4f}" if pytorch is not None else ""
         lines.append(f"checked on     {checks['texts']}{reference}")
-    for variant, meta in manifest["variants"].items():
+    for variant in [v for v in VARIANTS if v in manifest["variants"]]:
+        meta = manifest["variants"][variant]
         result = checks.get("variants", {}).get(variant)
         detail = _check_line(result) if result else "not checked"
         size = _size(bundle_dir / meta["file"])

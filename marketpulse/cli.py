@@ -295,8 +295,15 @@ def _parse_variants(ctx, param, value):
     type=click.Choice(["optimize-then-quantize", "quantize-then-optimize"]),
     default="optimize-then-quantize",
     show_default=True,
+    help="Whether int8 is quantized from the optimized graph or optimized after.",
 )
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(14, 21))
+@click.option(
+    "--opset",
+    default=18,
+    show_default=True,
+    type=click.IntRange(14, 21),
+    help="ONNX opset of the exported graphs.",
+)
 @click.option(
     "--max-length",
     type=click.IntRange(8, 512),

@@ -271,3 +271,13 @@ def test_checkpoint_without_weights_fails_cleanly(tiny_checkpoint, tmp_path):
     assert result.exit_code == 1
     assert "could not export" in result.output and "model.safetensors" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no staging left
+
+
+def test_cli_defaults_match_export_config():
+    from marketpulse.export import ExportConfig
+
+    params = {p.name: p.default for p in main.commands["export"].params}
+    defaults = ExportConfig(model=Path("m"), out=Path("o"))
+    assert tuple(params["variants"].split(",")) == defaults.variants
+    for name in ("min_agreement", "max_f1_drop", "optimization", "int8_order", "opset"):
+        assert params[name] == getattr(defaults, name), name
