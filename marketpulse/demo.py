@@ -49,13 +49,13 @@ class DemoConfig:
     max_length: int = 64
     stream: StreamSpec = field(default_factory=StreamSpec)
     window: int = 4
-    z_threshold: float = 2.5
+    z_threshold: float = 3.0
     seed: int = 42
 
     @classmethod
     def fast(cls, **kw) -> DemoConfig:
         """Reduced size for the end-to-end test: a few minutes on 2 cores."""
-        stream = StreamSpec(weeks=10, posts_per_week=30, shock_week=7)
+        stream = StreamSpec(weeks=10, shock_week=7)
         return cls(train_rows=900, epochs=2.0, max_length=48, stream=stream, **kw)
 
 

@@ -149,7 +149,7 @@ class StreamSpec:
 
     brands: tuple[str, ...] = ("Northwind", "Contoso", "Globex", "Initech")
     weeks: int = 12
-    posts_per_week: int = 40
+    posts_per_week: int = 80
     start: date = date(2026, 6, 1)  # a Monday, so weekly buckets line up with the weeks
     shock_brand: str = "Contoso"
     shock_week: int = 8  # 0-based: the 9th week
@@ -160,7 +160,7 @@ class StreamSpec:
         (0.40, 0.25, 0.35),
         (0.45, 0.20, 0.35),
     )
-    shock_mix: tuple[float, float, float] = (0.10, 0.15, 0.75)
+    shock_mix: tuple[float, float, float] = (0.05, 0.10, 0.85)
     drift_brand: str = "Globex"  # improves slowly: something for the forecast to follow
     drift_per_week: float = 0.01
     seed: int = 7

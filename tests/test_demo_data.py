@@ -86,9 +86,10 @@ def test_stream_has_exact_mixes_and_the_planted_shock(snippets):
         (p.brand, (p.posted_at.date() - spec.start).days // 7, p.true_label) for p in posts
     )
     assert all(0 <= w < spec.weeks for _, w, _ in counts)
-    assert counts[("Contoso", spec.shock_week, "negative")] == 30  # 75% of 40
-    assert counts[("Contoso", spec.shock_week - 1, "negative")] == 12  # 30% of 40
-    assert counts[("Northwind", spec.shock_week, "negative")] == 10  # 25% of 40
+    assert counts[("Contoso", spec.shock_week, "negative")] == 68  # 85% of 80
+    assert counts[("Contoso", spec.shock_week - 1, "negative")] == 24  # 30% of 80
+    assert counts[("Northwind", spec.shock_week, "negative")] == 20  # 25% of 80
+    assert counts[("Globex", 10, "positive")] == 40  # 40% + 10 weeks x 1% of 80
     texts = {p.text for p in posts}
     assert texts <= {s.text for s in pool}
     assert build_stream(pool, spec) == posts  # seeded
