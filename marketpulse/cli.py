@@ -526,6 +526,7 @@ def score(
 @click.option(
     "--plot", type=click.Path(dir_okay=False), help="Draw the index per group to this PNG."
 )
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 def trends(
     db,
     source,
@@ -542,6 +543,7 @@ def trends(
     csv_path,
     parquet,
     plot,
+    as_json,
 ):
     """Build SQL-queryable sentiment trends (volume, index, shifts, forecast) from scores.
 
@@ -549,7 +551,7 @@ def trends(
     """
     from pathlib import Path
 
-    from marketpulse.runtime.trends import TrendsConfig, format_report, run
+    from marketpulse.runtime.trends import TrendsConfig, format_report, run, summary
 
     cfg = TrendsConfig(
         db=Path(db),
@@ -569,6 +571,11 @@ def trends(
         plot=plot and Path(plot),
     )
     result = run(cfg)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary(result), indent=2))
+        return
     click.echo(format_report(result))
     for kind, path in result.outputs.items():
         click.echo(f"wrote {kind}: {path}")

@@ -67,7 +67,13 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     _check_config(cfg)
     if not Path(cfg.db).is_file():
         raise MarketpulseError(f"database {cfg.db} not found; pass --db with an existing file")
-    con = duckdb.connect(str(cfg.db))
+    try:
+        con = duckdb.connect(str(cfg.db))
+    except duckdb.IOException as exc:
+        raise MarketpulseError(
+            f"cannot open {cfg.db} ({str(exc).splitlines()[0]}); if a scoring job holds it, "
+            "run trends after it finishes"
+        ) from exc
     try:
         _check_source(con, cfg)
         view = trends_sql.latest_view_name(cfg.scores_table)
@@ -276,6 +282,27 @@ def _export(con, table: str, cfg: TrendsConfig) -> dict[str, Path]:
         pq.write_table(arrow, str(cfg.parquet))
         outputs["parquet"] = Path(cfg.parquet)
     return outputs
+
+
+def summary(result: TrendsResult) -> dict[str, Any]:
+    """JSON-ready summary for jobs (`marketpulse trends --json`)."""
+
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+    return {
+        "db": str(result.db),
+        "trend_table": result.trend_table,
+        "latest_view": result.latest_view,
+        "grain": result.grain,
+        "positive": result.positive,
+        "negative": result.negative,
+        "rows": result.n_rows,
+        "buckets": result.n_buckets,
+        "latest": [plain(r) for r in result.latest],
+        "flagged": [plain(r) for r in result.flagged],
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
+    }
 
 
 def format_report(result: TrendsResult, max_flagged: int = 20) -> str:

@@ -134,3 +134,30 @@ def test_runtime_import_does_not_load_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_json_summary_for_jobs(db):
+    import json
+
+    res = _invoke(db, "--by", "brand", "--grain", "day", "--window", "3", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["trend_table"] == "trend_posts_day" and out["rows"] == 16
+    assert [(r["brand"], r["bucket"]) for r in out["flagged"]] == [("A", "2024-01-08")]
+    assert {r["brand"] for r in out["latest"]} == {"A", "B"}
+
+
+def test_text_time_column_with_bad_values(db):
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE texty AS SELECT id, 'not a date' AS posted_at FROM posts")
+    con.execute("CREATE TABLE iso AS SELECT id, CAST(posted_at AS VARCHAR) AS posted_at FROM posts")
+    con.close()
+    args = ["trends", "--db", str(db), "--id-col", "id", "--time-col", "posted_at"]
+    res = CliRunner().invoke(main, [*args, "--source", "texty"])
+    assert res.exit_code == 1
+    assert "holds values that are not dates or timestamps" in res.output
+    res = CliRunner().invoke(main, [*args, "--source", "iso", "--grain", "day"])
+    assert res.exit_code == 0, res.output
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT sum(volume) FROM trend_iso_day").fetchone()[0] == 37
+    con.close()
