@@ -37,6 +37,7 @@ def plot_trends(result, path: Path, rows: list[dict[str, Any]]) -> Path:
             xs = [r["bucket"] for r in points]
             ys = [r["net_index"] if r["net_index"] is not None else float("nan") for r in points]
             (line,) = ax.plot(xs, ys, marker=".", label=key)
+            _draw_forecast(ax, points, line.get_color())
             shifts = [r for r in points if r["is_shift"]]
             if shifts:
                 ax.scatter(
@@ -60,7 +61,9 @@ def plot_trends(result, path: Path, rows: list[dict[str, Any]]) -> Path:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel(f"net index = ({result.positive} - {result.negative}) / volume")
-        ax.set_xlabel(f"{result.grain} (red circles: |z| >= {result.z_threshold:g})")
+        ax.set_xlabel(
+            f"{result.grain} (red circles: |z| >= {result.z_threshold:g}; dashed: next-{result.grain} forecast)"
+        )
         ax.set_title(f"{result.trend_table}")
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
@@ -70,3 +73,25 @@ def plot_trends(result, path: Path, rows: list[dict[str, Any]]) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def _draw_forecast(ax, points: list[dict[str, Any]], color) -> None:
+    """A dashed step from the last bucket to the forecast for the next one, with its interval."""
+    last = points[-1]
+    if len(points) < 2 or last["forecast_next"] is None or last["net_index"] is None:
+        return
+    step = last["bucket"] - points[-2]["bucket"]  # day, week, or about a month
+    nxt = last["bucket"] + step
+    ax.plot([last["bucket"], nxt], [last["net_index"], last["forecast_next"]], "--", color=color)
+    if last["forecast_low"] is not None:
+        low = last["forecast_next"] - last["forecast_low"]
+        high = last["forecast_high"] - last["forecast_next"]
+        ax.errorbar(
+            [nxt],
+            [last["forecast_next"]],
+            yerr=[[low], [high]],
+            fmt="o",
+            mfc="white",
+            color=color,
+            capsize=3,
+        )
