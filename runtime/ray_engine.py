@@ -1,0 +1,449 @@
+"""`score_with_ray(cfg, ...) -> RunStats`: the score command's Ray Data engine.
+
+Same bundle, same batching, same results: only where the model runs changes.
+
+Read top to bottom:
+1. Every check the local engine makes (bundle, databases, table, columns, ids, filter)
+   runs through the same code, and the results tables are created or checked by the
+   same `results.prepare`, before Ray starts.
+2. The pending rows (the local engine's anti-join query: rows this model version has
+   not scored) are exported by the driver to Parquet shards in a staging directory.
+3. `ray.data.read_parquet(shards).map_batches(Scorer, ...)` runs on a fixed pool of
+   actors. `Scorer` loads the bundle once per actor and scores each batch with the
+   local engine's own window code (`Predictor`, token-budget batches, the scores-row
+   builder), so a row gets the same label and probabilities on either engine.
+4. The driver streams the scored batches back and commits each with
+   `results.write_chunk`: one transaction per batch, scores rows plus run counters.
+   Results come back through Ray's object store rather than through Parquet files
+   written by the workers, so the driver needs no storage shared with the workers
+   for them, and a crash leaves whole committed batches: a rerun skips those ids.
+
+Ray is an optional extra (`pip install 'marketpulse[ray]'`); this module imports it
+only inside functions, so `marketpulse --help` and the local engine never load it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from marketpulse.runtime import results
+from marketpulse.runtime.scoring import RunStats, ScoreConfig, _check_config
+from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
+
+from marketpulse.bundle import load_bundle
+from marketpulse.errors import MarketpulseError
+
+INSTALL_HINT = "pip install 'marketpulse[ray]'"
+FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
+# Parquet shards per Scorer actor, so the pool stays busy while shards vary in speed.
+SHARDS_PER_WORKER = 4
+MAX_SHARD_ROWS = 1 << 18
+_REMOTE_ERROR = re.compile(r"^marketpulse\.errors\.MarketpulseError: (.+)$", re.MULTILINE)
+
+
+def ray_available() -> bool:
+    """True when `--engine ray` can run here (the bench uses it to decide on a Ray row)."""
+    try:
+        require_ray()
+    except MarketpulseError:
+        return False
+    return True
+
+
+def require_ray():
+    """Import Ray Data or raise the one-line error that names the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MarketpulseError(
+            f"--engine ray needs Ray Data, which is not installed ({exc}); install it with "
+            f"{INSTALL_HINT}, or use --engine local"
+        ) from exc
+    return ray
+
+
+def ray_device(device: str, gpus_per_worker: float) -> str:
+    """The device every Scorer uses: CUDA exactly when workers get GPUs."""
+    if gpus_per_worker < 0:
+        raise MarketpulseError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
+    if gpus_per_worker > 0:
+        if device == "cpu":
+            raise MarketpulseError(
+                "--device cpu with --gpus-per-worker > 0 reserves GPUs that nothing uses; "
+                "drop one of the two flags"
+            )
+        return "cuda"
+    if device == "cuda":
+        raise MarketpulseError(
+            "--device cuda with --engine ray needs GPUs for the workers; pass "
+            "--gpus-per-worker 1 (or a fraction such as 0.5 to share a GPU)"
+        )
+    return "cpu"
+
+
+def plan_workers(resources: dict, workers: int | None, gpus_per_worker: float, threads: int) -> int:
+    """How many Scorer actors to start on a cluster with `resources` (ray.cluster_resources())."""
+    if workers is not None and workers < 1:
+        raise MarketpulseError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_worker > 0:
+        gpus = float(resources.get("GPU", 0))
+        if gpus < gpus_per_worker:
+            raise MarketpulseError(
+                f"the Ray cluster has {gpus:g} GPU(s), --gpus-per-worker {gpus_per_worker:g} "
+                "needs more; add GPU nodes or pass --gpus-per-worker 0 to score on CPUs"
+            )
+        return workers or max(1, int(gpus // gpus_per_worker))
+    cpus = int(resources.get("CPU", 0))
+    # One CPU stays free for Ray Data's read tasks: actors holding every CPU would wait
+    # forever for input that no task can be scheduled to read.
+    most = (cpus - 1) // threads
+    if most < 1:
+        raise MarketpulseError(
+            f"the Ray cluster has {cpus} CPU(s): too few for a {threads}-thread scorer plus "
+            "one CPU to read the input; pass --threads 1 or add nodes"
+        )
+    if workers is None:
+        return most
+    if workers > most:
+        raise MarketpulseError(
+            f"--workers {workers} x {threads} thread(s) would take all {cpus} CPUs of the Ray "
+            f"cluster and leave none to read the input; pass --workers {most} or fewer"
+        )
+    return workers
+
+
+def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, str]:
+    """(provider, variant) the Scorers will run, decided on the driver for the run record.
+
+    The driver may have no GPU, so for CUDA the graph is chosen by the same preference
+    the Predictor uses, without probing for a CUDA provider here; the actors do that.
+    """
+    from marketpulse.runtime.predictor import CUDA, VARIANT_PREFERENCE, choose_placement
+
+    if device == "cpu":
+        placement = choose_placement(bundle, "cpu", variant)
+        return placement.provider, placement.variant
+    if variant is not None:
+        bundle.variant_path(variant)  # raises naming the graphs the bundle has
+        return CUDA, variant
+    for candidate in VARIANT_PREFERENCE["cuda"]:
+        if candidate in bundle.variants:
+            return CUDA, candidate
+    raise MarketpulseError(
+        f"bundle {bundle.path} has no graph for cuda (has: {', '.join(bundle.variants)}); "
+        "re-export with --variants fp16"
+    )
+
+
+class Scorer:
+    """The map_batches callable: one bundle and ONNX session per actor, reused for every batch.
+
+    Takes a pyarrow batch (id, text) and returns the scores rows the local engine would
+    write for it, plus the ids of rows ONNX Runtime failed on (marked in `_failed`).
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str,
+        model_version: str,
+        variant: str | None,
+        device: str,
+        threads: int,
+        batch_tokens: int,
+    ):
+        # As in the local engine: one tokenizer thread beside ONNX Runtime's pool.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        os.environ["RAYON_RS_NUM_CPUS"] = "1"
+        from marketpulse.runtime.predictor import Predictor
+
+        bundle = load_bundle(Path(bundle_dir))
+        if bundle.version != model_version:
+            raise MarketpulseError(
+                f"the bundle at {bundle_dir} on this Ray node is model {bundle.version}, the "
+                f"driver's is {model_version}; give every node the same bundle (a shared path)"
+            )
+        self.predictor = Predictor(bundle, variant, device, threads)
+        self.version = model_version
+        self.batch_tokens = batch_tokens
+        self.p_cols = results.probability_columns(bundle.labels)
+
+    def __call__(self, batch):
+        import numpy as np
+        import pyarrow as pa
+        from marketpulse.runtime.scoring import _infer, _results_table, _Window
+
+        texts = batch.column("text").to_pylist()
+        ids = batch.column("id").combine_chunks()
+        reasons = [
+            "null_text" if t is None else ("empty_text" if not t.strip() else None) for t in texts
+        ]
+        valid = np.fromiter((i for i, r in enumerate(reasons) if r is None), np.int64)
+        window = _Window(ids, texts, reasons, valid)
+        window.encoded = self.predictor.encoder.encode([texts[i] for i in valid])
+        _infer(window, self.predictor, self.batch_tokens)
+        table, _ = _results_table(window, self.predictor, self.version, self.p_cols)
+        table = table.append_column(FAILED, pa.array(np.zeros(table.num_rows, dtype=bool)))
+        failed = window.valid[window.failed]
+        if len(failed):
+            lost = {
+                name: pa.nulls(len(failed), table.schema.field(name).type)
+                for name in table.column_names
+            }
+            lost["id"] = ids.take(pa.array(failed))
+            lost[FAILED] = pa.array(np.ones(len(failed), dtype=bool))
+            table = pa.concat_tables([table, pa.table(lost, schema=table.schema)])
+        return table
+
+
+def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
+    """A Scorer batch -> (rows to write, counters for write_chunk, skipped reasons)."""
+    import pyarrow.compute as pc
+
+    failed = table.column(FAILED)
+    rows = table.filter(pc.invert(failed)).drop_columns([FAILED])
+    scored = pc.is_valid(rows.column("label"))
+    counts = {
+        "scored": int(pc.sum(scored).as_py() or 0),
+        "skipped": int(pc.sum(pc.is_valid(rows.column("reason"))).as_py() or 0),
+        "failed": int(pc.sum(failed).as_py() or 0),
+        "truncated": int(pc.sum(pc.and_(scored, rows.column("truncated"))).as_py() or 0),
+    }
+    reasons = {}
+    for item in pc.value_counts(rows.column("reason").drop_null()).to_pylist():
+        reasons[item["values"]] = int(item["counts"])
+    return rows, counts, reasons
+
+
+def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) -> list[str]:
+    """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
+    import pyarrow.parquet as pq
+    from marketpulse.runtime.scoring import _record_batches
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reader = _record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
+    paths: list[str] = []
+    writer = None
+    rows_in_shard = 0
+    try:
+        for batch in reader:
+            if writer is None or rows_in_shard >= shard_rows:
+                if writer is not None:
+                    writer.close()
+                paths.append(str(out_dir / f"pending-{len(paths):05d}.parquet"))
+                writer = pq.ParquetWriter(paths[-1], batch.schema)
+                rows_in_shard = 0
+            writer.write_batch(batch)
+            rows_in_shard += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return paths
+
+
+def _connect(ray, address: str | None, log) -> bool:
+    """Join the cluster at `address` (or start a local one); True when this call started Ray."""
+    import logging
+
+    import ray.data
+
+    # Ray Data logs every execution plan at INFO; marketpulse reports progress itself.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    # Progress is reported by marketpulse on stderr, once; Ray's bars would interleave.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="warning",
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MarketpulseError(
+            f"cannot connect to Ray at {address or 'a new local cluster'} ({first[:200]}); "
+            "start one with `ray start --head` and pass --ray-address auto or "
+            "ray://HOST:10001"
+        ) from exc
+    log(f"Ray cluster: {ray.cluster_resources()}")
+    return True
+
+
+def _user_error(exc: BaseException) -> MarketpulseError | None:
+    """The MarketpulseError a Scorer raised, however Ray wrapped it on the way back.
+
+    Ray Data re-raises a worker's exception as a RayTaskError/UserCodeException (or an
+    ActorDiedError when the constructor failed) whose text embeds the remote traceback,
+    so the original message is recovered from that text when the object itself is gone.
+    """
+    seen = set()
+    stack = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, MarketpulseError):
+            return MarketpulseError(str(err))
+        found = _REMOTE_ERROR.findall(str(err))
+        if found:
+            return MarketpulseError(found[-1].strip())
+        stack += [getattr(err, "cause", None), err.__cause__, err.__context__]
+    return None
+
+
+def score_with_ray(
+    cfg: ScoreConfig,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
+    stage_dir: Path | None = None,
+) -> RunStats:
+    """Score every pending row of `cfg.table` on a Ray cluster; return what the run did.
+
+    `ray_address`: None starts a local cluster on this machine (or joins the one this
+    process already started), "auto" joins `ray start --head` on this machine, and
+    "ray://HOST:10001" connects to a remote head. `stage_dir` must be readable by every
+    Ray node (a shared filesystem) when the cluster spans several machines.
+    """
+    from marketpulse.runtime.progress import Progress, format_duration
+
+    ray = require_ray()
+    _check_config(cfg)
+    device = ray_device(cfg.device, gpus_per_worker)
+    threads = 1 if device == "cuda" else (cfg.threads or 1)
+    bundle = load_bundle(Path(cfg.bundle))
+    provider, variant = planned_placement(bundle, device, cfg.variant)
+    con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
+    try:
+        source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
+        results.prepare(con, cfg.results_table, source.id_type, bundle.labels)
+        results.register_model(con, bundle)
+        dead = results.close_dead_runs(con)
+        matching, done = count_rows(con, source, cfg.results_table, bundle.version)
+        pending = matching - done if cfg.limit is None else min(matching - done, cfg.limit)
+        stats = RunStats(
+            run_id=uuid.uuid4().hex[:12],
+            model_version=bundle.version,
+            source=cfg.table,
+            results_table=cfg.results_table,
+            results_db=str(cfg.results_db or cfg.db),
+            provider=provider,
+            variant=variant,
+            provider_reason=f"--engine ray, {'GPU' if device == 'cuda' else 'CPU'} workers",
+            rows_pending=pending,
+            rows_already_scored=done,
+        )
+        progress = Progress(pending, enabled=cfg.progress, log_every=cfg.progress_every)
+        if dead:
+            progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
+        results.start_run(
+            con,
+            {
+                "run_id": stats.run_id,
+                "model_version": stats.model_version,
+                "source": cfg.table,
+                "rows_scored": 0,
+                "rows_skipped": 0,
+                "rows_failed": 0,
+                "rows_truncated": 0,
+                "started_at": results.utcnow(),
+                "status": "running",
+                "results_table": cfg.results_table,
+                "source_db": str(Path(cfg.db).resolve()),
+                "filter": cfg.where,
+                "row_limit": cfg.limit,
+                "provider": provider,
+                "variant": variant,
+            },
+        )
+        start = time.perf_counter()
+        error = None
+        try:
+            if pending:
+                pool = dict(address=ray_address, workers=workers, gpus=gpus_per_worker)
+                _run(
+                    ray, con, source, cfg, stats, progress, bundle, device, threads, pool, stage_dir
+                )
+            stats.status = "completed"
+        except KeyboardInterrupt:
+            stats.status = "interrupted"
+            raise
+        except BaseException as exc:
+            stats.status = "failed"
+            user = _user_error(exc)
+            error = str(user or exc).splitlines()[0] if str(user or exc) else type(exc).__name__
+            if user is not None:
+                raise user from exc
+            raise
+        finally:
+            progress.close()
+            stats.seconds = time.perf_counter() - start
+            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
+            results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+            progress.log(f"ray engine wall time {format_duration(stats.seconds)}")
+        return stats
+    finally:
+        con.close()
+
+
+def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, pool, stage_dir):
+    """Export, score on the actor pool, commit each returned batch; always clean up."""
+    gpus_per_worker = pool["gpus"]
+    started_ray = _connect(ray, pool["address"], progress.log)
+    staging = Path(tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=stage_dir))
+    try:
+        pool = plan_workers(ray.cluster_resources(), pool["workers"], gpus_per_worker, threads)
+        shard_rows = max(cfg.chunk_rows, -(-stats.rows_pending // (SHARDS_PER_WORKER * pool)))
+        shard_rows = min(shard_rows, max(MAX_SHARD_ROWS, cfg.chunk_rows))
+        t0 = time.perf_counter()
+        sql, params = pending_query(source, cfg.results_table, stats.model_version, cfg.limit)
+        shards = export_pending(con, sql, params, staging, shard_rows)
+        progress.log(
+            f"exported {stats.rows_pending:,} pending rows to {len(shards)} Parquet shard(s) in "
+            f"{time.perf_counter() - t0:.1f}s; scoring on {pool} Ray worker(s), {stats.provider} "
+            f"{stats.variant}" + (f", {threads} thread(s) each" if device == "cpu" else "")
+        )
+        # One seed path (the directory), not the list of shards: Ray 2.60 resolves seed
+        # paths on parallel threads, and with fsspec installed but not aiohttp those
+        # threads race on importing fsspec's http module and fail at random.
+        dataset = ray.data.read_parquet(str(staging)).map_batches(
+            Scorer,
+            fn_constructor_kwargs={
+                "bundle_dir": str(Path(bundle.path).resolve()),
+                "model_version": stats.model_version,
+                "variant": stats.variant,
+                "device": device,
+                "threads": threads,
+                "batch_tokens": cfg.batch_tokens,
+            },
+            batch_size=cfg.chunk_rows,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=pool),
+            num_cpus=threads if device == "cpu" else 1,
+            num_gpus=gpus_per_worker if device == "cuda" else None,
+        )
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            rows, counts, reasons = split_scored(batch)
+            results.write_chunk(con, cfg.results_table, rows, stats.run_id, counts)
+            stats.rows_scored += counts["scored"]
+            stats.rows_skipped += counts["skipped"]
+            stats.rows_failed += counts["failed"]
+            stats.rows_truncated += counts["truncated"]
+            for reason, n in reasons.items():
+                stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
+            progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()

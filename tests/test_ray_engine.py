@@ -1,0 +1,206 @@
+"""`--engine ray`: the same rows as the local engine, resumable, and a clear error without Ray.
+
+Tests that run Ray share ONE local cluster per test session (`ray_cluster`) and skip
+when Ray is not installed (`pip install 'marketpulse[ray]'`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from marketpulse.runtime import ScoreConfig, score
+from marketpulse.runtime.ray_engine import (
+    FAILED,
+    Scorer,
+    _user_error,
+    plan_workers,
+    ray_device,
+    score_with_ray,
+    split_scored,
+)
+from test_runtime_support import make_source, spread_bundle
+
+from marketpulse.errors import MarketpulseError
+
+N = 4000
+RESULT_COLS = (
+    "id, model_version, label, confidence, p_bearish, p_bullish, p_neutral, reason, truncated"
+)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    return spread_bundle(tiny_checkpoint, tmp_path_factory)
+
+
+def config(db, bundle, **kw) -> ScoreConfig:
+    # fp32: int8 dynamic quantization depends on a row's batch mates, and the two
+    # engines cut windows differently, so only fp32 can match row for row.
+    base = dict(
+        db=db,
+        table="posts",
+        id_col="id",
+        text_col="text",
+        bundle=bundle.path,
+        device="cpu",
+        variant="fp32",
+        threads=1,
+        chunk_rows=512,
+        batch_tokens=1024,
+        progress=False,
+    )
+    return ScoreConfig(**{**base, **kw})
+
+
+def rows(db, table="scores"):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(f"SELECT {RESULT_COLS} FROM {table} ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def runs(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(
+            "SELECT status, rows_scored, rows_skipped, rows_failed, rows_truncated, variant "
+            "FROM runs ORDER BY started_at"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def assert_same_rows(got, want):
+    assert [r[0] for r in got] == [r[0] for r in want]
+    assert [(r[1], r[2], r[7], r[8]) for r in got] == [(r[1], r[2], r[7], r[8]) for r in want]
+    probs = np.array([r[3:7] for r in got], dtype=float)
+    expected = np.array([r[3:7] for r in want], dtype=float)
+    assert np.array_equal(np.isnan(probs), np.isnan(expected))  # NULL exactly when skipped
+    np.testing.assert_allclose(probs, expected, atol=1e-6, equal_nan=True)
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    db = tmp_path / "market.duckdb"
+    with pytest.raises(MarketpulseError) as err:
+        score_with_ray(ScoreConfig(db, "posts", "id", "text", tmp_path / "bundle"))
+    message = str(err.value)
+    assert "pip install 'marketpulse[ray]'" in message and "\n" not in message
+    assert not db.exists()  # refused before anything was opened or written
+
+
+def test_device_and_gpu_flags_must_agree():
+    assert ray_device("auto", 0) == "cpu"
+    assert ray_device("auto", 1) == "cuda"
+    assert ray_device("cuda", 0.5) == "cuda"
+    with pytest.raises(MarketpulseError, match="--gpus-per-worker 1"):
+        ray_device("cuda", 0)
+    with pytest.raises(MarketpulseError, match="drop one"):
+        ray_device("cpu", 1)
+
+
+def test_worker_pool_leaves_a_cpu_for_reading():
+    assert plan_workers({"CPU": 2.0}, None, 0, 1) == 1
+    assert plan_workers({"CPU": 16.0}, None, 0, 4) == 3
+    assert plan_workers({"CPU": 16.0}, 2, 0, 4) == 2
+    with pytest.raises(MarketpulseError, match="--workers 1 or fewer"):
+        plan_workers({"CPU": 2.0}, 2, 0, 1)
+    with pytest.raises(MarketpulseError, match="--threads 1"):
+        plan_workers({"CPU": 2.0}, None, 0, 2)
+    assert plan_workers({"CPU": 8.0, "GPU": 4.0}, None, 1, 1) == 4
+    assert plan_workers({"CPU": 8.0, "GPU": 4.0}, None, 0.5, 1) == 8
+    with pytest.raises(MarketpulseError, match="has 0 GPU"):
+        plan_workers({"CPU": 8.0}, None, 1, 1)
+
+
+def test_scorer_batch_equals_the_local_engine_rows(bundle, tmp_path):
+    """The actor's work, run in-process: what the local engine writes for the same rows."""
+    db = tmp_path / "market.duckdb"
+    texts = make_source(db, 300, long_every=25)
+    score(config(db, bundle, chunk_rows=300))
+    scorer = Scorer(str(bundle.path), bundle.version, "fp32", "cpu", 1, 1024)
+    batch = pa.table({"id": pa.array(range(300), pa.int64()), "text": pa.array(texts)})
+    out, counts, reasons = split_scored(scorer(batch))
+    assert out.column_names[-1] != FAILED
+    got = [
+        tuple(r[c] for c in RESULT_COLS.split(", "))
+        for r in sorted(out.to_pylist(), key=lambda r: r["id"])
+    ]
+    assert_same_rows(got, rows(db))
+    assert counts["scored"] + counts["skipped"] == 300 and counts["failed"] == 0
+    assert counts["truncated"] > 0
+    nulls = sum(t is None for t in texts)
+    blanks = sum(t is not None and not t.strip() for t in texts)
+    assert nulls and blanks
+    assert reasons == {"null_text": nulls, "empty_text": blanks}
+
+
+def test_scorer_refuses_a_different_bundle_version(bundle):
+    with pytest.raises(MarketpulseError, match="same bundle"):
+        Scorer(str(bundle.path), "0" * 16, None, "cpu", 1, 1024)
+
+
+def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundle, tmp_path):
+    local_db, ray_db = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
+    make_source(local_db, N, long_every=40)
+    shutil.copy(local_db, ray_db)
+    local = score(config(local_db, bundle))
+    assert local.status == "completed"
+
+    # A first run that stopped after 1,000 rows; the Ray run must do exactly the rest.
+    score(config(ray_db, bundle, limit=1000))
+    stats = score_with_ray(config(ray_db, bundle))
+    assert stats.status == "completed"
+    assert stats.rows_already_scored == 1000
+    assert stats.rows_scored + stats.rows_skipped == N - 1000
+    assert stats.rows_failed == 0
+    assert_same_rows(rows(ray_db), rows(local_db))
+
+    again = score_with_ray(config(ray_db, bundle))
+    assert (again.status, again.rows_pending, again.rows_scored) == ("completed", 0, 0)
+
+    history = runs(ray_db)
+    assert [r[0] for r in history] == ["completed"] * 3
+    ray_run = history[1]
+    assert ray_run[1:3] == (stats.rows_scored, stats.rows_skipped)
+    assert ray_run[4] == stats.rows_truncated > 0 and ray_run[5] == "fp32"
+    assert history[0][1] + ray_run[1] == local.rows_scored
+    assert history[0][4] + ray_run[4] == local.rows_truncated
+
+
+def test_an_error_inside_a_ray_worker_comes_back_as_one_line(ray_cluster):
+    """A Scorer raising in __call__ or in its constructor: the message survives Ray's wrapping."""
+
+    def fail(batch):
+        raise MarketpulseError("bundle is odd; re-export it")
+
+    class FailToLoad:
+        def __init__(self):
+            raise MarketpulseError("bundle is missing; pass --bundle")
+
+        def __call__(self, batch):
+            return batch
+
+    with pytest.raises(Exception) as err:
+        ray_cluster.data.range(4).map_batches(fail).take_all()
+    assert str(_user_error(err.value)) == "bundle is odd; re-export it"
+    pool = ray_cluster.data.ActorPoolStrategy(size=1)
+    with pytest.raises(Exception) as err:
+        ray_cluster.data.range(4).map_batches(FailToLoad, compute=pool).take_all()
+    assert str(_user_error(err.value)) == "bundle is missing; pass --bundle"
+    assert _user_error(ValueError("unrelated")) is None
