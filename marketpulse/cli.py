@@ -426,9 +426,7 @@ def inspect_(bundle_dir, as_json):
 @click.option(
     "--batch-tokens",
     type=click.IntRange(min=64),
-    default=8192,
-    show_default=True,
-    help="Padded tokens per inference batch.",
+    help="Padded tokens per inference batch [default: 1024 on CPU, 32768 on CUDA].",
 )
 @click.option(
     "--chunk-rows",

@@ -23,7 +23,6 @@ import numpy as np
 # before tokenizing keeps one pathological multi-megabyte row from stalling a window.
 _CHARS_PER_TOKEN_CLIP = 24
 
-DEFAULT_BATCH_TOKENS = 8192
 DEFAULT_MAX_BATCH_ROWS = 256
 
 
@@ -64,9 +63,7 @@ class TextEncoder:
 
 
 def plan_batches(
-    lengths: np.ndarray,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    max_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    lengths: np.ndarray, batch_tokens: int, max_rows: int = DEFAULT_MAX_BATCH_ROWS
 ) -> list[np.ndarray]:
     """Split row indices into length-sorted batches of at most `batch_tokens` padded tokens.
 

@@ -8,7 +8,8 @@ Read top to bottom:
    that overlap, because DuckDB, the Rust tokenizer and ONNX Runtime all release the
    GIL:
        reader thread:  DuckDB record batch -> split NULL/empty -> tokenize the window
-       main thread:    length-sorted token-budget batches -> ONNX Runtime -> softmax
+       main thread:    length-sorted token-budget batches -> ONNX Runtime (on CPU,
+                       one batch per core at a time) -> softmax
        writer thread:  one transaction per window: scores rows + run counters
    Queues between stages are short, so at most a few windows are in memory.
 4. Close the run row as completed, failed or interrupted.
@@ -29,13 +30,6 @@ from pathlib import Path
 
 import numpy as np
 from marketpulse.runtime import results
-from marketpulse.runtime.batching import (
-    DEFAULT_BATCH_TOKENS,
-    DEFAULT_MAX_BATCH_ROWS,
-    pad,
-    plan_batches,
-    softmax,
-)
 from marketpulse.runtime.predictor import Predictor, available_cores
 from marketpulse.runtime.progress import Progress, format_duration
 from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
@@ -60,7 +54,7 @@ class ScoreConfig:
     limit: int | None = None
     where: str | None = None
     threads: int | None = None
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    batch_tokens: int | None = None  # None: the device's default (predictor.py)
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     memory_limit: str = "512MB"
     progress: bool = True
@@ -106,7 +100,7 @@ class RunStats:
 def _check_config(cfg: ScoreConfig) -> None:
     if cfg.limit is not None and cfg.limit < 0:
         raise MarketpulseError(f"--limit must be 0 or more, got {cfg.limit}")
-    if cfg.batch_tokens < 64:
+    if cfg.batch_tokens is not None and cfg.batch_tokens < 64:
         raise MarketpulseError(f"--batch-tokens must be at least 64, got {cfg.batch_tokens}")
     if cfg.chunk_rows < 1:
         raise MarketpulseError(f"chunk_rows must be at least 1, got {cfg.chunk_rows}")
@@ -302,30 +296,13 @@ def _record_batches(relation, rows: int):
     return relation.fetch_arrow_reader(rows)
 
 
-def _infer(window: _Window, predictor: Predictor, batch_tokens: int) -> None:
-    encoded = window.encoded
-    n = len(window.valid)
-    window.probs = np.zeros((n, len(predictor.labels)), dtype=np.float32)
-    window.failed = np.zeros(n, dtype=bool)
-    last_error = None
-    pad_id = predictor.encoder.pad_id
-    for idx in plan_batches(encoded.lengths, batch_tokens, DEFAULT_MAX_BATCH_ROWS):
-        try:
-            window.probs[idx] = softmax(predictor.run(*pad([encoded.ids[i] for i in idx], pad_id)))
-            continue
-        except Exception as exc:  # retry the rows of a failed batch one by one
-            last_error = exc
-        for i in idx:
-            try:
-                window.probs[i] = softmax(predictor.run(*pad([encoded.ids[i]], pad_id)))[0]
-            except Exception as exc:
-                last_error = exc
-                window.failed[i] = True
-    if n and window.failed.all():
+def _infer(window: _Window, predictor: Predictor, batch_tokens: int | None) -> None:
+    window.probs, window.failed, error = predictor.run_batches(window.encoded, batch_tokens)
+    if len(window.valid) and window.failed.all():
         raise MarketpulseError(
-            f"ONNX Runtime failed on every row of a window ({last_error}); check the bundle "
-            "with `marketpulse evaluate --bundle` or rerun with --device cpu"
-        ) from last_error
+            f"ONNX Runtime failed on every row of a window ({error}); check the bundle with "
+            "`marketpulse inspect`, or rerun with --device cpu"
+        ) from error
 
 
 def _results_table(window: _Window, predictor: Predictor, version: str, p_cols: list[str]):

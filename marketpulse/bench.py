@@ -1,0 +1,496 @@
+"""`make bench`: marketpulse score against the usual ways of running the same model.
+
+    python -m marketpulse.bench [--rows 3000] [--scale-rows 100000,1000000]
+                                [--model artifacts/model --bundle artifacts/bundle]
+
+On the same rows of real text (../shared/data twitter texts, replicated; else the demo's
+posts), each in its own process so each has its own peak RSS:
+
+  (a) transformers `pipeline`, PyTorch fp32, batch 32 (the tutorial way)
+  (b) optimum `ORTModelForSequenceClassification` on the bundle's int8 graph, in a
+      `pipeline`, batch 32
+  (c) PyTorch bf16, length-sorted batches of 32
+  (d) `marketpulse score`, DuckDB in and out (rows/s of the streaming phase; the
+      whole-process time is reported beside it)
+
+It prints rows/s, the ratios d/a d/b d/c, each one's label agreement with (a) and its
+peak RSS, then the floor: model FLOPs per row against a measured int8 matmul rate on
+this CPU, and the fraction of it (d) reaches. `--scale-rows` also runs (d) alone on
+bigger tables to show its peak RSS stays flat. Numbers go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from marketpulse.errors import MarketpulseError
+
+REPO = Path(__file__).resolve().parents[1]
+TWITTER = REPO.parent / "shared" / "data" / "twitter_financial_news"
+ALTERNATIVES = {
+    "a": "transformers pipeline, PyTorch fp32, batch 32",
+    "b": "optimum ORTModel int8 in a pipeline, batch 32",
+    "c": "PyTorch bf16, length-sorted batches of 32",
+    "d": "marketpulse score, DuckDB in and out",
+}
+TARGETS = {"d/a": 4.0, "d/b": 2.0, "d/c": 1.2}
+MIN_AGREEMENT = 0.99
+BATCH = 32
+
+
+# ---------------------------------------------------------------- inputs
+def resolve_model(model: str | None, bundle: str | None) -> tuple[Path, Path]:
+    """Checkpoint and bundle: flags, else artifacts/{model,bundle}, else the demo's."""
+    candidates = [(model, bundle)] if model or bundle else []
+    candidates += [("artifacts/model", "artifacts/bundle")]
+    candidates += [("artifacts/demo/model", "artifacts/demo/bundle")]
+    for m, b in candidates:
+        if (
+            m
+            and b
+            and (Path(m) / "config.json").is_file()
+            and (Path(b) / "manifest.json").is_file()
+        ):
+            return Path(m), Path(b)
+    if model or bundle:
+        raise MarketpulseError(
+            f"--model {model} needs config.json and --bundle {bundle} needs manifest.json; pass "
+            "both, a checkpoint from `marketpulse train` and its bundle from `marketpulse export`"
+        )
+    raise MarketpulseError(
+        "no model to benchmark (artifacts/model + artifacts/bundle not found); run `make demo` "
+        "or `make train export`, or pass --model CHECKPOINT --bundle BUNDLE"
+    )
+
+
+def load_texts(seed: int = 0) -> tuple[list[str], str]:
+    """Real texts: the twitter financial news set, else the demo stream's posts."""
+    import csv
+
+    texts: list[str] = []
+    for name in ("train.csv", "valid.csv"):
+        path = TWITTER / name
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8") as fh:
+                texts += [row["text"] for row in csv.DictReader(fh)]
+    origin = f"{TWITTER} (train+valid)"
+    if not texts:
+        import duckdb
+
+        demo = REPO / "artifacts" / "demo" / "market.duckdb"
+        if not demo.is_file():
+            raise MarketpulseError(
+                f"no texts: {TWITTER} is absent and so is {demo}; run `make demo` first"
+            )
+        con = duckdb.connect(str(demo), read_only=True)
+        texts = [r[0] for r in con.execute("SELECT text FROM posts WHERE text IS NOT NULL")]
+        con.close()
+        origin = f"{demo} posts"
+    random.Random(seed).shuffle(texts)
+    return texts, origin
+
+
+def build_tables(db: Path, texts: list[str], sizes: list[int]) -> None:
+    """Tables posts_<n>(id BIGINT, text VARCHAR): the texts replicated to n rows."""
+    import duckdb
+    import pyarrow as pa
+
+    db.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.register("base", pa.table({"k": range(len(texts)), "text": texts}))
+    con.execute("CREATE TABLE texts AS SELECT * FROM base")
+    for n in sizes:
+        con.execute(
+            f"CREATE TABLE posts_{n} AS SELECT r.range AS id, t.text FROM range({n}) r "
+            f"JOIN texts t ON t.k = r.range % {len(texts)} ORDER BY id"
+        )
+    con.close()
+
+
+# ---------------------------------------------------------------- one alternative per process
+def run_process(cmd: list[str], stdout: Path) -> tuple[float, float]:
+    """Run a child; return (wall seconds, the child's own peak RSS in MiB)."""
+    log = stdout.with_suffix(".stderr.log")
+    start = time.perf_counter()
+    with open(stdout, "w") as out, open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        # wait4, not RUSAGE_CHILDREN: the peak of this child alone, not of all so far.
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise MarketpulseError(f"benchmark step failed ({' '.join(cmd[2:8])} ...): {tail}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run_baseline(alt: str, db: Path, table: str, model: Path, bundle: Path, work: Path) -> dict:
+    out = work / f"{alt}.json"
+    cmd = [sys.executable, "-m", "marketpulse.bench", "--worker", alt, "--db", str(db)]
+    cmd += ["--table", table, "--model", str(model), "--bundle", str(bundle), "--out", str(out)]
+    wall, rss = run_process(cmd, work / f"{alt}.log")
+    result = json.loads(out.read_text())
+    result.update(wall_s=wall, peak_rss_mib=rss)
+    return result
+
+
+def run_marketpulse(db: Path, table: str, bundle: Path, work: Path, threads: int | None) -> dict:
+    import duckdb
+
+    results_db = work / f"scores_{table}.duckdb"
+    results_db.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", "from marketpulse.cli import main; main()", "score"]
+    cmd += ["--db", str(db), "--table", table, "--id-col", "id", "--text-col", "text"]
+    cmd += ["--bundle", str(bundle), "--results-db", str(results_db), "--device", "cpu", "--json"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    wall, rss = run_process(cmd, work / f"d_{table}.json")
+    stats = json.loads((work / f"d_{table}.json").read_text())
+    con = duckdb.connect(str(results_db), read_only=True)
+    labels = [r[0] for r in con.execute("SELECT label FROM scores ORDER BY id").fetchall()]
+    con.close()
+    rows = stats["rows_scored"] + stats["rows_skipped"]
+    return {
+        "rows": rows,
+        "rows_per_s": stats["rows_per_s"],
+        "seconds": stats["seconds"],
+        "wall_s": wall,
+        "wall_rows_per_s": rows / wall,
+        "peak_rss_mib": rss,
+        "labels": labels,
+        "provider": f"{stats['provider']} {stats['variant']}",
+    }
+
+
+# ---------------------------------------------------------------- workers (child processes)
+def _read_texts(db: Path, table: str) -> list[str]:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    texts = [r[0] for r in con.execute(f"SELECT text FROM {table} ORDER BY id").fetchall()]
+    con.close()
+    return texts
+
+
+def worker(alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path) -> None:
+    from transformers import AutoTokenizer, pipeline
+
+    from marketpulse.bundle import load_bundle
+
+    texts = _read_texts(db, table)
+    max_length = load_bundle(bundle).max_length
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if alt == "a":
+        pipe = pipeline("text-classification", model=str(model), tokenizer=tokenizer, device=-1)
+    elif alt == "b":
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        onnx_dir = out.parent / "optimum_int8"
+        shutil.rmtree(onnx_dir, ignore_errors=True)
+        onnx_dir.mkdir()
+        shutil.copy(model / "config.json", onnx_dir / "config.json")
+        os.symlink((bundle / "model.int8.onnx").resolve(), onnx_dir / "model.onnx")
+        ort_model = ORTModelForSequenceClassification.from_pretrained(onnx_dir)
+        pipe = pipeline("text-classification", model=ort_model, tokenizer=tokenizer, device=-1)
+    elif alt != "c":
+        raise MarketpulseError(f"unknown worker {alt!r}")
+
+    def run(xs: list[str]) -> list[str]:
+        preds = pipe(xs, batch_size=BATCH, truncation=True, max_length=max_length)
+        return [p["label"] for p in preds]
+
+    if alt == "c":
+        run = _bf16_sorted(model, tokenizer, max_length)
+    run(texts[:BATCH])  # warm-up: first-call allocations are not throughput
+    start = time.perf_counter()
+    labels = run(texts)
+    seconds = time.perf_counter() - start
+    result = {"rows": len(texts), "seconds": seconds, "rows_per_s": len(texts) / seconds}
+    result["labels"] = labels
+    result["self_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps(result))
+
+
+def _bf16_sorted(model: Path, tokenizer, max_length: int):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    net = AutoModelForSequenceClassification.from_pretrained(model).eval().to(torch.bfloat16)
+    id2label = net.config.id2label
+
+    def run(texts: list[str]) -> list[str]:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
+        labels: list[str] = [""] * len(texts)
+        with torch.inference_mode():
+            for start in range(0, len(order), BATCH):
+                idx = order[start : start + BATCH]
+                batch = tokenizer.pad(
+                    {k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt"
+                )
+                pred = net(**batch).logits.float().argmax(dim=-1).tolist()
+                for i, p in zip(idx, pred, strict=True):
+                    labels[i] = id2label[p]
+        return labels
+
+    return run
+
+
+# ---------------------------------------------------------------- the floor
+def flops_per_row(model: Path, tokens: float) -> float:
+    """Matmul FLOPs of one row of `tokens` tokens through the encoder (embeddings are lookups)."""
+    cfg = json.loads((model / "config.json").read_text())
+    d, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    ff = cfg.get("intermediate_size", 4 * d)
+    projections = 2 * tokens * (4 * d * d + 2 * d * ff)  # Q, K, V, O and the two FFN matmuls
+    attention = 2 * 2 * tokens * tokens * d  # QK^T and AV
+    head = 2 * d * d + 2 * d * len(cfg.get("id2label", {0: 0, 1: 1}))  # pooler + classifier
+    return layers * (projections + attention) + head
+
+
+def int8_matmul_rate(k: int, n: int, threads: int, m: int = 2048, seconds: float = 3.0) -> float:
+    """Measured int8 multiply-accumulate throughput (ops/s, 2 per MAC) of ONNX Runtime's
+    MatMulInteger on this CPU, at the model's own K x N shape and thread count."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+        "int8_matmul",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 255, (m, k), dtype=np.uint8)
+    sess.run(None, {"A": a})
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        sess.run(None, {"A": a})
+        runs += 1
+    return 2.0 * m * k * n * runs / elapsed
+
+
+def mean_tokens(bundle: Path, texts: list[str]) -> float:
+    from marketpulse.bundle import load_bundle
+    from marketpulse.runtime.batching import TextEncoder
+
+    b = load_bundle(bundle)
+    return float(TextEncoder(b.tokenizer_path, b.max_length).encode(texts).lengths.mean())
+
+
+# ---------------------------------------------------------------- report
+def agreement(labels: list, reference: list) -> float:
+    pairs = [(x, y) for x, y in zip(labels, reference, strict=True) if y is not None]
+    return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+
+def report(res: dict) -> str:
+    alts, lines = res["alternatives"], []
+    lines.append(f"bench: {res['rows']:,} rows of {res['texts']}, model {res['model']}")
+    lines.append(f"       {res['cpu']}, {res['cores']} cores")
+    lines.append(f"{'':4}{'alternative':48}{'rows/s':>9}{'d/x':>7}{'agree(a)':>10}{'peak RSS':>11}")
+    d = alts.get("d", {}).get("rows_per_s")
+    for key, alt in alts.items():
+        ratio = f"{d / alt['rows_per_s']:.2f}" if d and key != "d" else "-"
+        agree = f"{100 * alt['agreement_with_a']:.2f}%" if "agreement_with_a" in alt else "-"
+        lines.append(
+            f"({key}) {ALTERNATIVES[key]:48}{alt['rows_per_s']:9.1f}{ratio:>7}{agree:>10}"
+            f"{alt['peak_rss_mib']:8.0f} MiB"
+        )
+    if "d" in alts:
+        lines.append(
+            f"    (d) whole process incl. start-up and model load: {alts['d']['wall_s']:.1f}s, "
+            f"{alts['d']['wall_rows_per_s']:.1f} rows/s"
+        )
+    for name, check in res["checks"].items():
+        lines.append(
+            f"    {'PASS' if check['ok'] else 'FAIL'}  {name}: {check['value']}  (target {check['target']})"
+        )
+    f = res.get("floor")
+    if f:
+        lines.append(
+            f"floor: {f['gflop_per_row']:.3f} GFLOP/row at {f['mean_tokens']:.1f} tokens/row; int8 "
+            f"matmul {f['int8_gops']:.0f} GOP/s on {f['threads']} threads -> ceiling "
+            f"{f['ceiling_rows_per_s']:.0f} rows/s; (d) reaches {100 * f['fraction_d']:.1f}%"
+        )
+    for s in res.get("scale", []):
+        lines.append(
+            f"scale: (d) on {s['rows']:,} rows: {s['rows_per_s']:.1f} rows/s, peak RSS "
+            f"{s['peak_rss_mib']:.0f} MiB"
+        )
+    return "\n".join(lines)
+
+
+def _check(checks: dict, name: str, value: float, target: str, ok: bool, fmt: str = "{:.2f}"):
+    checks[name] = {"value": fmt.format(value), "target": target, "ok": bool(ok)}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--rows",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(min=64),
+    help="Rows all four alternatives score.",
+)
+@click.option("--scale-rows", default="", help="Bigger tables for (d) alone, e.g. 100000,1000000.")
+@click.option(
+    "--model", type=click.Path(file_okay=False), help="Checkpoint [default: artifacts/model]."
+)
+@click.option(
+    "--bundle", type=click.Path(file_okay=False), help="Its bundle [default: artifacts/bundle]."
+)
+@click.option("--only", default="abcd", show_default=True, help="Alternatives to run.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for (d) [default: all cores].")
+@click.option(
+    "--work", default="artifacts/bench", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="JSON results [default: WORK/bench.json]."
+)
+@click.option("--worker", hidden=True)
+@click.option("--db", hidden=True)
+@click.option("--table", hidden=True)
+def main(rows, scale_rows, model, bundle, only, threads, work, out, worker, db, table):  # noqa: C901
+    """Benchmark marketpulse score against transformers, optimum and PyTorch bf16.
+
+    Example: python -m marketpulse.bench --rows 3000 --scale-rows 100000,1000000
+    """
+    try:
+        if worker:
+            return worker_main(worker, Path(db), table, Path(model), Path(bundle), Path(out))
+        _bench(rows, scale_rows, model, bundle, only, threads, Path(work), out)
+    except MarketpulseError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+worker_main = worker
+
+
+def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
+    from marketpulse.bundle import load_bundle
+    from marketpulse.runtime.predictor import available_cores
+
+    model_dir, bundle_dir = resolve_model(model, bundle)
+    load_bundle(bundle_dir)  # refuse a corrupt bundle before minutes of work
+    scale = sorted({int(x) for x in scale_rows.split(",") if x.strip()})
+    unknown = set(only) - set(ALTERNATIVES)
+    if unknown or not only:
+        raise MarketpulseError(f"--only {only!r}: use letters from abcd")
+    work.mkdir(parents=True, exist_ok=True)
+    texts, origin = load_texts()
+    db = work / "bench.duckdb"
+    click.echo(
+        f"bench: building tables of {rows:,}{''.join(f', {n:,}' for n in scale)} rows in {db}",
+        err=True,
+    )
+    build_tables(db, texts, [rows, *scale])
+    table = f"posts_{rows}"
+    cores = threads or available_cores()
+    res = {
+        "rows": rows,
+        "texts": origin,
+        "model": str(model_dir),
+        "bundle": str(bundle_dir),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": available_cores(),
+        "alternatives": {},
+        "checks": {},
+    }
+    for key in sorted(only):
+        click.echo(f"bench: ({key}) {ALTERNATIVES[key]} ...", err=True)
+        if key == "d":
+            result = run_marketpulse(db, table, bundle_dir, work, threads)
+        else:
+            result = run_baseline(key, db, table, model_dir, bundle_dir, work)
+        click.echo(f"bench: ({key}) {result['rows_per_s']:.1f} rows/s", err=True)
+        res["alternatives"][key] = result
+    alts = res["alternatives"]
+    if "a" in alts:
+        for alt in alts.values():
+            alt["agreement_with_a"] = agreement(alt["labels"], alts["a"]["labels"])
+    if "d" in alts:
+        for key, target in TARGETS.items():
+            other = key[-1]
+            if other in alts:
+                ratio = alts["d"]["rows_per_s"] / alts[other]["rows_per_s"]
+                _check(res["checks"], key, ratio, f">= {target}", ratio >= target)
+        if "a" in alts:
+            agree = alts["d"]["agreement_with_a"]
+            _check(
+                res["checks"],
+                "agreement d vs a",
+                100 * agree,
+                f">= {100 * MIN_AGREEMENT:.0f}%",
+                agree >= MIN_AGREEMENT,
+                "{:.2f}%",
+            )
+        click.echo("bench: measuring the int8 matmul floor ...", err=True)
+        cfg = json.loads((model_dir / "config.json").read_text())
+        tokens = mean_tokens(bundle_dir, texts[:rows])
+        rate = int8_matmul_rate(
+            cfg["hidden_size"], cfg.get("intermediate_size", 4 * cfg["hidden_size"]), cores
+        )
+        flops = flops_per_row(model_dir, tokens)
+        res["floor"] = {
+            "mean_tokens": tokens,
+            "gflop_per_row": flops / 1e9,
+            "int8_gops": rate / 1e9,
+            "threads": cores,
+            "ceiling_rows_per_s": rate / flops,
+            "fraction_d": alts["d"]["rows_per_s"] / (rate / flops),
+        }
+    res["scale"] = []
+    for n in scale:
+        click.echo(f"bench: (d) alone on {n:,} rows ...", err=True)
+        result = run_marketpulse(db, f"posts_{n}", bundle_dir, work, threads)
+        result.pop("labels")
+        res["scale"].append({"rows": n, **result})
+    if res["scale"]:
+        big, small = res["scale"][-1], res["scale"][0]
+        _check(
+            res["checks"],
+            f"(d) peak RSS at {big['rows']:,} rows",
+            big["peak_rss_mib"],
+            "< 1536 MiB",
+            big["peak_rss_mib"] < 1536,
+            "{:.0f} MiB",
+        )
+        if len(res["scale"]) > 1:
+            growth = big["peak_rss_mib"] / small["peak_rss_mib"] - 1
+            _check(
+                res["checks"],
+                f"(d) peak RSS growth {small['rows']:,} -> {big['rows']:,} rows",
+                100 * growth,
+                "<= 10%",
+                growth <= 0.10,
+                "{:+.1f}%",
+            )
+    for alt in alts.values():
+        alt.pop("labels", None)
+    out_path = Path(out) if out else work / "bench.json"
+    out_path.write_text(json.dumps(res, indent=2) + "\n")
+    click.echo(report(res))
+    click.echo(f"bench: wrote {out_path}", err=True)
+
+
+if __name__ == "__main__":
+    main()
