@@ -224,8 +224,8 @@ def evaluate(
     import json
     from pathlib import Path
 
-    from marketpulse.metrics import format_metrics
     from marketpulse.train.evaluate import evaluate as run_evaluate
+    from marketpulse.train.evaluate import format_report
 
     source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
     result = run_evaluate(
@@ -233,12 +233,7 @@ def evaluate(
     )
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
-    summary = f"{result['rows']['used']} rows from {result['data']['source']} ({result['rows']['skipped']} skipped), model {result['model']}"
-    click.echo(
-        json.dumps(result, indent=2)
-        if as_json
-        else summary + "\n\n" + format_metrics(result["metrics"])
-    )
+    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
 # --- export ---

@@ -257,3 +257,18 @@ def test_evaluate_errors(trained, market_db, tmp_path):
     assert result.exit_code == 1 and "neither a checkpoint" in result.output
     result = CliRunner().invoke(main, [*base, "--model", str(out), "--label-names", "up,down"])
     assert result.exit_code == 1 and "not among the label names" in result.output
+
+
+def test_early_stopping_and_class_weights(market_db, tiny_checkpoint, tmp_path):
+    # A learning rate this small cannot move validation macro-F1, so with patience 1
+    # training stops after the second epoch instead of running all five.
+    out = tmp_path / "model"
+    args = _train_args(market_db, out, tiny_checkpoint)
+    args[args.index("--epochs") + 1] = "5"
+    args += ["--patience", "1", "--learning-rate", "1e-12", "--class-weights"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["validation"]["epochs_run"] == pytest.approx(2.0)
+    assert m["hyperparameters"]["class_weights"] is True
+    assert m["hyperparameters"]["early_stopping_patience"] == 1

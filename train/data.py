@@ -140,7 +140,7 @@ def _open_relation(con, source: DataSource) -> str:
     return _VIEW
 
 
-def _check_columns(con, relation: str, source: DataSource) -> dict[str, str]:
+def _check_columns(con, source: DataSource) -> dict[str, str]:
     have = table_columns(con, source.table or _VIEW)
     where = (
         f"table {source.table!r}"
@@ -199,7 +199,7 @@ def load_labeled(source: DataSource) -> LabeledRows:
     con = _connect(source)
     try:
         relation = _open_relation(con, source)
-        _check_columns(con, relation, source)
+        _check_columns(con, source)
         text, label = quote_ident(source.text_col), quote_ident(source.label_col)
         rows = con.execute(f"SELECT CAST({text} AS VARCHAR), {label} FROM {relation}").fetchall()
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from marketpulse.train.data import DataSource, load_labeled
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.metrics import classification_metrics
+from marketpulse.metrics import classification_metrics, format_metrics
 
 BUNDLE_MANIFEST = "manifest.json"
 
@@ -44,7 +44,12 @@ def _predict_checkpoint(model_dir: Path, texts, max_length, batch_size, device):
         device=device,
         progress=True,
     )
-    info = {"kind": "checkpoint", "device": device, "reason": reason, "max_length": max_length}
+    info = {
+        "kind": "checkpoint",
+        "device": device,
+        "reason": f"PyTorch on {device}: {reason}",
+        "max_length": max_length,
+    }
     return labels, logits, info
 
 
@@ -61,6 +66,7 @@ def _predict_bundle(bundle_dir: Path, texts, variant, device):
         "model_version": bundle.version,
         "variant": predictor.variant,
         "provider": predictor.provider,
+        "reason": predictor.describe(),
         "max_length": bundle.max_length,
     }
     return bundle.labels, probs, info
@@ -127,3 +133,13 @@ def evaluate(
         "rows_per_s": round(len(rows.texts) / max(elapsed, 1e-9), 1),
         "metrics": classification_metrics(rows.labels, y_pred, model_labels),
     }
+
+
+def format_report(result: dict) -> str:
+    rows = result["rows"]
+    head = (
+        f"{rows['used']} rows from {result['data']['source']} "
+        f"({sum(rows['skipped'].values())} skipped: {rows['skipped']})\n"
+        f"model {result['model']}: {result['reason']}, {result['rows_per_s']} rows/s\n\n"
+    )
+    return head + format_metrics(result["metrics"])
