@@ -41,9 +41,10 @@ from marketpulse.errors import MarketpulseError
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
-# Parquet shards per Scorer actor, so the pool stays busy while shards vary in speed.
+# Shard sizes: at least SHARDS_PER_WORKER per actor so reads spread over the cluster,
+# at most SHARD_CHUNKS chunks each. (Commits are per chunk either way: see _blocks.)
 SHARDS_PER_WORKER = 4
-MAX_SHARD_ROWS = 1 << 18
+SHARD_CHUNKS = 16
 _REMOTE_ERROR = re.compile(r"^marketpulse\.errors\.MarketpulseError: (.+)$", re.MULTILINE)
 
 
@@ -247,14 +248,29 @@ def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) 
     return paths
 
 
+def _blocks(dataset, rows: int):
+    """Cut the input into blocks of `rows` rows, streaming (no all-to-all barrier).
+
+    Ray Data packs small Parquet files into one block, and a map task returns its
+    block's results in one piece when it ends: without this a whole table could come
+    back, and be committed, as a single chunk at the very end. Older Ray versions lack
+    the argument; there each shard is one block, so commits are per shard.
+    """
+    try:
+        return dataset.repartition(target_num_rows_per_block=rows)
+    except TypeError:
+        return dataset
+
+
 def _connect(ray, address: str | None, log) -> bool:
     """Join the cluster at `address` (or start a local one); True when this call started Ray."""
     import logging
 
     import ray.data
 
-    # Ray Data logs every execution plan at INFO; marketpulse reports progress itself.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data logs every execution plan and its settings; marketpulse reports progress
+    # itself, and a worker's error comes back as the run's one-line error.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     # Progress is reported by marketpulse on stderr, once; Ray's bars would interleave.
     ctx.enable_progress_bars = False
@@ -400,24 +416,26 @@ def score_with_ray(
 def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, pool, stage_dir):
     """Export, score on the actor pool, commit each returned batch; always clean up."""
     gpus_per_worker = pool["gpus"]
+    t_start = time.perf_counter()
     started_ray = _connect(ray, pool["address"], progress.log)
+    t_ray = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=stage_dir))
     try:
         pool = plan_workers(ray.cluster_resources(), pool["workers"], gpus_per_worker, threads)
-        shard_rows = max(cfg.chunk_rows, -(-stats.rows_pending // (SHARDS_PER_WORKER * pool)))
-        shard_rows = min(shard_rows, max(MAX_SHARD_ROWS, cfg.chunk_rows))
-        t0 = time.perf_counter()
+        per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
+        shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
         sql, params = pending_query(source, cfg.results_table, stats.model_version, cfg.limit)
         shards = export_pending(con, sql, params, staging, shard_rows)
         progress.log(
-            f"exported {stats.rows_pending:,} pending rows to {len(shards)} Parquet shard(s) in "
-            f"{time.perf_counter() - t0:.1f}s; scoring on {pool} Ray worker(s), {stats.provider} "
+            f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
+            f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; scoring on {pool} Ray worker(s), {stats.provider} "
             f"{stats.variant}" + (f", {threads} thread(s) each" if device == "cpu" else "")
         )
         # One seed path (the directory), not the list of shards: Ray 2.60 resolves seed
         # paths on parallel threads, and with fsspec installed but not aiohttp those
         # threads race on importing fsspec's http module and fail at random.
-        dataset = ray.data.read_parquet(str(staging)).map_batches(
+        dataset = _blocks(ray.data.read_parquet(str(staging)), cfg.chunk_rows)
+        dataset = dataset.map_batches(
             Scorer,
             fn_constructor_kwargs={
                 "bundle_dir": str(Path(bundle.path).resolve()),
@@ -433,7 +451,10 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, pool, 
             num_cpus=threads if device == "cpu" else 1,
             num_gpus=gpus_per_worker if device == "cuda" else None,
         )
+        t_submit, t_first, first_rows = time.perf_counter(), None, 0
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            if t_first is None:
+                t_first, first_rows = time.perf_counter(), batch.num_rows
             rows, counts, reasons = split_scored(batch)
             results.write_chunk(con, cfg.results_table, rows, stats.run_id, counts)
             stats.rows_scored += counts["scored"]
@@ -443,6 +464,13 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, pool, 
             for reason, n in reasons.items():
                 stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
             progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
+        if t_first is not None:
+            # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.
+            after = time.perf_counter() - t_first
+            rate = f"{(progress.done - first_rows) / after:,.0f} rows/s" if after > 0 else "-"
+            progress.log(
+                f"Ray: first results {t_first - t_submit:.1f}s after submitting, then {rate}"
+            )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if started_ray:

@@ -17,6 +17,7 @@ from marketpulse.runtime import ScoreConfig, score
 from marketpulse.runtime.ray_engine import (
     FAILED,
     Scorer,
+    _blocks,
     _user_error,
     plan_workers,
     ray_device,
@@ -170,6 +171,13 @@ def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundl
     assert stats.rows_scored + stats.rows_skipped == N - 1000
     assert stats.rows_failed == 0
     assert_same_rows(rows(ray_db), rows(local_db))
+    con = duckdb.connect(str(ray_db), read_only=True)
+    try:
+        # Each Scorer call stamps its rows: the Ray rows came in chunk-sized batches.
+        stamps = con.execute("SELECT count(DISTINCT scored_at) FROM scores").fetchone()[0]
+    finally:
+        con.close()
+    assert stamps >= 1 + (N - 1000) // 512
 
     again = score_with_ray(config(ray_db, bundle))
     assert (again.status, again.rows_pending, again.rows_scored) == ("completed", 0, 0)
@@ -181,6 +189,15 @@ def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundl
     assert ray_run[4] == stats.rows_truncated > 0 and ray_run[5] == "fp32"
     assert history[0][1] + ray_run[1] == local.rows_scored
     assert history[0][4] + ray_run[4] == local.rows_truncated
+
+
+def test_input_is_cut_into_chunk_sized_blocks_as_it_streams(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": range(3000)}), tmp_path / "one-shard.parquet")
+    blocks = _blocks(ray_cluster.data.read_parquet(str(tmp_path)), 512)
+    sizes = [b.num_rows for b in blocks.iter_batches(batch_format="pyarrow", batch_size=None)]
+    assert sum(sizes) == 3000 and max(sizes) <= 512
 
 
 def test_an_error_inside_a_ray_worker_comes_back_as_one_line(ray_cluster):
@@ -204,3 +221,61 @@ def test_an_error_inside_a_ray_worker_comes_back_as_one_line(ray_cluster):
         ray_cluster.data.range(4).map_batches(FailToLoad, compute=pool).take_all()
     assert str(_user_error(err.value)) == "bundle is missing; pass --bundle"
     assert _user_error(ValueError("unrelated")) is None
+
+
+def _cli_has_engine() -> bool:
+    from marketpulse.cli import main
+
+    return any(p.name == "engine" for p in main.commands["score"].params)
+
+
+needs_engine_flag = pytest.mark.skipif(
+    not _cli_has_engine(), reason="`score --engine` not wired yet (see notes/ray_cli_patch.md)"
+)
+
+
+def run_cli(db, bundle_dir, *extra):
+    from click.testing import CliRunner
+
+    from marketpulse.cli import main
+
+    args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
+    return CliRunner().invoke(main, [*args, "--bundle", str(bundle_dir), *extra])
+
+
+@needs_engine_flag
+def test_cli_without_ray_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    db = tmp_path / "market.duckdb"
+    make_source(db, 10)
+    result = run_cli(db, tmp_path / "no-bundle", "--engine", "ray")
+    assert result.exit_code == 1
+    assert "pip install 'marketpulse[ray]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert "scores" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    finally:
+        con.close()
+
+
+@needs_engine_flag
+def test_cli_ray_flags_need_the_ray_engine(tmp_path):
+    result = run_cli(tmp_path / "market.duckdb", tmp_path / "bundle", "--workers", "2")
+    assert result.exit_code == 2
+    assert "need --engine ray" in result.output
+
+
+@needs_engine_flag
+def test_cli_scores_on_ray(ray_cluster, bundle, tmp_path):
+    db = tmp_path / "market.duckdb"
+    make_source(db, 500)
+    result = run_cli(db, bundle.path, "--engine", "ray", "--device", "cpu", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "completed: scored" in result.output
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(DISTINCT id) FROM scores").fetchone()[0] == 500
+        assert con.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+    finally:
+        con.close()
