@@ -191,6 +191,34 @@ def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundl
     assert history[0][4] + ray_run[4] == local.rows_truncated
 
 
+def test_a_failing_worker_fails_the_run_with_one_line_and_writes_nothing(
+    ray_cluster, bundle, tmp_path, monkeypatch
+):
+    """The driver's bundle is fine; the copy the workers load is corrupt (a node out of sync)."""
+    from marketpulse.runtime import ray_engine
+
+    from marketpulse import bundle as bundle_module
+
+    bad = tmp_path / "bad-bundle"
+    shutil.copytree(bundle.path, bad)
+    with open(bad / "model.fp32.onnx", "ab") as fh:
+        fh.write(b"\0")
+    good = bundle_module.Bundle(path=bad, manifest=bundle.manifest)
+    monkeypatch.setattr(ray_engine, "load_bundle", lambda path: good)  # driver side only
+    db = tmp_path / "market.duckdb"
+    make_source(db, 300)
+    with pytest.raises(MarketpulseError) as err:
+        score_with_ray(config(db, bundle))
+    assert "corrupt" in str(err.value) and "\n" not in str(err.value)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == 0
+        status, error = con.execute("SELECT status, error FROM runs").fetchone()
+    finally:
+        con.close()
+    assert status == "failed" and "corrupt" in error
+
+
 def test_input_is_cut_into_chunk_sized_blocks_as_it_streams(ray_cluster, tmp_path):
     import pyarrow.parquet as pq
 
