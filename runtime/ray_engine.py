@@ -332,11 +332,16 @@ def score_with_ray(
     "ray://HOST:10001" connects to a remote head. `stage_dir` must be readable by every
     Ray node (a shared filesystem) when the cluster spans several machines.
     """
-    from marketpulse.runtime.progress import Progress, format_duration
+    from marketpulse.runtime.progress import Progress
 
     ray = require_ray()
     _check_config(cfg)
     device = ray_device(cfg.device, gpus_per_worker)
+    if stage_dir is not None and not Path(stage_dir).is_dir():
+        raise MarketpulseError(
+            f"--stage-dir {stage_dir} is not a directory; create it (on a filesystem every "
+            "Ray node mounts) or leave the flag out to stage in the system temp dir"
+        )
     threads = 1 if device == "cuda" else (cfg.threads or 1)
     bundle = load_bundle(Path(cfg.bundle))
     provider, variant = planned_placement(bundle, device, cfg.variant)
@@ -387,10 +392,13 @@ def score_with_ray(
         error = None
         try:
             if pending:
-                pool = dict(address=ray_address, workers=workers, gpus=gpus_per_worker)
-                _run(
-                    ray, con, source, cfg, stats, progress, bundle, device, threads, pool, stage_dir
-                )
+                cluster = {
+                    "address": ray_address,
+                    "workers": workers,
+                    "gpus_per_worker": gpus_per_worker,
+                    "stage_dir": stage_dir,
+                }
+                _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluster)
             stats.status = "completed"
         except KeyboardInterrupt:
             stats.status = "interrupted"
@@ -407,21 +415,22 @@ def score_with_ray(
             stats.seconds = time.perf_counter() - start
             stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
             results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
-            progress.log(f"ray engine wall time {format_duration(stats.seconds)}")
         return stats
     finally:
         con.close()
 
 
-def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, pool, stage_dir):
+def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluster: dict):
     """Export, score on the actor pool, commit each returned batch; always clean up."""
-    gpus_per_worker = pool["gpus"]
+    gpus_per_worker = cluster["gpus_per_worker"]
     t_start = time.perf_counter()
-    started_ray = _connect(ray, pool["address"], progress.log)
+    started_ray = _connect(ray, cluster["address"], progress.log)
     t_ray = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=stage_dir))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=cluster["stage_dir"])
+    )
     try:
-        pool = plan_workers(ray.cluster_resources(), pool["workers"], gpus_per_worker, threads)
+        pool = plan_workers(ray.cluster_resources(), cluster["workers"], gpus_per_worker, threads)
         per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
         shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
         sql, params = pending_query(source, cfg.results_table, stats.model_version, cfg.limit)

@@ -115,6 +115,14 @@ def test_device_and_gpu_flags_must_agree():
         ray_device("cpu", 1)
 
 
+def test_a_missing_stage_dir_is_refused_before_anything_is_written(tmp_path):
+    pytest.importorskip("ray")
+    db = tmp_path / "market.duckdb"
+    with pytest.raises(MarketpulseError, match="--stage-dir .* is not a directory"):
+        score_with_ray(ScoreConfig(db, "posts", "id", "text", tmp_path), stage_dir=tmp_path / "x")
+    assert not db.exists()
+
+
 def test_worker_pool_leaves_a_cpu_for_reading():
     assert plan_workers({"CPU": 2.0}, None, 0, 1) == 1
     assert plan_workers({"CPU": 16.0}, None, 0, 4) == 3
