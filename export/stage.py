@@ -239,6 +239,8 @@ def base_manifest(
                 "reduce_range": qc.reduce_range,
                 "weights": str(qc.weights_dtype.name),
                 "activations": str(qc.activations_dtype.name),
+                "nodes": "MatMul with a weight operand, Attention; embeddings and "
+                "activation x activation MatMuls stay float32",
             },
         }
     if "fp16" in graphs:
