@@ -475,11 +475,9 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluste
             progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
         if t_first is not None:
             # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.
-            after = time.perf_counter() - t_first
-            rate = f"{(progress.done - first_rows) / after:,.0f} rows/s" if after > 0 else "-"
-            progress.log(
-                f"Ray: first results {t_first - t_submit:.1f}s after submitting, then {rate}"
-            )
+            after, rest = time.perf_counter() - t_first, progress.done - first_rows
+            rate = f", then {rest / after:,.0f} rows/s" if rest and after > 0 else ""
+            progress.log(f"Ray: first results {t_first - t_submit:.1f}s after submitting{rate}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if started_ray:
