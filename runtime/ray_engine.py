@@ -437,8 +437,9 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluste
         shards = export_pending(con, sql, params, staging, shard_rows)
         progress.log(
             f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
-            f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; scoring on {pool} Ray worker(s), {stats.provider} "
-            f"{stats.variant}" + (f", {threads} thread(s) each" if device == "cpu" else "")
+            f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "
+            f"scoring on {pool} Ray worker(s), {stats.provider} {stats.variant}"
+            + (f", {threads} thread(s) each" if device == "cpu" else "")
         )
         # One seed path (the directory), not the list of shards: Ray 2.60 resolves seed
         # paths on parallel threads, and with fsspec installed but not aiohttp those
