@@ -25,7 +25,7 @@ def test_fast_demo_flags_the_planted_shock_and_nothing_else(tmp_path):
     assert result.planted == (cfg.stream.shock_brand, cfg.stream.shock_bucket)
     assert result.flagged[0][2] < 0  # a drop
     assert result.found
-    assert result.stream_macro_f1 > 0.45  # the majority-class baseline is about 0.21
+    assert result.stream_macro_f1 > 0.40  # the majority-class baseline is about 0.21
     assert result.plot.stat().st_size > 10_000
     con = duckdb.connect(str(result.db), read_only=True)
     n_posts, n_scored = con.execute(
