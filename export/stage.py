@@ -28,9 +28,11 @@ from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 
 DEFAULT_MAX_LENGTH = 128
-# Measured by `python -m marketpulse.export.measure` (see its docstring): on AVX512-VNNI
-# the int8 graph made from the O1 graph is fastest at equal agreement, and ORT's own
-# load-time fusions make offline O2 no faster for fp32.
+# From `python -m marketpulse.export.measure` on a MiniLM-L6 twitter checkpoint (2 shared
+# AVX512-VNNI cores, 477 tweets, ORT_ENABLE_ALL at load): fp32 none/O1/O2 within noise
+# (50-57 rows/s, parity <= 4e-6); O3's gelu approximation breaks parity (4.7e-3). int8
+# (99.16% agreement at none/O1/O2) is ~2.2x fp32; O1 then quantize had the best median
+# (113 rows/s); quantizing the O2-fused graph (QAttention) was slower (81-97).
 DEFAULT_OPTIMIZATION = "O1"
 DEFAULT_INT8_ORDER = "optimize-then-quantize"
 LIBRARIES = (
