@@ -193,28 +193,38 @@ def run(cfg: DemoConfig) -> DemoResult:
 
 
 def _write_db(db: Path, labeled, posts) -> None:
+    import pyarrow as pa
+
     db.unlink(missing_ok=True)
+    reviews = pa.table(
+        {
+            "snippet_id": [s.snippet_id for s in labeled],
+            "text": [s.text for s in labeled],
+            "label": [s.label for s in labeled],
+        }
+    )
+    stream = pa.table(
+        {
+            "id": pa.array([p.id for p in posts], pa.int64()),
+            "brand": [p.brand for p in posts],
+            "posted_at": pa.array([p.posted_at for p in posts], pa.timestamp("us")),
+            "text": [p.text for p in posts],
+            "true_label": [p.true_label for p in posts],
+            "snippet_id": [p.snippet_id for p in posts],
+        }
+    )
     con = duckdb.connect(str(db))
     try:
-        con.execute(f"CREATE TABLE {LABELED} (snippet_id VARCHAR, text VARCHAR, label VARCHAR)")
-        con.executemany(
-            f"INSERT INTO {LABELED} VALUES (?, ?, ?)",
-            [(s.snippet_id, s.text, s.label) for s in labeled],
-        )
+        con.register("reviews_arrow", reviews)
+        con.register("stream_arrow", stream)
+        con.execute(f"CREATE TABLE {LABELED} AS SELECT * FROM reviews_arrow")
         con.execute(
             f"CREATE TABLE {SOURCE} (id BIGINT PRIMARY KEY, brand VARCHAR, "
             "posted_at TIMESTAMP, text VARCHAR)"
         )
-        con.executemany(
-            f"INSERT INTO {SOURCE} VALUES (?, ?, ?, ?)",
-            [(p.id, p.brand, p.posted_at, p.text) for p in posts],
-        )
+        con.execute(f"INSERT INTO {SOURCE} SELECT id, brand, posted_at, text FROM stream_arrow")
         # what the simulation planted; the pipeline never reads it, the demo grades with it
-        con.execute(f"CREATE TABLE {TRUTH} (id BIGINT, true_label VARCHAR, snippet_id VARCHAR)")
-        con.executemany(
-            f"INSERT INTO {TRUTH} VALUES (?, ?, ?)",
-            [(p.id, p.true_label, p.snippet_id) for p in posts],
-        )
+        con.execute(f"CREATE TABLE {TRUTH} AS SELECT id, true_label, snippet_id FROM stream_arrow")
     finally:
         con.close()
 
