@@ -1,10 +1,15 @@
 """The results tables in DuckDB: what a scoring run writes, so it can be audited in SQL.
 
     scores(id <source id type>, model_version, label, confidence, p_<label>..., reason,
-           truncated, scored_at, PRIMARY KEY (id, model_version))
+           truncated, scored_at)   -- (id, model_version) unique, see below
     models(model_version PRIMARY KEY, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
     runs(run_id, model_version, source, rows_scored, rows_skipped, rows_failed, started_at,
          finished_at, rows_per_s, status, ...)
+
+(id, model_version) is unique by construction, not by a PRIMARY KEY: the source ids
+are checked unique, only rows without a score for this version are read (anti-join),
+and one process writes at a time. DuckDB keeps a key's index in memory, ~50 bytes a
+row, which would make a 10-million-row job's memory grow with the table.
 
 `label` is NULL exactly when `reason` is set ('null_text', 'empty_text' or
 'inference_error'). A chunk of scores and the run's counters are written in one
@@ -106,7 +111,7 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
         con.execute(
             f"CREATE TABLE {table} (id {id_type} NOT NULL, model_version VARCHAR NOT NULL, "
             f"label VARCHAR, confidence DOUBLE{probs}, reason VARCHAR, truncated BOOLEAN, "
-            "scored_at TIMESTAMP, PRIMARY KEY (id, model_version))"
+            "scored_at TIMESTAMP)"
         )
     else:
         # A model with new labels adds its probability columns; older rows read NULL there.

@@ -32,12 +32,24 @@ import numpy as np
 from marketpulse.runtime import results
 from marketpulse.runtime.predictor import Predictor, available_cores
 from marketpulse.runtime.progress import Progress, format_duration
-from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
+from marketpulse.runtime.source import (
+    check_source,
+    count_rows,
+    open_databases,
+    pending_query,
+    pending_range,
+    rowid_span,
+)
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
 
 DEFAULT_CHUNK_ROWS = 4096
+# Rowids per read query (a few windows), and per DuckDB session: the connection is
+# reopened between segments, which drops DuckDB's page cache, so peak memory depends
+# on the segment size and not on the table size.
+READ_ROWIDS = 32_768
+SEGMENT_ROWIDS = 32_768
 
 
 @dataclass(frozen=True)
@@ -117,14 +129,25 @@ def score(cfg: ScoreConfig) -> RunStats:
     os.environ["RAYON_RS_NUM_CPUS"] = "1"
     bundle = load_bundle(Path(cfg.bundle))
     threads = cfg.threads or available_cores()
-    con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
+
+    def reconnect(old=None):
+        if old is not None:
+            old.close()
+        return open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
+
+    con, attached = reconnect()
+    db = [con]  # the live connection; segments replace it
     try:
         source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
+        matching, done = count_rows(con, source, cfg.results_table, bundle.version)
+        # The checks hashed every id and cached pages of the table: drop all that with
+        # the connection before the model loads, so peak memory does not grow with it.
+        con, _ = reconnect(con)
+        db[0] = con
         predictor = Predictor(bundle, cfg.variant, cfg.device, threads)
         p_cols = results.prepare(con, cfg.results_table, source.id_type, bundle.labels)
         results.register_model(con, bundle)
         dead = results.close_dead_runs(con)
-        matching, done = count_rows(con, source, cfg.results_table, bundle.version)
         pending = matching - done if cfg.limit is None else min(matching - done, cfg.limit)
         stats = RunStats(
             run_id=uuid.uuid4().hex[:12],
@@ -162,11 +185,10 @@ def score(cfg: ScoreConfig) -> RunStats:
                 "variant": predictor.variant,
             },
         )
-        sql, params = pending_query(source, cfg.results_table, bundle.version, cfg.limit)
         start = time.perf_counter()
         error = None
         try:
-            _stream(con, sql, params, predictor, cfg, stats, p_cols, progress)
+            _stream(db, reconnect, source, predictor, cfg, stats, p_cols, progress)
             stats.status = "completed"
         except KeyboardInterrupt:
             stats.status = "interrupted"
@@ -179,10 +201,10 @@ def score(cfg: ScoreConfig) -> RunStats:
             progress.close()
             stats.seconds = time.perf_counter() - start
             stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-            results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+            results.finish_run(db[0], stats.run_id, stats.status, stats.rows_per_s, error)
         return stats
     finally:
-        con.close()
+        db[0].close()
 
 
 class _Stop(Exception):
@@ -221,17 +243,73 @@ class _Window:
     failed: np.ndarray | None = None  # bool (len(valid),)
 
 
-def _stream(con, sql, params, predictor: Predictor, cfg, stats, p_cols, progress) -> None:
+def _reads(con, source, cfg, version):
+    """Per segment, a list of (sql, params) makers for the reader: rowid ranges, or one query."""
+    span = rowid_span(con, source)
+    if span is None:  # a view: one streaming query, one segment
+        return [
+            [("stream", lambda c, limit: pending_query(source, cfg.results_table, version, limit))]
+        ]
+    segments = []
+    for seg in range(0, span, SEGMENT_ROWIDS):
+        reads = []
+        for lo in range(seg, min(seg + SEGMENT_ROWIDS, span), READ_ROWIDS):
+            hi = min(lo + READ_ROWIDS, span)
+            reads.append(
+                (
+                    "range",
+                    lambda c, limit, lo=lo, hi=hi: pending_range(
+                        c, source, cfg.results_table, version, lo, hi, limit
+                    ),
+                )
+            )
+        segments.append(reads)
+    return segments
+
+
+def _stream(db: list, reconnect, source, predictor: Predictor, cfg, stats, p_cols, progress):
+    """Run the pipeline segment by segment on a fresh DuckDB connection each (`db[0]`)."""
+    segments = _reads(db[0], source, cfg, stats.model_version)
+    remaining = [cfg.limit]  # rows the reader may still emit (None: no limit)
+    for reads in segments:
+        # A fresh connection per segment: DuckDB's page cache and the checks' hash
+        # tables go with the old one, so memory does not grow with the table.
+        db[0], _ = reconnect(db[0])
+        _segment(db[0], reads, remaining, predictor, cfg, stats, p_cols, progress)
+        if remaining[0] == 0:
+            break
+
+
+def _segment(con, reads, remaining, predictor, cfg, stats, p_cols, progress) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
     to_infer: queue.Queue = queue.Queue(maxsize=2)
     to_write: queue.Queue = queue.Queue(maxsize=2)
     reader_con, writer_con = con.cursor(), con.cursor()
 
+    def batches():
+        for kind, make in reads:
+            if remaining[0] == 0:
+                return
+            query = make(reader_con, remaining[0])
+            if query is None:
+                continue
+            if kind == "stream":
+                yield from _record_batches(
+                    reader_con.sql(query[0], params=query[1]), cfg.chunk_rows
+                )
+            else:  # a short query: fetched whole, so its read transaction ends at once
+                table = _arrow_table(reader_con.sql(query[0], params=query[1]))
+                yield from table.to_batches(max_chunksize=cfg.chunk_rows)
+
     def read() -> None:
         try:
-            reader = _record_batches(reader_con.sql(sql, params=params), cfg.chunk_rows)
-            for batch in reader:
+            for batch in batches():
+                if remaining[0] is not None:
+                    batch = batch.slice(0, remaining[0])
+                    remaining[0] -= batch.num_rows
+                if not batch.num_rows:
+                    continue
                 texts = batch.column(1).to_pylist()
                 reasons = [
                     "null_text" if t is None else ("empty_text" if not t.strip() else None)
@@ -287,6 +365,13 @@ def _stream(con, sql, params, predictor: Predictor, cfg, stats, p_cols, progress
         writer_con.close()
     if errors:
         raise errors[0]
+
+
+def _arrow_table(relation):
+    """A DuckDB relation's rows as one Arrow table (the method's name varies by version)."""
+    if hasattr(relation, "to_arrow_table"):  # duckdb >= 2
+        return relation.to_arrow_table()
+    return relation.fetch_arrow_table()
 
 
 def _record_batches(relation, rows: int):

@@ -8,10 +8,13 @@ own memory is capped so its buffer cache cannot grow with the table.
 written: missing table or column, an id column that is not a plain scalar or holds
 NULLs or duplicates, a text column that is not text.
 
-`pending_query` is the one query that streams work: the source rows that pass the
-filter and that this model version has not scored yet (an anti-join against the
-results table inside DuckDB), optionally limited. It has no ORDER BY, so DuckDB
-streams it in record batches without materialising it.
+Work is the source rows that pass the filter and that this model version has not
+scored yet: an anti-join against the results table inside DuckDB. For a base table
+it is read in rowid ranges (`pending_range`), each a short query, so no read
+transaction stays open while results are committed (DuckDB could not checkpoint them
+and would hold them in memory) and each page of the table is read once. A view has
+no rowid; it is read by one streaming query (`pending_query`, no ORDER BY, so DuckDB
+streams it in record batches without materialising it).
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def _check_ids(con, source: Source, table: str) -> None:
     nulls, dups = con.execute(
         f"SELECT count(*) - count({ident}), count({ident}) - count(DISTINCT {ident}) "
         f"FROM {source.table_sql}"
-    ).fetchone()
+    ).fetchall()[0]
     if nulls:
         raise MarketpulseError(
             f"id column {source.id_col!r} of {table!r} has {nulls} NULL value(s); give every "
@@ -154,7 +157,7 @@ def _check_ids(con, source: Source, table: str) -> None:
     if dups:
         example = con.execute(
             f"SELECT {ident} FROM {source.table_sql} GROUP BY {ident} HAVING count(*) > 1 LIMIT 1"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         raise MarketpulseError(
             f"id column {source.id_col!r} of {table!r} has {dups} duplicate value(s) (e.g. "
             f"{example!r}); deduplicate the table or pass --id-col with a unique column"
@@ -179,12 +182,59 @@ def pending_query(
     return sql, params
 
 
+def rowid_span(con, source: Source) -> int | None:
+    """1 + the largest rowid of a base table; None for a view (no rowid to range over)."""
+    try:
+        top = con.execute(f"SELECT max(rowid) FROM {source.table_sql}").fetchall()[0][0]
+    except Exception:  # duckdb.BinderException: views have no rowid
+        return None
+    return 0 if top is None else int(top) + 1
+
+
+def pending_range(
+    con, source: Source, results_table: str, model_version: str, lo: int, hi: int, limit: int | None
+) -> tuple[str, list] | None:
+    """Like `pending_query`, for the rowids [lo, hi) only; None when the range is empty.
+
+    The anti-join reads only the scored ids between the range's smallest and largest
+    id, so with ids that grow with insertion order DuckDB's zone maps skip the rest of
+    the results table, and each query costs the range, not the whole table.
+    """
+    ident = quote_ident(source.id_col)
+    low, high = con.execute(
+        f"SELECT min({ident}), max({ident}) FROM {source.table_sql} WHERE rowid >= ? AND rowid < ?",
+        [lo, hi],
+    ).fetchall()[0]
+    if low is None:
+        return None
+    sql = (
+        f"SELECT s.{ident} AS id, s.{quote_ident(source.text_col)} AS text "
+        f"FROM {source.table_sql} AS s "
+        f"ANTI JOIN (SELECT id FROM {quote_table(results_table)} "
+        f"WHERE model_version = ? AND id BETWEEN ? AND ?) AS r ON r.id = s.{ident} "
+        f"WHERE s.rowid >= ? AND s.rowid < ? AND {source.where_sql}"
+    )
+    params = [model_version, low, high, lo, hi, *source.where_params]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    return sql, params
+
+
 def count_rows(con, source: Source, results_table: str, model_version: str) -> tuple[int, int]:
     """(rows passing the filter, of which already scored by this model version)."""
+    try:
+        con.execute(f"SELECT 1 FROM {quote_table(results_table)} LIMIT 0").fetchall()
+    except Exception:  # duckdb.CatalogException: no results table yet, nothing scored
+        matching = con.execute(
+            f"SELECT count(*) FROM {source.table_sql} AS s WHERE {source.where_sql}",
+            source.where_params,
+        ).fetchall()[0][0]
+        return int(matching), 0
     matching, done = con.execute(
         f"SELECT count(*), count(r.id) FROM {source.table_sql} AS s "
         f"LEFT JOIN (SELECT id FROM {quote_table(results_table)} WHERE model_version = ?) AS r "
         f"ON r.id = s.{quote_ident(source.id_col)} WHERE {source.where_sql}",
         [model_version, *source.where_params],
-    ).fetchone()
+    ).fetchall()[0]
     return int(matching), int(done)

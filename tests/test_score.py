@@ -210,3 +210,30 @@ def test_results_table_with_another_id_type_is_refused(source, bundle):
     assert result.exit_code == 1
     assert "holds ids of type VARCHAR, the source id column is BIGINT" in result.output
     assert query(db, "SELECT count(*) FROM scores") == [(0,)]
+
+
+def test_rowid_ranges_segments_and_limit_cover_every_row_once(source, bundle, monkeypatch):
+    from marketpulse.runtime import scoring
+
+    # Small ranges and segments so one run crosses many reads and several reconnects.
+    monkeypatch.setattr(scoring, "READ_ROWIDS", 70)
+    monkeypatch.setattr(scoring, "SEGMENT_ROWIDS", 210)
+    db, texts = source
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", chunk_rows=32, progress=False)  # fmt: skip
+    first = score(ScoreConfig(**{**cfg.__dict__, "limit": 333}))
+    assert first.rows_scored + first.rows_skipped == 333
+    rest = score(cfg)
+    assert rest.rows_scored + rest.rows_skipped == N - 333
+    assert rest.rows_already_scored == 333
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N, N)]
+    assert query(db, "SELECT sum(rows_scored + rows_skipped) FROM runs") == [(N,)]
+
+
+def test_a_view_is_scored_through_one_streaming_query(source, bundle):
+    db, _ = source
+    con = duckdb.connect(str(db))
+    con.execute("CREATE VIEW english AS SELECT * FROM posts WHERE lang = 'en'")
+    con.close()
+    result = CliRunner().invoke(main, ["score", "--db", str(db), "--table", "english", "--id-col", "id", "--text-col", "text", "--bundle", str(bundle.path), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert query(db, "SELECT count(*), bool_and(id % 2 = 0) FROM scores") == [(N // 2, True)]
