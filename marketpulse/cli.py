@@ -416,7 +416,7 @@ def inspect_(bundle_dir, as_json):
     "--threads",
     type=click.IntRange(min=1),
     envvar="MARKETPULSE_THREADS",
-    help="ONNX Runtime threads [default: all cores].",
+    help="CPU batches run at once, one core each [default: all cores].",
 )
 @click.option(
     "--batch-tokens",
