@@ -209,7 +209,7 @@ def _pick_label(given: str | None, defaults: tuple[str, ...], labels: list[str],
 
 
 def _check_collisions(by: tuple[str, ...], labels: list[str]) -> None:
-    made = set(trends_sql.TREND_COLUMNS)
+    made = {*trends_sql.TREND_COLUMNS, "label"}  # label: the joined score column
     for lab in labels:
         made |= {"n_" + trends_sql.sanitize(lab), "share_" + trends_sql.sanitize(lab)}
     for col in by:

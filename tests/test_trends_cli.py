@@ -119,12 +119,13 @@ def test_bad_choices_are_usage_errors(db):
     assert _invoke(db, "--z-threshold", "0").exit_code == 2
 
 
-def test_by_column_that_clashes_with_a_trend_column(db):
+@pytest.mark.parametrize("column", ["volume", "label", "share_positive"])
+def test_by_column_that_clashes_with_a_trend_column(db, column):
     con = duckdb.connect(str(db))
-    con.execute("ALTER TABLE posts ADD COLUMN volume INTEGER")
+    con.execute(f"ALTER TABLE posts ADD COLUMN {column} INTEGER")
     con.close()
-    res = _invoke(db, "--by", "volume")
-    assert res.exit_code == 1 and "clashes with a trend column" in res.output
+    res = _invoke(db, "--by", column)
+    assert res.exit_code == 1 and f"--by column '{column}' clashes" in res.output
 
 
 def test_runtime_import_does_not_load_matplotlib():
