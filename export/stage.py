@@ -28,11 +28,12 @@ from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 
 DEFAULT_MAX_LENGTH = 128
-# From `python -m marketpulse.export.measure` on a MiniLM-L6 twitter checkpoint (2 shared
-# AVX512-VNNI cores, 477 tweets, ORT_ENABLE_ALL at load): fp32 none/O1/O2 within noise
-# (50-57 rows/s, parity <= 4e-6); O3's gelu approximation breaks parity (4.7e-3). int8
-# (99.16% agreement at none/O1/O2) is ~2.2x fp32; O1 then quantize had the best median
-# (113 rows/s); quantizing the O2-fused graph (QAttention) was slower (81-97).
+# From `python -m marketpulse.export.measure /work/artifacts/twitter-full --rows 477`
+# (MiniLM-L6 fine-tuned on tweets, 2 shared AVX512-VNNI cores, ORT_ENABLE_ALL at load):
+# fp32 none/O1/O2 within noise (98-105 rows/s, parity <= 5e-6); O3's gelu approximation
+# breaks parity (7.4e-3). int8 is ~2x fp32 at 99.58% agreement for none/O1/O2; O1 then
+# quantize was fastest (209 best, 187 median). Quantizing the O2-fused graph (QAttention)
+# agrees slightly more (99.79%) but was slower (171 median).
 DEFAULT_OPTIMIZATION = "O1"
 DEFAULT_INT8_ORDER = "optimize-then-quantize"
 LIBRARIES = (
