@@ -14,9 +14,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from marketpulse.train.basemodel import default_base_model_dir  # noqa: E402
-from marketpulse.train.predict import predict_logits  # noqa: E402
-from marketpulse.train.trainer import _Encoded, _make_trainer_class  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -25,6 +22,10 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
+
+from marketpulse.train.basemodel import default_base_model_dir  # noqa: E402
+from marketpulse.train.predict import predict_logits  # noqa: E402
+from marketpulse.train.trainer import _Encoded, _make_trainer_class  # noqa: E402
 
 N_CLASSES = 64
 

@@ -7,10 +7,10 @@ from collections import Counter
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from marketpulse.train.data import DataSource, load_labeled, parse_label_names, require_trainable
-from marketpulse.train.split import parse_fractions, stratified_split, write_test_split
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.train.data import DataSource, load_labeled, parse_label_names, require_trainable
+from marketpulse.train.split import parse_fractions, stratified_split, write_test_split
 
 
 def make_db(path, rows, label_type="VARCHAR"):

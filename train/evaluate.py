@@ -14,10 +14,9 @@ import json
 import time
 from pathlib import Path
 
-from marketpulse.train.data import DataSource, load_labeled
-
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
+from marketpulse.train.data import DataSource, load_labeled
 
 BUNDLE_MANIFEST = "manifest.json"
 
@@ -54,9 +53,8 @@ def _predict_checkpoint(model_dir: Path, texts, max_length, batch_size, device):
 
 
 def _predict_bundle(bundle_dir: Path, texts, variant, device):
-    from marketpulse.runtime.predictor import Predictor
-
     from marketpulse.bundle import load_bundle
+    from marketpulse.runtime.predictor import Predictor
 
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle, variant=variant, device=device)

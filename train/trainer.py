@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
 from marketpulse.train.data import load_labeled, require_trainable
 from marketpulse.train.predict import predict_logits, resolve_device
 from marketpulse.train.split import TEST_SPLIT, stratified_split, write_test_split
-
-from marketpulse.metrics import classification_metrics, format_metrics
 
 METRICS = "metrics.json"
 _WORK = "_trainer"  # Trainer's own epoch checkpoints; removed after the run
