@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 MP     := $(BIN)/marketpulse
 STAMP  := $(VENV)/.installed
-EXTRAS ?= train,trends,dev
+EXTRAS ?= train,trends,ray,dev
 
 # Job variables (override on the command line: make score DB=prod.duckdb TABLE=news ...)
 DB          ?= artifacts/demo/market.duckdb

@@ -430,6 +430,38 @@ def inspect_(bundle_dir, as_json):
     show_default=True,
     help="Rows per committed chunk (and per length-sorting window).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    envvar="MARKETPULSE_ENGINE",
+    help="local: this process. ray: a Ray Data actor pool (pip install 'marketpulse[ray]').",
+)
+@click.option(
+    "--ray-address",
+    envvar="MARKETPULSE_RAY_ADDRESS",
+    help="Ray cluster: auto (after `ray start --head`) or ray://HOST:10001 "
+    "[default: start a local one].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Ray scorer actors [default: one per GPU, or one per CPU but one].",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="GPUs per Ray actor; above 0 the actors run the fp16 graph on CUDA.",
+)
+@click.option(
+    "--stage-dir",
+    type=click.Path(file_okay=False),
+    help="Where --engine ray stages pending rows as Parquet; on a multi-node cluster a path "
+    "every node can read [default: system temp dir].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def score(
     db,
@@ -446,6 +478,11 @@ def score(
     threads,
     batch_tokens,
     chunk_rows,
+    engine,
+    ray_address,
+    workers,
+    gpus_per_worker,
+    stage_dir,
     as_json,
 ):
     """Classify every not-yet-scored row of a DuckDB table; resumable.
@@ -458,6 +495,22 @@ def score(
     from marketpulse.runtime import ScoreConfig
     from marketpulse.runtime import score as run_score
 
+    if engine == "local" and (ray_address or workers or gpus_per_worker or stage_dir):
+        raise click.UsageError(
+            "--ray-address, --workers, --gpus-per-worker and --stage-dir need --engine ray"
+        )
+    if engine == "ray":
+        from functools import partial
+
+        from marketpulse.runtime.ray_engine import score_with_ray
+
+        run_score = partial(
+            score_with_ray,
+            ray_address=ray_address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            stage_dir=Path(stage_dir) if stage_dir else None,
+        )
     stats = run_score(
         ScoreConfig(
             db=Path(db),

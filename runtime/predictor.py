@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from marketpulse.bundle import Bundle, load_bundle
+from marketpulse.errors import MarketpulseError
 from marketpulse.runtime.batching import (
     DEFAULT_MAX_BATCH_ROWS,
     Encoded,
@@ -38,9 +41,6 @@ from marketpulse.runtime.batching import (
     plan_batches,
     softmax,
 )
-
-from marketpulse.bundle import Bundle, load_bundle
-from marketpulse.errors import MarketpulseError
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"

@@ -32,12 +32,11 @@ import time
 import uuid
 from pathlib import Path
 
+from marketpulse.bundle import load_bundle
+from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
 from marketpulse.runtime.scoring import RunStats, ScoreConfig, _check_config
 from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
-
-from marketpulse.bundle import load_bundle
-from marketpulse.errors import MarketpulseError
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
@@ -178,6 +177,7 @@ class Scorer:
     def __call__(self, batch):
         import numpy as np
         import pyarrow as pa
+
         from marketpulse.runtime.scoring import _infer, _results_table, _Window
 
         texts = batch.column("text").to_pylist()
@@ -225,6 +225,7 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
 def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) -> list[str]:
     """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
     import pyarrow.parquet as pq
+
     from marketpulse.runtime.scoring import _record_batches
 
     out_dir.mkdir(parents=True, exist_ok=True)

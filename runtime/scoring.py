@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from marketpulse.bundle import load_bundle
+from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
 from marketpulse.runtime.predictor import Predictor, available_cores
 from marketpulse.runtime.progress import Progress, format_duration
@@ -40,9 +43,6 @@ from marketpulse.runtime.source import (
     pending_range,
     rowid_span,
 )
-
-from marketpulse.bundle import load_bundle
-from marketpulse.errors import MarketpulseError
 
 DEFAULT_CHUNK_ROWS = 4096
 # Rowids per read query (a few windows), and per DuckDB session: the connection is

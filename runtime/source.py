@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from marketpulse.runtime.where import compile_where
-
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.where import compile_where
 from marketpulse.sql import quote_ident, quote_table, table_columns
 
 SOURCE_ALIAS = "src"

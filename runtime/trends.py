@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from marketpulse.runtime import trends_sql
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime import trends_sql
 from marketpulse.sql import quote_ident, quote_table, require_columns, table_columns
 
 POSITIVE_DEFAULTS = ("positive", "bullish")

@@ -10,7 +10,6 @@ from datetime import datetime
 import duckdb
 import pytest
 from conftest import AMAZON, require_shared
-from marketpulse.runtime.trends import TrendsConfig, run
 from trends_fixtures import create_results_tables, insert_scores, register_model
 
 from marketpulse.demo_data import (
@@ -24,6 +23,7 @@ from marketpulse.demo_data import (
     split_snippets,
 )
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.trends import TrendsConfig, run
 
 
 @pytest.fixture(scope="module")

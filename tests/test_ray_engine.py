@@ -13,6 +13,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_runtime_support import make_source, spread_bundle
+
+from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import ScoreConfig, score
 from marketpulse.runtime.ray_engine import (
     FAILED,
@@ -24,9 +27,6 @@ from marketpulse.runtime.ray_engine import (
     score_with_ray,
     split_scored,
 )
-from test_runtime_support import make_source, spread_bundle
-
-from marketpulse.errors import MarketpulseError
 
 N = 4000
 RESULT_COLS = (
@@ -203,9 +203,8 @@ def test_a_failing_worker_fails_the_run_with_one_line_and_writes_nothing(
     ray_cluster, bundle, tmp_path, monkeypatch
 ):
     """The driver's bundle is fine; the copy the workers load is corrupt (a node out of sync)."""
-    from marketpulse.runtime import ray_engine
-
     from marketpulse import bundle as bundle_module
+    from marketpulse.runtime import ray_engine
 
     bad = tmp_path / "bad-bundle"
     shutil.copytree(bundle.path, bad)

@@ -8,8 +8,9 @@ from datetime import date
 import duckdb
 import pytest
 from conftest import REPO
-from marketpulse.runtime.trends import TrendsConfig, run
 from trends_fixtures import build_weekly_db
+
+from marketpulse.runtime.trends import TrendsConfig, run
 
 
 def _sql_blocks() -> list[str]:

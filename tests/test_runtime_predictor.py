@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from marketpulse.runtime.batching import pad, plan_batches
-from marketpulse.runtime.predictor import CPU, Predictor, choose_placement, cuda_provider_available
 from test_runtime_support import spread_bundle
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.batching import pad, plan_batches
+from marketpulse.runtime.predictor import CPU, Predictor, choose_placement, cuda_provider_available
 
 TEXTS = [
     "Shares of $AAPL fell 4% after weak guidance",

@@ -23,8 +23,9 @@ def spread_bundle(tiny_checkpoint, tmp_path_factory):
         return _CACHE[tiny_checkpoint]
     torch = pytest.importorskip("torch")
     pytest.importorskip("optimum.onnxruntime")
-    from marketpulse.export import ExportConfig, run
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from marketpulse.export import ExportConfig, run
 
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-from marketpulse.runtime.where import compile_where
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.where import compile_where
 
 COLUMNS = ["id", "text", "lang", "posted_at"]
 

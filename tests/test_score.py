@@ -9,11 +9,11 @@ import duckdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from marketpulse.runtime import Predictor, ScoreConfig, score
-from marketpulse.runtime.predictor import cuda_provider_available
 from test_runtime_support import make_source, spread_bundle
 
 from marketpulse.cli import main
+from marketpulse.runtime import Predictor, ScoreConfig, score
+from marketpulse.runtime.predictor import cuda_provider_available
 
 N = 600
 
