@@ -43,6 +43,7 @@ ALTERNATIVES = {
     "b": "optimum ORTModel int8 in a pipeline, batch 32",
     "c": "PyTorch bf16, length-sorted batches of 32",
     "d": "marketpulse score, DuckDB in and out",
+    "r": "marketpulse score --engine ray, local Ray cluster",
 }
 TARGETS = {"d/a": 4.0, "d/b": 2.0, "d/c": 1.2}
 MIN_AGREEMENT = 0.99
@@ -144,18 +145,23 @@ def run_baseline(alt: str, db: Path, table: str, model: Path, bundle: Path, work
     return result
 
 
-def run_marketpulse(db: Path, table: str, bundle: Path, work: Path, threads: int | None) -> dict:
+def run_marketpulse(
+    db: Path, table: str, bundle: Path, work: Path, threads: int | None, engine: str = "local"
+) -> dict:
     import duckdb
 
-    results_db = work / f"scores_{table}.duckdb"
+    key = "r" if engine == "ray" else "d"
+    results_db = work / f"scores_{key}_{table}.duckdb"
     results_db.unlink(missing_ok=True)
     cmd = [sys.executable, "-c", "from marketpulse.cli import main; main()", "score"]
     cmd += ["--db", str(db), "--table", table, "--id-col", "id", "--text-col", "text"]
     cmd += ["--bundle", str(bundle), "--results-db", str(results_db), "--device", "cpu", "--json"]
+    if engine == "ray":
+        cmd += ["--engine", "ray"]
     if threads:
         cmd += ["--threads", str(threads)]
-    wall, rss = run_process(cmd, work / f"d_{table}.json")
-    stats = json.loads((work / f"d_{table}.json").read_text())
+    wall, rss = run_process(cmd, work / f"{key}_{table}.json")
+    stats = json.loads((work / f"{key}_{table}.json").read_text())
     con = duckdb.connect(str(results_db), read_only=True)
     labels = [r[0] for r in con.execute("SELECT label FROM scores ORDER BY id").fetchall()]
     con.close()
@@ -358,7 +364,7 @@ def _check(checks: dict, name: str, value: float, target: str, ok: bool, fmt: st
 @click.option(
     "--bundle", type=click.Path(file_okay=False), help="Its bundle [default: artifacts/bundle]."
 )
-@click.option("--only", default="abcd", show_default=True, help="Alternatives to run.")
+@click.option("--only", default="abcdr", show_default=True, help="Alternatives to run.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for (d) [default: all cores].")
 @click.option(
     "--work", default="artifacts/bench", show_default=True, type=click.Path(file_okay=False)
@@ -394,7 +400,7 @@ def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
     scale = sorted({int(x) for x in scale_rows.split(",") if x.strip()})
     unknown = set(only) - set(ALTERNATIVES)
     if unknown or not only:
-        raise MarketpulseError(f"--only {only!r}: use letters from abcd")
+        raise MarketpulseError(f"--only {only!r}: use letters from {''.join(ALTERNATIVES)}")
     work.mkdir(parents=True, exist_ok=True)
     texts, origin = load_texts()
     db = work / "bench.duckdb"
@@ -419,6 +425,16 @@ def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
         click.echo(f"bench: ({key}) {ALTERNATIVES[key]} ...", err=True)
         if key == "d":
             result = run_marketpulse(db, table, bundle_dir, work, threads)
+        elif key == "r":
+            from marketpulse.runtime.ray_engine import ray_available
+
+            if not ray_available():
+                click.echo(
+                    "bench: (r) skipped: Ray is not installed (pip install 'marketpulse[ray]')",
+                    err=True,
+                )
+                continue
+            result = run_marketpulse(db, table, bundle_dir, work, threads, engine="ray")
         else:
             result = run_baseline(key, db, table, model_dir, bundle_dir, work)
         click.echo(f"bench: ({key}) {result['rows_per_s']:.1f} rows/s", err=True)
