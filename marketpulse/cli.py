@@ -1,8 +1,9 @@
 """The `marketpulse` command line: parse flags, call a stage, report.
 
-Each stage owns its commands in `<stage>/cli.py`; this module only groups them.
-Heavy imports (torch, transformers, optimum) happen inside the commands that need
-them, so `marketpulse --help` is instant and scoring never loads torch.
+Every command is a thin function: parse flags, build the stage's config, call the
+stage, print. Expected errors are MarketpulseError (one line, exit 1). Heavy imports
+(torch, transformers, optimum) happen inside the commands that need them, so
+`marketpulse --help` is instant and scoring never loads torch.
 """
 
 from __future__ import annotations
