@@ -54,3 +54,38 @@ def test_readme_queries_give_the_expected_answers(con):
     ]
     behind = [rows for sql, rows in by_text.items() if "LIMIT 5" in sql]
     assert behind and len(behind[0]) == 5 and {r[0] for r in behind[0]} == {"A"}
+
+
+def test_readme_score_queries_run_against_a_real_scoring_run(tiny_bundle, tmp_path):
+    from marketpulse.runtime import ScoreConfig, score
+
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"^### 3\. Score.*?\n(.*?)(?=^##)", text, re.S | re.M)
+    assert section, "README lost its '### 3. Score' section"
+    queries = [
+        q.strip()
+        for block in re.findall(r"```sql\n(.*?)```", section.group(1), re.S)
+        for q in block.split(";\n")
+        if q.strip()
+    ]
+    assert len(queries) >= 2
+    db = tmp_path / "market.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "CREATE TABLE posts AS SELECT i AS id, 'post number ' || i AS text FROM range(50) t(i)"
+        )
+    score(
+        ScoreConfig(
+            db=db,
+            table="posts",
+            id_col="id",
+            text_col="text",
+            bundle=tiny_bundle.path,
+            progress=False,
+        )
+    )
+    with duckdb.connect(str(db), read_only=True) as con:
+        for sql in queries:
+            rows = con.execute(sql).fetchall()
+            assert rows, sql
+        assert sum(r[1] for r in con.execute(queries[0]).fetchall()) == 50
