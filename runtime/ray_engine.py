@@ -29,13 +29,12 @@ import re
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
-from marketpulse.runtime.scoring import RunStats, ScoreConfig, _check_config
+from marketpulse.runtime.scoring import RunStats, ScoreConfig, _check_config, tracked_run
 from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
@@ -333,7 +332,6 @@ def score_with_ray(
     "ray://HOST:10001" connects to a remote head. `stage_dir` must be readable by every
     Ray node (a shared filesystem) when the cluster spans several machines.
     """
-    from marketpulse.runtime.progress import Progress
 
     ray = require_ray()
     _check_config(cfg)
@@ -349,73 +347,34 @@ def score_with_ray(
     con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
     try:
         source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
-        results.prepare(con, cfg.results_table, source.id_type, bundle.labels)
-        results.register_model(con, bundle)
-        dead = results.close_dead_runs(con)
         matching, done = count_rows(con, source, cfg.results_table, bundle.version)
-        pending = matching - done if cfg.limit is None else min(matching - done, cfg.limit)
-        stats = RunStats(
-            run_id=uuid.uuid4().hex[:12],
-            model_version=bundle.version,
-            source=cfg.table,
-            results_table=cfg.results_table,
-            results_db=str(cfg.results_db or cfg.db),
+        with tracked_run(
+            lambda: con,
+            cfg,
+            bundle,
+            source,
+            matching - done,
+            done,
             provider=provider,
             variant=variant,
-            provider_reason=f"--engine ray, {'GPU' if device == 'cuda' else 'CPU'} workers",
-            rows_pending=pending,
-            rows_already_scored=done,
-        )
-        progress = Progress(pending, enabled=cfg.progress, log_every=cfg.progress_every)
-        if dead:
-            progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
-        results.start_run(
-            con,
-            {
-                "run_id": stats.run_id,
-                "model_version": stats.model_version,
-                "source": cfg.table,
-                "rows_scored": 0,
-                "rows_skipped": 0,
-                "rows_failed": 0,
-                "rows_truncated": 0,
-                "started_at": results.utcnow(),
-                "status": "running",
-                "results_table": cfg.results_table,
-                "source_db": str(Path(cfg.db).resolve()),
-                "filter": cfg.where,
-                "row_limit": cfg.limit,
-                "provider": provider,
-                "variant": variant,
-            },
-        )
-        start = time.perf_counter()
-        error = None
-        try:
-            if pending:
+            reason=f"--engine ray, {'GPU' if device == 'cuda' else 'CPU'} workers",
+            engine="ray",
+        ) as (stats, progress, _):
+            if stats.rows_pending:
                 cluster = {
                     "address": ray_address,
                     "workers": workers,
                     "gpus_per_worker": gpus_per_worker,
                     "stage_dir": stage_dir,
                 }
-                _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluster)
-            stats.status = "completed"
-        except KeyboardInterrupt:
-            stats.status = "interrupted"
-            raise
-        except BaseException as exc:
-            stats.status = "failed"
-            user = _user_error(exc)
-            error = str(user or exc).splitlines()[0] if str(user or exc) else type(exc).__name__
-            if user is not None:
-                raise user from exc
-            raise
-        finally:
-            progress.close()
-            stats.seconds = time.perf_counter() - start
-            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-            results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+                try:
+                    _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluster)
+                except Exception as exc:
+                    # Ray wraps a worker's MarketpulseError; surface its one line.
+                    user = _user_error(exc)
+                    if user is None:
+                        raise
+                    raise user from exc
         return stats
     finally:
         con.close()

@@ -51,6 +51,7 @@ RUN_COLUMNS = {
     "provider": "VARCHAR",
     "variant": "VARCHAR",
     "error": "VARCHAR",
+    "engine": "VARCHAR",
 }
 
 

@@ -25,6 +25,8 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -145,66 +147,102 @@ def score(cfg: ScoreConfig) -> RunStats:
         con, _ = reconnect(con)
         db[0] = con
         predictor = Predictor(bundle, cfg.variant, cfg.device, threads)
-        p_cols = results.prepare(con, cfg.results_table, source.id_type, bundle.labels)
-        results.register_model(con, bundle)
-        dead = results.close_dead_runs(con)
-        pending = matching - done if cfg.limit is None else min(matching - done, cfg.limit)
-        stats = RunStats(
-            run_id=uuid.uuid4().hex[:12],
-            model_version=bundle.version,
-            source=cfg.table,
-            results_table=cfg.results_table,
-            results_db=str(cfg.results_db or cfg.db),
+        with tracked_run(
+            lambda: db[0],
+            cfg,
+            bundle,
+            source,
+            matching - done,
+            done,
             provider=predictor.provider,
             variant=predictor.variant,
-            provider_reason=predictor.reason,
-            rows_pending=pending,
-            rows_already_scored=done,
-        )
-        progress = Progress(pending, enabled=cfg.progress, log_every=cfg.progress_every)
-        progress.log(predictor.describe())
-        if dead:
-            progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
-        results.start_run(
-            con,
-            {
-                "run_id": stats.run_id,
-                "model_version": stats.model_version,
-                "source": cfg.table,
-                "rows_scored": 0,
-                "rows_skipped": 0,
-                "rows_failed": 0,
-                "rows_truncated": 0,
-                "started_at": results.utcnow(),
-                "status": "running",
-                "results_table": cfg.results_table,
-                "source_db": str(Path(cfg.db).resolve()),
-                "filter": cfg.where,
-                "row_limit": cfg.limit,
-                "provider": predictor.provider,
-                "variant": predictor.variant,
-            },
-        )
-        start = time.perf_counter()
-        error = None
-        try:
+            reason=predictor.reason,
+            engine="local",
+        ) as (stats, progress, p_cols):
+            progress.log(predictor.describe())
             _stream(db, reconnect, source, predictor, cfg, stats, p_cols, progress)
-            stats.status = "completed"
-        except KeyboardInterrupt:
-            stats.status = "interrupted"
-            raise
-        except BaseException as exc:
-            stats.status = "failed"
-            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise
-        finally:
-            progress.close()
-            stats.seconds = time.perf_counter() - start
-            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-            results.finish_run(db[0], stats.run_id, stats.status, stats.rows_per_s, error)
         return stats
     finally:
         db[0].close()
+
+
+@contextmanager
+def tracked_run(
+    live_con: Callable,
+    cfg: ScoreConfig,
+    bundle,
+    source,
+    unscored: int,
+    done: int,
+    *,
+    provider: str,
+    variant: str,
+    reason: str,
+    engine: str,
+) -> Iterator[tuple[RunStats, Progress, list[str]]]:
+    """A `runs` row around one scoring run; shared by the local and the Ray engine.
+
+    Prepares the results tables, registers the model and opens the run row, then yields
+    (stats, progress, probability columns). On exit the row is closed as completed,
+    failed (with the error's first line) or interrupted. `live_con()` returns the
+    connection in use, which the local engine replaces while it streams.
+    """
+    con = live_con()
+    p_cols = results.prepare(con, cfg.results_table, source.id_type, bundle.labels)
+    results.register_model(con, bundle)
+    dead = results.close_dead_runs(con)
+    pending = unscored if cfg.limit is None else min(unscored, cfg.limit)
+    stats = RunStats(
+        run_id=uuid.uuid4().hex[:12],
+        model_version=bundle.version,
+        source=cfg.table,
+        results_table=cfg.results_table,
+        results_db=str(cfg.results_db or cfg.db),
+        provider=provider,
+        variant=variant,
+        provider_reason=reason,
+        rows_pending=pending,
+        rows_already_scored=done,
+    )
+    progress = Progress(pending, enabled=cfg.progress, log_every=cfg.progress_every)
+    if dead:
+        progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
+    run = {
+        "run_id": stats.run_id,
+        "model_version": stats.model_version,
+        "source": cfg.table,
+        "rows_scored": 0,
+        "rows_skipped": 0,
+        "rows_failed": 0,
+        "rows_truncated": 0,
+        "started_at": results.utcnow(),
+        "status": "running",
+        "results_table": cfg.results_table,
+        "source_db": str(Path(cfg.db).resolve()),
+        "filter": cfg.where,
+        "row_limit": cfg.limit,
+        "provider": provider,
+        "variant": variant,
+        "engine": engine,
+    }
+    results.start_run(con, run)
+    start = time.perf_counter()
+    error = None
+    try:
+        yield stats, progress, p_cols
+        stats.status = "completed"
+    except KeyboardInterrupt:
+        stats.status = "interrupted"
+        raise
+    except BaseException as exc:
+        stats.status = "failed"
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise
+    finally:
+        progress.close()
+        stats.seconds = time.perf_counter() - start
+        stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
+        results.finish_run(live_con(), stats.run_id, stats.status, stats.rows_per_s, error)
 
 
 class _Stop(Exception):

@@ -79,8 +79,8 @@ def runs(db):
     con = duckdb.connect(str(db), read_only=True)
     try:
         return con.execute(
-            "SELECT status, rows_scored, rows_skipped, rows_failed, rows_truncated, variant "
-            "FROM runs ORDER BY started_at"
+            "SELECT status, rows_scored, rows_skipped, rows_failed, rows_truncated, variant, "
+            "engine FROM runs ORDER BY started_at"
         ).fetchall()
     finally:
         con.close()
@@ -192,6 +192,7 @@ def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundl
 
     history = runs(ray_db)
     assert [r[0] for r in history] == ["completed"] * 3
+    assert [r[6] for r in history] == ["local", "ray", "ray"]
     ray_run = history[1]
     assert ray_run[1:3] == (stats.rows_scored, stats.rows_skipped)
     assert ray_run[4] == stats.rows_truncated > 0 and ray_run[5] == "fp32"
