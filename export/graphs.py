@@ -11,9 +11,12 @@ Nothing here talks to a model hub: the checkpoint is a local directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import platform
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -26,6 +29,17 @@ OPTIMIZATION_LEVELS = ("none", "O1", "O2", "O3")
 INT8_ORDERS = ("optimize-then-quantize", "quantize-then-optimize")
 DEFAULT_OPSET = 18
 WEIGHT_OPS = ("MatMul", "Attention")
+# The FFN output projection of each layer (named `.../layer.N/output/dense/MatMul` by
+# optimum's BERT export) reads the GELU output, the widest-ranged activation in the
+# layer, and dynamic quantization gives that whole batch one uint8 scale. In the first
+# half of the layers, whose rounding error passes through every layer after them, it
+# stays float32. On twitter-full (valid.csv, 2,388 rows, scored by the runtime's
+# Predictor) top-1 agreement with PyTorch went 98.83% -> 99.25% for ~18% of int8's
+# speed; keeping it float in all six layers agreed no better and cost ~30%, whole
+# layers cost more still, and per-tensor weights fell to 96.98%.
+FFN_OUTPUT = re.compile(r"/layer\.(\d+)/output/dense/")
+LAYER = re.compile(r"/layer\.(\d+)/")
+FLOAT_FFN_OUTPUT_LAYERS = 0.5  # fraction of the encoder layers, counted from the input
 
 
 def export_fp32(checkpoint: Path, workdir: Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -34,7 +48,7 @@ def export_fp32(checkpoint: Path, workdir: Path, opset: int = DEFAULT_OPSET) -> 
 
     out = workdir / "optimum"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), scratch_cwd(workdir / "scratch"):
             # torch.jit tracing warns about every constant it records; none are actionable here
             warnings.simplefilter("ignore")
             main_export(
@@ -72,7 +86,8 @@ def optimize(model: Path, level: str, out_dir: Path) -> Path:
 
     optimizer = ORTOptimizer.from_pretrained(model.parent, file_names=[model.name])
     config = AutoOptimizationConfig.with_optimization_level(level, for_gpu=False)
-    optimizer.optimize(config, save_dir=out_dir, file_suffix=None)
+    with scratch_cwd(out_dir.parent / "scratch"):
+        optimizer.optimize(config, save_dir=out_dir, file_suffix=None)
     return out_dir / model.name
 
 
@@ -128,6 +143,20 @@ def quantization_config(isa: str, nodes: list[str] | None = None):
     return AutoQuantizationConfig.avx2(reduce_range=True, **kwargs)
 
 
+@contextlib.contextmanager
+def scratch_cwd(directory: Path):
+    """Run a tool with `directory` as the working directory.
+
+    ORT's symbolic shape inference saves `sym_shape_infer_temp.onnx` plus a
+    `<uuid>.data` file into the current directory when it gives up, so every
+    ONNX tool runs inside the stage's temporary work folder. Paths handed to the
+    tool must be absolute (the stage resolves them).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(directory):
+        yield
+
+
 def weight_nodes(model: Path) -> list[str]:
     """The nodes that multiply by a learned weight: MatMuls with a constant operand, Attention.
 
@@ -149,6 +178,17 @@ def weight_nodes(model: Path) -> list[str]:
     ]
 
 
+def int8_nodes(model: Path, float_fraction: float = FLOAT_FFN_OUTPUT_LAYERS) -> list[str]:
+    """The weight nodes to quantize: all but the FFN output projections of the first
+    `float_fraction` of the encoder layers (rounded up)."""
+    nodes = weight_nodes(model)
+    layers = {int(m.group(1)) for n in nodes if (m := LAYER.search(n))}
+    first_quantized = math.ceil(len(layers) * float_fraction)
+    return [
+        n for n in nodes if not ((m := FFN_OUTPUT.search(n)) and int(m.group(1)) < first_quantized)
+    ]
+
+
 def infer_fused_shapes(model: Path, out_dir: Path) -> Path:
     """Type every tensor of an O2/O3-fused graph so the quantizer can find its weights.
 
@@ -162,13 +202,14 @@ def infer_fused_shapes(model: Path, out_dir: Path) -> Path:
 
     _copy_graph(model, out_dir)
     try:
-        quant_pre_process(
-            str(model),
-            str(out_dir / model.name),
-            skip_optimization=True,
-            auto_merge=True,
-            guess_output_rank=True,
-        )
+        with scratch_cwd(out_dir.parent / "scratch"):
+            quant_pre_process(
+                str(model),
+                str(out_dir / model.name),
+                skip_optimization=True,
+                auto_merge=True,
+                guess_output_rank=True,
+            )
     except Exception as exc:  # symbolic shape inference raises bare Exceptions
         raise MarketpulseError(
             f"shape inference on the fused graph {model} failed ({str(exc).splitlines()[0]}); "
@@ -178,14 +219,15 @@ def infer_fused_shapes(model: Path, out_dir: Path) -> Path:
 
 
 def quantize_int8(model: Path, out_dir: Path, isa: str) -> Path:
-    """Dynamic int8 quantization (weights per channel, activations at run time)."""
+    """Dynamic int8 quantization of `int8_nodes` (weights per channel, activations at run time)."""
     from optimum.onnxruntime import ORTQuantizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         quantizer = ORTQuantizer.from_pretrained(model.parent, file_name=model.name)
-        config = quantization_config(isa, weight_nodes(model))
-        quantizer.quantize(config, save_dir=out_dir, file_suffix=None)
+        config = quantization_config(isa, int8_nodes(model))
+        with scratch_cwd(out_dir.parent / "scratch"):
+            quantizer.quantize(config, save_dir=out_dir, file_suffix=None)
     except Exception as exc:  # onnx shape inference raises bare Exceptions
         raise MarketpulseError(
             f"int8 quantization of {model} failed ({str(exc).splitlines()[0]}); "
@@ -217,17 +259,18 @@ def convert_fp16(model: Path, out_dir: Path) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = json.loads((model.parent / "config.json").read_text())
-    fused = optimize_model(
-        str(model),
-        model_type="bert",
-        num_heads=config["num_attention_heads"],
-        hidden_size=config["hidden_size"],
-        opt_level=0,
-        use_gpu=True,
-    )
-    fused.convert_float_to_float16(keep_io_types=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fused.save_model_to_file(str(out_dir / model.name))
+    with scratch_cwd(out_dir.parent / "scratch"):
+        fused = optimize_model(
+            str(model),
+            model_type="bert",
+            num_heads=config["num_attention_heads"],
+            hidden_size=config["hidden_size"],
+            opt_level=0,
+            use_gpu=True,
+        )
+        fused.convert_float_to_float16(keep_io_types=True)
+        fused.save_model_to_file(str(out_dir / model.name))
     return out_dir / model.name
 
 

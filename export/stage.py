@@ -228,7 +228,7 @@ def base_manifest(
     graphs: dict[str, Path],
 ) -> dict[str, Any]:
     from marketpulse import __version__
-    from marketpulse.export.graphs import cpu_isa, quantization_config
+    from marketpulse.export.graphs import FLOAT_FFN_OUTPUT_LAYERS, cpu_isa, quantization_config
 
     variants: dict[str, dict[str, Any]] = {"fp32": {"provider": "any"}}
     if "int8" in graphs:
@@ -242,8 +242,9 @@ def base_manifest(
                 "reduce_range": qc.reduce_range,
                 "weights": str(qc.weights_dtype.name),
                 "activations": str(qc.activations_dtype.name),
-                "nodes": "MatMul with a weight operand, Attention; embeddings and "
-                "activation x activation MatMuls stay float32",
+                "nodes": "MatMul with a weight operand, Attention; embeddings, activation x "
+                "activation MatMuls and the FFN output projection (layer.N/output/dense) "
+                f"of the first {FLOAT_FFN_OUTPUT_LAYERS:.0%} of layers stay float32",
             },
         }
     if "fp16" in graphs:

@@ -83,11 +83,15 @@ def test_graphs_have_dynamic_axes_and_expected_types(tiny_bundle):
         (logits,) = graph.output
         assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, variant
         assert dims(logits) == ["batch_size", 3]
-    int8_ops = [n.op_type for n in onnx.load(str(tiny_bundle.variant_path("int8"))).graph.node]
-    # 2 layers x 6 weight MatMuls quantized; Q.K^T and softmax.V (2 per layer) stay float,
-    # and so do the pooler and classifier (Gemm in the export, split into MatMul + Add)
-    assert int8_ops.count("MatMulInteger") == 12
-    assert int8_ops.count("MatMul") == 2 * 2 + 2
+    int8_graph = onnx.load(str(tiny_bundle.variant_path("int8"))).graph
+    int8_ops = [n.op_type for n in int8_graph.node]
+    # 2 layers x 6 weight MatMuls quantized but for layer 0's FFN output projection (the
+    # first half of the layers keeps it float); Q.K^T and softmax.V (2 per layer) stay
+    # float, and so do the pooler and classifier (Gemm in the export, split into MatMul + Add)
+    assert int8_ops.count("MatMulInteger") == 2 * 6 - 1
+    assert int8_ops.count("MatMul") == 2 * 2 + 1 + 2
+    float_matmuls = {n.name for n in int8_graph.node if n.op_type == "MatMul"}
+    assert "/bert/encoder/layer.0/output/dense/MatMul" in float_matmuls
     assert "DynamicQuantizeLinear" in int8_ops
     fp16 = onnx.load(str(tiny_bundle.variant_path("fp16"))).graph
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.initializer)
@@ -157,6 +161,31 @@ def test_cli_export_writes_requested_variants_only(tiny_checkpoint, tmp_path):
     assert bundle.variants == ["fp32", "int8"]
     assert not (out / "model.fp16.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging left over
+
+
+@pytest.mark.parametrize("optimization", ["O1", "O2"])
+def test_export_writes_nothing_into_the_working_directory(
+    tiny_checkpoint, tmp_path, monkeypatch, optimization
+):
+    """ORT's shape inference drops sym_shape_infer_temp.onnx and <uuid>.data into the
+    cwd when it gives up; O2 runs it on the fused graph, O1 runs the plain quantizer."""
+    from marketpulse.export import ExportConfig, run
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cfg = ExportConfig(
+        model=tiny_checkpoint,
+        out=tmp_path / "bundle",
+        variants=("fp32", "int8"),
+        optimization=optimization,
+        allow_accuracy_drop=True,
+    )
+    try:
+        run(cfg)
+    except MarketpulseError as exc:  # a failed fused-graph shape inference must be clean too
+        assert "shape inference" in str(exc)
+    assert list(cwd.iterdir()) == []
 
 
 def test_impossible_agreement_fails_and_keeps_the_old_bundle(
