@@ -244,7 +244,7 @@ def base_manifest(
                 "activations": str(qc.activations_dtype.name),
                 "nodes": "MatMul with a weight operand, Attention; embeddings, activation x "
                 "activation MatMuls and the FFN output projection (layer.N/output/dense) "
-                f"of the first {FLOAT_FFN_OUTPUT_LAYERS:.0%} of layers stay float32",
+                f"in the first {FLOAT_FFN_OUTPUT_LAYERS:.0%} of the layers stay float32",
             },
         }
     if "fp16" in graphs:
