@@ -28,7 +28,7 @@ TRENDS_ARGS ?=
 BENCH_ARGS  ?=
 DEMO_ARGS   ?=
 
-.PHONY: setup setup-gpu test test-fast lint fmt demo bench train export score trends nightly clean
+.PHONY: setup setup-gpu gpu-check test test-fast lint fmt demo bench train export score trends nightly clean
 
 setup: $(STAMP)
 
@@ -44,8 +44,14 @@ $(STAMP): pyproject.toml
 # silently disappears. Remove the CPU build first, then install the GPU one.
 setup-gpu: setup
 	$(BIN)/python -m pip uninstall -y onnxruntime
-	$(BIN)/python -m pip install -q 'onnxruntime-gpu>=1.18'
+	$(BIN)/python -m pip install -q 'onnxruntime-gpu[cuda,cudnn]>=1.21'
 	$(BIN)/python -c "import onnxruntime as ort; print(ort.get_available_providers())"
+
+# After setup-gpu, on the GPU machine: fp16 on CUDA against the bundle's fp32 graph on
+# CPU (label agreement), then rows/s end to end for a few batch settings.
+GPU_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
+gpu-check:
+	$(BIN)/python -m marketpulse.gpucheck --bundle $(BUNDLE) --texts $(GPU_TEXTS)
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu" -q

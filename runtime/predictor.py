@@ -25,7 +25,9 @@ small on CPU (cache-sized) and large on CUDA (occupancy).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,27 @@ def choose_placement(bundle: Bundle, device: str = "cpu", variant: str | None = 
     return Placement(device=device, provider=provider, variant=variant, reason=reason)
 
 
+def load_cuda_libraries() -> None:
+    """Let onnxruntime-gpu find the CUDA and cuDNN libraries of pip's nvidia-* wheels.
+
+    `pip install 'onnxruntime-gpu[cuda,cudnn]'` (what `make setup-gpu` does) puts them in
+    site-packages, where the dynamic loader does not look; onnxruntime's `preload_dlls`
+    loads them first. A missing library is not an error here: the session start that
+    follows reports it. preload_dlls prints its warnings, so they go to stderr, never
+    into `--json` output.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            preload()
+        except Exception:  # the session start reports what is missing
+            pass
+
+
 def _session_options():
     import onnxruntime as ort
 
@@ -145,6 +168,8 @@ class Predictor:
             raise MarketpulseError(f"--threads must be at least 1, got {threads}")
         path = self.bundle.variant_path(placement.variant)
         providers = [placement.provider] if placement.provider == CPU else [CUDA, CPU]
+        if placement.provider == CUDA:
+            load_cuda_libraries()
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=_session_options(), providers=providers

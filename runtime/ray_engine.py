@@ -24,7 +24,6 @@ only inside functions, so `marketpulse --help` and the local engine never load i
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -157,10 +156,8 @@ class Scorer:
         threads: int,
         batch_tokens: int,
     ):
-        # As in the local engine: one tokenizer thread beside ONNX Runtime's pool.
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        os.environ["RAYON_RS_NUM_CPUS"] = "1"
         from marketpulse.runtime.predictor import Predictor
+        from marketpulse.runtime.scoring import set_tokenizer_threads
 
         bundle = load_bundle(Path(bundle_dir))
         if bundle.version != model_version:
@@ -169,6 +166,7 @@ class Scorer:
                 f"driver's is {model_version}; give every node the same bundle (a shared path)"
             )
         self.predictor = Predictor(bundle, variant, device, threads)
+        set_tokenizer_threads(self.predictor.device)  # as in the local engine
         self.version = model_version
         self.batch_tokens = batch_tokens
         self.p_cols = results.probability_columns(bundle.labels)

@@ -125,10 +125,6 @@ def _check_config(cfg: ScoreConfig) -> None:
 def score(cfg: ScoreConfig) -> RunStats:
     """Score every pending row of `cfg.table`; return what the run did."""
     _check_config(cfg)
-    # The tokenizer runs on the reader thread beside ONNX Runtime's pool; a second
-    # Rayon pool per core would only oversubscribe the CPU. Set before first use.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_RS_NUM_CPUS"] = "1"
     bundle = load_bundle(Path(cfg.bundle))
     threads = cfg.threads or available_cores()
 
@@ -147,6 +143,7 @@ def score(cfg: ScoreConfig) -> RunStats:
         con, _ = reconnect(con)
         db[0] = con
         predictor = Predictor(bundle, cfg.variant, cfg.device, threads)
+        set_tokenizer_threads(predictor.device)
         with tracked_run(
             lambda: db[0],
             cfg,
@@ -164,6 +161,20 @@ def score(cfg: ScoreConfig) -> RunStats:
         return stats
     finally:
         db[0].close()
+
+
+def set_tokenizer_threads(device: str) -> None:
+    """Tokenize serially on CPU, in parallel on CUDA; call before the first encode.
+
+    On CPU the tokenizer runs on the reader thread beside one ONNX Runtime batch per
+    core: a Rayon pool per core would only oversubscribe the CPU. On CUDA the cores are
+    otherwise idle and a single tokenizing thread can fall behind the GPU.
+    """
+    if device == "cpu":
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        os.environ["RAYON_NUM_THREADS"] = "1"
+    else:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
 @contextmanager
