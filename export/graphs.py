@@ -3,7 +3,8 @@
 Every function takes a graph file and writes a new one, so the stage can chain them
 in the order that `marketpulse.export.measure` found fastest on this CPU:
 
-    export (optimum) -> optimize (ORT level) -> quantize int8 (dynamic, per-channel)
+    export (optimum) -> optimize (ORT level) -> split outlier channels -> quantize int8
+                                               (dynamic, per-channel)
     export (optimum) -> transformers optimizer (model_type bert) -> float16 (fp32 I/O kept)
 
 Nothing here talks to a model hub: the checkpoint is a local directory.
@@ -14,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import platform
-import re
 import shutil
 import warnings
 from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.export.outliers import OUTLIER_SUFFIX, Calibration, split_outlier_channels
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,6 @@ OPTIMIZATION_LEVELS = ("none", "O1", "O2", "O3")
 INT8_ORDERS = ("optimize-then-quantize", "quantize-then-optimize")
 DEFAULT_OPSET = 18
 WEIGHT_OPS = ("MatMul", "Attention")
-# The FFN output projection of each layer (named `.../layer.N/output/dense/MatMul` by
-# optimum's BERT export) reads the GELU output, the widest-ranged activation in the
-# layer, and dynamic quantization gives that whole batch one uint8 scale. In the first
-# two thirds of the layers, whose rounding error passes through the layers after them,
-# it stays float32. Measured on twitter-full, scored by the runtime's Predictor at
-# 1024/256/1 batch tokens: agreement with PyTorch on valid.csv (2,388 rows) went from
-# 98.83/98.53/98.74% to 99.29/99.04/99.16%, on the test split (477) from
-# 98.95/98.95/98.53% to 100/99.37/99.16%, for ~22% of int8's speed. Keeping it float
-# in all layers agreed no better and cost ~30%; in only the first half or third,
-# agreement fell below 99% at some batch sizes; per-tensor weights fell to 96.98%.
-FFN_OUTPUT = re.compile(r"/layer\.(\d+)/output/dense/")
-LAYER = re.compile(r"/layer\.(\d+)/")
-FLOAT_FFN_OUTPUT_LAYERS = 2 / 3  # fraction of the encoder layers, counted from the input
 
 
 def export_fp32(checkpoint: Path, workdir: Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -180,15 +167,9 @@ def weight_nodes(model: Path) -> list[str]:
     ]
 
 
-def int8_nodes(model: Path, float_fraction: float = FLOAT_FFN_OUTPUT_LAYERS) -> list[str]:
-    """The weight nodes to quantize: all but the FFN output projections of the first
-    `float_fraction` of the encoder layers (rounded up)."""
-    nodes = weight_nodes(model)
-    layers = {int(m.group(1)) for n in nodes if (m := LAYER.search(n))}
-    first_quantized = math.ceil(len(layers) * float_fraction)
-    return [
-        n for n in nodes if not ((m := FFN_OUTPUT.search(n)) and int(m.group(1)) < first_quantized)
-    ]
+def int8_nodes(model: Path) -> list[str]:
+    """The weight nodes to quantize: all but the float outlier-channel MatMuls."""
+    return [n for n in weight_nodes(model) if not n.endswith(OUTLIER_SUFFIX)]
 
 
 def infer_fused_shapes(model: Path, out_dir: Path) -> Path:
@@ -238,15 +219,28 @@ def quantize_int8(model: Path, out_dir: Path, isa: str) -> Path:
     return out_dir / model.name
 
 
-def make_int8(fp32: Path, optimized: Path, level: str, order: str, isa: str, work: Path) -> Path:
-    """The int8 graph for `level` and `order` (see INT8_ORDERS); `optimized` is fp32 at `level`."""
+def make_int8(
+    fp32: Path,
+    optimized: Path,
+    level: str,
+    order: str,
+    isa: str,
+    work: Path,
+    calibration: Calibration,
+) -> Path:
+    """The int8 graph for `level` and `order` (see INT8_ORDERS); `optimized` is fp32 at `level`.
+
+    The widest FFN channels are split off in float first (outliers.py), measured on
+    `calibration`'s texts.
+    """
     if order == "optimize-then-quantize":
-        source = optimized
+        source = split_outlier_channels(optimized, work / "split", calibration)
         if level in ("O2", "O3"):
-            source = infer_fused_shapes(optimized, work / "shapes")
+            source = infer_fused_shapes(source, work / "shapes")
         return quantize_int8(source, work / "quantized", isa)
     if order == "quantize-then-optimize":
-        quantized = quantize_int8(fp32, work / "quantized", isa)
+        split = split_outlier_channels(fp32, work / "split", calibration)
+        quantized = quantize_int8(split, work / "quantized", isa)
         return optimize(quantized, level, work / "optimized")
     raise MarketpulseError(f"unknown int8 order {order!r}; pass one of {', '.join(INT8_ORDERS)}")
 

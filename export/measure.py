@@ -63,6 +63,7 @@ def _run(session, batches, n: int, n_labels: int) -> np.ndarray:
 def measure(checkpoint: Path, rows: int, threads: int, repeats: int) -> list[dict]:
     from marketpulse.export import graphs
     from marketpulse.export.checks import TorchReference, load_check_texts
+    from marketpulse.export.outliers import Calibration
     from marketpulse.export.stage import read_labels, write_tokenizer
 
     labels = read_labels(checkpoint)
@@ -92,7 +93,13 @@ def measure(checkpoint: Path, rows: int, threads: int, repeats: int) -> list[dic
                 name = f"int8 {level} {order}"
                 try:
                     int8 = graphs.make_int8(
-                        fp32, optimized, level, order, isa, work / f"int8-{level}-{order}"
+                        fp32,
+                        optimized,
+                        level,
+                        order,
+                        isa,
+                        work / f"int8-{level}-{order}",
+                        Calibration(work / "tokenizer.json", 128, texts.texts),
                     )
                 except MarketpulseError as exc:
                     results.append({"graph": name, "error": str(exc)[:160]})

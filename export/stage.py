@@ -26,6 +26,7 @@ from marketpulse.bundle import MANIFEST, TOKENIZER, VARIANTS, Bundle, variant_fi
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
+from marketpulse.export.outliers import Calibration
 
 DEFAULT_MAX_LENGTH = 128
 # From `python -m marketpulse.export.measure /work/artifacts/twitter-full --rows 477`
@@ -34,7 +35,7 @@ DEFAULT_MAX_LENGTH = 128
 # breaks parity (7.4e-3). int8 is ~2x fp32 at 99.58% agreement for none/O1/O2; O1 then
 # quantize was fastest (209 best, 187 median). Quantizing the O2-fused graph (QAttention)
 # agrees slightly more (99.79%) but was slower (171 median). These figures predate
-# keeping some FFN output projections float (graphs.int8_nodes), which measured there.
+# splitting the widest FFN channels off in float (outliers.py).
 DEFAULT_OPTIMIZATION = "O1"
 DEFAULT_INT8_ORDER = "optimize-then-quantize"
 LIBRARIES = (
@@ -103,7 +104,8 @@ def run(cfg: ExportConfig) -> Bundle:
     try:
         write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
         with tempfile.TemporaryDirectory(prefix="marketpulse-export-") as work:
-            graphs = build_graphs(checkpoint, Path(work), cfg)
+            calibration = Calibration(staging / TOKENIZER, max_length, texts.texts)
+            graphs = build_graphs(checkpoint, Path(work), cfg, calibration)
             for variant, path in graphs.items():
                 shutil.move(path, staging / variant_file(variant))
         manifest = base_manifest(cfg, checkpoint, labels, info, max_length, graphs)
@@ -114,7 +116,9 @@ def run(cfg: ExportConfig) -> Bundle:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_graphs(checkpoint: Path, work: Path, cfg: ExportConfig) -> dict[str, Path]:
+def build_graphs(
+    checkpoint: Path, work: Path, cfg: ExportConfig, calibration: Calibration
+) -> dict[str, Path]:
     from marketpulse.export import graphs
 
     start = time.perf_counter()
@@ -127,7 +131,7 @@ def build_graphs(checkpoint: Path, work: Path, cfg: ExportConfig) -> dict[str, P
     if "int8" in cfg.variants:
         isa = graphs.cpu_isa()
         out["int8"] = graphs.make_int8(
-            fp32, optimized, cfg.optimization, cfg.int8_order, isa, work / "int8"
+            fp32, optimized, cfg.optimization, cfg.int8_order, isa, work / "int8", calibration
         )
         log(
             f"int8: dynamic per-channel quantization for {isa}, {cfg.int8_order} at {cfg.optimization}"
@@ -229,7 +233,8 @@ def base_manifest(
     graphs: dict[str, Path],
 ) -> dict[str, Any]:
     from marketpulse import __version__
-    from marketpulse.export.graphs import FLOAT_FFN_OUTPUT_LAYERS, cpu_isa, quantization_config
+    from marketpulse.export.graphs import cpu_isa, quantization_config
+    from marketpulse.export.outliers import CALIBRATION_ROWS, OUTLIER_CHANNELS
 
     variants: dict[str, dict[str, Any]] = {"fp32": {"provider": "any"}}
     if "int8" in graphs:
@@ -243,9 +248,10 @@ def base_manifest(
                 "reduce_range": qc.reduce_range,
                 "weights": str(qc.weights_dtype.name),
                 "activations": str(qc.activations_dtype.name),
-                "nodes": "MatMul with a weight operand, Attention; embeddings, activation x "
-                "activation MatMuls and the FFN output projection (layer.N/output/dense) "
-                f"in the first {FLOAT_FFN_OUTPUT_LAYERS:.0%} of the layers stay float32",
+                "nodes": "MatMul with a weight operand, Attention; embeddings and activation "
+                "x activation MatMuls stay float32, and so do the FFN output projection's "
+                f"{OUTLIER_CHANNELS} widest-ranged input channels per layer (measured on up "
+                f"to {CALIBRATION_ROWS} check texts), split into MatMuls named *_outliers",
             },
         }
     if "fp16" in graphs:
