@@ -63,6 +63,23 @@ def test_integer_labels_named_by_label_names(tmp_path):
     )
 
 
+def test_digit_text_labels_are_named_by_label_names(tmp_path):
+    db = make_db(tmp_path / "a.duckdb", [(1, "a", "0"), (2, "b", " 2"), (3, "c", "1")])
+    names = parse_label_names("bearish,bullish,neutral")
+    source = DataSource(db=db, table="posts", text_col="body", label_col="tag", label_names=names)
+    rows = load_labeled(source)
+    assert dict(zip(rows.texts, rows.labels, strict=True)) == {
+        "a": "bearish",
+        "b": "neutral",
+        "c": "bullish",
+    }
+    bad = make_db(tmp_path / "b.duckdb", [(1, "a", "0"), (2, "b", "7")])
+    with pytest.raises(MarketpulseError, match=r"label value 7 .* has no name"):
+        load_labeled(
+            DataSource(db=bad, table="posts", text_col="body", label_col="tag", label_names=names)
+        )
+
+
 def test_integer_label_without_a_name_is_an_error(tmp_path):
     db = make_db(tmp_path / "a.duckdb", [(1, "a", 0), (2, "b", 3)], "INTEGER")
     source = DataSource(

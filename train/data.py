@@ -5,8 +5,9 @@ The loader knows nothing about models or splits. It returns every usable row as 
 same fingerprint and the same split however DuckDB happened to scan it. Rows with
 NULL/empty text or a NULL/empty label are skipped and counted, never dropped silently.
 
-Labels may be strings or integers. Integer labels are named by `label_names`
-(`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by their digits.
+Labels may be strings or integers. Integer labels, and digits stored as text, are named
+by `label_names` (`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by
+their digits.
 Given string labels, `label_names` is the allowed set (and fixes the label order).
 """
 
@@ -185,6 +186,9 @@ def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
     labels = [str(v).strip() for v in raw]
     if names is None:
         return labels, sorted(set(labels))
+    if all(y.isdigit() for y in labels) and not set(labels) & set(names):
+        # digits stored as text (a CSV read as VARCHAR): they index --label-names too
+        return _name_labels([int(y) for y in labels], source)
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise MarketpulseError(
