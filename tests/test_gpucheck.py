@@ -46,26 +46,19 @@ def test_agreement_counts_matches_and_duplicates(tmp_path):
     assert result == {"rows": 3, "scored": 2, "duplicates": 1, "agreement": pytest.approx(1 / 3)}
 
 
+def _run_check(bundle, tmp_path, rows: int) -> dict:
+    """`python -m marketpulse.gpucheck` on TEXTS; its JSON report."""
+    out = tmp_path / "gpucheck.json"
+    args = ["--bundle", str(bundle.path), "--texts", str(_texts_csv(tmp_path / "t.csv"))]
+    args += ["--rows", str(rows), "--work", str(tmp_path / "work"), "--out", str(out)]
+    result = CliRunner().invoke(gpucheck.main, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
 @pytest.mark.skipif(cuda_provider_available(), reason="checks the no-CUDA behaviour")
 def test_without_cuda_every_run_records_a_one_line_error(tiny_bundle, tmp_path):
-    out = tmp_path / "gpucheck.json"
-    result = CliRunner().invoke(
-        gpucheck.main,
-        [
-            "--bundle",
-            str(tiny_bundle.path),
-            "--texts",
-            str(_texts_csv(tmp_path / "t.csv")),
-            "--rows",
-            "20",
-            "--work",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    report = _run_check(tiny_bundle, tmp_path, rows=20)
     assert "no CUDA provider" in report["correctness"]["error"]
     assert "\n" not in report["correctness"]["error"]
     assert report["auto"]["provider"] == "CPUExecutionProvider"  # auto falls back
@@ -76,24 +69,7 @@ def test_without_cuda_every_run_records_a_one_line_error(tiny_bundle, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_provider_available(), reason="needs onnxruntime-gpu and a GPU")
 def test_cuda_scores_every_row_once_and_agrees_with_fp32(tiny_bundle, tmp_path):
-    out = tmp_path / "gpucheck.json"
-    result = CliRunner().invoke(
-        gpucheck.main,
-        [
-            "--bundle",
-            str(tiny_bundle.path),
-            "--texts",
-            str(_texts_csv(tmp_path / "t.csv")),
-            "--rows",
-            "2000",
-            "--work",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    report = _run_check(tiny_bundle, tmp_path, rows=2000)
     assert report["correctness"]["provider"] == "CUDAExecutionProvider"
     assert report["correctness"]["duplicates"] == 0
     assert report["correctness"]["agreement"] >= 0.99
