@@ -229,6 +229,21 @@ def test_rowid_ranges_segments_and_limit_cover_every_row_once(source, bundle, mo
     assert query(db, "SELECT sum(rows_scored + rows_skipped) FROM runs") == [(N,)]
 
 
+def test_segments_write_whole_row_groups(bundle, tmp_path):
+    # A short row group left by one segment's checkpoint is merged with its neighbours
+    # in memory by a later checkpoint (up to three row groups): that made peak RSS grow
+    # with the table. NULL and blank texts are written without inference, so this is fast.
+    db = tmp_path / "blank.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE posts AS SELECT range AS id, CASE WHEN range % 3 = 0 THEN NULL ELSE ' ' END AS text FROM range(250000)")  # fmt: skip
+    con.close()
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", progress=False)  # fmt: skip
+    assert score(cfg).rows_skipped == 250_000
+    sizes = query(db, "SELECT row_group_id, max(count) FROM pragma_storage_info('scores') WHERE column_name = 'id' AND segment_type = 'BIGINT' GROUP BY ALL ORDER BY 1")  # fmt: skip
+    assert [n for _, n in sizes] == [122_880, 122_880, 250_000 - 2 * 122_880]
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(250_000, 250_000)]
+
+
 def test_a_view_is_scored_through_one_streaming_query(source, bundle):
     db, _ = source
     con = duckdb.connect(str(db))
