@@ -33,7 +33,7 @@ from pathlib import Path
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
-from marketpulse.runtime.scoring import RunStats, ScoreConfig, _check_config, tracked_run
+from marketpulse.runtime.scoring import RunStats, ScoreConfig, check_config, tracked_run
 from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
@@ -175,18 +175,12 @@ class Scorer:
         import numpy as np
         import pyarrow as pa
 
-        from marketpulse.runtime.scoring import _infer, _results_table, _Window
+        from marketpulse.runtime.scoring import infer_window, results_table, tokenize_window
 
-        texts = batch.column("text").to_pylist()
         ids = batch.column("id").combine_chunks()
-        reasons = [
-            "null_text" if t is None else ("empty_text" if not t.strip() else None) for t in texts
-        ]
-        valid = np.fromiter((i for i, r in enumerate(reasons) if r is None), np.int64)
-        window = _Window(ids, texts, reasons, valid)
-        window.encoded = self.predictor.encoder.encode([texts[i] for i in valid])
-        _infer(window, self.predictor, self.batch_tokens)
-        table, _ = _results_table(window, self.predictor, self.version, self.p_cols)
+        window = tokenize_window(ids, batch.column("text"), self.predictor)
+        infer_window(window, self.predictor, self.batch_tokens)
+        table, _ = results_table(window, self.predictor, self.version, self.p_cols)
         table = table.append_column(FAILED, pa.array(np.zeros(table.num_rows, dtype=bool)))
         failed = window.valid[window.failed]
         if len(failed):
@@ -223,10 +217,10 @@ def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) 
     """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
     import pyarrow.parquet as pq
 
-    from marketpulse.runtime.scoring import _record_batches
+    from marketpulse.runtime.scoring import record_batches
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    reader = _record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
+    reader = record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
     paths: list[str] = []
     writer = None
     rows_in_shard = 0
@@ -332,7 +326,7 @@ def score_with_ray(
     """
 
     ray = require_ray()
-    _check_config(cfg)
+    check_config(cfg)
     device = ray_device(cfg.device, gpus_per_worker)
     if stage_dir is not None and not Path(stage_dir).is_dir():
         raise MarketpulseError(

@@ -14,6 +14,10 @@ Read top to bottom:
    Queues between stages are short, so at most a few windows are in memory.
 4. Close the run row as completed, failed or interrupted.
 
+The three window stages (`tokenize_window`, `infer_window`, `results_table`) and the
+run bookkeeping (`tracked_run`) are public: the Ray engine (ray_engine.py) runs the same
+ones inside its actors.
+
 A row whose batch fails in ONNX Runtime is retried alone; if it still fails it is
 counted as failed and not written, so the next run tries it again.
 """
@@ -116,7 +120,7 @@ class RunStats:
         )
 
 
-def _check_config(cfg: ScoreConfig) -> None:
+def check_config(cfg: ScoreConfig) -> None:
     if cfg.limit is not None and cfg.limit < 0:
         raise MarketpulseError(f"--limit must be 0 or more, got {cfg.limit}")
     if cfg.batch_tokens is not None and cfg.batch_tokens < 64:
@@ -129,7 +133,7 @@ def _check_config(cfg: ScoreConfig) -> None:
 
 def score(cfg: ScoreConfig) -> RunStats:
     """Score every pending row of `cfg.table`; return what the run did."""
-    _check_config(cfg)
+    check_config(cfg)
     bundle = load_bundle(Path(cfg.bundle))
     threads = cfg.threads or available_cores()
 
@@ -287,7 +291,7 @@ def _get(q: queue.Queue, stop: threading.Event):
 
 
 @dataclass
-class _Window:
+class Window:
     ids: object  # pyarrow Array, the source id type
     texts: list
     reasons: list  # None for rows to score, else 'null_text' / 'empty_text'
@@ -350,9 +354,7 @@ def _segment(con, reads, remaining, predictor, cfg, stats, p_cols, progress) -> 
             if query is None:
                 continue
             if kind == "stream":
-                yield from _record_batches(
-                    reader_con.sql(query[0], params=query[1]), cfg.chunk_rows
-                )
+                yield from record_batches(reader_con.sql(query[0], params=query[1]), cfg.chunk_rows)
             else:  # a short query: fetched whole, so its read transaction ends at once
                 table = _arrow_table(reader_con.sql(query[0], params=query[1]))
                 yield from table.to_batches(max_chunksize=cfg.chunk_rows)
@@ -365,14 +367,7 @@ def _segment(con, reads, remaining, predictor, cfg, stats, p_cols, progress) -> 
                     remaining[0] -= batch.num_rows
                 if not batch.num_rows:
                     continue
-                texts = batch.column(1).to_pylist()
-                reasons = [
-                    "null_text" if t is None else ("empty_text" if not t.strip() else None)
-                    for t in texts
-                ]
-                valid = np.fromiter((i for i, r in enumerate(reasons) if r is None), np.int64)
-                window = _Window(batch.column(0), texts, reasons, valid)
-                window.encoded = predictor.encoder.encode([texts[i] for i in valid])
+                window = tokenize_window(batch.column(0), batch.column(1), predictor)
                 _put(to_infer, window, stop)
             _put(to_infer, None, stop)
         except _Stop:
@@ -384,7 +379,7 @@ def _segment(con, reads, remaining, predictor, cfg, stats, p_cols, progress) -> 
     def write() -> None:
         try:
             while (window := _get(to_write, stop)) is not None:
-                table, counts = _results_table(window, predictor, stats.model_version, p_cols)
+                table, counts = results_table(window, predictor, stats.model_version, p_cols)
                 results.write_chunk(writer_con, cfg.results_table, table, stats.run_id, counts)
                 stats.rows_scored += counts["scored"]
                 stats.rows_skipped += counts["skipped"]
@@ -404,7 +399,7 @@ def _segment(con, reads, remaining, predictor, cfg, stats, p_cols, progress) -> 
         t.start()
     try:
         while (window := _get(to_infer, stop)) is not None:
-            _infer(window, predictor, cfg.batch_tokens)
+            infer_window(window, predictor, cfg.batch_tokens)
             _put(to_write, window, stop)
         _put(to_write, None, stop)
         threads[1].join()
@@ -429,14 +424,27 @@ def _arrow_table(relation):
     return relation.fetch_arrow_table()
 
 
-def _record_batches(relation, rows: int):
+def tokenize_window(ids, texts, predictor: Predictor) -> Window:
+    """A window of source rows (Arrow id and text arrays): NULL/empty text set aside
+    with its reason, the rest tokenized. Stage 1 of scoring; both engines use it."""
+    texts = texts.to_pylist()
+    reasons = [
+        "null_text" if t is None else ("empty_text" if not t.strip() else None) for t in texts
+    ]
+    valid = np.fromiter((i for i, r in enumerate(reasons) if r is None), np.int64)
+    window = Window(ids, texts, reasons, valid)
+    window.encoded = predictor.encoder.encode([texts[i] for i in valid])
+    return window
+
+
+def record_batches(relation, rows: int):
     """A streaming Arrow reader over a DuckDB relation (the method's name varies by version)."""
     if hasattr(relation, "to_arrow_reader"):  # duckdb >= 2
         return relation.to_arrow_reader(rows)
     return relation.fetch_arrow_reader(rows)
 
 
-def _infer(window: _Window, predictor: Predictor, batch_tokens: int | None) -> None:
+def infer_window(window: Window, predictor: Predictor, batch_tokens: int | None) -> None:
     window.probs, window.failed, error = predictor.run_batches(window.encoded, batch_tokens)
     if len(window.valid) and window.failed.all():
         raise MarketpulseError(
@@ -445,7 +453,7 @@ def _infer(window: _Window, predictor: Predictor, batch_tokens: int | None) -> N
         ) from error
 
 
-def _results_table(window: _Window, predictor: Predictor, version: str, p_cols: list[str]):
+def results_table(window: Window, predictor: Predictor, version: str, p_cols: list[str]):
     """The window's rows for the scores table (failed rows left out) and its counters."""
     import pyarrow as pa
 
