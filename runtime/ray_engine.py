@@ -34,7 +34,13 @@ from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
 from marketpulse.runtime.scoring import RunStats, ScoreConfig, check_config, tracked_run
-from marketpulse.runtime.source import check_source, count_rows, open_databases, pending_query
+from marketpulse.runtime.source import (
+    check_source,
+    count_rows,
+    low_memory,
+    open_databases,
+    pending_query,
+)
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
@@ -338,8 +344,9 @@ def score_with_ray(
     provider, variant = planned_placement(bundle, device, cfg.variant)
     con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
     try:
-        source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
-        matching, done = count_rows(con, source, cfg.results_table, bundle.version)
+        with low_memory(con, cfg.memory_limit):
+            source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
+            matching, done = count_rows(con, source, cfg.results_table, bundle.version)
         with tracked_run(
             lambda: con,
             cfg,

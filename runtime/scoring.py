@@ -44,6 +44,7 @@ from marketpulse.runtime.progress import Progress, format_duration
 from marketpulse.runtime.source import (
     check_source,
     count_rows,
+    low_memory,
     open_databases,
     pending_query,
     pending_range,
@@ -145,8 +146,9 @@ def score(cfg: ScoreConfig) -> RunStats:
     con, attached = reconnect()
     db = [con]  # the live connection; segments replace it
     try:
-        source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
-        matching, done = count_rows(con, source, cfg.results_table, bundle.version)
+        with low_memory(con, cfg.memory_limit):
+            source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
+            matching, done = count_rows(con, source, cfg.results_table, bundle.version)
         # The checks hashed every id and cached pages of the table: drop all that with
         # the connection before the model loads, so peak memory does not grow with it.
         con, _ = reconnect(con)

@@ -74,3 +74,27 @@ def make_source(db: Path, n: int, table: str = "posts", long_every: int = 0) -> 
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM rows")
     con.close()
     return texts
+
+
+@pytest.mark.parametrize(
+    ("run_limit", "during_checks"),
+    [("512MB", "128MB"), ("64MB", "64MB"), ("1GB", "128MB"), ("100MiB", "100MiB")],
+)
+def test_checks_run_under_the_lower_memory_cap_and_restore_the_run_limit(
+    tmp_path, run_limit, during_checks
+):
+    from marketpulse.runtime.source import low_memory
+
+    def limit(con):
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    con.execute(f"SET memory_limit = '{run_limit}'")
+    before = limit(con)
+    with low_memory(con, run_limit):
+        con.execute(f"SET memory_limit = '{during_checks}'")
+        expected = limit(con)
+    con.execute(f"SET memory_limit = '{run_limit}'")
+    with low_memory(con, run_limit):
+        assert limit(con) == expected
+    assert limit(con) == before
