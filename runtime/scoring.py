@@ -332,10 +332,12 @@ def _stream(db: list, reconnect, source, predictor: Predictor, cfg, stats, p_col
     """Run the pipeline segment by segment on a fresh DuckDB connection each (`db[0]`)."""
     segments = _reads(db[0], source, cfg, stats.model_version)
     remaining = [cfg.limit]  # rows the reader may still emit (None: no limit)
-    for reads in segments:
-        # A fresh connection per segment: DuckDB's page cache and the checks' hash
-        # tables go with the old one, so memory does not grow with the table.
-        db[0], _ = reconnect(db[0])
+    for i, reads in enumerate(segments):
+        # A fresh connection per segment: DuckDB's page cache goes with the old one, so
+        # memory does not grow with the table. The first segment runs on the connection
+        # score() opened after the checks, which is fresh already.
+        if i:
+            db[0], _ = reconnect(db[0])
         _segment(db[0], reads, remaining, predictor, cfg, stats, p_cols, progress)
         if remaining[0] == 0:
             break

@@ -88,13 +88,13 @@ def test_checks_run_under_the_lower_memory_cap_and_restore_the_run_limit(
     def limit(con):
         return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
 
+    def set_and_read(con, size):
+        con.execute(f"SET memory_limit = '{size}'")
+        return limit(con)
+
     con = duckdb.connect(str(tmp_path / "m.duckdb"))
-    con.execute(f"SET memory_limit = '{run_limit}'")
-    before = limit(con)
-    with low_memory(con, run_limit):
-        con.execute(f"SET memory_limit = '{during_checks}'")
-        expected = limit(con)
-    con.execute(f"SET memory_limit = '{run_limit}'")
+    expected = set_and_read(con, during_checks)  # DuckDB's own spelling of the cap
+    before = set_and_read(con, run_limit)
     with low_memory(con, run_limit):
         assert limit(con) == expected
     assert limit(con) == before

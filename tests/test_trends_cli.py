@@ -126,6 +126,12 @@ def test_by_column_that_clashes_with_a_trend_column(db, column):
     con.close()
     res = _invoke(db, "--by", column)
     assert res.exit_code == 1 and f"--by column '{column}' clashes" in res.output
+    con = duckdb.connect(str(db), read_only=True)
+    written = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'trend_%'"
+    ).fetchall()
+    con.close()
+    assert written == []  # refused before anything was written
 
 
 def test_runtime_import_does_not_load_matplotlib():
