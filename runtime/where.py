@@ -70,10 +70,9 @@ def compile_where(con, expr: str, columns: list[str], alias: str = "s") -> tuple
     """Return (SQL fragment, parameters) for `expr`, or raise a one-line MarketpulseError."""
     if not expr or not expr.strip():
         return "TRUE", []
-    raw = con.execute("SELECT json_serialize_sql(?)", ["SELECT * FROM t WHERE " + expr]).fetchall()[
-        0
-    ]
-    tree = json.loads(raw[0])
+    statement = "SELECT * FROM t WHERE " + expr
+    raw = con.execute("SELECT json_serialize_sql(?)", [statement]).fetchall()[0][0]
+    tree = json.loads(raw)
     if tree.get("error"):
         message = tree.get("error_message", "cannot parse")
         if "Only SELECT" in message:
