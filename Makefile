@@ -51,7 +51,7 @@ setup-gpu: setup
 # CPU (label agreement), then rows/s end to end for a few batch settings.
 GPU_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
 gpu-check:
-	$(BIN)/python -m marketpulse.gpucheck --bundle $(BUNDLE) --texts $(GPU_TEXTS)
+	$(BIN)/python -m marketpulse.tools.gpucheck --bundle $(BUNDLE) --texts $(GPU_TEXTS)
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu" -q
@@ -68,10 +68,10 @@ fmt: setup
 	$(BIN)/ruff check --fix .
 
 demo: setup
-	$(BIN)/python -m marketpulse.demo $(DEMO_ARGS)
+	$(BIN)/python -m marketpulse.tools.demo $(DEMO_ARGS)
 
 bench: setup
-	$(BIN)/python -m marketpulse.bench $(BENCH_ARGS)
+	$(BIN)/python -m marketpulse.tools.bench $(BENCH_ARGS)
 
 train: setup
 	$(MP) train $(if $(INPUT),--input $(INPUT),--db $(DB) --table $(TABLE)) \

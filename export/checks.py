@@ -9,7 +9,7 @@ Two checks, both against the PyTorch checkpoint on identical token ids:
   macro-F1 on the held-out `test_split.parquet` train recorded. Quantization is allowed
   to move logits; the gate is on decisions.
 
-ONNX graphs run through `marketpulse.runtime.predictor.Predictor`, the same code that
+ONNX graphs run through `marketpulse.inference.predictor.Predictor`, the same code that
 scores tables, so what is checked here is what production runs.
 """
 
@@ -121,7 +121,7 @@ def run_all(
     predictors: dict, reference: TorchReference, texts: list[str], batch_rows: int = 32
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Logits of every predictor and of PyTorch, all from the same padded batches."""
-    from marketpulse.runtime.batching import pad
+    from marketpulse.inference.batching import pad
 
     first = next(iter(predictors.values()))
     encoded = first.encoder.encode(texts)

@@ -1,7 +1,7 @@
 """Make the ONNX graphs of a bundle: the fp32 export, its ORT optimization, int8, fp16.
 
 Every function takes a graph file and writes a new one, so the stage can chain them
-in the order that `marketpulse.export.measure` found fastest on this CPU:
+in the order that `marketpulse.tools.export_measure` found fastest on this CPU:
 
     export (optimum) -> optimize (ORT level) -> split outlier channels -> quantize int8
                                                (dynamic, per-channel)
@@ -152,7 +152,7 @@ def weight_nodes(model: Path) -> list[str]:
     Left in float: the embedding Gathers, the pooler and classifier Gemms (tiny), and the
     two activation x activation MatMuls per layer (Q.K^T, softmax.V), which dynamic quantization would quantize per tensor on
     both sides. On the twitter model quantizing those cost 1-2 points of agreement with
-    PyTorch (measured in `marketpulse.export.measure`) and saved almost no time, since
+    PyTorch (measured in `marketpulse.tools.export_measure`) and saved almost no time, since
     their size grows with sequence length squared and tweets are short.
     """
     import onnx

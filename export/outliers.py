@@ -86,7 +86,7 @@ def channel_ranges(model: Path, calibration: Calibration) -> dict[str, np.ndarra
     import onnx
     import onnxruntime as ort
 
-    from marketpulse.runtime.batching import TextEncoder, pad, plan_batches
+    from marketpulse.inference.batching import TextEncoder, pad, plan_batches
 
     proto = onnx.load(str(model))
     names = [f.ffn2.input[0] for f in _ffns(proto.graph)]

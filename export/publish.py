@@ -28,8 +28,8 @@ def check_and_publish(
 ) -> Bundle:
     """Run every check on the staged bundle; publish it at `out` or raise saying why not."""
     from marketpulse.export.checks import TorchReference, compare, run_all
+    from marketpulse.inference.predictor import Predictor, cuda_provider_available
     from marketpulse.metrics import classification_metrics
-    from marketpulse.runtime.predictor import Predictor, cuda_provider_available
 
     manifest = dict(manifest, valid=False, invalid_reason="export checks have not run yet")
     write_manifest(staging, manifest)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_L
 from marketpulse.export.outliers import Calibration
 
 DEFAULT_MAX_LENGTH = 128
-# From `python -m marketpulse.export.measure /work/artifacts/twitter-full --rows 477`
+# From `python -m marketpulse.tools.export_measure /work/artifacts/twitter-full --rows 477`
 # (MiniLM-L6 fine-tuned on tweets, 2 shared AVX512-VNNI cores, ORT_ENABLE_ALL at load):
 # fp32 none/O1/O2 within noise (98-105 rows/s, parity <= 5e-6); O3's gelu approximation
 # breaks parity (7.4e-3). int8 is ~2x fp32 at 99.58% agreement for none/O1/O2; O1 then
@@ -269,5 +269,5 @@ def base_manifest(
         "optimization": {"level": cfg.optimization, "int8_order": cfg.int8_order},
         "libraries": library_versions(),
         "marketpulse_version": __version__,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -598,7 +598,7 @@ def trends(
     """
     from pathlib import Path
 
-    from marketpulse.runtime.trends import TrendsConfig, format_report, run, summary
+    from marketpulse.trends.stage import TrendsConfig, format_report, run, summary
 
     cfg = TrendsConfig(
         db=Path(db),

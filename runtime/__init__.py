@@ -12,7 +12,7 @@ __all__ = ["Predictor", "RunStats", "ScoreConfig", "score"]
 
 def __getattr__(name: str):
     if name == "Predictor":
-        from marketpulse.runtime.predictor import Predictor
+        from marketpulse.inference.predictor import Predictor
 
         return Predictor
     if name in ("RunStats", "ScoreConfig", "score"):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.results_schema import probability_columns
 from marketpulse.runtime import results
 from marketpulse.runtime.scoring import RunStats, ScoreConfig, check_config, tracked_run
 from marketpulse.runtime.source import (
@@ -129,7 +130,7 @@ def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, st
     The driver may have no GPU, so for CUDA the graph is chosen by the same preference
     the Predictor uses, without probing for a CUDA provider here; the actors do that.
     """
-    from marketpulse.runtime.predictor import CUDA, VARIANT_PREFERENCE, choose_placement
+    from marketpulse.inference.predictor import CUDA, VARIANT_PREFERENCE, choose_placement
 
     if device == "cpu":
         placement = choose_placement(bundle, "cpu", variant)
@@ -162,7 +163,7 @@ class Scorer:
         threads: int,
         batch_tokens: int,
     ):
-        from marketpulse.runtime.predictor import Predictor
+        from marketpulse.inference.predictor import Predictor
         from marketpulse.runtime.scoring import set_tokenizer_threads
 
         bundle = load_bundle(Path(bundle_dir))
@@ -175,7 +176,7 @@ class Scorer:
         set_tokenizer_threads(self.predictor.device)  # as in the local engine
         self.version = model_version
         self.batch_tokens = batch_tokens
-        self.p_cols = results.probability_columns(bundle.labels)
+        self.p_cols = probability_columns(bundle.labels)
 
     def __call__(self, batch):
         import numpy as np

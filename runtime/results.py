@@ -1,18 +1,11 @@
-"""The results tables in DuckDB: what a scoring run writes, so it can be audited in SQL.
-
-    scores(id <source id type>, model_version, label, confidence, p_<label>..., reason,
-           truncated, scored_at)   -- (id, model_version) unique, see below
-    models(model_version PRIMARY KEY, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
-    runs(run_id, model_version, source, rows_scored, rows_skipped, rows_failed, started_at,
-         finished_at, rows_per_s, status, ...)
+"""Writing the results tables (schema: `marketpulse.results_schema`) in DuckDB.
 
 (id, model_version) is unique by construction, not by a PRIMARY KEY: the source ids
 are checked unique, only rows without a score for this version are read (anti-join),
 and one process writes at a time. DuckDB keeps a key's index in memory, ~50 bytes a
 row, which would make a 10-million-row job's memory grow with the table.
 
-`label` is NULL exactly when `reason` is set ('null_text', 'empty_text' or
-'inference_error'). A chunk of scores and the run's counters are written in one
+A chunk of scores and the run's counters are written in one
 transaction (`write_chunk`), so after a crash the table holds whole chunks only and
 the run row agrees with it. A run row still 'running' when a new run opens the same
 database belonged to a dead process (DuckDB lets one process write a database file at
@@ -22,55 +15,23 @@ a time) and is marked 'interrupted'.
 from __future__ import annotations
 
 import json
-import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from marketpulse.bundle import Bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.results_schema import (
+    MODEL_COLUMNS,
+    MODELS,
+    RUN_COLUMNS,
+    RUNS,
+    SCORE_COLUMNS,
+    probability_columns,
+)
 from marketpulse.sql import quote_ident, quote_table
-
-RUNS = "runs"
-MODELS = "models"
-SCORE_COLUMNS = ("id", "model_version", "label", "confidence", "reason", "truncated", "scored_at")
-RUN_COLUMNS = {
-    "run_id": "VARCHAR PRIMARY KEY",
-    "model_version": "VARCHAR",
-    "source": "VARCHAR",
-    "rows_scored": "BIGINT",
-    "rows_skipped": "BIGINT",
-    "rows_failed": "BIGINT",
-    "started_at": "TIMESTAMP",
-    "finished_at": "TIMESTAMP",
-    "rows_per_s": "DOUBLE",
-    "status": "VARCHAR",
-    "rows_truncated": "BIGINT",
-    "results_table": "VARCHAR",
-    "source_db": "VARCHAR",
-    "filter": "VARCHAR",
-    "row_limit": "BIGINT",
-    "provider": "VARCHAR",
-    "variant": "VARCHAR",
-    "error": "VARCHAR",
-    "engine": "VARCHAR",
-}
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def probability_column(label: str) -> str:
-    return "p_" + re.sub(r"[^a-z0-9_]", "_", label.lower())
-
-
-def probability_columns(labels: list[str]) -> list[str]:
-    cols = [probability_column(label) for label in labels]
-    if len(set(cols)) != len(cols):
-        raise MarketpulseError(
-            f"labels {labels} collide once sanitized to column names ({cols}); "
-            "re-train with distinct label names"
-        )
-    return cols
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _columns(con, table_sql: str) -> dict[str, str] | None:
@@ -120,8 +81,8 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
             if col not in have:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} DOUBLE")
     con.execute(
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(MODELS)} (model_version VARCHAR PRIMARY KEY, "
-        "labels VARCHAR[], manifest VARCHAR, registered_at TIMESTAMP)"
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(MODELS)} "
+        f"({', '.join(f'{quote_ident(k)} {v}' for k, v in MODEL_COLUMNS.items())})"
     )
     cols = ", ".join(f"{quote_ident(k)} {v}" for k, v in RUN_COLUMNS.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(RUNS)} ({cols})")

@@ -38,8 +38,8 @@ import numpy as np
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.inference.predictor import Predictor, available_cores
 from marketpulse.runtime import results
-from marketpulse.runtime.predictor import Predictor, available_cores
 from marketpulse.runtime.progress import Progress, format_duration
 from marketpulse.runtime.source import (
     check_source,

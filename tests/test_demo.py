@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import AMAZON, require_shared
 
-from marketpulse import demo
+from marketpulse.tools import demo
 
 
 def test_demo_help_is_instant_and_says_something():

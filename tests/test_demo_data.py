@@ -12,7 +12,8 @@ import pytest
 from conftest import AMAZON, require_shared
 from trends_fixtures import create_results_tables, insert_scores, register_model
 
-from marketpulse.demo_data import (
+from marketpulse.errors import MarketpulseError
+from marketpulse.tools.demo_data import (
     INNER,
     MEMBER,
     SDIST,
@@ -22,8 +23,7 @@ from marketpulse.demo_data import (
     read_snippets,
     split_snippets,
 )
-from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.trends import TrendsConfig, run
+from marketpulse.trends.stage import TrendsConfig, run
 
 
 @pytest.fixture(scope="module")

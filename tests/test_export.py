@@ -103,7 +103,7 @@ def test_fp32_graph_matches_pytorch_on_fresh_texts(tiny_bundle, tiny_checkpoint)
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from marketpulse.runtime.predictor import Predictor
+    from marketpulse.inference.predictor import Predictor
 
     texts = ["Tesla recalls 2 million cars", "Gold at record high; miners rally hard today"]
     predictor = Predictor(tiny_bundle, variant="fp32")

@@ -13,7 +13,7 @@ from marketpulse.export.outliers import (
     channel_ranges,
     split_outlier_channels,
 )
-from marketpulse.runtime.batching import TextEncoder, pad
+from marketpulse.inference.batching import TextEncoder, pad
 
 TEXTS = [
     "Apple shares jump 5% after record iPhone sales",

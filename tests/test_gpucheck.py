@@ -1,4 +1,4 @@
-"""`make gpu-check` (marketpulse.gpucheck): its bookkeeping on CPU, and its CUDA run.
+"""`make gpu-check` (marketpulse.tools.gpucheck): its bookkeeping on CPU, and its CUDA run.
 
 The CUDA run itself needs a GPU (marked `gpu`); on a CPU-only machine the check must
 still finish, recording each run's one-line error instead of crashing.
@@ -11,8 +11,8 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from marketpulse import gpucheck
-from marketpulse.runtime.predictor import cuda_provider_available
+from marketpulse.inference.predictor import cuda_provider_available
+from marketpulse.tools import gpucheck
 
 TEXTS = ["shares soar on record profit", "stock plunges after guidance cut", "flat day"]
 
@@ -47,7 +47,7 @@ def test_agreement_counts_matches_and_duplicates(tmp_path):
 
 
 def _run_check(bundle, tmp_path, rows: int) -> dict:
-    """`python -m marketpulse.gpucheck` on TEXTS; its JSON report."""
+    """`python -m marketpulse.tools.gpucheck` on TEXTS; its JSON report."""
     out = tmp_path / "gpucheck.json"
     args = ["--bundle", str(bundle.path), "--texts", str(_texts_csv(tmp_path / "t.csv"))]
     args += ["--rows", str(rows), "--work", str(tmp_path / "work"), "--out", str(out)]

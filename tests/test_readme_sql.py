@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from trends_fixtures import build_weekly_db
 
-from marketpulse.runtime.trends import TrendsConfig, run
+from marketpulse.trends.stage import TrendsConfig, run
 
 
 def _sql_blocks() -> list[str]:

@@ -8,8 +8,13 @@ from test_runtime_support import spread_bundle
 
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.batching import pad, plan_batches
-from marketpulse.runtime.predictor import CPU, Predictor, choose_placement, cuda_provider_available
+from marketpulse.inference.batching import pad, plan_batches
+from marketpulse.inference.predictor import (
+    CPU,
+    Predictor,
+    choose_placement,
+    cuda_provider_available,
+)
 
 TEXTS = [
     "Shares of $AAPL fell 4% after weak guidance",

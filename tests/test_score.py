@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from test_runtime_support import make_source, spread_bundle
 
 from marketpulse.cli import main
+from marketpulse.inference.predictor import cuda_provider_available
 from marketpulse.runtime import Predictor, ScoreConfig, score
-from marketpulse.runtime.predictor import cuda_provider_available
 
 N = 600
 

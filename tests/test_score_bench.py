@@ -14,7 +14,15 @@ from conftest import TWITTER, require_shared
 def test_bench_measures_all_four_and_writes_json(tiny_checkpoint, tiny_bundle, tmp_path):
     require_shared(TWITTER)
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "marketpulse.bench", "--rows", "96", "--scale-rows", "300,600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "marketpulse.tools.bench",
+        "--rows",
+        "96",
+        "--scale-rows",
+        "300,600",
+    ]
     cmd += ["--only", "abcd"]  # the Ray row is covered by tests/test_ray_engine.py
     cmd += ["--model", str(tiny_checkpoint), "--bundle", str(tiny_bundle.path)]
     cmd += ["--work", str(tmp_path / "work"), "--out", str(out)]

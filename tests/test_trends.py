@@ -10,7 +10,7 @@ import pytest
 from trends_fixtures import build_db, insert_scores, register_model
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.trends import TrendsConfig, format_report, run
+from marketpulse.trends.stage import TrendsConfig, format_report, run
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def test_by_column_that_clashes_with_a_trend_column(db, column):
 
 def test_runtime_import_does_not_load_matplotlib():
     code = (
-        "import sys, marketpulse.runtime.trends, marketpulse.runtime.plot; "
+        "import sys, marketpulse.trends.stage, marketpulse.trends.plot; "
         "print('matplotlib' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -54,7 +54,7 @@ def _predict_checkpoint(model_dir: Path, texts, max_length, batch_size, device):
 
 def _predict_bundle(bundle_dir: Path, texts, variant, device):
     from marketpulse.bundle import load_bundle
-    from marketpulse.runtime.predictor import Predictor
+    from marketpulse.inference.predictor import Predictor
 
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle, variant=variant, device=device)

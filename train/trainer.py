@@ -16,7 +16,7 @@ import platform
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +264,7 @@ def run(cfg: TrainConfig) -> Path:
 
     metrics = {
         "format": 1,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels,
         "max_length": cfg.max_length,
         "test": test,

@@ -35,7 +35,7 @@ import numpy as np
 
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.batching import (
+from marketpulse.inference.batching import (
     DEFAULT_MAX_BATCH_ROWS,
     Encoded,
     TextEncoder,

@@ -1,6 +1,6 @@
 """`make bench`: marketpulse score against the usual ways of running the same model.
 
-    python -m marketpulse.bench [--rows 3000] [--scale-rows 100000,1000000]
+    python -m marketpulse.tools.bench [--rows 3000] [--scale-rows 100000,1000000]
                                 [--model artifacts/model --bundle artifacts/bundle]
 
 On the same rows of real text (../shared/data twitter texts, replicated; else the demo's
@@ -137,7 +137,7 @@ def run_process(cmd: list[str], stdout: Path) -> tuple[float, float]:
 
 def run_baseline(alt: str, db: Path, table: str, model: Path, bundle: Path, work: Path) -> dict:
     out = work / f"{alt}.json"
-    cmd = [sys.executable, "-m", "marketpulse.bench", "--worker", alt, "--db", str(db)]
+    cmd = [sys.executable, "-m", "marketpulse.tools.bench", "--worker", alt, "--db", str(db)]
     cmd += ["--table", table, "--model", str(model), "--bundle", str(bundle), "--out", str(out)]
     wall, rss = run_process(cmd, work / f"{alt}.log")
     result = json.loads(out.read_text())
@@ -296,7 +296,7 @@ def int8_matmul_rate(k: int, n: int, threads: int, m: int = 2048, seconds: float
 
 def mean_tokens(bundle: Path, texts: list[str]) -> float:
     from marketpulse.bundle import load_bundle
-    from marketpulse.runtime.batching import TextEncoder
+    from marketpulse.inference.batching import TextEncoder
 
     b = load_bundle(bundle)
     return float(TextEncoder(b.tokenizer_path, b.max_length).encode(texts).lengths.mean())
@@ -378,7 +378,7 @@ def _check(checks: dict, name: str, value: float, target: str, ok: bool, fmt: st
 def main(rows, scale_rows, model, bundle, only, threads, work, out, worker, db, table):  # noqa: C901
     """Benchmark marketpulse score against transformers, optimum and PyTorch bf16.
 
-    Example: python -m marketpulse.bench --rows 3000 --scale-rows 100000,1000000
+    Example: python -m marketpulse.tools.bench --rows 3000 --scale-rows 100000,1000000
     """
     try:
         if worker:
@@ -393,7 +393,7 @@ worker_main = worker
 
 def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
     from marketpulse.bundle import load_bundle
-    from marketpulse.runtime.predictor import available_cores
+    from marketpulse.inference.predictor import available_cores
 
     model_dir, bundle_dir = resolve_model(model, bundle)
     load_bundle(bundle_dir)  # refuse a corrupt bundle before minutes of work

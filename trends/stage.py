@@ -2,7 +2,7 @@
 
 `run(TrendsConfig)` reads the results tables the scorer writes (`scores`, `models`),
 creates or refreshes the `latest_<scores>` view and the `trend_<source>_<grain>` table
-(see `trends_sql`), and returns a `TrendsResult` with the latest bucket per group and
+(see `queries.py`), and returns a `TrendsResult` with the latest bucket per group and
 the flagged shifts. It needs duckdb and pyarrow only; matplotlib is imported by
 `plot.py` when a picture is asked for.
 """
@@ -17,8 +17,9 @@ from typing import Any
 import duckdb
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime import trends_sql
+from marketpulse.results_schema import MODELS, SCORES, sanitize
 from marketpulse.sql import quote_ident, quote_table, require_columns, table_columns
+from marketpulse.trends import queries
 
 POSITIVE_DEFAULTS = ("positive", "bullish")
 NEGATIVE_DEFAULTS = ("negative", "bearish")
@@ -36,7 +37,7 @@ class TrendsConfig:
     window: int = 4
     positive: str | None = None
     negative: str | None = None
-    scores_table: str = "scores"
+    scores_table: str = SCORES
     z_threshold: float = 2.0
     trend_table: str | None = None  # default trend_<source>_<grain>
     csv: Path | None = None
@@ -76,8 +77,8 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         ) from exc
     try:
         _check_source(con, cfg)
-        view = trends_sql.latest_view_name(cfg.scores_table)
-        con.execute(trends_sql.latest_scores_sql(view, cfg.scores_table))
+        view = queries.latest_view_name(cfg.scores_table)
+        con.execute(queries.latest_scores_sql(view, cfg.scores_table))
         labels = _model_labels(con, cfg, view)
         positive = _pick_label(cfg.positive, POSITIVE_DEFAULTS, labels, "--positive")
         negative = _pick_label(cfg.negative, NEGATIVE_DEFAULTS, labels, "--negative")
@@ -86,8 +87,8 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 f"--positive and --negative are both {positive!r}; pass two different labels"
             )
         _check_collisions(cfg.by, labels)
-        table = cfg.trend_table or trends_sql.trend_table_name(cfg.source, cfg.grain)
-        sql = trends_sql.trend_table_sql(
+        table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
+        sql = queries.trend_table_sql(
             table=table,
             view=view,
             source=cfg.source,
@@ -111,16 +112,16 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     finally:
         con.close()
     if cfg.plot:
-        from marketpulse.runtime.plot import plot_trends
+        from marketpulse.trends.plot import plot_trends
 
         outputs["plot"] = plot_trends(result, cfg.plot, _all_rows(cfg.db, table))
     return TrendsResult(**{**result.__dict__, "outputs": outputs})
 
 
 def _check_config(cfg: TrendsConfig) -> None:
-    if cfg.grain not in trends_sql.GRAINS:
+    if cfg.grain not in queries.GRAINS:
         raise MarketpulseError(
-            f"grain {cfg.grain!r} is not supported; pass --grain {'|'.join(trends_sql.GRAINS)}"
+            f"grain {cfg.grain!r} is not supported; pass --grain {'|'.join(queries.GRAINS)}"
         )
     if cfg.window < 2:
         raise MarketpulseError(f"window {cfg.window} is too short; pass --window 2 or more")
@@ -146,7 +147,7 @@ def _check_source(con, cfg: TrendsConfig) -> None:
             f"column {cfg.time_col!r} is {have[cfg.time_col]}, not a date or timestamp; "
             "pass --time-col with a DATE or TIMESTAMP column"
         )
-    for table, hint in ((cfg.scores_table, "--scores-table"), ("models", None)):
+    for table, hint in ((cfg.scores_table, "--scores-table"), (MODELS, None)):
         try:
             table_columns(con, table)
         except MarketpulseError as exc:
@@ -170,7 +171,7 @@ def _model_labels(con, cfg: TrendsConfig, view: str) -> list[str]:
         SELECT ls.model_version, any_value(m.labels), count(*)
         FROM {quote_table(cfg.source)} AS src
         JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)}
-        LEFT JOIN models AS m ON m.model_version = ls.model_version
+        LEFT JOIN {quote_ident(MODELS)} AS m ON m.model_version = ls.model_version
         GROUP BY ls.model_version
         ORDER BY max(m.registered_at) DESC NULLS LAST
         """
@@ -209,9 +210,9 @@ def _pick_label(given: str | None, defaults: tuple[str, ...], labels: list[str],
 
 
 def _check_collisions(by: tuple[str, ...], labels: list[str]) -> None:
-    made = {*trends_sql.TREND_COLUMNS, "label"}  # label: the joined score column
+    made = {*queries.TREND_COLUMNS, "label"}  # label: the joined score column
     for lab in labels:
-        made |= {"n_" + trends_sql.sanitize(lab), "share_" + trends_sql.sanitize(lab)}
+        made |= {"n_" + sanitize(lab), "share_" + sanitize(lab)}
     for col in by:
         if col in made or col.startswith("_"):
             raise MarketpulseError(

@@ -1,6 +1,6 @@
 """Measure which ORT optimization level and int8 order is fastest at equal accuracy.
 
-    python -m marketpulse.export.measure CHECKPOINT [--rows 256] [--threads 2] [--repeats 3]
+    python -m marketpulse.tools.export_measure CHECKPOINT [--rows 256] [--threads 2] [--repeats 3]
 
 Exports CHECKPOINT once, then builds the fp32 graph at each offline level and the int8
 graph for each (level, order), runs every graph in a plain ONNX Runtime loop (the
@@ -36,7 +36,7 @@ def _session(path: Path, threads: int):
 
 
 def _batches(tokenizer_path: Path, texts: list[str], max_length: int):
-    from marketpulse.runtime.batching import TextEncoder, pad
+    from marketpulse.inference.batching import TextEncoder, pad
 
     encoder = TextEncoder(tokenizer_path, max_length)
     encoded = encoder.encode(texts)

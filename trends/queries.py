@@ -8,13 +8,12 @@ Two objects are built, both queryable from any SQL client:
   bucket, every bucket from the first to the last one present, empty ones included.
 
 This module only builds SQL text. Identifiers pass through `marketpulse.sql`; label
-values travel as bound parameters, in the order `trend_params` returns them.
+values travel as bound parameters.
 """
 
 from __future__ import annotations
 
-import re
-
+from marketpulse.results_schema import MODELS, sanitize
 from marketpulse.sql import quote_ident, quote_table
 
 GRAINS = ("day", "week", "month")
@@ -38,11 +37,6 @@ TREND_COLUMNS = (
 INTERVAL_Z = 1.96
 
 
-def sanitize(name: str) -> str:
-    """Lower-case a label or table name into [a-z0-9_] (as the scores table names p_<label>)."""
-    return re.sub(r"[^a-z0-9_]", "_", name.lower())
-
-
 def latest_view_name(scores_table: str) -> str:
     return "latest_" + sanitize(scores_table.split(".")[-1])
 
@@ -51,7 +45,7 @@ def trend_table_name(source: str, grain: str) -> str:
     return f"trend_{sanitize(source.split('.')[-1])}_{grain}"
 
 
-def latest_scores_sql(view: str, scores_table: str, models_table: str = "models") -> str:
+def latest_scores_sql(view: str, scores_table: str, models_table: str = MODELS) -> str:
     """The newest model version's score per id; ties broken by scored_at, then version."""
     return f"""
 CREATE OR REPLACE VIEW {quote_ident(view)} AS

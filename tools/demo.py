@@ -1,13 +1,13 @@
 """`make demo`: the whole product on real text, from a fresh machine, in one command.
 
-    python -m marketpulse.demo [--fast] [--out artifacts/demo]
+    python -m marketpulse.tools.demo [--fast] [--out artifacts/demo]
 
 1. obtain 3,708 human-rated Amazon review snippets from PyPI (vaderSentiment 3.3.2 sdist)
 2. train a classifier on a labeled part of them (marketpulse.train)
 3. export it to a checked ONNX bundle (marketpulse.export)
 4. deal the other snippets out to a SIMULATED market stream: brands x weeks, with one
    brand's sentiment shock planted in a known week
-5. score the stream (marketpulse.runtime) and build trends (marketpulse.runtime.trends)
+5. score the stream (marketpulse.runtime) and build trends (marketpulse.trends.stage)
 6. print what was found, and whether the planted shock was flagged, brand and week
 
 The stages are called through their public entry points with config dataclasses, exactly
@@ -26,7 +26,8 @@ from pathlib import Path
 import click
 import duckdb
 
-from marketpulse.demo_data import (
+from marketpulse.errors import MarketpulseError
+from marketpulse.tools.demo_data import (
     LABELS,
     StreamSpec,
     build_stream,
@@ -34,7 +35,6 @@ from marketpulse.demo_data import (
     read_snippets,
     split_snippets,
 )
-from marketpulse.errors import MarketpulseError
 
 SOURCE, TRUTH, LABELED = "posts", "posts_truth", "reviews_labeled"
 
@@ -91,10 +91,10 @@ def run(cfg: DemoConfig) -> DemoResult:
     from marketpulse.export import ExportConfig
     from marketpulse.export import run as export
     from marketpulse.runtime import ScoreConfig, score
-    from marketpulse.runtime.trends import TrendsConfig, format_report
-    from marketpulse.runtime.trends import run as trends
     from marketpulse.train import DataSource, TrainConfig
     from marketpulse.train import run as train
+    from marketpulse.trends.stage import TrendsConfig, format_report
+    from marketpulse.trends.stage import run as trends
 
     p = _Progress(6)
     out = Path(cfg.out)
@@ -301,7 +301,7 @@ def _verdict(demo: DemoResult, cfg: DemoConfig, table: str, csv: Path) -> str:
 def main(out, cache, snippets, fast):
     """Train, export, score and trend real review snippets; show the planted shock is found.
 
-    Example: python -m marketpulse.demo --out artifacts/demo
+    Example: python -m marketpulse.tools.demo --out artifacts/demo
     """
     cfg = (DemoConfig.fast if fast else DemoConfig)(out=out, cache=cache, snippets=snippets)
     try:

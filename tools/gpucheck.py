@@ -1,6 +1,6 @@
 """`make gpu-check`: prove and time the CUDA path on a machine with an NVIDIA GPU.
 
-    python -m marketpulse.gpucheck --bundle BUNDLE --texts texts.csv [--rows 300000]
+    python -m marketpulse.tools.gpucheck --bundle BUNDLE --texts texts.csv [--rows 300000]
 
 texts.csv has a `text` column and, optionally, a `reference_label` column (e.g. the
 PyTorch model's predictions) to measure agreement against; without it the reference is
@@ -89,7 +89,7 @@ def _build_db(db: Path, texts: list[str], rows: int) -> None:
 
 def _stage_rates(bundle: Path, texts: list[str]) -> dict:
     """Tokenizer alone and ONNX Runtime alone (pre-tokenized), rows/s, on CUDA."""
-    from marketpulse.runtime.predictor import Predictor
+    from marketpulse.inference.predictor import Predictor
 
     predictor = Predictor(bundle, device="cuda")
     sample = (texts * (-(-50_000 // len(texts))))[:50_000]
@@ -108,7 +108,7 @@ def _stage_rates(bundle: Path, texts: list[str]) -> dict:
 def _fp32_labels(bundle: Path, texts: list[str]) -> list[str] | None:
     """The bundle's fp32 graph on the CPU: the reference export proved equal to PyTorch."""
     from marketpulse.bundle import load_bundle
-    from marketpulse.runtime.predictor import Predictor
+    from marketpulse.inference.predictor import Predictor
 
     if "fp32" not in load_bundle(bundle).variants:
         return None

@@ -1,0 +1,70 @@
+"""The results tables: what the runtime writes and trends (and any SQL client) reads.
+
+    <scores>(id <source id type>, model_version, label, confidence, p_<label>..., reason,
+             truncated, scored_at)     -- default name `scores` (--results-table)
+    models(model_version, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
+    runs(run_id, model_version, source, rows_scored, ... status, engine, error)
+
+`label` is NULL exactly when `reason` says why the row was not scored ('null_text' or
+'empty_text'). A label's probability column is `probability_column(label)`. The runtime
+(`marketpulse.runtime.results`) creates and writes these tables; trends reads them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from marketpulse.errors import MarketpulseError
+
+SCORES = "scores"
+RUNS = "runs"
+MODELS = "models"
+SCORE_COLUMNS = ("id", "model_version", "label", "confidence", "reason", "truncated", "scored_at")
+REASONS = ("null_text", "empty_text")
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+RUN_COLUMNS = {
+    "run_id": "VARCHAR PRIMARY KEY",
+    "model_version": "VARCHAR",
+    "source": "VARCHAR",
+    "rows_scored": "BIGINT",
+    "rows_skipped": "BIGINT",
+    "rows_failed": "BIGINT",
+    "started_at": "TIMESTAMP",
+    "finished_at": "TIMESTAMP",
+    "rows_per_s": "DOUBLE",
+    "status": "VARCHAR",
+    "rows_truncated": "BIGINT",
+    "results_table": "VARCHAR",
+    "source_db": "VARCHAR",
+    "filter": "VARCHAR",
+    "row_limit": "BIGINT",
+    "provider": "VARCHAR",
+    "variant": "VARCHAR",
+    "error": "VARCHAR",
+    "engine": "VARCHAR",
+}
+MODEL_COLUMNS = {
+    "model_version": "VARCHAR PRIMARY KEY",
+    "labels": "VARCHAR[]",
+    "manifest": "VARCHAR",
+    "registered_at": "TIMESTAMP",
+}
+
+
+def sanitize(name: str) -> str:
+    """Lower-case a label or table name into [a-z0-9_], as column and table names use it."""
+    return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def probability_column(label: str) -> str:
+    return "p_" + sanitize(label)
+
+
+def probability_columns(labels: list[str]) -> list[str]:
+    cols = [probability_column(label) for label in labels]
+    if len(set(cols)) != len(cols):
+        raise MarketpulseError(
+            f"labels {labels} collide once sanitized to column names ({cols}); "
+            "re-train with distinct label names"
+        )
+    return cols
