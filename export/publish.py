@@ -5,7 +5,8 @@ The gate:
   (a wrong export is never "an acceptable drop").
 - every other variant that can run here: top-1 agreement with PyTorch >= min_agreement
   and macro-F1 no more than max_f1_drop below PyTorch's, unless allow_accuracy_drop.
-- fp16 needs the CUDA provider; without it the check is recorded as skipped.
+- a variant made for CUDA (fp16) is gated only where the CUDA provider exists; without
+  it the check is recorded as skipped, with its agreement on the CPU provider beside it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from marketpulse import variants as registry
 from marketpulse.bundle import Bundle, load_bundle, write_manifest
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckTexts
-from marketpulse.export.stage import log
+from marketpulse.export.log import log
 
-CPU_FP16 = "fp16 on CPU"
+
+def on_cpu(variant: str) -> str:
+    """The check's name for a CUDA variant run on the CPU provider (no CUDA here)."""
+    return f"{variant} on CPU"
 
 
 def check_and_publish(
@@ -37,19 +42,22 @@ def check_and_publish(
 
     labels = staged.labels
     cuda = cuda_provider_available()
+    devices = {v: registry.check_device(v) for v in staged.variants}
     predictors = {
-        v: Predictor(staged, variant=v, device="cuda" if v == "fp16" else "cpu")
-        for v in staged.variants
-        if v != "fp16" or cuda
+        v: Predictor(staged, variant=v, device=device)
+        for v, device in devices.items()
+        if device != "cuda" or cuda
     }
-    cpu_fp16_error = None
-    if "fp16" in staged.variants and not cuda:
-        # Not the provider fp16 is made for, but it runs the same graph and shows the
-        # float16 conversion kept the model's decisions; recorded, not gated.
+    on_cpu_errors: dict[str, str] = {}
+    for v in staged.variants:
+        if v in predictors:
+            continue
+        # Not the provider a CUDA graph is made for, but the CPU runs the same graph and
+        # shows the conversion kept the model's decisions; recorded, not gated.
         try:
-            predictors[CPU_FP16] = Predictor(staged, variant="fp16", device="cpu")
+            predictors[on_cpu(v)] = Predictor(staged, variant=v, device="cpu")
         except MarketpulseError as exc:
-            cpu_fp16_error = str(exc)
+            on_cpu_errors[v] = str(exc)
     log(f"checking {', '.join(predictors)} against PyTorch on {texts.source}")
     onnx_logits, torch_logits = run_all(predictors, TorchReference(checkpoint), texts.texts)
     del predictors  # release the sessions before the files move
@@ -64,17 +72,17 @@ def check_and_publish(
     for variant in staged.variants:
         if variant not in onnx_logits:
             result = {"skipped": "no CUDA provider"}
-            if CPU_FP16 in onnx_logits:
+            if on_cpu(variant) in onnx_logits:
                 result["cpu_provider"] = compare(
-                    onnx_logits[CPU_FP16], torch_logits, labels, texts.labels
+                    onnx_logits[on_cpu(variant)], torch_logits, labels, texts.labels
                 )
-            elif cpu_fp16_error:
-                result["cpu_provider"] = {"error": cpu_fp16_error}
+            elif variant in on_cpu_errors:
+                result["cpu_provider"] = {"error": on_cpu_errors[variant]}
             checks["variants"][variant] = result
             continue
         result = compare(onnx_logits[variant], torch_logits, labels, texts.labels)
         checks["variants"][variant] = result
-        if variant == "fp32":
+        if variant == registry.REFERENCE:
             result["parity_tolerance"] = cfg.parity_tolerance
             if result["max_abs_logit_diff"] > cfg.parity_tolerance:
                 failures.append(

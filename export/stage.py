@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,11 +21,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from marketpulse.bundle import MANIFEST, TOKENIZER, VARIANTS, Bundle, variant_file
+from marketpulse import variants as registry
+from marketpulse.bundle import MANIFEST, TOKENIZER, Bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.export.builders import Built, Sources, builder_for
 from marketpulse.export.checks import load_check_texts
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
+from marketpulse.export.log import log
 from marketpulse.export.outliers import Calibration
+from marketpulse.export.publish import check_and_publish
 
 DEFAULT_MAX_LENGTH = 128
 # From `python -m marketpulse.tools.export_measure /work/artifacts/twitter-full --rows 477`
@@ -49,16 +52,11 @@ LIBRARIES = (
 )
 
 
-def log(message: str) -> None:
-    """Progress for people: stderr, so --json output on stdout stays clean."""
-    print(f"export: {message}", file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
 class ExportConfig:
     model: Path
     out: Path
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = registry.NAMES
     min_agreement: float = 0.99
     max_f1_drop: float = 0.01
     allow_accuracy_drop: bool = False
@@ -70,15 +68,7 @@ class ExportConfig:
     check_rows: int | None = None  # cap on test-split rows checked; None: all
 
     def __post_init__(self):
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise MarketpulseError(
-                f"unknown variants {unknown}; pass --variants as a comma list of {', '.join(VARIANTS)}"
-            )
-        if "fp32" not in self.variants:
-            raise MarketpulseError(
-                "--variants must include fp32: it is the reference graph parity is proven on"
-            )
+        object.__setattr__(self, "variants", registry.parse(self.variants))
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise MarketpulseError(
                 f"unknown --optimization {self.optimization!r}; pass one of {', '.join(OPTIMIZATION_LEVELS)}"
@@ -106,11 +96,9 @@ def run(cfg: ExportConfig) -> Bundle:
         with tempfile.TemporaryDirectory(prefix="marketpulse-export-") as work:
             calibration = Calibration(staging / TOKENIZER, max_length, texts.texts)
             graphs = build_graphs(checkpoint, Path(work), cfg, calibration)
-            for variant, path in graphs.items():
-                shutil.move(path, staging / variant_file(variant))
+            for variant, built in graphs.items():
+                shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, checkpoint, labels, info, max_length, graphs)
-        from marketpulse.export.publish import check_and_publish
-
         return check_and_publish(cfg, checkpoint, texts, staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,7 +106,8 @@ def run(cfg: ExportConfig) -> Bundle:
 
 def build_graphs(
     checkpoint: Path, work: Path, cfg: ExportConfig, calibration: Calibration
-) -> dict[str, Path]:
+) -> dict[str, Built]:
+    """The reference graph, then each other variant of `cfg.variants` from its builder."""
     from marketpulse.export import graphs
 
     start = time.perf_counter()
@@ -127,18 +116,13 @@ def build_graphs(
         f"exported {checkpoint} with optimum (opset {cfg.opset}) in {time.perf_counter() - start:.0f}s"
     )
     optimized = graphs.optimize(fp32, cfg.optimization, work / f"fp32-{cfg.optimization}")
-    out = {"fp32": optimized}
-    if "int8" in cfg.variants:
-        isa = graphs.cpu_isa()
-        out["int8"] = graphs.make_int8(
-            fp32, optimized, cfg.optimization, cfg.int8_order, isa, work / "int8", calibration
-        )
-        log(
-            f"int8: dynamic per-channel quantization for {isa}, {cfg.int8_order} at {cfg.optimization}"
-        )
-    if "fp16" in cfg.variants:
-        out["fp16"] = graphs.convert_fp16(fp32, work / "fp16")
-        log("fp16: fused for CUDA, float16 weights, int64 inputs and float32 logits kept")
+    out = {registry.REFERENCE: Built(optimized, {}, "")}
+    for name in cfg.variants:
+        if name == registry.REFERENCE:
+            continue
+        built = builder_for(name)(Sources(fp32, optimized, cfg, work / name, calibration))
+        log(built.log)
+        out[name] = built
     return out
 
 
@@ -230,35 +214,14 @@ def base_manifest(
     labels: list[str],
     info: dict[str, Any],
     max_length: int,
-    graphs: dict[str, Path],
+    graphs: dict[str, Built],
 ) -> dict[str, Any]:
     from marketpulse import __version__
-    from marketpulse.export.graphs import cpu_isa, quantization_config
-    from marketpulse.export.outliers import CALIBRATION_ROWS, OUTLIER_CHANNELS
 
-    variants: dict[str, dict[str, Any]] = {"fp32": {"provider": "any"}}
-    if "int8" in graphs:
-        qc = quantization_config(cpu_isa())
-        variants["int8"] = {
-            "provider": "CPUExecutionProvider",
-            "quantization": {
-                "mode": "dynamic",
-                "cpu_isa": cpu_isa(),
-                "per_channel": qc.per_channel,
-                "reduce_range": qc.reduce_range,
-                "weights": str(qc.weights_dtype.name),
-                "activations": str(qc.activations_dtype.name),
-                "nodes": "MatMul with a weight operand, Attention; embeddings and activation "
-                "x activation MatMuls stay float32, and so do the FFN output projection's "
-                f"{OUTLIER_CHANNELS} widest-ranged input channels per layer (measured on up "
-                f"to {CALIBRATION_ROWS} check texts), split into MatMuls named *_outliers",
-            },
-        }
-    if "fp16" in graphs:
-        variants["fp16"] = {
-            "provider": "CUDAExecutionProvider",
-            "io_types": "int64 in, float32 out",
-        }
+    variants = {
+        name: {"provider": registry.get(name).provider, **built.manifest}
+        for name, built in graphs.items()
+    }
     return {
         "labels": labels,
         "max_length": max_length,

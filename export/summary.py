@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from marketpulse.bundle import VARIANTS
+from marketpulse import variants as registry
 
 
 def _size(path: Path) -> str:
@@ -46,7 +46,7 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
         pytorch = checks.get("pytorch", {}).get("macro_f1")
         reference = f", PyTorch macro-F1 {pytorch:.4f}" if pytorch is not None else ""
         lines.append(f"checked on     {checks['texts']}{reference}")
-    for variant in [v for v in VARIANTS if v in manifest["variants"]]:
+    for variant in [v for v in registry.NAMES if v in manifest["variants"]]:
         meta = manifest["variants"][variant]
         result = checks.get("variants", {}).get(variant)
         detail = _check_line(result) if result else "not checked"

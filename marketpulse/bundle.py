@@ -26,17 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marketpulse import variants as registry
 from marketpulse.errors import MarketpulseError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
-VARIANTS = ("fp32", "int8", "fp16")
-
-
-def variant_file(variant: str) -> str:
-    return f"model.{variant}.onnx"
 
 
 def sha256_file(path: Path) -> str:
@@ -78,7 +74,7 @@ class Bundle:
 
     @property
     def variants(self) -> list[str]:
-        return [v for v in VARIANTS if v in self.manifest["variants"]]
+        return [v for v in registry.NAMES if v in self.manifest["variants"]]
 
     @property
     def tokenizer_path(self) -> Path:
@@ -116,7 +112,7 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
     out["files"] = files
     out["model_version"] = model_version(files, labels)
     for variant, meta in out["variants"].items():
-        meta["file"] = variant_file(variant)
+        meta["file"] = registry.get(variant).file
         if meta["file"] not in files:
             raise MarketpulseError(f"export bug: {meta['file']} missing from {bundle_dir}")
     out.setdefault("valid", True)

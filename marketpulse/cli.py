@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from marketpulse import __version__
+from marketpulse import variants as registry
 from marketpulse.errors import MarketpulseError
 
 
@@ -183,7 +184,7 @@ def train(
 )
 @click.option(
     "--variant",
-    type=click.Choice(["int8", "fp32", "fp16"]),
+    type=click.Choice(registry.NAMES),
     help="Bundle graph to score with [default: the runtime's choice].",
 )
 @_source_options
@@ -239,15 +240,10 @@ def evaluate(
 
 # --- export ---
 def _parse_variants(ctx, param, value):
-    from marketpulse.bundle import VARIANTS
-
-    variants = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise click.BadParameter(f"{unknown or value!r}: use a comma list of {', '.join(VARIANTS)}")
-    if "fp32" not in variants:
-        raise click.BadParameter("must include fp32, the reference graph parity is proven on")
-    return variants
+    try:
+        return registry.parse(tuple(v.strip() for v in value.split(",") if v.strip()))
+    except MarketpulseError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command("export")
@@ -257,10 +253,10 @@ def _parse_variants(ctx, param, value):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory.")
 @click.option(
     "--variants",
-    default="fp32,int8,fp16",
+    default=",".join(registry.NAMES),
     show_default=True,
     callback=_parse_variants,
-    help="Graphs to write: fp32 (reference), int8 (CPU), fp16 (CUDA).",
+    help="Graphs to write: " + ", ".join(v.help for v in registry.VARIANTS.values()) + ".",
 )
 @click.option(
     "--min-agreement",
@@ -405,7 +401,7 @@ def inspect_(bundle_dir, as_json):
     envvar="MARKETPULSE_DEVICE",
     help="cpu runs int8, cuda runs fp16; auto takes CUDA when it works.",
 )
-@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), help="Override the graph.")
+@click.option("--variant", type=click.Choice(registry.NAMES), help="Override the graph.")
 @click.option("--limit", type=click.IntRange(min=0), help="Score at most N pending rows.")
 @click.option(
     "--where",

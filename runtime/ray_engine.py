@@ -130,20 +130,22 @@ def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, st
     The driver may have no GPU, so for CUDA the graph is chosen by the same preference
     the Predictor uses, without probing for a CUDA provider here; the actors do that.
     """
-    from marketpulse.inference.predictor import CUDA, VARIANT_PREFERENCE, choose_placement
+    from marketpulse import variants
+    from marketpulse.inference.predictor import choose_placement
 
     if device == "cpu":
         placement = choose_placement(bundle, "cpu", variant)
         return placement.provider, placement.variant
     if variant is not None:
         bundle.variant_path(variant)  # raises naming the graphs the bundle has
-        return CUDA, variant
-    for candidate in VARIANT_PREFERENCE["cuda"]:
+        return variants.CUDA, variant
+    preferred = variants.preference("cuda")
+    for candidate in preferred:
         if candidate in bundle.variants:
-            return CUDA, candidate
+            return variants.CUDA, candidate
     raise MarketpulseError(
         f"bundle {bundle.path} has no graph for cuda (has: {', '.join(bundle.variants)}); "
-        "re-export with --variants fp16"
+        f"re-export with --variants {preferred[0]}"
     )
 
 

@@ -6,6 +6,7 @@ runs a bundle. It needs onnxruntime, tokenizers and numpy only.
 Placement rules (`choose_placement`):
 - `cpu` runs the int8 graph (fp32 when the bundle has no int8) on the CPU provider.
 - `cuda` runs the fp16 graph (fp32 when absent) on the CUDA provider with IO binding.
+  (The order is `marketpulse.variants.preference(device)`.)
   No working CUDA provider is an error, never a silent CPU run.
 - `auto` takes CUDA when onnxruntime offers a working CUDA provider, else CPU, and
   says which and why in `Predictor.reason`.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marketpulse import variants
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.inference.batching import (
@@ -43,12 +45,9 @@ from marketpulse.inference.batching import (
     plan_batches,
     softmax,
 )
+from marketpulse.variants import CPU, CUDA
 
 DEVICES = ("auto", "cpu", "cuda")
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-# Preferred graph per device, best first.
-VARIANT_PREFERENCE = {"cpu": ("int8", "fp32"), "cuda": ("fp16", "fp32")}
 # ORT fusions left out on the CPU provider. SkipLayerNormalization (residual Add + bias +
 # LayerNorm in one kernel) ran slower than the unfused Add + LayerNormalization: on the
 # fine-tuned MiniLM int8 graph, one thread, 1,000 tweets at 1,024 tokens per batch,
@@ -105,15 +104,16 @@ def choose_placement(bundle: Bundle, device: str = "cpu", variant: str | None = 
         reason = "--device cpu"
     if variant is None:
         have = bundle.variants
-        choices = [v for v in VARIANT_PREFERENCE[device] if v in have]
+        preferred = variants.preference(device)
+        choices = [v for v in preferred if v in have]
         if not choices:
             raise MarketpulseError(
                 f"bundle {bundle.path} has no graph for {device} (has: {', '.join(have)}); "
-                f"re-export with --variants {VARIANT_PREFERENCE[device][0]}"
+                f"re-export with --variants {preferred[0]}"
             )
         variant = choices[0]
-        if variant != VARIANT_PREFERENCE[device][0]:
-            reason += f"; bundle has no {VARIANT_PREFERENCE[device][0]} graph, using {variant}"
+        if variant != preferred[0]:
+            reason += f"; bundle has no {preferred[0]} graph, using {variant}"
     else:
         bundle.variant_path(variant)  # raises naming the variants the bundle has
         reason += f"; --variant {variant}"

@@ -1,0 +1,79 @@
+"""One builder per non-reference variant, named by `marketpulse.variants` (`builder`).
+
+Every builder takes the same `Sources` (the raw and the optimized fp32 graphs, the
+export config, a scratch directory, the calibration texts) and returns the graph it
+made plus what the manifest should say about it. The registry's entry adds the file
+name and the provider; `stage.build_graphs` calls the builders in registry order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from marketpulse import variants as registry
+from marketpulse.export.outliers import CALIBRATION_ROWS, OUTLIER_CHANNELS, Calibration
+
+
+@dataclass(frozen=True)
+class Sources:
+    fp32: Path  # optimum's export, unoptimized
+    optimized: Path  # fp32 at cfg.optimization: the bundle's reference graph
+    cfg: Any  # ExportConfig
+    work: Path  # scratch directory for this variant
+    calibration: Calibration
+
+
+@dataclass(frozen=True)
+class Built:
+    path: Path
+    manifest: dict[str, Any]  # the variant's entry in manifest.json, minus file and provider
+    log: str  # one line for the export log
+
+
+def builder_for(name: str):
+    """The builder function the registry names for variant `name`."""
+    module, function = registry.get(name).builder.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def build_int8(src: Sources) -> Built:
+    from marketpulse.export import graphs
+
+    isa = graphs.cpu_isa()
+    cfg = src.cfg
+    path = graphs.make_int8(
+        src.fp32, src.optimized, cfg.optimization, cfg.int8_order, isa, src.work, src.calibration
+    )
+    qc = graphs.quantization_config(isa)
+    manifest = {
+        "quantization": {
+            "mode": "dynamic",
+            "cpu_isa": isa,
+            "per_channel": qc.per_channel,
+            "reduce_range": qc.reduce_range,
+            "weights": str(qc.weights_dtype.name),
+            "activations": str(qc.activations_dtype.name),
+            "nodes": "MatMul with a weight operand, Attention; embeddings and activation "
+            "x activation MatMuls stay float32, and so do the FFN output projection's "
+            f"{OUTLIER_CHANNELS} widest-ranged input channels per layer (measured on up "
+            f"to {CALIBRATION_ROWS} check texts), split into MatMuls named *_outliers",
+        },
+    }
+    log = (
+        f"int8: dynamic per-channel quantization for {isa}, {cfg.int8_order} at {cfg.optimization}"
+    )
+    return Built(path, manifest, log)
+
+
+def build_fp16(src: Sources) -> Built:
+    from marketpulse.export import graphs
+
+    path = graphs.convert_fp16(src.fp32, src.work)
+    return Built(
+        path,
+        {"io_types": "int64 in, float32 out"},
+        "fp16: fused for CUDA, float16 weights, int64 inputs and float32 logits kept",
+    )
