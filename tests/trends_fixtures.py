@@ -1,13 +1,20 @@
-"""Hand-made scores databases in the runtime's results schema, for the trends tests."""
+"""Scores databases with chosen labels, written by the runtime's own results writer,
+for the trends tests."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
+import pyarrow as pa
+
+from marketpulse.results_schema import MODELS, SCORES, probability_columns
+from marketpulse.runtime import results
 
 LABELS = ["negative", "neutral", "positive"]
+_ARROW_IDS = {"INTEGER": pa.int32(), "BIGINT": pa.int64()}
 
 # (brand, day of January 2024) -> (positive, neutral, negative) counts.
 COUNTS = {
@@ -29,36 +36,60 @@ COUNTS = {
 
 
 def create_results_tables(con, labels=LABELS, id_type="INTEGER") -> None:
-    """The `scores` and `models` tables exactly as the runtime writes them."""
-    probs = ", ".join(f"p_{lab} DOUBLE" for lab in labels)
-    con.execute(
-        f"""
-        CREATE TABLE scores (
-            id {id_type}, model_version VARCHAR, label VARCHAR, confidence DOUBLE, {probs},
-            reason VARCHAR, truncated BOOLEAN, scored_at TIMESTAMP,
-            PRIMARY KEY (id, model_version))
-        """
-    )
-    con.execute(
-        "CREATE TABLE models (model_version VARCHAR PRIMARY KEY, labels VARCHAR[], "
-        "manifest VARCHAR, registered_at TIMESTAMP)"
-    )
+    """The `scores`, `models` and `runs` tables, made by the runtime's own writer."""
+    results.prepare(con, SCORES, id_type, labels)
 
 
 def register_model(con, version: str, registered_at: datetime, labels=LABELS) -> None:
-    con.execute("INSERT INTO models VALUES (?, ?, '{}', ?)", [version, labels, registered_at])
+    """Register `version` as the runtime does, at a chosen time (trends order by it)."""
+    model = SimpleNamespace(version=version, labels=list(labels), manifest={"labels": labels})
+    results.register_model(con, model)
+    con.execute(
+        f"UPDATE {MODELS} SET registered_at = ? WHERE model_version = ?", [registered_at, version]
+    )
 
 
 def insert_scores(con, version: str, rows: list[tuple], labels=LABELS) -> None:
-    """rows: (id, label or None); probabilities put 0.9 on the label."""
-    out = []
-    for id_, label in rows:
-        probs = [0.9 if lab == label else 0.1 / (len(labels) - 1) for lab in labels]
-        reason = None if label else "empty_text"
-        conf = 0.9 if label else None
-        out.append([id_, version, label, conf, *probs, reason, False, datetime(2024, 2, 1)])
-    marks = ", ".join("?" * (len(labels) + 7))
-    con.executemany(f"INSERT INTO scores VALUES ({marks})", out)
+    """rows: (id, label or None); probabilities put 0.9 on the label. Written in one chunk
+    through the runtime's `write_chunk`, under a run row as a scoring run would."""
+    id_type = con.execute(
+        f"SELECT data_type FROM information_schema.columns WHERE table_name = '{SCORES}' AND column_name = 'id'"
+    ).fetchone()[0]
+    run_id = f"fixture-{version}-{len(rows)}"
+    results.start_run(
+        con,
+        {
+            "run_id": run_id,
+            "model_version": version,
+            "status": "running",
+            "rows_scored": 0,
+            "rows_skipped": 0,
+            "rows_failed": 0,
+            "rows_truncated": 0,
+        },
+    )
+    ids = [r[0] for r in rows]
+    columns = {
+        "id": pa.array(ids, pa.int64()).cast(_ARROW_IDS[id_type]),
+        "model_version": pa.array([version] * len(rows), pa.string()),
+        "label": pa.array([label for _, label in rows], pa.string()),
+        "confidence": pa.array([0.9 if label else None for _, label in rows], pa.float64()),
+        "reason": pa.array([None if label else "empty_text" for _, label in rows], pa.string()),
+        "truncated": pa.array([False] * len(rows)),
+        "scored_at": pa.array([datetime(2024, 2, 1)] * len(rows), pa.timestamp("us")),
+    }
+    for lab, col in zip(labels, probability_columns(labels), strict=True):
+        columns[col] = pa.array(
+            [
+                (0.9 if lab == label else 0.1 / (len(labels) - 1)) if label else None
+                for _, label in rows
+            ],
+            pa.float64(),
+        )
+    scored = sum(1 for _, label in rows if label)
+    counts = {"scored": scored, "skipped": len(rows) - scored, "failed": 0, "truncated": 0}
+    results.write_chunk(con, SCORES, pa.table(columns), run_id, counts)
+    results.finish_run(con, run_id, "completed", 0.0)
 
 
 def build_db(path: Path, counts=COUNTS) -> Path:

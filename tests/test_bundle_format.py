@@ -1,0 +1,47 @@
+"""A bundle written in another format version is refused before anything is written."""
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from marketpulse.bundle import FORMAT_VERSION, MANIFEST, load_bundle
+from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
+
+
+def _with_format(bundle_dir: Path, tmp_path: Path, version) -> Path:
+    out = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["format_version"] = version
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, FORMAT_VERSION - 1, None])
+def test_load_bundle_names_both_formats_and_the_fix(tiny_bundle, tmp_path, version):
+    bundle = _with_format(tiny_bundle.path, tmp_path, version)
+    with pytest.raises(MarketpulseError) as err:
+        load_bundle(bundle)
+    message = str(err.value)
+    assert f"format {version!r}" in message and f"reads format {FORMAT_VERSION}" in message
+    assert "re-export" in message and "\n" not in message
+
+
+def test_score_refuses_it_and_writes_nothing(tiny_bundle, tmp_path):
+    bundle = _with_format(tiny_bundle.path, tmp_path, FORMAT_VERSION + 1)
+    db = tmp_path / "market.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts AS SELECT 1 AS id, 'stocks rally' AS text")
+    args = ["score", "--db", db, "--table", "posts", "--id-col", "id", "--text-col", "text"]
+    result = CliRunner().invoke(main, [*map(str, args), "--bundle", str(bundle)])
+    assert result.exit_code == 1
+    assert f"reads format {FORMAT_VERSION}" in result.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+    assert tables == {"posts"}
