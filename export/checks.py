@@ -6,7 +6,7 @@ Two checks, both against the PyTorch checkpoint on identical token ids:
   (the checkpoint's test split, or a built-in list of market sentences). Must be tiny:
   anything above the tolerance means the export itself is wrong.
 - accuracy: for every variant that can run here, top-1 agreement with PyTorch and
-  macro-F1 on the held-out `test_split.parquet` train recorded. Quantization is allowed
+  macro-F1 on the held-out test split train recorded (`marketpulse.checkpoint`). Quantization is allowed
   to move logits; the gate is on decisions.
 
 ONNX graphs run through `marketpulse.inference.predictor.Predictor`, the same code that
@@ -20,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marketpulse.errors import MarketpulseError
-
-TEST_SPLIT = "test_split.parquet"
+from marketpulse.checkpoint import TEST_SPLIT, Checkpoint, read_test_split
 
 # Used for parity (and agreement) when a checkpoint has no test split, e.g. one that
 # was not made by `marketpulse train`. Real-looking market text, mixed lengths.
@@ -67,28 +65,11 @@ class CheckTexts:
     source: str
 
 
-def load_check_texts(checkpoint: Path, model_labels: list[str], limit: int | None) -> CheckTexts:
+def load_check_texts(checkpoint: Checkpoint, limit: int | None) -> CheckTexts:
     """The checkpoint's held-out test split, else the built-in market sentences."""
-    path = checkpoint / TEST_SPLIT
-    if not path.is_file():
+    if checkpoint.test_split_path is None:
         return CheckTexts(list(MARKET_SENTENCES), None, "built-in market sentences")
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    missing = {"text", "label"} - set(table.column_names)
-    if missing:
-        raise MarketpulseError(
-            f"{path} lacks columns {sorted(missing)} (has {table.column_names}); "
-            "re-run `marketpulse train`, which writes text and label columns"
-        )
-    texts = [str(t) if t is not None else "" for t in table.column("text").to_pylist()]
-    labels = [str(y) for y in table.column("label").to_pylist()]
-    unknown = sorted(set(labels) - set(model_labels))
-    if unknown:
-        raise MarketpulseError(
-            f"{path} has labels {unknown} the model does not know ({model_labels}); "
-            "re-run `marketpulse train` so the split and the model agree"
-        )
+    texts, labels = read_test_split(checkpoint)
     if limit is not None:
         texts, labels = texts[:limit], labels[:limit]
     return CheckTexts(texts, labels, f"{TEST_SPLIT} ({len(texts)} rows)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import platform
 import shutil
 import warnings
@@ -22,8 +21,6 @@ from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.outliers import OUTLIER_SUFFIX, Calibration, split_outlier_channels
-
-log = logging.getLogger(__name__)
 
 OPTIMIZATION_LEVELS = ("none", "O1", "O2", "O3")
 INT8_ORDERS = ("optimize-then-quantize", "quantize-then-optimize")
@@ -268,10 +265,3 @@ def convert_fp16(model: Path, out_dir: Path) -> Path:
         fused.convert_float_to_float16(keep_io_types=True)
         fused.save_model_to_file(str(out_dir / model.name))
     return out_dir / model.name
-
-
-def opset_of(model: Path) -> int:
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False)
-    return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))

@@ -23,6 +23,7 @@ from typing import Any
 
 from marketpulse import variants as registry
 from marketpulse.bundle import MANIFEST, TOKENIZER, Bundle
+from marketpulse.checkpoint import Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.builders import Built, Sources, builder_for
 from marketpulse.export.checks import load_check_texts
@@ -31,9 +32,8 @@ from marketpulse.export.log import log
 from marketpulse.export.outliers import Calibration
 from marketpulse.export.publish import check_and_publish
 
-DEFAULT_MAX_LENGTH = 128
-# From `python -m marketpulse.tools.export_measure /work/artifacts/twitter-full --rows 477`
-# (MiniLM-L6 fine-tuned on tweets, 2 shared AVX512-VNNI cores, ORT_ENABLE_ALL at load):
+# From `python -m marketpulse.tools.export_measure CHECKPOINT --rows 477` (CHECKPOINT:
+# MiniLM-L6 fine-tuned on tweets, 2 shared AVX512-VNNI cores, ORT_ENABLE_ALL at load):
 # fp32 none/O1/O2 within noise (98-105 rows/s, parity <= 5e-6); O3's gelu approximation
 # breaks parity (7.4e-3). int8 is ~2x fp32 at 99.58% agreement for none/O1/O2; O1 then
 # quantize was fastest (209 best, 187 median). Quantizing the O2-fused graph (QAttention)
@@ -64,7 +64,7 @@ class ExportConfig:
     optimization: str = DEFAULT_OPTIMIZATION
     int8_order: str = DEFAULT_INT8_ORDER
     opset: int = DEFAULT_OPSET
-    max_length: int | None = None  # None: from the checkpoint's metrics.json, else 128
+    max_length: int | None = None  # None: the checkpoint's (Checkpoint.max_length)
     check_rows: int | None = None  # cap on test-split rows checked; None: all
 
     def __post_init__(self):
@@ -81,13 +81,12 @@ class ExportConfig:
 
 def run(cfg: ExportConfig) -> Bundle:
     """Export, check and publish a bundle; raise MarketpulseError when a check fails."""
-    checkpoint = Path(cfg.model).resolve()
+    trained = load_checkpoint(Path(cfg.model).resolve())
+    checkpoint = trained.path
     out = Path(cfg.out).resolve()
-    labels = read_labels(checkpoint)
-    info = read_training_info(checkpoint)
-    max_length = cfg.max_length or int(info.get("max_length") or DEFAULT_MAX_LENGTH)
+    max_length = cfg.max_length or trained.max_length
     check_out_dir(out)
-    texts = load_check_texts(checkpoint, labels, cfg.check_rows)  # bad split: fail before work
+    texts = load_check_texts(trained, cfg.check_rows)  # bad split: fail before work
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -98,7 +97,7 @@ def run(cfg: ExportConfig) -> Bundle:
             graphs = build_graphs(checkpoint, Path(work), cfg, calibration)
             for variant, built in graphs.items():
                 shutil.move(built.path, staging / registry.get(variant).file)
-        manifest = base_manifest(cfg, checkpoint, labels, info, max_length, graphs)
+        manifest = base_manifest(cfg, trained, max_length, graphs)
         return check_and_publish(cfg, checkpoint, texts, staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -124,41 +123,6 @@ def build_graphs(
         log(built.log)
         out[name] = built
     return out
-
-
-def read_labels(checkpoint: Path) -> list[str]:
-    config_path = checkpoint / "config.json"
-    if not config_path.is_file():
-        raise MarketpulseError(
-            f"{checkpoint} is not a model checkpoint (no config.json); pass --model with a "
-            "directory written by `marketpulse train`"
-        )
-    id2label = json.loads(config_path.read_text()).get("id2label") or {}
-    labels = [id2label[k] for k in sorted(id2label, key=int)]
-    if len(labels) < 2 or all(label.startswith("LABEL_") for label in labels):
-        raise MarketpulseError(
-            f"{config_path} has no label names (id2label: {id2label}); train with "
-            "`marketpulse train`, which records them"
-        )
-    return labels
-
-
-def read_training_info(checkpoint: Path) -> dict[str, Any]:
-    """base_model and max_length from train's metrics.json, wherever it nests them."""
-    path = checkpoint / "metrics.json"
-    if not path.is_file():
-        return {}
-    found: dict[str, Any] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("base_model", "max_length") and not isinstance(value, dict | list):
-                    found.setdefault(key, value)
-                walk(value)
-
-    walk(json.loads(path.read_text()))
-    return found
 
 
 def check_out_dir(out: Path) -> None:
@@ -209,12 +173,7 @@ def library_versions() -> dict[str, str]:
 
 
 def base_manifest(
-    cfg: ExportConfig,
-    checkpoint: Path,
-    labels: list[str],
-    info: dict[str, Any],
-    max_length: int,
-    graphs: dict[str, Built],
+    cfg: ExportConfig, checkpoint: Checkpoint, max_length: int, graphs: dict[str, Built]
 ) -> dict[str, Any]:
     from marketpulse import __version__
 
@@ -223,11 +182,11 @@ def base_manifest(
         for name, built in graphs.items()
     }
     return {
-        "labels": labels,
+        "labels": list(checkpoint.labels),
         "max_length": max_length,
         "variants": variants,
-        "source_checkpoint": str(checkpoint),
-        "base_model": info.get("base_model"),
+        "source_checkpoint": str(checkpoint.path),
+        "base_model": checkpoint.base_model,
         "opset": cfg.opset,
         "optimization": {"level": cfg.optimization, "int8_order": cfg.int8_order},
         "libraries": library_versions(),

@@ -10,12 +10,20 @@ A bundle is a directory that scores text without torch or transformers:
       labels.json         ["bearish", "bullish", "neutral"], index = logit position
       manifest.json       everything below
 
-manifest.json holds the bundle format version, the model version (a content hash of
-the graphs and labels, so the same model always gets the same version), the source
+manifest.json holds the bundle format version, the model version, the source
 checkpoint and base model, max length, opset, library versions, the sha256 of every
-other file, and the parity/accuracy results export measured. A bundle whose manifest
-says `valid: false` (failed its accuracy gate) or whose files do not match their
-hashes is refused by `load_bundle`.
+other file, and the parity/accuracy results export measured.
+
+The model version is a content hash of everything that decides a score: every file
+above (graphs, tokenizer.json, labels.json) plus the labels and max length. Equal
+bundles share a version; re-exporting with another --max-length, tokenizer or graph
+gives a new one, so the runtime's resume never skips rows scored differently.
+
+Export publishes only bundles that passed its checks (`valid: true`); with
+--allow-accuracy-drop the accepted drops are listed in `checks.gate.accuracy_drops`.
+`valid: false` exists only in export's hidden staging copy while the checks run.
+`load_bundle` refuses a manifest marked invalid and any file that does not match its
+hash.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Any
 from marketpulse import variants as registry
 from marketpulse.errors import MarketpulseError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model_version covers tokenizer.json and max_length too
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
@@ -43,13 +51,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_version(file_hashes: dict[str, str], labels: list[str]) -> str:
-    """Content hash of the graphs and labels: equal models share a version."""
+def model_version(file_hashes: dict[str, str], labels: list[str], max_length: int) -> str:
+    """Content hash of every bundle file, the labels and max length: what decides a score."""
     digest = hashlib.sha256()
     for name in sorted(file_hashes):
-        if name.endswith(".onnx"):
-            digest.update(f"{name}={file_hashes[name]}\n".encode())
-    digest.update(json.dumps(labels).encode())
+        digest.update(f"{name}={file_hashes[name]}\n".encode())
+    digest.update(json.dumps({"labels": list(labels), "max_length": int(max_length)}).encode())
     return digest.hexdigest()[:16]
 
 
@@ -110,7 +117,7 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
     out["format_version"] = FORMAT_VERSION
     out["labels"] = labels
     out["files"] = files
-    out["model_version"] = model_version(files, labels)
+    out["model_version"] = model_version(files, labels, manifest["max_length"])
     for variant, meta in out["variants"].items():
         meta["file"] = registry.get(variant).file
         if meta["file"] not in files:
@@ -158,10 +165,12 @@ def verify_bundle(bundle_dir: Path) -> list[str]:
     if labels_file.is_file() and not problems:
         if json.loads(labels_file.read_text()) != manifest["labels"]:
             problems.append(f"{MANIFEST}: labels differ from {LABELS}")
-    if not problems and model_version(manifest["files"], manifest["labels"]) != manifest.get(
-        "model_version"
-    ):
-        problems.append(f"{MANIFEST}: model_version does not match the graphs and labels")
+    if not problems:
+        expected = model_version(manifest["files"], manifest["labels"], manifest["max_length"])
+        if expected != manifest.get("model_version"):
+            problems.append(
+                f"{MANIFEST}: model_version does not match the files, labels and max_length"
+            )
     return problems
 
 

@@ -171,8 +171,8 @@ def train(
         class_weights=class_weights,
         device=device,
     )
-    metrics_text = (run(cfg) / "metrics.json").read_text()
-    click.echo(metrics_text.rstrip() if as_json else format_summary(json.loads(metrics_text)))
+    metrics = run(cfg).metrics
+    click.echo(json.dumps(metrics, indent=2) if as_json else format_summary(metrics))
 
 
 @main.command()
@@ -594,7 +594,7 @@ def trends(
     """
     from pathlib import Path
 
-    from marketpulse.trends.stage import TrendsConfig, format_report, run, summary
+    from marketpulse.trends import TrendsConfig, format_report, run, summary
 
     cfg = TrendsConfig(
         db=Path(db),

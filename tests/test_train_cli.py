@@ -8,6 +8,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from marketpulse.checkpoint import load_checkpoint, read_test_split
 from marketpulse.cli import main
 
 pytest.importorskip("torch")
@@ -94,7 +95,8 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
     assert m["hyperparameters"]["epochs"] == 1 and m["hyperparameters"]["seed"] == 3
     assert m["hyperparameters"]["max_length"] == 16 and m["max_length"] == 16
     assert m["base_model"] == str(tiny_checkpoint)
-    assert m["device"]["device"] == "cpu" and m["train_time_s"] >= 0
+    assert m["device"]["device"] == "cpu"
+    assert 0 < m["train_time_s"] <= m["total_time_s"]
     test = m["test"]
     assert test["n"] == 9 and set(test["per_class"]) == {"bearish", "bullish", "neutral"}
     assert sum(map(sum, test["confusion_matrix"])) == 9
@@ -112,6 +114,14 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
         == ["bearish"] * 3 + ["bullish"] * 3 + ["neutral"] * 3
     )
     assert "macro avg" in result.output and "test set: 9 rows" in result.output
+
+    # What export and evaluate read back through the checkpoint contract.
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.labels == ("bearish", "bullish", "neutral")
+    assert checkpoint.max_length == 16 and checkpoint.base_model == str(tiny_checkpoint)
+    assert checkpoint.metrics == m
+    texts, labels = read_test_split(checkpoint)
+    assert sorted(zip(texts, labels, strict=True)) == sorted((t, lab) for t, lab, _ in split)
 
 
 def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint, tmp_path):

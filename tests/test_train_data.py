@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 import duckdb
-import pyarrow.parquet as pq
 import pytest
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.data import DataSource, load_labeled, parse_label_names, require_trainable
-from marketpulse.train.split import parse_fractions, stratified_split, write_test_split
+from marketpulse.train.split import parse_fractions, stratified_split
 
 
 def make_db(path, rows, label_type="VARCHAR"):
@@ -204,12 +203,3 @@ def test_parse_fractions():
     for bad in ("0.8,0.2", "0.9,0.1,0", "a,b,c"):
         with pytest.raises(MarketpulseError, match="--split"):
             parse_fractions(bad)
-
-
-def test_test_split_file_has_agreed_schema(tmp_path):
-    path = write_test_split(tmp_path / "test_split.parquet", ["a", "b"], ["bullish", "bearish"])
-    assert duckdb.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()[0][:2] == ("text", "VARCHAR")
-    assert pq.read_table(path).to_pylist() == [
-        {"text": "a", "label": "bullish"},
-        {"text": "b", "label": "bearish"},
-    ]

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from marketpulse.train.data import DataSource
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -2,7 +2,7 @@
 
 The model is either a `marketpulse train` checkpoint (scored with PyTorch through
 `predict.predict_logits`) or an exported bundle (a directory with manifest.json,
-scored with the runtime's ONNX `Predictor`, so no torch is needed for that path).
+scored with the shared ONNX `Predictor`, so no torch is needed for that path).
 Integer labels in the table are named by the model's own label order unless
 `--label-names` says otherwise.
 """
@@ -10,30 +10,22 @@ Integer labels in the table are named by the model's own label order unless
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
+from marketpulse.bundle import MANIFEST, read_manifest
+from marketpulse.checkpoint import CONFIG, Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.data import DataSource, load_labeled
 
-BUNDLE_MANIFEST = "manifest.json"
 
-
-def _checkpoint_max_length(model_dir: Path) -> int:
-    metrics = model_dir / "metrics.json"
-    if metrics.is_file():
-        return int(json.loads(metrics.read_text()).get("max_length", 128))
-    return 128
-
-
-def _predict_checkpoint(model_dir: Path, texts, max_length, batch_size, device):
-    from marketpulse.train.predict import load_checkpoint, predict_logits, resolve_device
+def _predict_checkpoint(checkpoint: Checkpoint, texts, max_length, batch_size, device):
+    from marketpulse.train.predict import load_model, predict_logits, resolve_device
 
     device, _, reason = resolve_device(device)
-    model, tokenizer, labels = load_checkpoint(model_dir, device)
-    max_length = max_length or _checkpoint_max_length(model_dir)
+    model, tokenizer = load_model(checkpoint, device)
+    max_length = max_length or checkpoint.max_length
     logits = predict_logits(
         model,
         tokenizer,
@@ -49,7 +41,7 @@ def _predict_checkpoint(model_dir: Path, texts, max_length, batch_size, device):
         "reason": f"PyTorch on {device}: {reason}",
         "max_length": max_length,
     }
-    return labels, logits, info
+    return list(checkpoint.labels), logits, info
 
 
 def _predict_bundle(bundle_dir: Path, texts, variant, device):
@@ -70,19 +62,6 @@ def _predict_bundle(bundle_dir: Path, texts, variant, device):
     return bundle.labels, probs, info
 
 
-def _model_labels(model_dir: Path) -> list[str]:
-    if (model_dir / BUNDLE_MANIFEST).is_file():
-        return list(json.loads((model_dir / BUNDLE_MANIFEST).read_text())["labels"])
-    config = model_dir / "config.json"
-    if not config.is_file():
-        raise MarketpulseError(
-            f"{model_dir} is neither a checkpoint (config.json) nor a bundle (manifest.json); "
-            "pass --model with a `marketpulse train` or `marketpulse export` output directory"
-        )
-    id2label = json.loads(config.read_text())["id2label"]
-    return [id2label[str(i)] for i in range(len(id2label))]
-
-
 def evaluate(
     model: str | Path,
     source: DataSource,
@@ -98,13 +77,22 @@ def evaluate(
         raise MarketpulseError(
             f"model directory {model_dir} not found; pass --model with an existing directory"
         )
-    is_bundle = (model_dir / BUNDLE_MANIFEST).is_file()
+    is_bundle = (model_dir / MANIFEST).is_file()
+    if not is_bundle and not (model_dir / CONFIG).is_file():
+        raise MarketpulseError(
+            f"{model_dir} is neither a checkpoint ({CONFIG}) nor a bundle ({MANIFEST}); "
+            "pass --model with a `marketpulse train` or `marketpulse export` output directory"
+        )
     if variant and not is_bundle:
         raise MarketpulseError(
             f"--variant applies to exported bundles but {model_dir} is a checkpoint; "
             "drop --variant or pass --model with a bundle directory"
         )
-    labels = _model_labels(model_dir)
+    if is_bundle:
+        labels = list(read_manifest(model_dir)["labels"])
+    else:
+        checkpoint = load_checkpoint(model_dir)
+        labels = list(checkpoint.labels)
     if source.label_names is None:
         source = dataclasses.replace(source, label_names=tuple(labels))
     rows = load_labeled(source)
@@ -118,7 +106,7 @@ def evaluate(
         model_labels, scores, info = _predict_bundle(model_dir, rows.texts, variant, device)
     else:
         model_labels, scores, info = _predict_checkpoint(
-            model_dir, rows.texts, max_length, batch_size, device
+            checkpoint, rows.texts, max_length, batch_size, device
         )
     elapsed = time.perf_counter() - started
     y_pred = [model_labels[i] for i in scores.argmax(axis=1)]

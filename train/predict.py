@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from marketpulse.checkpoint import Checkpoint
 
 
 def resolve_device(requested: str = "auto") -> tuple[str, str, str]:
@@ -36,23 +37,13 @@ def resolve_device(requested: str = "auto") -> tuple[str, str, str]:
     return "cpu", "fp32", "no CUDA device found"
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu"):
-    """Load (model, tokenizer, labels) from a training output directory."""
+def load_model(checkpoint: Checkpoint, device: str = "cpu"):
+    """Load (model, tokenizer) of a checkpoint; its labels are `checkpoint.labels`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from marketpulse.errors import MarketpulseError
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise MarketpulseError(
-            f"{path} is not a model checkpoint (no config.json); pass --model with a "
-            "`marketpulse train` output directory or an exported bundle"
-        )
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    id2label = model.config.id2label
-    labels = [id2label[i] for i in range(len(id2label))]
-    return model, tokenizer, labels
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint.path)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+    return model.to(device).eval(), tokenizer
 
 
 def predict_logits(

@@ -2,22 +2,20 @@
 
 Reproducible by construction: rows arrive in canonical order (see `data.py`), each
 class is shuffled by its own generator seeded from (seed, label), and every class
-gives at least one row to each part. The test rows are written to
-`OUT/test_split.parquet` (text VARCHAR, label VARCHAR = label name) so export and
-evaluation score exactly the rows training never saw.
+gives at least one row to each part. The trainer saves the test rows with
+`marketpulse.checkpoint.write_test_split`, so export and evaluation score exactly
+the rows training never saw.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from marketpulse.errors import MarketpulseError
 
-TEST_SPLIT = "test_split.parquet"
 PARTS = ("train", "validation", "test")
 
 
@@ -76,12 +74,3 @@ def stratified_split(labels: list[str], fractions: tuple[float, float, float], s
         parts["validation"] += idx[n_train : n_train + n_val].tolist()
         parts["test"] += idx[n_train + n_val :].tolist()
     return Split(*(sorted(parts[p]) for p in PARTS))
-
-
-def write_test_split(path: Path, texts: list[str], labels: list[str]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({"text": pa.array(texts, pa.string()), "label": pa.array(labels, pa.string())})
-    pq.write_table(table, path)
-    return path

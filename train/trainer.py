@@ -3,15 +3,17 @@
 load rows -> stratified split (test rows saved) -> tokenize -> transformers Trainer
 (dynamic padding, length-grouped training batches, early stopping on validation
 macro-F1) -> save checkpoint -> score the test rows in order -> metrics.json.
+What lands in the output directory, and where each field sits, is defined by
+`marketpulse.checkpoint`; `run` writes through it and returns the `Checkpoint`.
 
-Evaluation never trusts Trainer's sampler order: `_OrderedEvalTrainer` forces a
-sequential sampler for validation, and the final test metrics come from
-`predict.predict_logits`, which maps each logit row back to its own text.
+Evaluation never trusts Trainer's sampler order: `OrderedEvalTrainer` (built by
+`_make_trainer_class`) forces a sequential sampler for validation, and the final
+test metrics come from `predict.predict_logits`, which maps each logit row back to
+its own text.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import sys
@@ -21,14 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
+from marketpulse.checkpoint import (
+    METRICS,
+    TEST_SPLIT,
+    Checkpoint,
+    write_metrics,
+    write_test_split,
+)
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
 from marketpulse.train.data import load_labeled, require_trainable
 from marketpulse.train.predict import predict_logits, resolve_device
-from marketpulse.train.split import TEST_SPLIT, stratified_split, write_test_split
+from marketpulse.train.split import stratified_split
 
-METRICS = "metrics.json"
 _WORK = "_trainer"  # Trainer's own epoch checkpoints; removed after the run
 
 
@@ -127,8 +135,8 @@ def _versions() -> dict:
     }
 
 
-def run(cfg: TrainConfig) -> Path:
-    """Fine-tune, save the checkpoint and metrics.json in `cfg.out`, return `cfg.out`."""
+def run(cfg: TrainConfig) -> Checkpoint:
+    """Fine-tune, save the checkpoint and metrics.json in `cfg.out`, return the checkpoint."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     base_dir = resolve_base_model(cfg.base_model)
@@ -148,7 +156,7 @@ def run(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     test_texts = [rows.texts[i] for i in split.test]
     test_labels = [rows.labels[i] for i in split.test]
-    write_test_split(out / TEST_SPLIT, test_texts, test_labels)
+    write_test_split(out, test_texts, test_labels)
 
     import torch
     import transformers
@@ -263,10 +271,7 @@ def run(cfg: TrainConfig) -> Path:
     test = classification_metrics(test_labels, [labels[i] for i in logits.argmax(1)], labels)
 
     metrics = {
-        "format": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "labels": labels,
-        "max_length": cfg.max_length,
         "test": test,
         "validation": {"best_macro_f1": best_val, "epochs_run": trainer.state.epoch},
         "train_time_s": round(train_time, 1),
@@ -286,14 +291,15 @@ def run(cfg: TrainConfig) -> Path:
             "fingerprint": rows.fingerprint(),
             "test_split": TEST_SPLIT,
         },
-        "base_model": str(base_dir),
         "hyperparameters": cfg.hyperparameters(),
         "device": {"device": device, "precision": precision, "reason": reason},
         "versions": _versions(),
     }
-    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    checkpoint = write_metrics(
+        out, metrics, labels=labels, max_length=cfg.max_length, base_model=str(base_dir)
+    )
     _log(f"wrote checkpoint, {METRICS} and {TEST_SPLIT} to {out}")
-    return out
+    return checkpoint
 
 
 def format_summary(metrics: dict) -> str:
