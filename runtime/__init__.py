@@ -1,7 +1,18 @@
 """marketpulse runtime stage: score DuckDB tables with an exported bundle.
 
 `score(ScoreConfig) -> RunStats` is the entry point; `Predictor` runs a bundle on
-texts. Importing this package loads numpy at most: onnxruntime, tokenizers and duckdb
+texts. The modules, one job each:
+
+    runs.py          ScoreConfig, RunStats; input checks, the `runs` row, chunk commits
+    source.py        open the databases, check the source table, read pending rows
+    windows.py       a window of rows -> tokenized -> inferred -> scores rows
+    local_engine.py  score(): reader / inference / writer threads on this machine
+    ray_engine.py    score_with_ray(): the same windows on a Ray Data actor pool
+    results.py       create and write the scores, models and runs tables
+    progress.py      rows done, rows/s and ETA on stderr
+    where.py         the --where filter, checked and compiled
+
+Importing this package loads numpy at most: onnxruntime, tokenizers and duckdb
 load when first used, and torch, transformers and optimum never do.
 """
 
@@ -15,8 +26,12 @@ def __getattr__(name: str):
         from marketpulse.inference.predictor import Predictor
 
         return Predictor
-    if name in ("RunStats", "ScoreConfig", "score"):
-        from marketpulse.runtime import scoring
+    if name in ("RunStats", "ScoreConfig"):
+        from marketpulse.runtime import runs
 
-        return getattr(scoring, name)
+        return getattr(runs, name)
+    if name == "score":
+        from marketpulse.runtime.local_engine import score
+
+        return score
     raise AttributeError(f"module 'marketpulse.runtime' has no attribute {name!r}")

@@ -3,17 +3,17 @@
 Same bundle, same batching, same results: only where the model runs changes.
 
 Read top to bottom:
-1. Every check the local engine makes (bundle, databases, table, columns, ids, filter)
-   runs through the same code, and the results tables are created or checked by the
-   same `results.prepare`, before Ray starts.
+1. The run is set up and recorded by the same code as the local engine's
+   (`runs.checked_run`, `Run.record`): every input check runs, and the results tables
+   are created or checked and the run row opened, before Ray starts.
 2. The pending rows (the local engine's anti-join query: rows this model version has
    not scored) are exported by the driver to Parquet shards in a staging directory.
 3. `ray.data.read_parquet(shards).map_batches(Scorer, ...)` runs on a fixed pool of
    actors. `Scorer` loads the bundle once per actor and scores each batch with the
    local engine's own window code (`Predictor`, token-budget batches, the scores-row
    builder), so a row gets the same label and probabilities on either engine.
-4. The driver streams the scored batches back and commits each with
-   `results.write_chunk`: one transaction per batch, scores rows plus run counters.
+4. The driver streams the scored batches back and commits each with `Run.commit`,
+   as the local engine does: one transaction per batch, scores rows plus run counters.
    Results come back through Ray's object store rather than through Parquet files
    written by the workers, so the driver needs no storage shared with the workers
    for them, and a crash leaves whole committed batches: a rerun skips those ids.
@@ -33,15 +33,8 @@ from pathlib import Path
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_columns
-from marketpulse.runtime import results
-from marketpulse.runtime.scoring import RunStats, ScoreConfig, check_config, tracked_run
-from marketpulse.runtime.source import (
-    check_source,
-    count_rows,
-    low_memory,
-    open_databases,
-    pending_query,
-)
+from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
+from marketpulse.runtime.source import pending_query, record_batches
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
@@ -166,7 +159,7 @@ class Scorer:
         batch_tokens: int,
     ):
         from marketpulse.inference.predictor import Predictor
-        from marketpulse.runtime.scoring import set_tokenizer_threads
+        from marketpulse.runtime.windows import set_tokenizer_threads
 
         bundle = load_bundle(Path(bundle_dir))
         if bundle.version != model_version:
@@ -184,7 +177,7 @@ class Scorer:
         import numpy as np
         import pyarrow as pa
 
-        from marketpulse.runtime.scoring import infer_window, results_table, tokenize_window
+        from marketpulse.runtime.windows import infer_window, results_table, tokenize_window
 
         ids = batch.column("id").combine_chunks()
         window = tokenize_window(ids, batch.column("text"), self.predictor)
@@ -225,8 +218,6 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
 def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) -> list[str]:
     """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
     import pyarrow.parquet as pq
-
-    from marketpulse.runtime.scoring import record_batches
 
     out_dir.mkdir(parents=True, exist_ok=True)
     reader = record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
@@ -335,7 +326,6 @@ def score_with_ray(
     """
 
     ray = require_ray()
-    check_config(cfg)
     device = ray_device(cfg.device, gpus_per_worker)
     if stage_dir is not None and not Path(stage_dir).is_dir():
         raise MarketpulseError(
@@ -343,25 +333,14 @@ def score_with_ray(
             "Ray node mounts) or leave the flag out to stage in the system temp dir"
         )
     threads = 1 if device == "cuda" else (cfg.threads or 1)
-    bundle = load_bundle(Path(cfg.bundle))
-    provider, variant = planned_placement(bundle, device, cfg.variant)
-    con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
-    try:
-        with low_memory(con, cfg.memory_limit):
-            source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
-            matching, done = count_rows(con, source, cfg.results_table, bundle.version)
-        with tracked_run(
-            lambda: con,
-            cfg,
-            bundle,
-            source,
-            matching - done,
-            done,
+    with checked_run(cfg) as run:
+        provider, variant = planned_placement(run.bundle, device, cfg.variant)
+        with run.record(
             provider=provider,
             variant=variant,
             reason=f"--engine ray, {'GPU' if device == 'cuda' else 'CPU'} workers",
             engine="ray",
-        ) as (stats, progress, _):
+        ) as stats:
             if stats.rows_pending:
                 cluster = {
                     "address": ray_address,
@@ -370,7 +349,7 @@ def score_with_ray(
                     "stage_dir": stage_dir,
                 }
                 try:
-                    _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluster)
+                    _run(ray, run, device, threads, cluster)
                 except Exception as exc:
                     # Ray wraps a worker's MarketpulseError; surface its one line.
                     user = _user_error(exc)
@@ -378,12 +357,11 @@ def score_with_ray(
                         raise
                     raise user from exc
         return stats
-    finally:
-        con.close()
 
 
-def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluster: dict):
+def _run(ray, run: Run, device: str, threads: int, cluster: dict):
     """Export, score on the actor pool, commit each returned batch; always clean up."""
+    cfg, stats, progress = run.cfg, run.stats, run.progress
     gpus_per_worker = cluster["gpus_per_worker"]
     t_start = time.perf_counter()
     started_ray = _connect(ray, cluster["address"], progress.log)
@@ -395,8 +373,8 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluste
         pool = plan_workers(ray.cluster_resources(), cluster["workers"], gpus_per_worker, threads)
         per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
         shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
-        sql, params = pending_query(source, cfg.results_table, stats.model_version, cfg.limit)
-        shards = export_pending(con, sql, params, staging, shard_rows)
+        sql, params = pending_query(run.source, cfg.results_table, stats.model_version, cfg.limit)
+        shards = export_pending(run.con, sql, params, staging, shard_rows)
         progress.log(
             f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
             f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "
@@ -410,7 +388,7 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluste
         dataset = dataset.map_batches(
             Scorer,
             fn_constructor_kwargs={
-                "bundle_dir": str(Path(bundle.path).resolve()),
+                "bundle_dir": str(Path(run.bundle.path).resolve()),
                 "model_version": stats.model_version,
                 "variant": stats.variant,
                 "device": device,
@@ -427,15 +405,7 @@ def _run(ray, con, source, cfg, stats, progress, bundle, device, threads, cluste
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             if t_first is None:
                 t_first, first_rows = time.perf_counter(), batch.num_rows
-            rows, counts, reasons = split_scored(batch)
-            results.write_chunk(con, cfg.results_table, rows, stats.run_id, counts)
-            stats.rows_scored += counts["scored"]
-            stats.rows_skipped += counts["skipped"]
-            stats.rows_failed += counts["failed"]
-            stats.rows_truncated += counts["truncated"]
-            for reason, n in reasons.items():
-                stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
-            progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
+            run.commit(run.con, *split_scored(batch))
         if t_first is not None:
             # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.
             after, rest = time.perf_counter() - t_first, progress.done - first_rows

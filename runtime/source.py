@@ -260,3 +260,17 @@ def count_rows(con, source: Source, results_table: str, model_version: str) -> t
         [model_version, *source.where_params],
     ).fetchall()[0]
     return int(matching), int(done)
+
+
+def record_batches(relation, rows: int):
+    """A streaming Arrow reader over a DuckDB relation (the method's name varies by version)."""
+    if hasattr(relation, "to_arrow_reader"):  # duckdb >= 2
+        return relation.to_arrow_reader(rows)
+    return relation.fetch_arrow_reader(rows)
+
+
+def arrow_table(relation):
+    """A DuckDB relation's rows as one Arrow table (the method's name varies by version)."""
+    if hasattr(relation, "to_arrow_table"):  # duckdb >= 2
+        return relation.to_arrow_table()
+    return relation.fetch_arrow_table()

@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_runtime_support import make_source, spread_bundle
+from test_runtime_support import MARKER, make_source, poison_onnx, spread_bundle
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import ScoreConfig, score
@@ -159,6 +159,21 @@ def test_scorer_batch_equals_the_local_engine_rows(bundle, tmp_path):
     assert reasons == {"null_text": nulls, "empty_text": blanks}
 
 
+def test_scorer_marks_a_row_onnx_runtime_rejects_and_the_driver_leaves_it_out(bundle, monkeypatch):
+    calls = poison_onnx(monkeypatch, bundle)
+    scorer = Scorer(str(bundle.path), bundle.version, "fp32", "cpu", 1, 1024)
+    texts = [f"row {i}: shares rally AAPL guidance" for i in range(40)]
+    texts[7] = f"{MARKER} stampede"
+    texts[9] = None
+    batch = pa.table({"id": pa.array(range(40), pa.int64()), "text": pa.array(texts)})
+    out, counts, reasons = split_scored(scorer(batch))
+    assert calls["poisoned"] == 2  # its batch, then the row alone
+    assert counts == {"scored": 38, "skipped": 1, "failed": 1, "truncated": 0}
+    assert reasons == {"null_text": 1}
+    assert sorted(out.column("id").to_pylist()) == [i for i in range(40) if i != 7]
+    assert FAILED not in out.column_names
+
+
 def test_scorer_refuses_a_different_bundle_version(bundle):
     with pytest.raises(MarketpulseError, match="same bundle"):
         Scorer(str(bundle.path), "0" * 16, None, "cpu", 1, 1024)
@@ -205,14 +220,14 @@ def test_a_failing_worker_fails_the_run_with_one_line_and_writes_nothing(
 ):
     """The driver's bundle is fine; the copy the workers load is corrupt (a node out of sync)."""
     from marketpulse import bundle as bundle_module
-    from marketpulse.runtime import ray_engine
+    from marketpulse.runtime import runs
 
     bad = tmp_path / "bad-bundle"
     shutil.copytree(bundle.path, bad)
     with open(bad / "model.fp32.onnx", "ab") as fh:
         fh.write(b"\0")
     good = bundle_module.Bundle(path=bad, manifest=bundle.manifest)
-    monkeypatch.setattr(ray_engine, "load_bundle", lambda path: good)  # driver side only
+    monkeypatch.setattr(runs, "load_bundle", lambda path: good)  # driver side only
     db = tmp_path / "market.duckdb"
     make_source(db, 300)
     with pytest.raises(MarketpulseError) as err:
@@ -259,17 +274,6 @@ def test_an_error_inside_a_ray_worker_comes_back_as_one_line(ray_cluster):
     assert _user_error(ValueError("unrelated")) is None
 
 
-def _cli_has_engine() -> bool:
-    from marketpulse.cli import main
-
-    return any(p.name == "engine" for p in main.commands["score"].params)
-
-
-needs_engine_flag = pytest.mark.skipif(
-    not _cli_has_engine(), reason="`score --engine` not wired yet (see notes/ray_cli_patch.md)"
-)
-
-
 def run_cli(db, bundle_dir, *extra):
     from click.testing import CliRunner
 
@@ -279,7 +283,6 @@ def run_cli(db, bundle_dir, *extra):
     return CliRunner().invoke(main, [*args, "--bundle", str(bundle_dir), *extra])
 
 
-@needs_engine_flag
 def test_cli_without_ray_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     db = tmp_path / "market.duckdb"
@@ -295,14 +298,12 @@ def test_cli_without_ray_is_a_one_line_error(monkeypatch, tmp_path):
         con.close()
 
 
-@needs_engine_flag
 def test_cli_ray_flags_need_the_ray_engine(tmp_path):
     result = run_cli(tmp_path / "market.duckdb", tmp_path / "bundle", "--workers", "2")
     assert result.exit_code == 2
     assert "need --engine ray" in result.output
 
 
-@needs_engine_flag
 def test_cli_scores_on_ray(ray_cluster, bundle, tmp_path):
     db = tmp_path / "market.duckdb"
     make_source(db, 500)

@@ -49,6 +49,36 @@ def spread_bundle(tiny_checkpoint, tmp_path_factory):
     return _CACHE[tiny_checkpoint]
 
 
+# A one-wordpiece word that no `make_source` text holds; see `poison_onnx`.
+MARKER = "zebra"
+
+
+def poison_onnx(monkeypatch, bundle) -> dict:
+    """Make ONNX Runtime raise for every batch that holds MARKER's token; count those calls.
+
+    Wraps `InferenceSession.run` itself, so the Predictor's retry and everything after it
+    see a real session error.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from marketpulse.inference.predictor import Predictor
+
+    marker_ids = Predictor(bundle, variant="fp32").encoder.encode([MARKER]).ids[0][1:-1]
+    assert len(marker_ids) == 1  # one wordpiece, so no other text can hold it by accident
+    real_run = ort.InferenceSession.run
+    calls = {"poisoned": 0}
+
+    def run(self, output_names, feeds, *args, **kwargs):
+        if np.isin(feeds["input_ids"], marker_ids).any():
+            calls["poisoned"] += 1
+            raise RuntimeError("injected ONNX Runtime failure")
+        return real_run(self, output_names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    return calls
+
+
 def make_source(db: Path, n: int, table: str = "posts", long_every: int = 0) -> list:
     """A posts(id BIGINT, text VARCHAR, lang VARCHAR) table; every 97th text NULL, 89th blank."""
     texts = []

@@ -213,11 +213,11 @@ def test_results_table_with_another_id_type_is_refused(source, bundle):
 
 
 def test_rowid_ranges_segments_and_limit_cover_every_row_once(source, bundle, monkeypatch):
-    from marketpulse.runtime import scoring
+    from marketpulse.runtime import local_engine
 
     # Small ranges and segments so one run crosses many reads and several reconnects.
-    monkeypatch.setattr(scoring, "READ_ROWIDS", 70)
-    monkeypatch.setattr(scoring, "SEGMENT_ROWIDS", 210)
+    monkeypatch.setattr(local_engine, "READ_ROWIDS", 70)
+    monkeypatch.setattr(local_engine, "SEGMENT_ROWIDS", 210)
     db, texts = source
     cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", chunk_rows=32, progress=False)  # fmt: skip
     first = score(ScoreConfig(**{**cfg.__dict__, "limit": 333}))

@@ -1,0 +1,248 @@
+"""How a run ends, on real DuckDB files: a row ONNX Runtime rejects, a run that fails or
+is interrupted mid-stream, and a second model with other labels on the same table.
+
+ONNX Runtime is made to fail by `poison_onnx` (test_runtime_support.py): the predictor's
+own retry, the window code and the run record then handle it as a real failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+
+import duckdb
+import numpy as np
+import pytest
+from test_runtime_support import MARKER, make_source, poison_onnx, spread_bundle
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.runtime import ScoreConfig, results, score
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    return spread_bundle(tiny_checkpoint, tmp_path_factory)
+
+
+def config(db, bundle, **kw) -> ScoreConfig:
+    base = dict(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path)
+    base.update(device="cpu", threads=1, chunk_rows=100, progress=False)
+    return ScoreConfig(**{**base, **kw})
+
+
+def query(db, sql, params=None):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def set_texts(db, ids, text):
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE posts SET text = ? WHERE list_contains(?, id)", [text, list(ids)])
+    con.close()
+
+
+@pytest.fixture
+def poisoned_onnx(bundle, monkeypatch):
+    return poison_onnx(monkeypatch, bundle)
+
+
+def test_a_row_onnx_runtime_rejects_is_retried_alone_counted_failed_and_rerun(
+    bundle, tmp_path, poisoned_onnx, monkeypatch
+):
+    db = tmp_path / "market.duckdb"
+    texts = make_source(db, N)
+    bad = [10, 250, 421]
+    set_texts(db, bad, f"{MARKER} stampede hits the trading floor")
+
+    stats = score(config(db, bundle))
+    assert stats.status == "completed"
+    assert stats.rows_failed == 3
+    skipped = sum(t is None or not t.strip() for t in texts)
+    assert (stats.rows_scored, stats.rows_skipped) == (N - 3 - skipped, skipped)
+    # Each bad row sank its batch once and failed again alone: two calls per bad row.
+    assert poisoned_onnx["poisoned"] == 2 * len(bad)
+    # Its batch mates were retried one by one and scored; the bad rows were not written.
+    assert query(db, "SELECT count(*), count(label) FROM scores") == [(N - 3, N - 3 - skipped)]
+    assert query(db, "SELECT count(*) FROM scores WHERE list_contains(?, id)", [bad]) == [(0,)]
+    assert query(db, "SELECT status, rows_scored, rows_skipped, rows_failed FROM runs") == [
+        ("completed", N - 3 - skipped, skipped, 3)
+    ]
+
+    # The next run (ONNX Runtime healthy again) tries exactly those rows.
+    monkeypatch.undo()
+    again = score(config(db, bundle))
+    assert (again.rows_pending, again.rows_scored, again.rows_failed) == (3, 3, 0)
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N, N)]
+    assert query(db, "SELECT count(label) FROM scores WHERE list_contains(?, id)", [bad]) == [(3,)]
+
+
+def test_a_window_onnx_runtime_cannot_score_at_all_fails_the_run(
+    bundle, tmp_path, poisoned_onnx, monkeypatch
+):
+    db = tmp_path / "market.duckdb"
+    make_source(db, N)
+    # From row 300 on every row is a bad one: the fourth window has nothing to score.
+    set_texts(db, range(300, N), f"{MARKER} crossing")
+
+    with pytest.raises(MarketpulseError) as err:
+        score(config(db, bundle))
+    message = str(err.value)
+    assert message.startswith("ONNX Runtime failed on every row of a window")
+    assert "injected ONNX Runtime failure" in message
+    status, error, counted = query(
+        db, "SELECT status, error, rows_scored + rows_skipped + rows_failed FROM runs"
+    )[0]
+    assert (status, error) == ("failed", message)
+    # Whole windows before the failure stay committed (as many as the writer took before
+    # it stopped), and the run row agrees with them.
+    committed, top = query(db, "SELECT count(*), coalesce(max(id), -1) FROM scores")[0]
+    assert committed % 100 == 0 and top < 300 and counted == committed
+
+    monkeypatch.undo()
+    again = score(config(db, bundle))
+    assert (again.status, again.rows_already_scored) == ("completed", committed)
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N, N)]
+    assert [r[0] for r in query(db, "SELECT status FROM runs ORDER BY started_at")] == [
+        "failed",
+        "completed",
+    ]
+
+
+def test_an_error_mid_run_fails_the_run_with_its_first_line(bundle, tmp_path, monkeypatch):
+    db = tmp_path / "market.duckdb"
+    make_source(db, N)
+    real_write = results.write_chunk
+    writes = []
+
+    def write_chunk(*args, **kwargs):
+        writes.append(1)
+        if len(writes) == 3:
+            raise OSError("No space left on device\nwhile appending to scores")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(results, "write_chunk", write_chunk)
+    with pytest.raises(OSError, match="No space left"):
+        score(config(db, bundle))
+    assert query(db, "SELECT status, error, rows_scored + rows_skipped FROM runs") == [
+        ("failed", "No space left on device", 200)
+    ]
+    assert query(db, "SELECT count(*) FROM scores") == [(200,)]  # the third chunk not at all
+
+
+def test_ctrl_c_mid_run_marks_the_run_interrupted_and_a_rerun_finishes(
+    bundle, tmp_path, monkeypatch
+):
+    db = tmp_path / "market.duckdb"
+    make_source(db, N)
+    real_write = results.write_chunk
+    writes = []
+
+    def write_chunk(*args, **kwargs):
+        real_write(*args, **kwargs)
+        writes.append(1)
+        if len(writes) == 2:  # Ctrl-C: SIGINT, KeyboardInterrupt on the main thread
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    monkeypatch.setattr(results, "write_chunk", write_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        score(config(db, bundle, chunk_rows=50))
+    monkeypatch.undo()
+    status, error, counted, finished = query(
+        db, "SELECT status, error, rows_scored + rows_skipped, finished_at IS NOT NULL FROM runs"
+    )[0]
+    assert (status, error, finished) == ("interrupted", None, True)
+    committed = query(db, "SELECT count(*) FROM scores")[0][0]
+    assert 100 <= committed < N and counted == committed
+
+    again = score(config(db, bundle))
+    assert again.status == "completed" and again.rows_already_scored == committed
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N, N)]
+    assert query(db, "SELECT sum(rows_scored + rows_skipped) FROM runs") == [(N,)]
+
+
+@pytest.fixture(scope="module")
+def relabeled_bundle(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint under another label scheme, exported: a second model version."""
+    pytest.importorskip("optimum.onnxruntime")
+    from marketpulse.export import ExportConfig, run
+
+    checkpoint = tmp_path_factory.mktemp("relabeled") / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    config_path = checkpoint / "config.json"
+    model_config = json.loads(config_path.read_text())
+    labels = ["negative", "neutral", "positive"]
+    model_config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    model_config["label2id"] = {label: i for i, label in enumerate(labels)}
+    config_path.write_text(json.dumps(model_config))
+    return run(
+        ExportConfig(
+            model=checkpoint,
+            out=checkpoint.parent / "bundle",
+            variants=("fp32",),
+            allow_accuracy_drop=True,
+        )
+    )
+
+
+def test_a_model_with_new_labels_adds_its_columns_beside_the_old_rows(
+    bundle, relabeled_bundle, tmp_path
+):
+    assert relabeled_bundle.labels == ["negative", "neutral", "positive"]
+    db = tmp_path / "market.duckdb"
+    texts = make_source(db, N)
+    scored = N - sum(t is None or not t.strip() for t in texts)
+    old, new = bundle.version, relabeled_bundle.version
+    assert old != new
+
+    score(config(db, bundle))
+    assert score(config(db, relabeled_bundle)).rows_scored == scored  # the old rows are no help
+
+    columns = [r[0] for r in query(db, "SELECT column_name FROM (DESCRIBE scores)")]
+    assert [c for c in columns if c.startswith("p_")] == [
+        "p_bearish", "p_bullish", "p_neutral", "p_negative", "p_positive"
+    ]  # fmt: skip
+    by_version = dict(
+        (r[0], r[1:])
+        for r in query(
+            db,
+            "SELECT model_version, count(*), count(label), count(p_bearish), count(p_bullish), "
+            "count(p_neutral), count(p_negative), count(p_positive), "
+            "list(DISTINCT label) FILTER (label IS NOT NULL) FROM scores GROUP BY ALL",
+        )
+    )
+    # The old rows read NULL in the new model's columns, and the other way round;
+    # p_neutral is shared by name and filled by both.
+    assert by_version[old][:7] == (N, scored, scored, scored, scored, 0, 0)
+    assert by_version[new][:7] == (N, scored, 0, 0, scored, scored, scored)
+    assert set(by_version[old][7]) <= {"bearish", "bullish", "neutral"}
+    assert set(by_version[new][7]) <= {"negative", "neutral", "positive"}
+    sums = query(
+        db,
+        "SELECT min(p_negative + p_neutral + p_positive), max(p_negative + p_neutral + p_positive) "
+        "FROM scores WHERE model_version = ? AND label IS NOT NULL",
+        [new],
+    )[0]
+    np.testing.assert_allclose(sums, [1.0, 1.0], atol=1e-5)
+    assert dict(query(db, "SELECT model_version, labels FROM models")) == {
+        old: bundle.labels,
+        new: relabeled_bundle.labels,
+    }
+
+    # The old model still writes into the widened table: a new post, NULL in the new columns.
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO posts VALUES (100000, 'oil rallies on supply news', 'en')")
+    con.close()
+    assert score(config(db, bundle)).rows_scored == 1
+    assert query(
+        db,
+        "SELECT p_bearish IS NOT NULL, p_negative IS NULL FROM scores "
+        "WHERE id = 100000 AND model_version = ?",
+        [old],
+    ) == [(True, True)]
