@@ -2,11 +2,16 @@
 
 User-supplied table and column names never reach SQL text raw: they are validated
 and double-quoted here. Values always travel as bound parameters.
+
+Opening DuckDB files is shared too: `connect` waits out another process's lock, and
+`create_database` creates files in a storage format DuckDB 1.x clients can read.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
 
@@ -56,3 +61,83 @@ def require_columns(con, table: str, columns: dict[str, str]) -> dict[str, str]:
                 f"pass {flag} with one of them"
             )
     return have
+
+
+# --- opening DuckDB files --------------------------------------------------------------
+# DuckDB lets ONE process open a file read-write OR any number open it read-only; the
+# two exclude each other through an OS lock on the file. Every stage and the `sql`
+# command open files through `connect`, which waits (with backoff, up to a timeout)
+# while another process holds a conflicting lock instead of failing at once.
+
+# The storage format of the database files marketpulse creates. DuckDB 2.x writes its
+# own format by default, which DuckDB 1.x clients (the 1.x CLI, BI tools that bundle a
+# 1.x driver) refuse to open; 'v1.0.0' is read by every DuckDB from 1.0 on. A file
+# that already exists keeps the format it has.
+DEFAULT_STORAGE_VERSION = "v1.0.0"
+_STORAGE_VERSION = re.compile(r"^(v\d+\.\d+\.\d+|latest)$")
+
+
+def check_storage_version(version: str) -> str:
+    if not _STORAGE_VERSION.match(version or ""):
+        raise MarketpulseError(
+            f"invalid storage version {version!r}; pass a DuckDB version such as "
+            f"{DEFAULT_STORAGE_VERSION} or v1.4.0, or 'latest'"
+        )
+    return version
+
+
+def create_database(path, storage_version: str = DEFAULT_STORAGE_VERSION) -> None:
+    """Create an empty DuckDB file in `storage_version`'s format, unless it exists."""
+    import duckdb
+
+    path = Path(path)
+    if path.exists():
+        return
+    version = check_storage_version(storage_version)
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH ? AS new_db (STORAGE_VERSION '{version}')", [str(path)])
+    except duckdb.Error as exc:
+        raise MarketpulseError(
+            f"cannot create {path} with storage version {version} "
+            f"({str(exc).splitlines()[0][:200]}); pass another version or path"
+        ) from exc
+    finally:
+        con.close()
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """DuckDB's error for a file another process holds with a conflicting lock."""
+    text = str(exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+def connect(path, *, read_only: bool, timeout: float, on_wait=None, config=None):
+    """`duckdb.connect`, retried with backoff while another process holds the file.
+
+    `on_wait(seconds_waited, first_error_line)` is called when the wait begins and then
+    every 30 s. Raises MarketpulseError once `timeout` seconds have passed.
+    """
+    import duckdb
+
+    start = time.monotonic()
+    delay, told = 0.02, None
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
+        except duckdb.Error as exc:
+            if not is_lock_conflict(exc):
+                raise
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                who = "a writer" if read_only else "another process (a reader or writer)"
+                raise MarketpulseError(
+                    f"{path} stayed locked by {who} for {waited:.0f}s "
+                    f"({str(exc).splitlines()[0][:160]}); close the other connection or "
+                    "raise --lock-timeout"
+                ) from exc
+            if on_wait is not None and (told is None or waited - told >= 30):
+                told = waited
+                on_wait(waited, str(exc).splitlines()[0])
+            time.sleep(min(delay, max(timeout - waited, 0.001)))
+            delay = min(delay * 1.5, 0.5)

@@ -4,6 +4,7 @@
 texts. The modules, one job each:
 
     runs.py          ScoreConfig, RunStats; input checks, the `runs` row, chunk commits
+    database.py      the file held only per session: read-only reads, brief commits, run lock
     source.py        open the databases, check the source table, read pending rows
     windows.py       a window of rows -> tokenized -> inferred -> scores rows
     local_engine.py  score(): reader / inference / writer threads on this machine

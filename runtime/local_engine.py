@@ -1,35 +1,45 @@
 """`score(ScoreConfig) -> RunStats`: score a DuckDB table on this machine, resumably.
 
 Read top to bottom:
-1. `checked_run` (runs.py) checks the input and counts the pending rows; then the
-   connection is reopened to drop what the checks cached, and the Predictor loads.
+1. `checked_run` (runs.py) takes the run lock, checks the input and counts the pending
+   rows on a read-only connection; then the Predictor loads.
 2. `run.record` opens the run row; pending rows (not yet scored by this model version)
    stream through three stages that overlap, because DuckDB, the Rust tokenizer and
    ONNX Runtime all release the GIL:
-       reader thread:  DuckDB record batch -> `tokenize_window`
+       reader thread:  a range of pending rows (one short read-only session each)
+                       -> `tokenize_window`
        main thread:    `infer_window`: length-sorted token-budget batches -> ONNX
                        Runtime (on CPU, one batch per core at a time) -> softmax
-       writer thread:  `results_table`, then `run.commit`: one transaction per window
+       writer thread:  `results_table`, then `run.add`: committed in one transaction
+                       every `commit_seconds`, on a connection open only for it
    Queues between stages are short, so at most a few windows are in memory.
-3. The table is read in segments of SEGMENT_ROWIDS rowids, each on a fresh DuckDB
-   connection, so memory does not grow with the table.
+3. The table is read in segments of SEGMENT_ROWIDS rowids; at the end of each the
+   writer checkpoints, so each segment's results make one whole row group. A view
+   has no rowid: its pending rows are staged to Parquet first (one read session).
+4. SIGTERM / SIGINT (`run.stopping`): the reader stops, the window in hand is
+   inferred and committed, and `run.record` marks the run interrupted.
 
-This module owns the threads, queues and segments; what a window becomes is in
-windows.py, what a run records in runs.py, how the table is read in source.py.
+No DuckDB connection stays open between sessions, so other processes can read the
+file throughout (database.py). This module owns the threads, queues and segments;
+what a window becomes is in windows.py, what a run records in runs.py, how the
+table is read in source.py.
 """
 
 from __future__ import annotations
 
 import queue
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 from marketpulse.inference.predictor import Predictor, available_cores
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
 from marketpulse.runtime.source import (
     arrow_table,
+    export_pending,
     pending_query,
     pending_range,
-    record_batches,
     rowid_span,
 )
 from marketpulse.runtime.windows import (
@@ -41,22 +51,19 @@ from marketpulse.runtime.windows import (
 
 # Rowids per read query (a few windows).
 READ_ROWIDS = 32_768
-# Rowids per DuckDB session: the connection is reopened between segments, which drops
-# DuckDB's page cache, so peak memory depends on the segment size and not on the table
-# size. A segment is also one row group of results (DuckDB's default size): closing the
-# connection checkpoints, and a checkpoint ends the row group being appended to. With
-# 32,768-rowid segments every segment left a short row group, and later checkpoints
-# merged them in memory, three at a time: peak RSS grew by up to ~56 MiB with the table
-# (to ~400k rows). Full row groups are never merged.
+# Rowids per segment: the writer checkpoints at the end of each, and a checkpoint ends
+# the row group being appended to, so a segment is one row group of results (DuckDB's
+# default size). Commits inside a segment stay in the write-ahead log. With shorter
+# row groups, later checkpoints merged them in memory, three at a time: peak RSS grew
+# by up to ~56 MiB with the table (to ~400k rows). Full row groups are never merged.
 SEGMENT_ROWIDS = 122_880
+# Rows per Parquet file when a view's pending rows are staged.
+STAGE_ROWS = 1_000_000
 
 
 def score(cfg: ScoreConfig) -> RunStats:
     """Score every pending row of `cfg.table`; return what the run did."""
     with checked_run(cfg) as run:
-        # The checks hashed every id and cached pages of the table: drop all that with
-        # the connection before the model loads, so peak memory does not grow with it.
-        run.reconnect()
         predictor = Predictor(run.bundle, cfg.variant, cfg.device, cfg.threads or available_cores())
         set_tokenizer_threads(predictor.device)
         with run.record(
@@ -95,14 +102,15 @@ def _get(q: queue.Queue, stop: threading.Event):
             continue
 
 
-def _reads(run: Run):
-    """Per segment, a list of (kind, sql maker) for the reader: rowid ranges, or one query."""
+def _segments(run: Run, stage_dir: Path):
+    """Per segment, a list of reads: ("range", sql maker) for a table, ("parquet", path)."""
     source, cfg, version = run.source, run.cfg, run.bundle.version
-    span = rowid_span(run.con, source)
-    if span is None:  # a view: one streaming query, one segment
-        return [
-            [("stream", lambda c, limit: pending_query(source, cfg.results_table, version, limit))]
-        ]
+    with run.db.read() as con:
+        span = rowid_span(con, source)
+        if span is None:  # a view: staged whole, then read from Parquet, one segment
+            sql, params = pending_query(source, cfg.results_table, version, cfg.limit)
+            shards = export_pending(con, sql, params, stage_dir, STAGE_ROWS)
+            return [[("parquet", path) for path in shards]]
     segments = []
     for seg in range(0, span, SEGMENT_ROWIDS):
         reads = []
@@ -122,18 +130,32 @@ def _reads(run: Run):
 
 
 def _stream(run: Run, predictor: Predictor) -> None:
-    """Run the pipeline segment by segment, each on a fresh DuckDB connection (`run.con`)."""
-    segments = _reads(run)
-    remaining = [run.cfg.limit]  # rows the reader may still emit (None: no limit)
-    for i, reads in enumerate(segments):
-        # A fresh connection per segment: DuckDB's page cache goes with the old one, so
-        # memory does not grow with the table. The first segment runs on the connection
-        # score() opened after the checks, which is fresh already.
-        if i:
-            run.reconnect()
-        _segment(run, reads, remaining, predictor)
-        if remaining[0] == 0:
-            break
+    """Run the pipeline segment by segment; commit and checkpoint at each segment's end."""
+    stage_dir = Path(tempfile.mkdtemp(prefix=".marketpulse-stage-", dir=run.db.target.parent))
+    try:
+        remaining = [run.cfg.limit]  # rows the reader may still emit (None: no limit)
+        for reads in _segments(run, stage_dir):
+            _segment(run, reads, remaining, predictor)
+            run.flush(checkpoint=True)
+            if remaining[0] == 0 or run.stopping.is_set():
+                break
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+
+
+def _read(run: Run, kind: str, what, remaining: list):
+    """One read's pending rows as Arrow batches of at most chunk_rows rows."""
+    chunk = run.cfg.chunk_rows
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.ParquetFile(what).iter_batches(batch_size=chunk)
+        return
+    with run.db.read() as con:  # a short query, fetched whole: the session ends at once
+        query = what(con, remaining[0])
+        table = None if query is None else arrow_table(con.sql(query[0], params=query[1]))
+    if table is not None:
+        yield from table.to_batches(max_chunksize=chunk)
 
 
 def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
@@ -142,24 +164,18 @@ def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
     errors: list[BaseException] = []
     to_infer: queue.Queue = queue.Queue(maxsize=2)
     to_write: queue.Queue = queue.Queue(maxsize=2)
-    reader_con, writer_con = run.con.cursor(), run.con.cursor()
 
     def batches():
-        for kind, make in reads:
-            if remaining[0] == 0:
+        for kind, what in reads:
+            if remaining[0] == 0 or run.stopping.is_set():
                 return
-            query = make(reader_con, remaining[0])
-            if query is None:
-                continue
-            if kind == "stream":
-                yield from record_batches(reader_con.sql(query[0], params=query[1]), cfg.chunk_rows)
-            else:  # a short query: fetched whole, so its read transaction ends at once
-                table = arrow_table(reader_con.sql(query[0], params=query[1]))
-                yield from table.to_batches(max_chunksize=cfg.chunk_rows)
+            yield from _read(run, kind, what, remaining)
 
     def read() -> None:
         try:
             for batch in batches():
+                if run.stopping.is_set():
+                    break
                 if remaining[0] is not None:
                     batch = batch.slice(0, remaining[0])
                     remaining[0] -= batch.num_rows
@@ -178,7 +194,7 @@ def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
         try:
             while (window := _get(to_write, stop)) is not None:
                 rows, counts = results_table(window, predictor, run.bundle.version, run.p_cols)
-                run.commit(writer_con, rows, counts, window.skipped_reasons())
+                run.add(rows, counts, window.skipped_reasons())
         except _Stop:
             pass
         except BaseException as exc:
@@ -192,6 +208,8 @@ def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
         while (window := _get(to_infer, stop)) is not None:
             infer_window(window, predictor, cfg.batch_tokens)
             _put(to_write, window, stop)
+            if run.stopping.is_set():  # SIGTERM / SIGINT: this window is the last
+                break
         _put(to_write, None, stop)
         threads[1].join()
     except _Stop:
@@ -202,7 +220,5 @@ def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
         stop.set()
         for t in threads:
             t.join()
-        reader_con.close()
-        writer_con.close()
     if errors:
         raise errors[0]

@@ -12,8 +12,9 @@ Read top to bottom:
    actors. `Scorer` loads the bundle once per actor and scores each batch with the
    local engine's own window code (`Predictor`, token-budget batches, the scores-row
    builder), so a row gets the same label and probabilities on either engine.
-4. The driver streams the scored batches back and commits each with `Run.commit`,
-   as the local engine does: one transaction per batch, scores rows plus run counters.
+4. The driver streams the scored batches back and hands each to `Run.add`, as the
+   local engine does: one transaction per commit, scores rows plus run counters, on a
+   connection open only for the commit, so readers can open the file meanwhile.
    Results come back through Ray's object store rather than through Parquet files
    written by the workers, so the driver needs no storage shared with the workers
    for them, and a crash leaves whole committed batches: a rerun skips those ids.
@@ -34,7 +35,7 @@ from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_columns
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
-from marketpulse.runtime.source import pending_query, record_batches
+from marketpulse.runtime.source import export_pending, pending_query
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
@@ -215,31 +216,6 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
     return rows, counts, reasons
 
 
-def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) -> list[str]:
-    """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
-    import pyarrow.parquet as pq
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reader = record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
-    paths: list[str] = []
-    writer = None
-    rows_in_shard = 0
-    try:
-        for batch in reader:
-            if writer is None or rows_in_shard >= shard_rows:
-                if writer is not None:
-                    writer.close()
-                paths.append(str(out_dir / f"pending-{len(paths):05d}.parquet"))
-                writer = pq.ParquetWriter(paths[-1], batch.schema)
-                rows_in_shard = 0
-            writer.write_batch(batch)
-            rows_in_shard += batch.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    return paths
-
-
 def _blocks(dataset, rows: int):
     """Cut the input into blocks of `rows` rows, streaming (no all-to-all barrier).
 
@@ -374,7 +350,8 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
         per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
         shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
         sql, params = pending_query(run.source, cfg.results_table, stats.model_version, cfg.limit)
-        shards = export_pending(run.con, sql, params, staging, shard_rows)
+        with run.db.read() as con:
+            shards = export_pending(con, sql, params, staging, shard_rows)
         progress.log(
             f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
             f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "
@@ -405,7 +382,10 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             if t_first is None:
                 t_first, first_rows = time.perf_counter(), batch.num_rows
-            run.commit(run.con, *split_scored(batch))
+            run.add(*split_scored(batch))
+            if run.stopping.is_set():  # SIGTERM / SIGINT: commit what came back, stop
+                break
+        run.flush(checkpoint=True)
         if t_first is not None:
             # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.
             after, rest = time.perf_counter() - t_first, progress.done - first_rows

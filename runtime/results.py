@@ -2,14 +2,14 @@
 
 (id, model_version) is unique by construction, not by a PRIMARY KEY: the source ids
 are checked unique, only rows without a score for this version are read (anti-join),
-and one process writes at a time. DuckDB keeps a key's index in memory, ~50 bytes a
-row, which would make a 10-million-row job's memory grow with the table.
+and one run writes at a time (database.py's run lock). DuckDB keeps a key's index in
+memory, ~50 bytes a row, which would make a 10-million-row job's memory grow with the
+table.
 
-A chunk of scores and the run's counters are written in one
+A commit's chunks of scores and the run's counters are written in one
 transaction (`write_chunk`), so after a crash the table holds whole chunks only and
-the run row agrees with it. A run row still 'running' when a new run opens the same
-database belonged to a dead process (DuckDB lets one process write a database file at
-a time) and is marked 'interrupted'.
+the run row agrees with it. A run row still 'running' when a new run holds the same
+database's run lock (database.py) belonged to a dead process and is marked 'interrupted'.
 """
 
 from __future__ import annotations
@@ -41,13 +41,38 @@ def _columns(con, table_sql: str) -> dict[str, str] | None:
         return None
 
 
-def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[str]:
-    """Create or check the scores, models and runs tables; return the probability columns.
+def _kind(con, name: str) -> str | None:
+    """'BASE TABLE', 'VIEW' (or another kind) for an existing object `name`, else None."""
+    parts = name.split(".")
+    catalog, schema = ([None] * (3 - len(parts)) + parts)[:2]
+    row = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_catalog = "
+        "coalesce(?, current_database()) AND table_schema = coalesce(?, current_schema()) "
+        "AND table_name = ?",
+        [catalog, schema, parts[-1]],
+    ).fetchone()
+    return row[0] if row else None
 
-    Raises before anything is written when an existing table cannot take these results.
+
+def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None:
+    """Refuse, before any query touches them, results tables that cannot take these results.
+
+    Returns the existing scores table's {column: type}, or None when it is still to create.
+    Runs on a read-only connection: it only looks.
     """
-    table = quote_table(results_table)
-    p_cols = probability_columns(labels)
+    table = quote_table(results_table)  # refuses names that would need quoting
+    for name, flag in (
+        (results_table, "--results-table"),
+        (RUNS, "--results-db"),
+        (MODELS, "--results-db"),
+    ):
+        kind = _kind(con, name)
+        if kind not in (None, "BASE TABLE"):
+            raise MarketpulseError(
+                f"{name!r} in the results database is a {kind.lower()}, not a table marketpulse "
+                f"can write results to; pass {flag} with another "
+                + ("name" if flag == "--results-table" else "database file")
+            )
     have = _columns(con, table)
     if have is not None:
         missing = [c for c in SCORE_COLUMNS if c not in have]
@@ -68,6 +93,17 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
                 f"table {name!r} in the results database is not marketpulse's {name} table; "
                 "pass --results-db with another database file"
             )
+    return have
+
+
+def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[str]:
+    """Create or check the scores, models and runs tables; return the probability columns.
+
+    Raises before anything is written when an existing table cannot take these results.
+    """
+    table = quote_table(results_table)
+    p_cols = probability_columns(labels)
+    have = check_tables(con, results_table, id_type)
     if have is None:
         probs = "".join(f", {quote_ident(c)} DOUBLE" for c in p_cols)
         con.execute(
@@ -115,7 +151,7 @@ def start_run(con, run: dict) -> None:
 
 
 def write_chunk(con, results_table: str, chunk, run_id: str, counts: dict[str, int]) -> None:
-    """Insert one chunk of scores (a pyarrow Table) and bump the run counters atomically."""
+    """Insert scores rows (a pyarrow Table) and bump the run counters atomically."""
     con.execute("BEGIN TRANSACTION")
     try:
         con.register("_marketpulse_chunk", chunk)

@@ -3,23 +3,30 @@
 Both engines (local_engine.py, ray_engine.py) go through the same three steps here,
 so a run is checked, recorded and counted the same way whichever engine scores it:
 
-1. `checked_run(cfg)` checks everything that can be wrong with the input (config,
-   bundle, databases, table, columns, ids, filter) and raises a one-line error before
+1. `checked_run(cfg)` takes the run lock, checks everything that can be wrong with the
+   input (config, bundle, databases, table, columns, ids, filter, the names of the
+   results tables) on a read-only connection and raises a one-line error before
    anything is written; it yields a `Run` holding the bundle, the checked source, the
-   row counts and the live DuckDB connection, and closes that connection at the end.
+   row counts and the `Database` (database.py) that opens a connection per session.
 2. The engine decides where the model runs (that may still fail, and writes nothing),
    then `run.record(...)` creates or checks the results tables, registers the model,
    closes runs left 'running' by a killed process as 'interrupted', and opens this
    run's row. On exit the row is closed as completed, failed (with the error's first
-   line) or interrupted (KeyboardInterrupt).
-3. Inside, the engine commits each chunk with `run.commit(...)`: the scores rows and
-   the run counters in one transaction, then `RunStats` and the progress line.
+   line) or interrupted. Inside it, SIGTERM and SIGINT ask for a graceful stop
+   (`run.stopping`): the engine finishes the chunk in hand, commits, and `record`
+   raises `Interrupted`; a second signal stops at once.
+3. Inside, the engine hands each chunk to `run.add(...)`, which commits what it holds
+   once `commit_seconds` have passed since the last commit (`run.flush`): the scores
+   rows and the run counters in one transaction, on a connection open only for it,
+   then `RunStats` and the progress line.
 
 This module knows nothing about tokenization, ONNX Runtime or threads.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,16 +37,32 @@ from pathlib import Path
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
+from marketpulse.runtime.database import Database
 from marketpulse.runtime.progress import Progress, format_duration
-from marketpulse.runtime.source import (
-    Source,
-    check_source,
-    count_rows,
-    low_memory,
-    open_databases,
-)
+from marketpulse.runtime.source import Source, check_source, checked_size, count_rows, low_memory
+from marketpulse.sql import DEFAULT_STORAGE_VERSION, check_storage_version
 
 DEFAULT_CHUNK_ROWS = 4096
+# Seconds between commits: each commit holds the file for a moment, so on a fast device
+# many small commits would keep readers out much of the time; on CPU a chunk takes
+# longer than this and every chunk is committed as soon as it is scored.
+DEFAULT_COMMIT_SECONDS = 5.0
+# How long a commit waits for readers to let go of the file before the run fails.
+DEFAULT_LOCK_TIMEOUT = 3600.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGTERM or SIGINT after committing the chunk in hand."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.stats: RunStats | None = None  # set by Run.record
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal (SIGINT 130, SIGTERM 143)."""
+        return 128 + self.signum
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,9 @@ class ScoreConfig:
     batch_tokens: int | None = None  # None: the device's default (predictor.py)
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     memory_limit: str = "512MB"
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    commit_seconds: float = DEFAULT_COMMIT_SECONDS
+    storage_version: str = DEFAULT_STORAGE_VERSION  # of a results file the run creates
     progress: bool = True
     progress_every: float = 10.0  # seconds between progress lines when stderr is not a TTY
 
@@ -108,49 +134,48 @@ def check_config(cfg: ScoreConfig) -> None:
         raise MarketpulseError(f"chunk_rows must be at least 1, got {cfg.chunk_rows}")
     if cfg.threads is not None and cfg.threads < 1:
         raise MarketpulseError(f"--threads must be at least 1, got {cfg.threads}")
+    if cfg.lock_timeout < 0 or cfg.commit_seconds < 0:
+        raise MarketpulseError("--lock-timeout and --commit-seconds must be 0 or more")
+    checked_size(cfg.memory_limit)
+    check_storage_version(cfg.storage_version)
 
 
 @dataclass
 class Run:
-    """One scoring run: its checked input, its live connection and, once recorded, its row.
-
-    `con` is the connection in use; the local engine replaces it (`reconnect`) between
-    segments, and the run row is closed on whichever connection is live at the end.
-    """
+    """One scoring run: its checked input, its database sessions and, once recorded, its row."""
 
     cfg: ScoreConfig
     bundle: Bundle
-    con: object
+    db: Database
     source: Source | None = None
     matching: int = 0  # rows passing the filter
     done: int = 0  # of which this model version already scored
     stats: RunStats | None = None
     progress: Progress | None = None
     p_cols: list[str] = field(default_factory=list)
-
-    def reconnect(self):
-        """A fresh connection in place of the live one (DuckDB's page cache goes with it)."""
-        self.con.close()
-        self.con, _ = open_databases(
-            Path(self.cfg.db), self.cfg.results_db, self.cfg.memory_limit, threads=1
-        )
-        return self.con
+    stopping: threading.Event = field(default_factory=threading.Event)
+    stop_signal: int | None = None
+    _held: list = field(default_factory=list)  # (rows, counts, reasons) not yet committed
+    _last_commit: float = field(default_factory=time.monotonic)
 
     @contextmanager
     def record(
         self, *, provider: str, variant: str, reason: str, engine: str
     ) -> Iterator[RunStats]:
-        """The `runs` row around the scoring; yields the `RunStats` that `commit` updates."""
-        cfg, con = self.cfg, self.con
-        self.p_cols = results.prepare(
-            con, cfg.results_table, self.source.id_type, self.bundle.labels
-        )
-        results.register_model(con, self.bundle)
-        dead = results.close_dead_runs(con)
+        """The `runs` row around the scoring; yields the `RunStats` that `flush` updates."""
+        cfg = self.cfg
+        run_id = uuid.uuid4().hex[:12]
+        with self.db.write() as con:
+            self.p_cols = results.prepare(
+                con, cfg.results_table, self.source.id_type, self.bundle.labels
+            )
+            results.register_model(con, self.bundle)
+            dead = results.close_dead_runs(con)
+            self._start_row(con, run_id, provider, variant, engine)
         unscored = self.matching - self.done
         pending = unscored if cfg.limit is None else min(unscored, cfg.limit)
         stats = self.stats = RunStats(
-            run_id=uuid.uuid4().hex[:12],
+            run_id=run_id,
             model_version=self.bundle.version,
             source=cfg.table,
             results_table=cfg.results_table,
@@ -166,11 +191,44 @@ class Run:
         )
         if dead:
             progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
+        start = time.perf_counter()
+        self._last_commit = time.monotonic()
+        error = None
+        try:
+            with self._signals():
+                yield stats
+            if self.stop_signal is not None:
+                raise Interrupted(self.stop_signal)
+            stats.status = "completed"
+        except KeyboardInterrupt as exc:
+            stats.status = "interrupted"
+            if isinstance(exc, Interrupted):
+                exc.stats = stats
+            raise
+        except BaseException as exc:
+            stats.status = "failed"
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise
+        finally:
+            progress.close()
+            stats.seconds = time.perf_counter() - start
+            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
+            try:
+                with self.db.write(checkpoint=True) as con:
+                    results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+            except MarketpulseError as exc:
+                # The run's own error matters more; the next run closes this row.
+                progress.log(f"could not close the run row: {exc}")
+                if stats.status == "completed":
+                    raise
+
+    def _start_row(self, con, run_id: str, provider: str, variant: str, engine: str) -> None:
+        cfg = self.cfg
         results.start_run(
             con,
             {
-                "run_id": stats.run_id,
-                "model_version": stats.model_version,
+                "run_id": run_id,
+                "model_version": self.bundle.version,
                 "source": cfg.table,
                 "rows_scored": 0,
                 "rows_skipped": 0,
@@ -187,52 +245,107 @@ class Run:
                 "engine": engine,
             },
         )
-        start = time.perf_counter()
-        error = None
-        try:
-            yield stats
-            stats.status = "completed"
-        except KeyboardInterrupt:
-            stats.status = "interrupted"
-            raise
-        except BaseException as exc:
-            stats.status = "failed"
-            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise
-        finally:
-            progress.close()
-            stats.seconds = time.perf_counter() - start
-            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-            results.finish_run(self.con, stats.run_id, stats.status, stats.rows_per_s, error)
 
-    def commit(self, con, rows, counts: dict[str, int], reasons: dict[str, int]) -> None:
-        """Write one chunk (scores rows + run counters, one transaction), then count it.
+    def add(self, rows, counts: dict[str, int], reasons: dict[str, int]) -> None:
+        """Hold one chunk's scores rows; commit what is held once `commit_seconds` passed.
 
         `counts` has scored / skipped / failed / truncated; `reasons` the skipped rows
-        per reason. `con` may be a cursor of the live connection (the local writer's).
+        per reason.
         """
+        self._held.append((rows, counts, reasons))
+        if time.monotonic() - self._last_commit >= self.cfg.commit_seconds:
+            self.flush()
+
+    def flush(self, checkpoint: bool = False) -> None:
+        """Commit the held chunks (scores rows + run counters, one transaction), count them.
+
+        `checkpoint` folds DuckDB's write-ahead log into the file (segment ends).
+        """
+        import pyarrow as pa
+
+        held, self._held = self._held, []
+        if held:
+            total = {k: sum(c[k] for _, c, _ in held) for k in held[0][1]}
+            with self.db.write(checkpoint=checkpoint) as con:
+                rows = pa.concat_tables([r for r, _, _ in held], promote_options="default")
+                results.write_chunk(con, self.cfg.results_table, rows, self.stats.run_id, total)
+        elif checkpoint:
+            with self.db.write(checkpoint=True):
+                pass
+        self._last_commit = time.monotonic()
         stats = self.stats
-        results.write_chunk(con, self.cfg.results_table, rows, stats.run_id, counts)
-        stats.rows_scored += counts["scored"]
-        stats.rows_skipped += counts["skipped"]
-        stats.rows_failed += counts["failed"]
-        stats.rows_truncated += counts["truncated"]
-        for reason, n in reasons.items():
-            stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
-        self.progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
+        for _, counts, reasons in held:
+            stats.rows_scored += counts["scored"]
+            stats.rows_skipped += counts["skipped"]
+            stats.rows_failed += counts["failed"]
+            stats.rows_truncated += counts["truncated"]
+            for reason, n in reasons.items():
+                stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
+            self.progress.update(counts["scored"] + counts["skipped"] + counts["failed"])
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGTERM / SIGINT: finish and commit the chunk in hand, then stop; twice: at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stopping.is_set():
+                raise Interrupted(signum)
+            self.stop_signal = signum
+            self.stopping.set()
+            self.progress.log(
+                f"{signal.Signals(signum).name}: stopping after the chunk in hand and "
+                "committing it (send it again to stop at once)"
+            )
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _count(con, run: Run, version: str) -> tuple[int, int]:
+    """count_rows, with a filter that fails on the table's values as a one-line error.
+
+    The count evaluates the filter on every row, so a value it cannot cast (`id = ''`)
+    fails here, before anything is written, and not later while scoring.
+    """
+    import duckdb
+
+    try:
+        return count_rows(con, run.source, run.cfg.results_table, version)
+    except duckdb.Error as exc:
+        if not run.cfg.where:
+            raise
+        raise MarketpulseError(
+            f"--where {run.cfg.where!r} fails on the rows of {run.cfg.table!r} "
+            f"({str(exc).splitlines()[0][:200]}); fix the filter's values or types"
+        ) from exc
 
 
 @contextmanager
 def checked_run(cfg: ScoreConfig) -> Iterator[Run]:
-    """Check the config, bundle, databases and source; yield the `Run`; close its connection."""
+    """Check the config, bundle, databases and source under the run lock; yield the `Run`."""
     check_config(cfg)
     bundle = load_bundle(Path(cfg.bundle))
-    con, attached = open_databases(Path(cfg.db), cfg.results_db, cfg.memory_limit, threads=1)
-    run = Run(cfg, bundle, con)
-    try:
-        with low_memory(con, cfg.memory_limit):
-            run.source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, attached)
-            run.matching, run.done = count_rows(con, run.source, cfg.results_table, bundle.version)
+    db = Database(
+        Path(cfg.db),
+        Path(cfg.results_db) if cfg.results_db else None,
+        cfg.memory_limit,
+        cfg.lock_timeout,
+        cfg.storage_version,
+    )
+    db.prepare()
+    with db.run_lock():
+        run = Run(cfg, bundle, db)
+        with db.read() as con, low_memory(con, cfg.memory_limit):
+            run.source = check_source(
+                con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, db.attached
+            )
+            results.check_tables(con, cfg.results_table, run.source.id_type)
+            run.matching, run.done = _count(con, run, bundle.version)
         yield run
-    finally:
-        run.con.close()

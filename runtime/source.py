@@ -1,8 +1,7 @@
 """Reading the source table: open the databases, check the input, stream pending rows.
 
-`open_databases` opens the results database read-write (creating it if needed) and,
-when the source lives in another file, attaches that one read-only as `src`. DuckDB's
-own memory is capped so its buffer cache cannot grow with the table.
+The connections themselves come from database.py (read-only for every read here,
+the source attached as `src` when it lives in another file than the results).
 
 `check_source` turns every input problem into a one-line error before anything is
 written: missing table or column, an id column that is not a plain scalar or holds
@@ -13,8 +12,8 @@ scored yet: an anti-join against the results table inside DuckDB. For a base tab
 it is read in rowid ranges (`pending_range`), each a short query, so no read
 transaction stays open while results are committed (DuckDB could not checkpoint them
 and would hold them in memory) and each page of the table is read once. A view has
-no rowid; it is read by one streaming query (`pending_query`, no ORDER BY, so DuckDB
-streams it in record batches without materialising it).
+no rowid; its pending rows are staged to Parquet by one streaming query
+(`export_pending`), so no connection stays open while they are scored.
 """
 
 from __future__ import annotations
@@ -43,42 +42,6 @@ class Source:
     where_params: list
 
 
-def open_databases(db: Path, results_db: Path | None, memory_limit: str, threads: int):
-    """Return a DuckDB connection on the results database with the source reachable."""
-    import duckdb
-
-    db = Path(db)
-    if not db.is_file():
-        raise MarketpulseError(
-            f"database file {db} not found; pass --db with an existing DuckDB file"
-        )
-    same = results_db is None or Path(results_db).resolve() == db.resolve()
-    target = db if same else Path(results_db)
-    try:
-        con = duckdb.connect(str(target))
-        if not same:
-            con.execute(f"ATTACH ? AS {SOURCE_ALIAS} (READ_ONLY)", [str(db)])
-    except duckdb.IOException as exc:
-        first = str(exc).splitlines()[0]
-        if "lock" in first.lower():
-            raise MarketpulseError(
-                f"database {target} is in use by another process ({first}); wait for it to "
-                "finish or score into another file with --results-db"
-            ) from exc
-        raise MarketpulseError(f"cannot open {target} ({first}); check the path") from exc
-    except duckdb.Error as exc:
-        raise MarketpulseError(
-            f"cannot open {db} as a DuckDB database ({str(exc).splitlines()[0]}); pass --db "
-            "with a DuckDB file"
-        ) from exc
-    # Capped memory keeps the buffer cache (and so RSS) flat however large the table is;
-    # operators spill to disk beyond it. No insertion order: results need no ordering.
-    con.execute(f"SET memory_limit = '{_checked_size(memory_limit)}'")
-    con.execute(f"SET threads = {int(threads)}")
-    con.execute("SET preserve_insertion_order = false")
-    return con, not same
-
-
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|KiB|MiB|GiB)\s*", re.I)
 _UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 # DuckDB's cap while the input checks run: they group every id and join the results
@@ -87,14 +50,14 @@ _UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2*
 CHECK_MEMORY_LIMIT = "128MB"
 
 
-def _checked_size(size: str) -> str:
+def checked_size(size: str) -> str:
     if not _SIZE.fullmatch(size):
         raise MarketpulseError(f"invalid memory size {size!r}; use e.g. 512MB or 2GB")
     return size.strip()
 
 
 def _size_bytes(size: str) -> float:
-    number, unit = _SIZE.fullmatch(_checked_size(size)).groups()
+    number, unit = _SIZE.fullmatch(checked_size(size)).groups()
     return float(number) * _UNITS[unit.lower()]
 
 
@@ -102,11 +65,11 @@ def _size_bytes(size: str) -> float:
 def low_memory(con, memory_limit: str):
     """Run the input checks under CHECK_MEMORY_LIMIT (or the run's own, if lower)."""
     cap = min(memory_limit, CHECK_MEMORY_LIMIT, key=_size_bytes)
-    con.execute(f"SET memory_limit = '{_checked_size(cap)}'")
+    con.execute(f"SET memory_limit = '{checked_size(cap)}'")
     try:
         yield
     finally:
-        con.execute(f"SET memory_limit = '{_checked_size(memory_limit)}'")
+        con.execute(f"SET memory_limit = '{checked_size(memory_limit)}'")
 
 
 def check_source(
@@ -274,3 +237,28 @@ def arrow_table(relation):
     if hasattr(relation, "to_arrow_table"):  # duckdb >= 2
         return relation.to_arrow_table()
     return relation.fetch_arrow_table()
+
+
+def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) -> list[str]:
+    """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
+    import pyarrow.parquet as pq
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reader = record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
+    paths: list[str] = []
+    writer = None
+    rows_in_shard = 0
+    try:
+        for batch in reader:
+            if writer is None or rows_in_shard >= shard_rows:
+                if writer is not None:
+                    writer.close()
+                paths.append(str(out_dir / f"pending-{len(paths):05d}.parquet"))
+                writer = pq.ParquetWriter(paths[-1], batch.schema)
+                rows_in_shard = 0
+            writer.write_batch(batch)
+            rows_in_shard += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return paths

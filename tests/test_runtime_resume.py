@@ -17,14 +17,15 @@ from test_runtime_support import make_source, spread_bundle
 N = 12_000
 
 # A real scoring process; progress_every=0 prints a line per committed chunk, which
-# tells the test how far the run got without opening the (locked) database.
+# tells the test how far the run got without opening the database; commit_seconds=0
+# commits every chunk as soon as it is scored.
 SCORER = textwrap.dedent(
     """
     import sys
     from marketpulse.runtime import ScoreConfig, score
     score(ScoreConfig(db=sys.argv[1], table="posts", id_col="id", text_col="text",
                       bundle=sys.argv[2], device="cpu", threads=1, chunk_rows=256,
-                      progress_every=0))
+                      progress_every=0, commit_seconds=0))
     """
 )
 

@@ -30,7 +30,7 @@ def bundle(tiny_checkpoint, tmp_path_factory):
 
 def config(db, bundle, **kw) -> ScoreConfig:
     base = dict(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path)
-    base.update(device="cpu", threads=1, chunk_rows=100, progress=False)
+    base.update(device="cpu", threads=1, chunk_rows=100, progress=False, commit_seconds=0)
     return ScoreConfig(**{**base, **kw})
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import click
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.sql import create_database
 
 TWITTER = "twitter_financial_news"  # inside --data: train.csv and valid.csv
 DEMO_DB = Path(
@@ -124,6 +125,7 @@ def build_tables(db: Path, texts: list[str], sizes: list[int]) -> None:
     import pyarrow as pa
 
     db.unlink(missing_ok=True)
+    create_database(db)  # in a format DuckDB 1.x clients open too
     con = duckdb.connect(str(db))
     con.register("base", pa.table({"k": range(len(texts)), "text": texts}))
     con.execute("CREATE TABLE texts AS SELECT * FROM base")

@@ -29,6 +29,7 @@ import click
 import duckdb
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.sql import create_database
 from marketpulse.tools.demo_data import (
     LABELS,
     StreamSpec,
@@ -52,7 +53,7 @@ class DemoConfig:
     max_length: int = 64
     stream: StreamSpec = field(default_factory=StreamSpec)
     window: int = 4
-    z_threshold: float = 3.0
+    alpha: float = 0.01  # false-alarm probability per brand-week check
     seed: int = 42
 
     @classmethod
@@ -170,7 +171,7 @@ def run(cfg: DemoConfig) -> DemoResult:
             by=("brand",),
             grain="week",
             window=cfg.window,
-            z_threshold=cfg.z_threshold,
+            alpha=cfg.alpha,
             plot=plot,
             csv=csv,
         )
@@ -216,6 +217,7 @@ def _write_db(db: Path, labeled, posts) -> None:
             "snippet_id": [p.snippet_id for p in posts],
         }
     )
+    create_database(db)  # in a format DuckDB 1.x clients open too
     con = duckdb.connect(str(db))
     try:
         con.register("reviews_arrow", reviews)

@@ -1,0 +1,185 @@
+"""How a run holds the DuckDB file: briefly, so other processes can read it meanwhile.
+
+DuckDB's concurrency model: ONE process may open a database file read-write, OR any
+number of processes may open it read-only; an OS lock on the file keeps the two apart.
+A run that kept a read-write connection open for hours would lock every dashboard and
+`duckdb -readonly` out for hours. So a run never keeps the file open:
+
+- Reads (the input checks, each range of pending rows) use a read-only connection,
+  which shares the file with every other reader.
+- Writes (the results tables, each commit of a few chunks, the run row) use a
+  read-write connection that is opened, used and closed within a fraction of a second.
+  The commits go to DuckDB's write-ahead log without a checkpoint (readers replay the
+  log: they see every committed chunk and nothing else); the writer checkpoints at the
+  end of each segment, so the results table still gets whole row groups.
+- Opening waits with backoff while another process holds a conflicting lock, up to
+  `lock_timeout` seconds, and says that it waits for a reader.
+
+Since DuckDB's lock no longer keeps two `score` runs on one results database apart for
+the whole run, a run holds an advisory lock (`flock`) on `<results db>.marketpulse.lock`
+from start to end. Holding it also proves that a run row still 'running' belongs to a
+dead process. A killed process releases it with its file descriptors.
+
+Within the process one mutex serialises the sessions: DuckDB refuses a read-only and a
+read-write connection to one file in the same process at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.source import SOURCE_ALIAS, checked_size
+from marketpulse.sql import connect, create_database
+
+# DuckDB checkpoints a write-ahead log above this size on its own (its default is 16MB,
+# under one segment's results, which would end row groups early); readers replay the log
+# on open, so it is bounded all the same.
+WAL_AUTOCHECKPOINT = "64MB"
+
+
+def _stderr(message: str) -> None:
+    print(f"marketpulse: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Database:
+    """The source and results files of one run, opened per session."""
+
+    db: Path
+    results_db: Path | None
+    memory_limit: str
+    lock_timeout: float
+    storage_version: str
+    log: Callable[[str], None] = _stderr
+    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _run_lock: object = field(default=None, repr=False)
+
+    @property
+    def attached(self) -> bool:
+        """True when the source lives in another file than the results."""
+        return self.results_db is not None and (
+            Path(self.results_db).resolve() != Path(self.db).resolve()
+        )
+
+    @property
+    def target(self) -> Path:
+        return Path(self.results_db) if self.attached else Path(self.db)
+
+    def prepare(self) -> None:
+        """Check the source file exists; create a missing results file in the chosen format."""
+        if not Path(self.db).is_file():
+            raise MarketpulseError(
+                f"database file {self.db} not found; pass --db with an existing DuckDB file"
+            )
+        create_database(self.target, self.storage_version)
+
+    @contextmanager
+    def read(self) -> Iterator[object]:
+        """A read-only connection on the results file, the source attached as `src` if apart."""
+        with self._mutex:
+            con = self._open(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def write(self, checkpoint: bool = False) -> Iterator[object]:
+        """A read-write connection on the results file; `checkpoint` folds the log in at close.
+
+        DuckDB errors while writing (disk full, a read-only file) become one-line errors
+        that say what to do; what was committed before stays, and a rerun goes on from it.
+        """
+        import duckdb
+
+        with self._mutex:
+            con = self._open(read_only=False)
+            try:
+                yield con
+                if checkpoint:
+                    con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                raise self._write_error(exc) from exc
+            finally:
+                try:
+                    con.close()
+                except duckdb.Error:
+                    pass  # the error that got here is the one to report
+
+    def _write_error(self, exc: BaseException) -> MarketpulseError:
+        first = str(exc).splitlines()[0][:240] if str(exc) else type(exc).__name__
+        return MarketpulseError(
+            f"cannot write to {self.target} ({first}); free disk space or make the file "
+            "writable, then rerun: every chunk committed so far is kept and the rerun scores "
+            "the rest"
+        )
+
+    def _waiting(self, seconds: float, error: str) -> None:
+        self.log(
+            f"waiting for a reader to close {self.target} ({seconds:.0f}s so far, up to "
+            f"--lock-timeout {self.lock_timeout:.0f}s): {error}"
+        )
+
+    def _open(self, read_only: bool):
+        import duckdb
+
+        try:
+            con = connect(
+                self.target, read_only=read_only, timeout=self.lock_timeout, on_wait=self._waiting
+            )
+        except MarketpulseError:
+            raise
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0][:240]
+            if read_only:
+                raise MarketpulseError(
+                    f"cannot open {self.target} as a DuckDB database ({first}); pass --db "
+                    "with a DuckDB file"
+                ) from exc
+            raise self._write_error(exc) from exc
+        try:
+            if self.attached:
+                con.execute(f"ATTACH ? AS {SOURCE_ALIAS} (READ_ONLY)", [str(self.db)])
+            # Capped memory keeps the buffer cache (and so RSS) flat however large the
+            # table is; operators spill beyond it. No insertion order: results need none.
+            con.execute(f"SET memory_limit = '{checked_size(self.memory_limit)}'")
+            con.execute("SET threads = 1")
+            con.execute("SET preserve_insertion_order = false")
+            if not read_only:
+                con.execute("PRAGMA disable_checkpoint_on_shutdown")
+                con.execute(f"SET wal_autocheckpoint = '{WAL_AUTOCHECKPOINT}'")
+        except duckdb.Error as exc:
+            con.close()
+            raise MarketpulseError(
+                f"cannot open {self.db} as a DuckDB database ({str(exc).splitlines()[0]}); "
+                "pass --db with a DuckDB file"
+            ) from exc
+        return con
+
+    @contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """Hold `<results db>.marketpulse.lock` for the run; refuse a second concurrent run."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: DuckDB's own lock is all there is
+            yield
+            return
+        path = self.target.with_name(self.target.name + ".marketpulse.lock")
+        handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise MarketpulseError(
+                    f"another `marketpulse score` is writing to {self.target}; wait for it to "
+                    "finish, or score into another file with --results-db"
+                ) from exc
+            yield
+        finally:
+            handle.close()
