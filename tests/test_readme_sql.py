@@ -25,8 +25,13 @@ BLOCKS = _sql_blocks()
 
 @pytest.fixture(scope="module")
 def con(tmp_path_factory):
-    db = build_weekly_db(tmp_path_factory.mktemp("readme") / "market.duckdb")
-    run(TrendsConfig(db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",)))
+    # 26 weeks: long enough for the forecast backtest and its bands (10 past errors)
+    db = build_weekly_db(tmp_path_factory.mktemp("readme") / "market.duckdb", weeks=26)
+    run(
+        TrendsConfig(
+            db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",), text_col="text"
+        )
+    )
     con = duckdb.connect(str(db), read_only=True)
     yield con
     con.close()
@@ -49,9 +54,20 @@ def test_readme_queries_give_the_expected_answers(con):
     assert flagged and [(r[0], r[1]) for r in flagged[0]] == [("A", date(2024, 2, 5))]
     latest = [rows for sql, rows in by_text.items() if "QUALIFY" in sql]
     assert latest and [(r[0], r[1], r[2]) for r in latest[0]] == [
-        ("A", date(2024, 2, 19), 20),
-        ("B", date(2024, 2, 19), 20),
+        ("A", date(2024, 6, 24), 20),
+        ("B", date(2024, 6, 24), 20),
     ]
+    ahead = [rows for sql, rows in by_text.items() if "FROM forecast_posts_week" in sql]
+    assert ahead and [(r[0], r[2]) for r in ahead[0]] == [
+        (b, s) for b in "AB" for s in (1, 2, 3, 4)
+    ]
+    assert all(r[5] <= r[4] <= r[6] for r in ahead[0])  # forecast inside its 80% band
+    skill = [rows for sql, rows in by_text.items() if "FROM forecast_backtest_posts_week" in sql]
+    assert skill and [r[0] for r in skill[0]] == ["A", "B"]
+    assert all(r[1] is not None and r[2] is not None and r[5] for r in skill[0])
+    why = [rows for sql, rows in by_text.items() if "FROM trend_drivers_posts_week" in sql]
+    assert why and {(r[0], r[1], r[2]) for r in why[0]} == {("A", date(2024, 2, 5), "negative")}
+    assert why[0][0][4] == "negative post"  # the fixture's negative posts say so
     behind = [rows for sql, rows in by_text.items() if "LIMIT 5" in sql]
     assert behind and len(behind[0]) == 5 and {r[0] for r in behind[0]} == {"A"}
 

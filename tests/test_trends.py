@@ -10,7 +10,7 @@ import pytest
 from trends_fixtures import build_db, insert_scores, register_model
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.trends.stage import TrendsConfig, format_report, run
+from marketpulse.trends import TrendsConfig, format_report, run
 
 
 @pytest.fixture
@@ -67,50 +67,58 @@ def test_rolling_mean_and_change_skip_empty_buckets(db):
 
 
 def test_z_score_against_trailing_window_flags_the_drop(db):
-    result = run(_cfg(db))
+    result = run(_cfg(db, alpha=0.1))
     rows = _rows(db)
-    # trailing days 5-7: .25, .75, .5 -> mean .5, sample sd .25; own standard error
-    # sqrt((.75 - .75**2) / 4) = .2165 is smaller, so z = (-.75 - .5) / .25
+    # trailing days 5-7: .25, .75, .5 -> mean .5, sample variance .0625 (n = 3); day 8's
+    # sampling variance (.75 - .75**2) / 4 is below the trailing days' mean (.09375), so
+    # z = (-.75 - .5) / sqrt(.0625 * (1 + 1/3)), a t statistic with 2 degrees of freedom
     a8 = rows[("A", 8)]
+    z = -1.25 / math.sqrt(0.0625 * 4 / 3)
     assert a8["trailing_mean"] == pytest.approx(0.5)
-    assert a8["z_score"] == pytest.approx(-5.0)
+    assert a8["z_score"] == pytest.approx(z)
+    assert a8["p_value"] == pytest.approx(1 - abs(z) / math.sqrt(2 + z * z))  # t, 2 df
+    assert a8["p_value"] == pytest.approx(0.0495, abs=1e-4)
     assert a8["is_shift"] is True
     # fewer than 3 non-empty buckets in the trailing window: no z
     assert rows[("A", 7)]["z_score"] is None and rows[("A", 3)]["z_score"] is None
-    # B: trailing index is flat (sd 0), so the bucket's own standard error
-    # sqrt((1 - 1/9) / 3) stands in, instead of dividing by zero
+    # B: trailing index is flat (variance 0), so the floor, 0.2**2 x the trailing days'
+    # sampling variance (1 - 0) / 2, stands in instead of dividing by zero
     b5 = rows[("B", 5)]
     assert b5["net_index"] == pytest.approx(1 / 3)
-    assert b5["z_score"] == pytest.approx((1 / 3) / math.sqrt((1 - 1 / 9) / 3))
+    assert b5["z_score"] == pytest.approx((1 / 3) / math.sqrt(0.04 * 0.5 * 4 / 3))
     assert b5["is_shift"] is False
     assert [(r["brand"], r["bucket"].day) for r in result.flagged] == [("A", 8)]
 
 
-def test_forecast_from_trailing_trend(db):
-    run(_cfg(db))
+def test_short_series_forecast_the_window_average(db):
+    """8 days is below the backtest's minimum: the forecast is the mean of the last
+    --window buckets (an empty bucket carries the last index forward), with no band."""
+    result = run(_cfg(db))
     rows = _rows(db)
-    # A, window days 5-7 at t = 5, 6, 7: y = .25, .75, .5 -> slope .125, intercept -.25
-    a7 = rows[("A", 7)]
-    assert a7["forecast_next"] == pytest.approx(0.75)
-    # residuals -.125, .25, -.125 -> SSE .09375 on 1 degree of freedom
-    half = 1.96 * math.sqrt(0.09375)
-    assert a7["forecast_low"] == pytest.approx(0.75 - half)
-    assert a7["forecast_high"] == 1.0  # clamped: the index lives in [-1, 1]
-    # two points only (days 3 and 5): a line, but no interval
-    a5 = rows[("A", 5)]
-    assert a5["forecast_next"] == pytest.approx(0.125)
-    assert a5["forecast_low"] is None and a5["forecast_high"] is None
-    # days 6-8 fall steeply: the forecast is clamped at -1
-    assert rows[("A", 8)]["forecast_next"] == -1.0
+    a8, b8 = rows[("A", 8)], rows[("B", 8)]
+    assert a8["forecast_next"] == pytest.approx((0.75 + 0.5 - 0.75) / 3)  # days 6-8
+    assert b8["forecast_next"] == pytest.approx(1 / 3)  # day 5, carried to days 6-8
+    assert a8["forecast_low"] is None and a8["forecast_high"] is None
+    assert all(r["forecast_next"] is None for k, r in rows.items() if k[1] < 8)
+    con = duckdb.connect(str(db), read_only=True)
+    ahead = con.execute(
+        "SELECT brand, bucket, step, model, forecast FROM forecast_posts_day ORDER BY ALL"
+    ).fetchall()
+    con.close()
+    assert [(b, d.day, s) for b, d, s, *_ in ahead] == [
+        (b, 8 + s, s) for b in "AB" for s in (1, 2, 3, 4)
+    ]
+    assert {m for *_, m, _ in ahead} == {"WindowAverage (short series)"}
+    assert "skill is unknown" in format_report(result)
 
 
 def test_threshold_and_window_are_respected(db):
-    result = run(_cfg(db, z_threshold=6.0))
+    result = run(_cfg(db))  # alpha 0.01: A8's p = .0495 from 3 trailing days is no shift
     assert result.flagged == []
-    assert "No shifts flagged" in format_report(result)
+    assert "No shifts flagged (p <= 0.01)" in format_report(result)
     run(_cfg(db, window=4))
     # window 4: trailing days 4-7 hold 3 non-empty buckets (.25, .75, .5) -> same z
-    assert _rows(db)[("A", 8)]["z_score"] == pytest.approx(-5.0)
+    assert _rows(db)[("A", 8)]["z_score"] == pytest.approx(-1.25 / math.sqrt(0.0625 * 4 / 3))
     assert _rows(db)[("A", 7)]["z_score"] is not None  # days 3, 5, 6
 
 
@@ -222,6 +230,7 @@ def test_identifiers_are_quoted(tmp_path):
             by=("group",),
             grain="day",
             window=3,
+            alpha=0.1,
         )
     )
     assert result.trend_table == "trend_my_posts_day"

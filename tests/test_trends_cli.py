@@ -29,7 +29,7 @@ def _invoke(db, *extra):
 def test_trends_writes_table_exports_and_plot(db, tmp_path):
     csv, parquet, png = tmp_path / "t.csv", tmp_path / "t.parquet", tmp_path / "t.png"
     res = _invoke(
-        db, "--by", "brand", "--grain", "day", "--window", "3",
+        db, "--by", "brand", "--grain", "day", "--window", "3", "--alpha", "0.1",
         "--csv", str(csv), "--parquet", str(parquet), "--plot", str(png),
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -39,7 +39,7 @@ def test_trends_writes_table_exports_and_plot(db, tmp_path):
     ).fetchone()
     con.close()
     assert n == 16 and flagged == ["A 2024-01-08"]
-    assert "Flagged shifts (|z| >= 2): 1" in res.output
+    assert "Flagged shifts (p <= 0.1): 1" in res.output
     assert "A      2024-01-08  4       -0.750" in res.output
     assert pacsv.read_csv(csv).num_rows == 16
     table = pq.read_table(parquet)
@@ -116,7 +116,8 @@ def test_unscored_source_and_missing_db(db, tmp_path):
 def test_bad_choices_are_usage_errors(db):
     assert _invoke(db, "--grain", "hour").exit_code == 2
     assert _invoke(db, "--window", "1").exit_code == 2
-    assert _invoke(db, "--z-threshold", "0").exit_code == 2
+    assert _invoke(db, "--alpha", "0").exit_code == 2
+    assert _invoke(db, "--alpha", "1").exit_code == 2
 
 
 @pytest.mark.parametrize("column", ["volume", "label", "share_positive"])
@@ -146,7 +147,9 @@ def test_runtime_import_does_not_load_matplotlib():
 def test_json_summary_for_jobs(db):
     import json
 
-    res = _invoke(db, "--by", "brand", "--grain", "day", "--window", "3", "--json")
+    res = _invoke(
+        db, "--by", "brand", "--grain", "day", "--window", "3", "--alpha", "0.1", "--json"
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["trend_table"] == "trend_posts_day" and out["rows"] == 16

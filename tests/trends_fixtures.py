@@ -113,10 +113,11 @@ def build_db(path: Path, counts=COUNTS) -> Path:
     return path
 
 
-def build_weekly_db(path: Path) -> Path:
-    """Two brands x 8 weeks from Monday 2024-01-01, 20 posts a week; brand A drops in week 6."""
+def build_weekly_db(path: Path, weeks: int = 8) -> Path:
+    """Two brands x `weeks` weeks from Monday 2024-01-01, 20 posts a week; brand A drops in
+    week 6."""
     counts = {}
-    for week in range(8):
+    for week in range(weeks):
         counts[("A", week)] = (3, 5, 12) if week == 5 else (10, 5, 5)
         counts[("B", week)] = (8 + week % 2, 6, 6 - week % 2)
     con = duckdb.connect(str(path))

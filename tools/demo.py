@@ -52,7 +52,7 @@ class DemoConfig:
     epochs: float = 2.0  # validation macro-F1 peaked at epoch 2 of 3 here
     max_length: int = 64
     stream: StreamSpec = field(default_factory=StreamSpec)
-    window: int = 4
+    window: int = 8
     alpha: float = 0.01  # false-alarm probability per brand-week check
     seed: int = 42
 
@@ -97,8 +97,8 @@ def run(cfg: DemoConfig) -> DemoResult:
     from marketpulse.runtime import ScoreConfig, score
     from marketpulse.train import DataSource, TrainConfig
     from marketpulse.train import run as train
-    from marketpulse.trends.stage import TrendsConfig, format_report
-    from marketpulse.trends.stage import run as trends
+    from marketpulse.trends import TrendsConfig, format_report
+    from marketpulse.trends import run as trends
 
     p = _Progress(6)
     out = Path(cfg.out)
@@ -172,6 +172,7 @@ def run(cfg: DemoConfig) -> DemoResult:
             grain="week",
             window=cfg.window,
             alpha=cfg.alpha,
+            text_col="text",
             plot=plot,
             csv=csv,
         )

@@ -1,20 +1,42 @@
-"""Draw a trend table: the net sentiment index per group over time, flagged shifts marked.
+"""Draw a trend table as small multiples: one panel per group, its net index over time,
+flagged shifts circled, and the forecast fan (80% and 95% bands) after the last bucket.
+
+With many groups only the `MAX_PANELS` that matter most are drawn: groups with a flagged
+shift first (largest |z| first), then the largest by volume; the figure says how many
+groups were left out and names the first few. Every panel shares the y axis [-1, 1].
 
 matplotlib is imported inside `plot_trends` (Agg backend, no display needed), so the
-runtime imports without it and only `--plot` needs the `trends` extra.
+trends stage imports without it and only `--plot` needs it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from marketpulse.errors import MarketpulseError
 
+MAX_PANELS = 12
+COLUMNS = 3
 
-def plot_trends(result, path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write a PNG of `rows` (trend table rows) to `path` and return the path."""
+
+def choose_groups(series: dict[str, list[dict[str, Any]]], limit: int = MAX_PANELS) -> list[str]:
+    """The groups to draw: flagged ones by largest |z|, then the rest by total volume."""
+
+    def rank(key: str):
+        points = series[key]
+        shifts = [abs(r["z_score"]) for r in points if r["is_shift"] and r["z_score"] is not None]
+        return (0 if shifts else 1, -max(shifts, default=0.0), -sum(r["volume"] for r in points))
+
+    return sorted(series, key=lambda k: (rank(k), k))[:limit]
+
+
+def plot_trends(
+    result, path: Path, rows: list[dict[str, Any]], forecasts: list[dict[str, Any]] = ()
+) -> Path:
+    """Write a PNG of `rows` (trend table) and `forecasts` (forecast table) to `path`."""
     try:
         import matplotlib
 
@@ -27,46 +49,41 @@ def plot_trends(result, path: Path, rows: list[dict[str, Any]]) -> Path:
 
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        key = " / ".join(str(row[c]) for c in result.by) or "all"
-        series[key].append(row)
+        series[_key(row, result.by)].append(row)
+    fans: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in forecasts:
+        fans[_key(row, result.by)].append(row)
+    shown = choose_groups(series)
+    left_out = sorted(set(series) - set(shown))
 
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    n_rows = math.ceil(len(shown) / COLUMNS) if len(shown) > 1 else 1
+    n_cols = min(COLUMNS, len(shown)) or 1
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        figsize=(4.2 * n_cols + 1, 2.8 * n_rows + 1.2),
+        dpi=110,
+        sharey=True,
+        squeeze=False,
+    )
     try:
-        for key, points in sorted(series.items()):
-            points.sort(key=lambda r: r["bucket"])
-            xs = [r["bucket"] for r in points]
-            ys = [r["net_index"] if r["net_index"] is not None else float("nan") for r in points]
-            (line,) = ax.plot(xs, ys, marker=".", label=key)
-            _draw_forecast(ax, points, line.get_color())
-            shifts = [r for r in points if r["is_shift"]]
-            if shifts:
-                ax.scatter(
-                    [r["bucket"] for r in shifts],
-                    [r["net_index"] for r in shifts],
-                    s=160,
-                    facecolors="none",
-                    edgecolors="red",
-                    linewidths=2,
-                    zorder=5,
-                )
-                for r in shifts:
-                    ax.annotate(
-                        f"{key}\nz={r['z_score']:+.1f}",
-                        (r["bucket"], r["net_index"]),
-                        textcoords="offset points",
-                        xytext=(8, -22 if r["z_score"] < 0 else 10),
-                        fontsize=8,
-                        color=line.get_color(),
-                    )
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_ylabel(f"net index = ({result.positive} - {result.negative}) / volume")
-        ax.set_xlabel(
-            f"{result.grain} (red circles: |z| >= {result.z_threshold:g}; dashed: next-{result.grain} forecast)"
+        for ax, key in zip(axes.flat, shown, strict=False):
+            _panel(ax, key, sorted(series[key], key=lambda r: r["bucket"]), fans.get(key, []))
+        for ax in list(axes.flat)[len(shown) :]:
+            ax.set_visible(False)
+        title = (
+            f"{result.trend_table}: net index = ({result.positive} - {result.negative}) / volume; "
+            f"red circles: shifts at p <= {result.alpha:g}; shaded: 80% / 95% forecast bands"
         )
-        ax.set_title(f"{result.trend_table}")
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+        if left_out:
+            names = ", ".join(left_out[:8]) + (
+                f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+            )
+            title += (
+                f"\n{len(shown)} of {len(series)} groups shown (flagged shifts first, then by "
+                f"volume); left out: {names}"
+            )
+        fig.suptitle(title, fontsize=9)
         fig.autofmt_xdate()
         fig.tight_layout()
         fig.savefig(path)
@@ -75,23 +92,41 @@ def plot_trends(result, path: Path, rows: list[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def _draw_forecast(ax, points: list[dict[str, Any]], color) -> None:
-    """A dashed step from the last bucket to the forecast for the next one, with its interval."""
-    last = points[-1]
-    if len(points) < 2 or last["forecast_next"] is None or last["net_index"] is None:
-        return
-    step = last["bucket"] - points[-2]["bucket"]  # day, week, or about a month
-    nxt = last["bucket"] + step
-    ax.plot([last["bucket"], nxt], [last["net_index"], last["forecast_next"]], "--", color=color)
-    if last["forecast_low"] is not None:
-        low = last["forecast_next"] - last["forecast_low"]
-        high = last["forecast_high"] - last["forecast_next"]
-        ax.errorbar(
-            [nxt],
-            [last["forecast_next"]],
-            yerr=[[low], [high]],
-            fmt="o",
-            mfc="white",
-            color=color,
-            capsize=3,
+def _key(row: dict[str, Any], by: tuple[str, ...]) -> str:
+    return " / ".join(str(row[c]) for c in by) or "all"
+
+
+def _panel(ax, key: str, points: list[dict[str, Any]], fan: list[dict[str, Any]]) -> None:
+    xs = [r["bucket"] for r in points]
+    ys = [_nan(r["net_index"]) for r in points]
+    (line,) = ax.plot(xs, ys, marker=".", markersize=3, linewidth=1)
+    color = line.get_color()
+    shifts = [r for r in points if r["is_shift"] and r["net_index"] is not None]
+    if shifts:
+        ax.scatter(
+            [r["bucket"] for r in shifts],
+            [r["net_index"] for r in shifts],
+            s=90,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.5,
+            zorder=5,
         )
+    fan = sorted(fan, key=lambda r: r["step"])
+    if fan and points[-1]["net_index"] is not None:
+        fx = [points[-1]["bucket"]] + [r["bucket"] for r in fan]
+        start = points[-1]["net_index"]
+        ax.plot(fx, [start] + [r["forecast"] for r in fan], "--", color=color, linewidth=1)
+        for level, alpha in (("95", 0.15), ("80", 0.3)):
+            lo = [start] + [_nan(r[f"lo_{level}"]) for r in fan]
+            hi = [start] + [_nan(r[f"hi_{level}"]) for r in fan]
+            ax.fill_between(fx, lo, hi, color=color, alpha=alpha, linewidth=0)
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title(key, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else value

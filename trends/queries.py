@@ -13,6 +13,8 @@ values travel as bound parameters.
 
 from __future__ import annotations
 
+import math
+
 from marketpulse.results_schema import MODELS, sanitize
 from marketpulse.sql import quote_ident, quote_table
 
@@ -27,14 +29,17 @@ TREND_COLUMNS = (
     "index_change",
     "trailing_mean",
     "z_score",
+    "p_value",
     "is_shift",
     "forecast_next",
     "forecast_low",
     "forecast_high",
 )
 
-# Half-width of the forecast interval in residual standard errors (~95% if residuals are normal).
-INTERVAL_Z = 1.96
+# The trailing spread is floored at this fraction of the trailing buckets' sampling standard
+# error: it only guards against a spread of ~0 by chance (identical trailing buckets), and at
+# 0.2 it moves the false-alarm rate by under 0.1 point (tools/shift_eval.py).
+SPREAD_FLOOR = 0.2
 
 
 def latest_view_name(scores_table: str) -> str:
@@ -43,6 +48,10 @@ def latest_view_name(scores_table: str) -> str:
 
 def trend_table_name(source: str, grain: str) -> str:
     return f"trend_{sanitize(source.split('.')[-1])}_{grain}"
+
+
+def drivers_table_name(source: str, grain: str) -> str:
+    return f"trend_drivers_{sanitize(source.split('.')[-1])}_{grain}"
 
 
 def latest_scores_sql(view: str, scores_table: str, models_table: str = MODELS) -> str:
@@ -59,9 +68,42 @@ QUALIFY row_number() OVER (
 """
 
 
-def _clamp(expr: str) -> str:
-    # least/greatest skip NULLs in DuckDB, so guard: a missing forecast must stay NULL
-    return f"CASE WHEN ({expr}) IS NOT NULL THEN least(greatest({expr}, -1), 1) END"
+def t_p_value_sql(t: str, df: str, dfs: range) -> str:
+    """SQL for the two-sided p-value P(|T| >= |t|) of Student's t with integer `df` in `dfs`.
+
+    DuckDB has no t distribution, so this is the closed form for integer degrees of
+    freedom (Abramowitz & Stegun 26.7.3-4), a polynomial in cos^2(theta), theta =
+    atan(|t| / sqrt(df)), written out per df. NULL when t is NULL or df is outside `dfs`.
+    """
+    a = f"abs({t})"
+    branches = []
+    for k in dfs:
+        c2 = f"({k} / ({k} + {a} * {a}))"
+        sin = f"({a} / sqrt({k} + {a} * {a}))"
+        if k % 2 == 0:  # sin * sum_j (1*3*..*(2j-1)) / (2*4*..*2j) * cos^2j
+            coefs = [
+                math.prod((2 * i - 1) / (2 * i) for i in range(1, j + 1)) for j in range(k // 2)
+            ]
+            inside = f"{sin} * {_horner(coefs, c2)}"
+        else:  # 2/pi * (theta + sin * cos * sum_j (2*4*..*2j) / (3*5*..*(2j+1)) * cos^2j)
+            coefs = [
+                math.prod(2 * i / (2 * i + 1) for i in range(1, j + 1)) for j in range((k - 1) // 2)
+            ]
+            series = f" + {sin} * sqrt({c2}) * {_horner(coefs, c2)}" if coefs else ""
+            inside = f"2 / pi() * (atan({a} / sqrt({k})){series})"
+        branches.append(f"WHEN {k} THEN {inside}")
+    # greatest() skips NULLs, so the guard keeps a missing t NULL rather than 0
+    return (
+        f"CASE WHEN {t} IS NOT NULL AND {df} BETWEEN {dfs.start} AND {dfs.stop - 1} "
+        f"THEN greatest(1 - CASE {df} {' '.join(branches)} END, 0) END"
+    )
+
+
+def _horner(coefs: list[float], x: str) -> str:
+    expr = repr(coefs[-1])
+    for c in reversed(coefs[:-1]):
+        expr = f"{c!r} + {x} * ({expr})"
+    return f"({expr})"
 
 
 def trend_table_sql(
@@ -75,7 +117,7 @@ def trend_table_sql(
     grain: str,
     window: int,
     labels: list[str],
-    z_threshold: float,
+    alpha: float,
 ) -> str:
     """CREATE OR REPLACE TABLE for the trend of `source` joined with the latest scores.
 
@@ -143,7 +185,6 @@ filled AS (
 ),
 indexed AS (
     SELECT *, {shares}
-           row_number() OVER {w_prev} AS _t,
            (_pos - _neg) / nullif(volume, 0) AS net_index,
            -- standard error of this bucket's index: each row scores +1, 0 or -1
            sqrt(((_pos + _neg) / nullif(volume, 0)
@@ -155,34 +196,27 @@ windowed AS (
            avg(net_index) OVER {w_roll} AS index_rolling,
            net_index - lag(net_index) OVER {w_prev} AS index_change,
            avg(net_index) OVER {w_trail} AS trailing_mean,
-           stddev_samp(net_index) OVER {w_trail} AS _trail_sd,
-           count(net_index) OVER {w_trail} AS _trail_n,
-           regr_slope(net_index, _t) OVER {w_roll} AS _slope,
-           regr_intercept(net_index, _t) OVER {w_roll} AS _icpt,
-           regr_count(net_index, _t) OVER {w_roll} AS _fit_n,
-           regr_syy(net_index, _t) OVER {w_roll} AS _syy,
-           regr_sxy(net_index, _t) OVER {w_roll} AS _sxy,
-           regr_sxx(net_index, _t) OVER {w_roll} AS _sxx
+           var_samp(net_index) OVER {w_trail} AS _trail_var,
+           avg(_se * _se) OVER {w_trail} AS _trail_sv,
+           count(net_index) OVER {w_trail} AS _trail_n
     FROM indexed
 ),
 scored AS (
     SELECT *,
            CASE WHEN _trail_n >= {min_history} THEN
-               (net_index - trailing_mean) / nullif(greatest(_trail_sd, _se), 0)
-           END AS z_score,
-           CASE WHEN _fit_n >= 2 THEN _icpt + _slope * (_t + 1) END AS _fc,
-           CASE WHEN _fit_n >= 3 THEN
-               {INTERVAL_Z} * sqrt(greatest(_syy - _sxy * _sxy / _sxx, 0) / (_fit_n - 2))
-           END AS _half
+               -- prediction error over its standard error: the trailing spread (with the
+               -- mean's own error) plus the extra sampling error of a thinner bucket
+               (net_index - trailing_mean) / nullif(sqrt(
+                   greatest(_trail_var, {SPREAD_FLOOR**2!r} * _trail_sv) * (1 + 1.0 / _trail_n)
+                   + greatest(_se * _se - _trail_sv, 0)), 0)
+           END AS z_score
     FROM windowed
 )
 SELECT {g_list}bucket, volume, {", ".join(quote_ident("n_" + sanitize(lab)) for lab in labels)},
        {", ".join(quote_ident("share_" + sanitize(lab)) for lab in labels)},
        net_index, index_rolling, index_change, trailing_mean, z_score,
-       coalesce(abs(z_score) >= {float(z_threshold)!r}, false) AS is_shift,
-       {_clamp("_fc")} AS forecast_next,
-       {_clamp("_fc - _half")} AS forecast_low,
-       {_clamp("_fc + _half")} AS forecast_high
+       {t_p_value_sql("z_score", "_trail_n - 1", range(min_history - 1, window))} AS p_value,
+       coalesce(p_value <= {float(alpha)!r}, false) AS is_shift
 FROM scored
 ORDER BY {g_list}bucket
 """

@@ -9,8 +9,7 @@ the flagged shifts. It needs duckdb and pyarrow only; matplotlib is imported by
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,15 @@ class TrendsConfig:
     time_col: str
     by: tuple[str, ...] = ()
     grain: str = "week"
-    window: int = 4
+    window: int = 8  # trailing buckets: 8 detects 0.3-0.4 shocks 2x as often as 4 (shift_eval)
     positive: str | None = None
     negative: str | None = None
     scores_table: str = SCORES
-    z_threshold: float = 2.0
+    alpha: float = 0.01  # two-sided false-alarm probability per bucket check (is_shift)
     trend_table: str | None = None  # default trend_<source>_<grain>
+    horizon: int = 4  # buckets ahead in forecast_<source>_<grain>; 0: no forecast tables
+    text_col: str | None = None  # set: write trend_drivers_<source>_<grain> (why a shift happened)
+    top_words: int = 10  # drivers per flagged bucket
     csv: Path | None = None
     parquet: Path | None = None
     plot: Path | None = None
@@ -55,12 +57,17 @@ class TrendsResult:
     labels: list[str]
     positive: str
     negative: str
-    z_threshold: float
+    alpha: float
     n_rows: int
     n_buckets: int
     latest: list[dict[str, Any]] = field(repr=False)
     flagged: list[dict[str, Any]] = field(repr=False)
     outputs: dict[str, Path] = field(default_factory=dict)
+    forecast_table: str = ""
+    backtest_table: str = ""
+    skill: dict[str, Any] = field(default_factory=dict)
+    drivers_table: str = ""
+    drivers: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def run(cfg: TrendsConfig) -> TrendsResult:
@@ -98,7 +105,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             grain=cfg.grain,
             window=cfg.window,
             labels=labels,
-            z_threshold=cfg.z_threshold,
+            alpha=cfg.alpha,
         )
         try:
             con.execute(sql, [*labels, positive, negative])
@@ -107,15 +114,71 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 f"column {cfg.time_col!r} holds values that are not dates or timestamps "
                 f"({str(exc).splitlines()[0]}); pass --time-col with a DATE or TIMESTAMP column"
             ) from exc
+        f_table, b_table, skill = (
+            ("", "", {})
+            if not cfg.horizon
+            else _forecast_tables()(
+                con,
+                table=table,
+                source=cfg.source,
+                by=cfg.by,
+                grain=cfg.grain,
+                window=cfg.window,
+                horizon=cfg.horizon,
+            )
+        )
         result = _collect(con, cfg, table, view, labels, positive, negative)
+        result = replace(result, forecast_table=f_table, backtest_table=b_table, skill=skill)
+        if cfg.text_col:
+            result = _drivers(con, cfg, result, table, view)
         outputs = _export(con, table, cfg)
     finally:
         con.close()
     if cfg.plot:
         from marketpulse.trends.plot import plot_trends
 
-        outputs["plot"] = plot_trends(result, cfg.plot, _all_rows(cfg.db, table))
-    return TrendsResult(**{**result.__dict__, "outputs": outputs})
+        rows = _all_rows(cfg.db, table)
+        fans = _all_rows(cfg.db, result.forecast_table) if result.forecast_table else []
+        outputs["plot"] = plot_trends(result, cfg.plot, rows, fans)
+    return replace(result, outputs=outputs)
+
+
+def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str):
+    """Write the drivers table for the flagged buckets; keep its rows for the report."""
+    from marketpulse.trends.drivers import write_drivers
+
+    name = queries.drivers_table_name(cfg.source, cfg.grain)
+    write_drivers(
+        con,
+        trend_table=table,
+        source=cfg.source,
+        id_col=cfg.id_col,
+        time_col=cfg.time_col,
+        text_col=cfg.text_col,
+        by=cfg.by,
+        grain=cfg.grain,
+        window=cfg.window,
+        view=view,
+        positive=result.positive,
+        negative=result.negative,
+        top_words=cfg.top_words,
+        drivers_table=name,
+    )
+    order = "".join(f"{quote_ident(c)}, " for c in cfg.by)
+    rows = _dicts(con.execute(f"SELECT * FROM {quote_ident(name)} ORDER BY bucket, {order}rank"))
+    return replace(result, drivers_table=name, drivers=rows)
+
+
+def _forecast_tables():
+    """The forecasting step, imported when used: it needs the `trends` extra."""
+    try:
+        from marketpulse.trends.forecast_tables import write_forecasts
+    except ImportError as exc:
+        raise MarketpulseError(
+            f"trends forecasts need statsforecast and pandas, which are not installed ({exc}); "
+            "install them with `pip install 'marketpulse[trends]'`"
+        ) from exc
+    return write_forecasts
 
 
 def _check_config(cfg: TrendsConfig) -> None:
@@ -123,10 +186,12 @@ def _check_config(cfg: TrendsConfig) -> None:
         raise MarketpulseError(
             f"grain {cfg.grain!r} is not supported; pass --grain {'|'.join(queries.GRAINS)}"
         )
+    if not 0 <= cfg.horizon <= 52:
+        raise MarketpulseError(f"horizon {cfg.horizon} is out of range; pass --horizon 1 to 52")
     if cfg.window < 2:
         raise MarketpulseError(f"window {cfg.window} is too short; pass --window 2 or more")
-    if not cfg.z_threshold > 0:
-        raise MarketpulseError(f"z threshold {cfg.z_threshold} must be positive; pass e.g. 2.0")
+    if not 0 < cfg.alpha < 1:
+        raise MarketpulseError(f"alpha {cfg.alpha} must be between 0 and 1; pass e.g. 0.01")
     if cfg.trend_table is not None:
         quote_table(cfg.trend_table)  # validates the name
     for path in (cfg.csv, cfg.parquet, cfg.plot):
@@ -246,7 +311,7 @@ def _collect(con, cfg, table, view, labels, positive, negative) -> TrendsResult:
         labels=labels,
         positive=positive,
         negative=negative,
-        z_threshold=cfg.z_threshold,
+        alpha=cfg.alpha,
         n_rows=n_rows,
         n_buckets=n_buckets,
         latest=latest,
@@ -283,100 +348,3 @@ def _export(con, table: str, cfg: TrendsConfig) -> dict[str, Path]:
         pq.write_table(arrow, str(cfg.parquet))
         outputs["parquet"] = Path(cfg.parquet)
     return outputs
-
-
-def summary(result: TrendsResult) -> dict[str, Any]:
-    """JSON-ready summary for jobs (`marketpulse trends --json`)."""
-
-    def plain(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
-
-    return {
-        "db": str(result.db),
-        "trend_table": result.trend_table,
-        "latest_view": result.latest_view,
-        "grain": result.grain,
-        "positive": result.positive,
-        "negative": result.negative,
-        "rows": result.n_rows,
-        "buckets": result.n_buckets,
-        "latest": [plain(r) for r in result.latest],
-        "flagged": [plain(r) for r in result.flagged],
-        "outputs": {k: str(v) for k, v in result.outputs.items()},
-    }
-
-
-def format_report(result: TrendsResult, max_flagged: int = 20) -> str:
-    """A readable summary: the latest bucket of each group, then the flagged shifts."""
-    lines = [
-        f"{result.trend_table}: {result.n_rows} rows ({result.n_buckets} {result.grain} buckets"
-        f"{' x ' + str(len(result.latest)) + ' groups' if result.by else ''}), "
-        f"index = ({result.positive} - {result.negative}) / volume; "
-        f"latest scores per id in view {result.latest_view}",
-        "",
-        f"Latest {result.grain} per group:",
-    ]
-    head = [*result.by, "bucket", "volume", "index", "rolling", "change", "z", "next [interval]"]
-    rows = [
-        [
-            *(str(r[c]) for c in result.by),
-            str(r["bucket"]),
-            str(r["volume"]),
-            _num(r["net_index"]),
-            _num(r["index_rolling"]),
-            _num(r["index_change"], signed=True),
-            _num(r["z_score"], signed=True),
-            _forecast(r),
-        ]
-        for r in result.latest
-    ]
-    lines += _table(head, rows)
-    lines.append("")
-    flagged = result.flagged
-    if not flagged:
-        lines.append(f"No shifts flagged (|z| >= {result.z_threshold:g}).")
-        return "\n".join(lines)
-    lines.append(f"Flagged shifts (|z| >= {result.z_threshold:g}): {len(flagged)}")
-    head = [*result.by, "bucket", "volume", "index", "trailing mean", "z"]
-    rows = [
-        [
-            *(str(r[c]) for c in result.by),
-            str(r["bucket"]),
-            str(r["volume"]),
-            _num(r["net_index"]),
-            _num(r["trailing_mean"]),
-            _num(r["z_score"], signed=True),
-        ]
-        for r in flagged[-max_flagged:]
-    ]
-    lines += _table(head, rows)
-    if len(flagged) > max_flagged:
-        lines.append(
-            f"... {len(flagged) - max_flagged} earlier ones: "
-            f"SELECT * FROM {result.trend_table} WHERE is_shift"
-        )
-    return "\n".join(lines)
-
-
-def _num(value, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def _forecast(row) -> str:
-    if row["forecast_next"] is None:
-        return "-"
-    if row["forecast_low"] is None:
-        return _num(row["forecast_next"])
-    return f"{row['forecast_next']:.3f} [{row['forecast_low']:.2f}, {row['forecast_high']:.2f}]"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
-    ]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [
-        fmt.format(*r) for r in rows
-    ]

@@ -1,0 +1,151 @@
+"""Trend forecasts: statsforecast candidates, rolling-origin backtest, online choice,
+split-conformal bands, and the tables `marketpulse trends` writes from them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pytest
+from trends_fixtures import create_results_tables, insert_scores, register_model
+
+from marketpulse.trends import TrendsConfig, format_report, run
+from marketpulse.trends.forecast import AUTO, MIN_POINTS, SHORT, forecast_series
+
+pytest.importorskip("statsforecast")
+
+
+def _backtest(result, model, step=1):
+    bt = result.backtest
+    return bt[(bt["model"] == model) & (bt["step"] == step)].set_index("unique_id")
+
+
+def test_naive_backtest_error_is_the_mean_one_step_change():
+    rng = np.random.default_rng(1)
+    y = np.cumsum(rng.normal(0, 0.05, 60))
+    result = forecast_series({"s": y}, None, 4, 3, max_origins=20)
+    naive = _backtest(result, "Naive").loc["s"]
+    # 20 origins at step 3 end 3 buckets before the end; step 1 uses the same cutoffs
+    cutoffs = np.arange(60 - 3 - 20, 60 - 3)
+    assert naive["points"] == 20
+    assert naive["mae"] == pytest.approx(np.mean(np.abs(y[cutoffs + 1] - y[cutoffs])))
+    # MASE scales by naive's in-sample one-step error before the first origin
+    scale = np.mean(np.abs(np.diff(y[: cutoffs[0] + 1])))
+    assert naive["mase"] == pytest.approx(naive["mae"] / scale)
+
+
+def test_a_trend_is_followed_and_a_level_is_averaged():
+    rng = np.random.default_rng(2)
+    t = np.arange(80)
+    trend = 0.01 * t - 0.4 + rng.normal(0, 0.02, 80)
+    level = 0.3 + rng.normal(0, 0.1, 80)
+    result = forecast_series({"trend": trend, "level": level}, None, 4, 4)
+    auto, window, naive = (_backtest(result, m)["mae"] for m in (AUTO, "WindowAverage", "Naive"))
+    assert auto["trend"] < window["trend"]  # the window average lags a trend
+    assert auto["level"] < naive["level"]  # naive chases noise around a level
+    chosen = result.backtest[result.backtest["chosen"] & (result.backtest["step"] == 1)]
+    assert dict(zip(chosen["unique_id"], chosen["model"], strict=True))["trend"] != "WindowAverage"
+    future = result.future[result.future["unique_id"] == "trend"].sort_values("step")
+    assert list(future["step"]) == [1, 2, 3, 4]
+    assert future["forecast"].is_monotonic_increasing  # it keeps rising
+    assert (future["lo_95"] <= future["lo_80"]).all() and (future["hi_80"] <= future["hi_95"]).all()
+
+
+def test_conformal_bands_cover_near_their_level_out_of_sample():
+    rng = np.random.default_rng(3)
+    series = {f"s{i}": 0.2 + rng.normal(0, 0.1, 150) for i in range(6)}
+    result = forecast_series(series, None, 4, 1, max_origins=120)
+    auto = _backtest(result, AUTO)
+    assert auto["coverage_80"].mean() == pytest.approx(0.80, abs=0.05)
+    assert auto["coverage_95"].mean() == pytest.approx(0.95, abs=0.04)
+
+
+def test_short_series_get_the_window_average_and_say_so():
+    y = np.array([0.1, 0.5, 0.3, 0.2])
+    result = forecast_series({"short": y}, 52, 3, 2)
+    assert len(y) < MIN_POINTS and result.backtest.empty and result.history.empty
+    assert set(result.future["model"]) == {SHORT}
+    assert result.future["forecast"].tolist() == pytest.approx([1 / 3, 1 / 3])
+    assert result.future["lo_80"].isna().all()
+    assert result.skill == {"series": 1, "backtested": 0}
+
+
+def test_forecasts_and_bands_stay_in_the_index_range():
+    y = np.linspace(0.2, 0.98, 40)  # heading past +1
+    future = forecast_series({"s": y}, None, 4, 4).future
+    assert future["forecast"].max() <= 1 and future["hi_95"].max() <= 1
+
+
+@pytest.fixture
+def weekly_db(tmp_path):
+    """Two brands over 30 weeks, 20 posts a week: A improves steadily, B holds level."""
+    path = tmp_path / "market.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE posts (id BIGINT, brand VARCHAR, posted_at TIMESTAMP, text VARCHAR)")
+    create_results_tables(con, id_type="BIGINT")
+    register_model(con, "v1", datetime(2024, 9, 1))
+    rng = np.random.default_rng(4)
+    posts, scores = [], []
+    for brand in "AB":
+        for week in range(30):
+            p_pos = 0.2 + 0.02 * week if brand == "A" else 0.45
+            for k in range(20):
+                u = rng.random()
+                label = "positive" if u < p_pos else ("negative" if u > 0.75 else "neutral")
+                posts.append(
+                    [
+                        len(posts) + 1,
+                        brand,
+                        datetime(2024, 1, 1) + timedelta(weeks=week, hours=k),
+                        "x",
+                    ]
+                )
+                scores.append((len(posts), label))
+    con.executemany("INSERT INTO posts VALUES (?, ?, ?, ?)", posts)
+    insert_scores(con, "v1", scores)
+    con.close()
+    return path
+
+
+def test_trends_writes_forecast_and_backtest_tables(weekly_db):
+    cfg = TrendsConfig(
+        db=weekly_db, source="posts", id_col="id", time_col="posted_at", by=("brand",), horizon=3
+    )
+    result = run(cfg)
+    assert (result.forecast_table, result.backtest_table) == (
+        "forecast_posts_week",
+        "forecast_backtest_posts_week",
+    )
+    con = duckdb.connect(str(weekly_db), read_only=True)
+    future = con.execute(
+        "SELECT brand, bucket, step, model, forecast, lo_95, hi_95 FROM forecast_posts_week "
+        "ORDER BY brand, step"
+    ).fetchall()
+    last = datetime(2024, 1, 1).date() + timedelta(weeks=29)
+    assert [(b, d, s) for b, d, s, *_ in future] == [
+        (b, last + timedelta(weeks=s), s) for b in "AB" for s in (1, 2, 3)
+    ]
+    assert all(lo <= f <= hi for *_, f, lo, hi in future)
+    chosen = con.execute(
+        "SELECT brand, step, count(*) FILTER (WHERE chosen), count(*) FILTER (WHERE model = 'auto') "
+        "FROM forecast_backtest_posts_week GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert chosen == [(b, s, 1, 1) for b in "AB" for s in (1, 2, 3)]
+    # the trend table's latest forecast_next is the forecast table's first step
+    latest = con.execute(
+        "SELECT t.brand, t.forecast_next, f.forecast FROM trend_posts_week AS t "
+        "JOIN forecast_posts_week AS f ON f.brand = t.brand AND f.step = 1 "
+        f"WHERE t.bucket = DATE '{last}'"
+    ).fetchall()
+    assert all(a == pytest.approx(b) for _, a, b in latest) and len(latest) == 2
+    # earlier buckets hold the one-step forecast made there: compare with what followed
+    history = con.execute(
+        f"SELECT count(forecast_next), count(*) FROM trend_posts_week WHERE bucket < DATE '{last}'"
+    ).fetchone()
+    con.close()
+    assert 0 < history[0] < history[1]
+    assert "forecasts" in format_report(result) and "backtest: forecast_backtest_posts_week" in (
+        format_report(result)
+    )
+    assert result.skill["backtested"] == 2

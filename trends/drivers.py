@@ -1,0 +1,369 @@
+"""Drivers: the words and phrases behind each flagged shift, in a `trend_drivers` table.
+
+`write_drivers(con, ...)` reads a trend table built by `queries.trend_table_sql`, the
+source table's text and the `latest_<scores>` view, and (re)creates one table with a row
+per driver of every bucket where `is_shift` is true:
+
+    <by columns>, bucket, direction, rank, term, z, n_bucket, n_trailing, n_direction,
+    examples VARCHAR[], example_ids <id type>[]
+
+How a driver is found, all inside DuckDB (regexp_extract_all, list lambdas, GROUP BY):
+
+- Texts are lower-cased and split into tokens of letters/digits (with inner apostrophes:
+  "don't") or $tickers. Unigrams drop a small built-in stopword list, negations and
+  one-character tokens; bigrams are adjacent tokens in the original text where neither is
+  a stopword, so "not working" and "class action" survive but "the recall" does not.
+- A term counts once per text (`n_*` are numbers of texts), so one post repeating a word
+  cannot make it a driver, and the counts read as "posts mentioning it".
+- Terms found in fewer than `min_count` texts of the group's whole history are dropped.
+- The flagged bucket's texts (all labels) are compared with the texts of the `window`
+  buckets before it in the same group by the weighted log-odds ratio with an informative
+  Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words", eq. 22):
+      delta = log((y_i+a_w)/(n_i+a0-y_i-a_w)) - log((y_j+a_w)/(n_j+a0-y_j-a_w))
+      z = delta / sqrt(1/(y_i+a_w) + 1/(y_j+a_w))
+  with a_w = a0 * (texts of the group containing w) / (sum of that over the vocabulary)
+  and a0 = PRIOR_WEIGHT * (n_i + n_j): the prior weighs as much as the two samples, so a
+  group's z does not shrink merely because its history is long.
+- A driver must be over-represented (z >= `min_z`, default 1: the z of thousands of terms
+  is a ranking, not a test, so the floor only keeps out terms the bucket barely favours;
+  the planted Contoso week of the demo, whose negatives are ordinary complaints, tops out
+  near z = 2) and lean the shift's way: more of the
+  bucket's texts containing it carry the shift's label (`negative` for a falling index)
+  than the opposite one. Scoring all texts but keeping only terms of the shift's side reads
+  better than either alternative: comparing only the shift-labelled texts with all earlier
+  texts ranks generic sentiment words ("terrible") first in every shift, and comparing
+  shift-labelled texts with earlier shift-labelled texts finds nothing when a shift is a
+  rise in ordinary complaints. A concurrent topic of the other side (a promotion during a
+  negative week) is over-represented too, but it does not explain the shift, so it is left
+  out.
+- A unigram found only inside one kept bigram ("class" in "class action": same counts) is
+  dropped in favour of the phrase.
+- `examples` holds the `top_examples` distinct texts of the bucket that contain the term
+  and carry the shift's label, the most confident first; `example_ids` holds their source
+  ids in the same order. Arrays keep the table one row per driver, printable as is; for
+  one row per example: `SELECT ..., unnest(examples) FROM trend_drivers`.
+
+The table is rebuilt on each call (CREATE OR REPLACE), like the trend table it explains,
+so a rerun replaces its rows. Identifiers go through `marketpulse.sql`; labels, stopwords,
+the token pattern and thresholds are bound parameters.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.sql import quote_ident, quote_table, require_columns, table_columns
+
+GRAINS = ("day", "week", "month")
+DRIVER_COLUMNS = (
+    "bucket",
+    "direction",
+    "rank",
+    "term",
+    "z",
+    "n_bucket",
+    "n_trailing",
+    "n_direction",
+    "examples",
+    "example_ids",
+)
+# Weight of the prior relative to the compared texts (a0 = PRIOR_WEIGHT * (n_i + n_j)).
+PRIOR_WEIGHT = 1.0
+# $tickers, runs of letters/digits with inner apostrophes (don't, it's), or punctuation,
+# which is matched only so that no bigram spans it ("raised, customer" is not a phrase).
+TOKEN_PATTERN = r"\$\p{L}+|[\p{L}\p{N}]+(?:'\p{L}+)*|[^\s\p{L}\p{N}'$-]+"
+WORD_PATTERN = r"^[\p{L}\p{N}$]"
+# Kept inside bigrams ("not working", "no refund") but never drivers on their own.
+NEGATIONS = ("not", "no", "nor", "never", "don't", "doesn't", "didn't", "isn't", "wasn't",
+             "won't", "can't", "cannot", "couldn't", "wouldn't", "aren't", "haven't")  # fmt: skip
+STOPWORDS = tuple(
+    """a about above after again against all also am an and another any are as at be
+    because been before being below between both but by can could did do does doing down
+    during each even few for from further get got had has have having he her here hers
+    herself him himself his how i i'd i'll i'm i've if in into is it it's its itself just
+    let's me may might more most much must my myself now of off on once one only or other
+    ought our ours ourselves out over own per really same she should so some such than
+    that that's the their theirs them themselves then there there's these they they're
+    this those though through to too under until up us very via was we we're were what
+    when where which while who whom why will with would you you're your yours yourself
+    yourselves""".split()
+)
+
+
+def write_drivers(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    trend_table: str,
+    source: str,
+    id_col: str,
+    time_col: str,
+    text_col: str,
+    by: tuple[str, ...],
+    grain: str,
+    window: int,
+    view: str,
+    positive: str,
+    negative: str,
+    top_words: int = 10,
+    top_examples: int = 3,
+    min_count: int = 3,
+    min_z: float = 1.0,
+    drivers_table: str = "trend_drivers",
+) -> int:
+    """(Re)create `drivers_table` with the drivers of every flagged bucket; return its rows.
+
+    `trend_table` must have been built from the same source, grouping, grain and window
+    (its `is_shift`, `z_score` and `bucket` are read); `view` is the latest-scores view.
+    """
+    _check(con, trend_table, source, id_col, time_col, text_col, by, grain, window, view)
+    for n, name in ((top_words, "top_words"), (top_examples, "top_examples")):
+        if n < 1:
+            raise MarketpulseError(f"{name} is {n}; pass 1 or more")
+    sql = drivers_sql(
+        drivers_table=drivers_table,
+        trend_table=trend_table,
+        source=source,
+        id_col=id_col,
+        time_col=time_col,
+        text_col=text_col,
+        by=by,
+        grain=grain,
+        window=window,
+        view=view,
+    )
+    params = {
+        "pos": positive,
+        "neg": negative,
+        "pattern": TOKEN_PATTERN,
+        "word": WORD_PATTERN,
+        "stop": list(STOPWORDS),
+        "negations": list(NEGATIONS),
+        "min_count": min_count,
+        "prior_weight": PRIOR_WEIGHT,
+        "min_z": min_z,
+        "top_words": top_words,
+        "top_examples": top_examples,
+    }
+    con.execute(sql, params)
+    return con.execute(f"SELECT count(*) FROM {quote_ident(drivers_table)}").fetchone()[0]
+
+
+def _check(con, trend_table, source, id_col, time_col, text_col, by, grain, window, view):
+    if grain not in GRAINS:
+        raise MarketpulseError(f"grain {grain!r} is not supported; pass one of {GRAINS}")
+    if window < 1:
+        raise MarketpulseError(f"window {window} is too short; pass 1 or more")
+    require_columns(con, source, {"--id-col": id_col, "--time-col": time_col})
+    require_columns(con, source, {"--text-col": text_col})
+    for col in by:
+        require_columns(con, source, {"--by": col})
+    have = table_columns(con, trend_table)
+    missing = [c for c in (*by, "bucket", "z_score", "is_shift") if c not in have]
+    if missing:
+        raise MarketpulseError(
+            f"trend table {trend_table!r} lacks {', '.join(missing)}; rebuild it with "
+            "`marketpulse trends` using the same --by"
+        )
+    lacking = {"id", "label", "confidence"} - set(table_columns(con, view))
+    if lacking:
+        raise MarketpulseError(
+            f"{view!r} lacks {', '.join(sorted(lacking))}, so it is not a latest-scores view; "
+            "pass the view `marketpulse trends` made (latest_<scores table>)"
+        )
+    for col in by:
+        if col in DRIVER_COLUMNS or col.startswith("_"):
+            raise MarketpulseError(
+                f"--by column {col!r} clashes with a drivers column; rename it in a view "
+                "and pass that view as --source"
+            )
+
+
+def _terms_of(rows: str) -> str:
+    """A subquery: the rows of `rows` plus `_terms`, the distinct terms of their `_text`.
+
+    Stopwords and punctuation become NULL tokens first, so no bigram spans them.
+    """
+    return f"""(
+    SELECT *, list_distinct(list_concat(
+               list_filter(_t, lambda w: length(w) > 1 AND NOT list_contains($negations, w)),
+               list_filter(list_transform(range(1, len(_t)), lambda i: _t[i] || ' ' || _t[i + 1]),
+                           lambda b: b IS NOT NULL))) AS _terms
+    FROM (
+        SELECT *, list_transform(
+                   regexp_extract_all(replace(lower(_text), '’', ''''), $pattern),
+                   lambda w: CASE WHEN regexp_matches(w, $word) AND NOT list_contains($stop, w)
+                                  THEN w END) AS _t
+        FROM {rows}
+    )
+)"""
+
+
+def drivers_sql(
+    *,
+    drivers_table: str,
+    trend_table: str,
+    source: str,
+    id_col: str,
+    time_col: str,
+    text_col: str,
+    by: tuple[str, ...],
+    grain: str,
+    window: int,
+    view: str,
+) -> str:
+    """CREATE OR REPLACE TABLE for the drivers; named parameters as `write_drivers` binds."""
+    if grain not in GRAINS:
+        raise ValueError(f"grain must be one of {GRAINS}")
+    groups = [quote_ident(c) for c in by]
+
+    def same_group(a: str, b: str) -> str:
+        return "".join(f" AND {a}.{g} IS NOT DISTINCT FROM {b}.{g}" for g in groups)
+
+    def cols(alias: str) -> str:
+        return "".join(f"{alias}.{g}, " for g in groups)
+
+    def key(alias: str) -> str:
+        return f"{cols(alias)}{alias}.bucket"
+
+    g_list = "".join(f"{g}, " for g in groups)
+    flag_key = f"{g_list}bucket"
+    # The same bucket as queries.trend_table_sql gives each row.
+    bucket = f"CAST(date_trunc('{grain}', CAST(src.{quote_ident(time_col)} AS TIMESTAMP)) AS DATE)"
+    grain_unit = {"day": "days", "week": "weeks", "month": "months"}[grain]
+    g_exists = f"WHERE true{same_group('f', 'src')}"
+    return f"""
+CREATE OR REPLACE TABLE {quote_ident(drivers_table)} AS
+WITH flags AS (
+    SELECT {g_list}bucket,
+           CASE WHEN z_score < 0 THEN 'negative' ELSE 'positive' END AS direction,
+           CASE WHEN z_score < 0 THEN $neg ELSE $pos END AS _dir_label,
+           CASE WHEN z_score < 0 THEN $pos ELSE $neg END AS _opp_label
+    FROM {quote_ident(trend_table)}
+    WHERE is_shift
+),
+window_buckets AS (
+    -- the window's buckets before each flagged one, as equi-join keys
+    SELECT {g_list}bucket,
+           CAST(bucket - to_{grain_unit}(unnest(range(1, {int(window) + 1}))) AS DATE) AS _before
+    FROM flags
+),
+docs AS MATERIALIZED (
+    -- scored texts of the groups that have a flagged bucket
+    SELECT {cols("src")}{bucket} AS bucket,
+           src.{quote_ident(id_col)} AS _id, src.{quote_ident(text_col)} AS _text,
+           ls.label AS _label, ls.confidence AS _confidence
+    FROM {quote_table(source)} AS src
+    JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(id_col)}
+    WHERE ls.label IS NOT NULL AND src.{quote_ident(time_col)} IS NOT NULL
+      AND src.{quote_ident(text_col)} IS NOT NULL
+      AND EXISTS (SELECT 1 FROM flags AS f {g_exists})
+),
+cell AS MATERIALIZED (
+    -- texts per group x bucket x term, and how many carry each direction's label
+    SELECT {g_list}bucket, term, count(*) AS n,
+           count(*) FILTER (WHERE _label = $pos) AS n_pos,
+           count(*) FILTER (WHERE _label = $neg) AS n_neg
+    FROM (SELECT {g_list}bucket, _label, unnest(_terms) AS term FROM {_terms_of("docs")})
+    GROUP BY ALL
+),
+vocab AS (
+    SELECT {g_list}term, sum(n) AS c
+    FROM cell
+    GROUP BY ALL
+    HAVING sum(n) >= $min_count
+),
+vocab_total AS (
+    SELECT {g_list}sum(c) AS c_total FROM vocab GROUP BY ALL
+),
+inside AS (
+    SELECT {cols("f")}f.bucket, f.direction, f._dir_label, c.term, c.n AS y_i,
+           CASE WHEN f.direction = 'negative' THEN c.n_neg ELSE c.n_pos END AS n_dir,
+           CASE WHEN f.direction = 'negative' THEN c.n_pos ELSE c.n_neg END AS n_opp,
+           sum(c.n) OVER (PARTITION BY {key("f")}) AS n_i
+    FROM flags AS f
+    JOIN cell AS c ON c.bucket = f.bucket{same_group("c", "f")}
+    JOIN vocab AS v ON v.term = c.term{same_group("v", "c")}
+),
+before AS (
+    SELECT {cols("t")}t.bucket, c.term, sum(c.n) AS y_j
+    FROM window_buckets AS t
+    JOIN cell AS c ON c.bucket = t._before{same_group("c", "t")}
+    JOIN vocab AS v ON v.term = c.term{same_group("v", "c")}
+    GROUP BY ALL
+),
+before_total AS (
+    SELECT {flag_key}, sum(y_j) AS n_j FROM before GROUP BY ALL
+),
+prior AS (
+    SELECT i.*, coalesce(b.y_j, 0) AS y_j, coalesce(bt.n_j, 0) AS n_j,
+           $prior_weight * (i.n_i + coalesce(bt.n_j, 0)) AS a0,
+           $prior_weight * (i.n_i + coalesce(bt.n_j, 0)) * v.c / vt.c_total AS a_w
+    FROM inside AS i
+    LEFT JOIN before AS b ON b.bucket = i.bucket AND b.term = i.term{same_group("b", "i")}
+    LEFT JOIN before_total AS bt ON bt.bucket = i.bucket{same_group("bt", "i")}
+    JOIN vocab AS v ON v.term = i.term{same_group("v", "i")}
+    JOIN vocab_total AS vt ON true{same_group("vt", "i")}
+),
+scored AS (
+    -- Monroe, Colaresi & Quinn (2008), eq. 22
+    SELECT *,
+           (ln((y_i + a_w) / nullif(n_i + a0 - y_i - a_w, 0))
+            - ln((y_j + a_w) / nullif(n_j + a0 - y_j - a_w, 0)))
+           / sqrt(1 / (y_i + a_w) + 1 / (y_j + a_w)) AS z
+    FROM prior
+),
+kept AS (
+    SELECT * FROM scored WHERE z >= $min_z AND n_dir > n_opp
+),
+phrased AS (
+    -- a unigram seen only inside a kept bigram reads better as that bigram
+    SELECT * FROM kept AS u
+    WHERE NOT EXISTS (
+        SELECT 1 FROM kept AS b
+        WHERE b.bucket = u.bucket{same_group("b", "u")}
+          AND contains(b.term, ' ') AND NOT contains(u.term, ' ')
+          AND list_contains(string_split(b.term, ' '), u.term)
+          AND b.y_i = u.y_i AND b.y_j = u.y_j
+    )
+),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY {flag_key} ORDER BY z DESC, term) AS rank
+    FROM phrased
+    QUALIFY rank <= $top_words
+),
+candidates AS (
+    -- texts of the flagged buckets that carry the shift's label, tokenized again (few)
+    SELECT d.*
+    FROM docs AS d
+    JOIN flags AS f ON f.bucket = d.bucket AND f._dir_label = d._label{same_group("f", "d")}
+),
+example_texts AS (
+    -- one row per distinct text: the demo and real feeds repeat texts
+    SELECT {cols("r")}r.bucket, r.term, c._text, c._id, c._confidence
+    FROM ranked AS r
+    JOIN (
+        SELECT {g_list}bucket, _text, _id, _confidence, unnest(_terms) AS term
+        FROM {_terms_of("candidates")}
+    ) AS c ON c.bucket = r.bucket AND c.term = r.term{same_group("c", "r")}
+    QUALIFY row_number() OVER (
+        PARTITION BY {key("r")}, r.term, c._text ORDER BY c._confidence DESC, c._id) = 1
+),
+examples AS (
+    SELECT {flag_key}, term,
+           list(_text ORDER BY _confidence DESC, _id) AS examples,
+           list(_id ORDER BY _confidence DESC, _id) AS example_ids
+    FROM (
+        SELECT * FROM example_texts
+        QUALIFY row_number() OVER (
+            PARTITION BY {flag_key}, term ORDER BY _confidence DESC, _id) <= $top_examples
+    )
+    GROUP BY ALL
+)
+SELECT {cols("r")}r.bucket, r.direction, CAST(r.rank AS INTEGER) AS rank, r.term,
+       r.z, r.y_i AS n_bucket, r.y_j AS n_trailing, r.n_dir AS n_direction,
+       e.examples, e.example_ids
+FROM ranked AS r
+LEFT JOIN examples AS e ON e.bucket = r.bucket AND e.term = r.term{same_group("e", "r")}
+ORDER BY {cols("r")}r.bucket, r.rank
+"""

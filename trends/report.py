@@ -1,0 +1,142 @@
+"""What `marketpulse trends` prints: a readable report, or a JSON summary for jobs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MAX_EXAMPLE = 110  # characters of an example text in the report
+
+
+def summary(result) -> dict[str, Any]:
+    """JSON-ready summary for jobs (`marketpulse trends --json`)."""
+
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+    return {
+        "db": str(result.db),
+        "trend_table": result.trend_table,
+        "latest_view": result.latest_view,
+        "grain": result.grain,
+        "positive": result.positive,
+        "negative": result.negative,
+        "rows": result.n_rows,
+        "buckets": result.n_buckets,
+        "latest": [plain(r) for r in result.latest],
+        "flagged": [plain(r) for r in result.flagged],
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
+        "forecast_table": result.forecast_table,
+        "backtest_table": result.backtest_table,
+        "forecast_skill": result.skill,
+        "drivers_table": result.drivers_table,
+    }
+
+
+def format_report(result, max_flagged: int = 20) -> str:
+    """A readable summary: the latest bucket of each group, the flagged shifts, and why
+    they happened (when drivers were computed)."""
+    from marketpulse.trends.forecast import skill_line
+
+    lines = [
+        f"{result.trend_table}: {result.n_rows} rows ({result.n_buckets} {result.grain} buckets"
+        f"{' x ' + str(len(result.latest)) + ' groups' if result.by else ''}), "
+        f"index = ({result.positive} - {result.negative}) / volume; "
+        f"latest scores per id in view {result.latest_view}",
+        f"{skill_line(result.skill)} (backtest: {result.backtest_table}; next buckets: "
+        f"{result.forecast_table})",
+        "",
+        f"Latest {result.grain} per group:",
+    ]
+    head = [*result.by, "bucket", "volume", "index", "rolling", "change", "z", "next [interval]"]
+    rows = [
+        [
+            *(str(r[c]) for c in result.by),
+            str(r["bucket"]),
+            str(r["volume"]),
+            _num(r["net_index"]),
+            _num(r["index_rolling"]),
+            _num(r["index_change"], signed=True),
+            _num(r["z_score"], signed=True),
+            _forecast(r),
+        ]
+        for r in result.latest
+    ]
+    lines += _table(head, rows)
+    lines.append("")
+    flagged = result.flagged
+    if not flagged:
+        lines.append(f"No shifts flagged (p <= {result.alpha:g}).")
+        return "\n".join(lines)
+    lines.append(f"Flagged shifts (p <= {result.alpha:g}): {len(flagged)}")
+    head = [*result.by, "bucket", "volume", "index", "trailing mean", "z"]
+    rows = [
+        [
+            *(str(r[c]) for c in result.by),
+            str(r["bucket"]),
+            str(r["volume"]),
+            _num(r["net_index"]),
+            _num(r["trailing_mean"]),
+            _num(r["z_score"], signed=True),
+        ]
+        for r in flagged[-max_flagged:]
+    ]
+    lines += _table(head, rows)
+    if len(flagged) > max_flagged:
+        lines.append(
+            f"... {len(flagged) - max_flagged} earlier ones: "
+            f"SELECT * FROM {result.trend_table} WHERE is_shift"
+        )
+    if result.drivers_table:
+        lines += ["", *_drivers(result, flagged[-max_flagged:])]
+    return "\n".join(lines)
+
+
+def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]:
+    """Per flagged bucket: its top terms (log-odds z, posts) and one example post."""
+    from marketpulse.privacy import mask
+
+    lines = [f"Why (words over-represented against the trailing window; {result.drivers_table}):"]
+    for shift in flagged:
+        group = tuple(shift[c] for c in result.by)
+        rows = [
+            r
+            for r in result.drivers
+            if r["bucket"] == shift["bucket"] and tuple(r[c] for c in result.by) == group
+        ]
+        where = " / ".join(map(str, group)) + (" " if group else "") + str(shift["bucket"])
+        if not rows:
+            lines.append(f"  {where}: no term stands out")
+            continue
+        words = ", ".join(f"{r['term']} ({r['z']:.1f}, {r['n_bucket']})" for r in rows[:terms])
+        lines.append(f"  {where} ({rows[0]['direction']}): {words}")
+        example = next((e for r in rows for e in (r["examples"] or [])), None)
+        if example:
+            text = mask(example)
+            text = text if len(text) <= MAX_EXAMPLE else text[: MAX_EXAMPLE - 3] + "..."
+            lines.append(f'    e.g. "{text}"')
+    return lines
+
+
+def _num(value, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _forecast(row) -> str:
+    if row["forecast_next"] is None:
+        return "-"
+    if row["forecast_low"] is None:
+        return _num(row["forecast_next"])
+    return f"{row['forecast_next']:.3f} [{row['forecast_low']:.2f}, {row['forecast_high']:.2f}]"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
+    ]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [
+        fmt.format(*r) for r in rows
+    ]
