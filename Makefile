@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 MP     := $(BIN)/marketpulse
 STAMP  := $(VENV)/.installed
-EXTRAS ?= train,trends,ray,dev
+EXTRAS ?= train,trends,ray,privacy,dev
 
 # Job variables (override on the command line: make score DB=prod.duckdb TABLE=news ...)
 DB          ?= artifacts/demo/market.duckdb
@@ -27,8 +27,9 @@ SCORE_ARGS  ?=
 TRENDS_ARGS ?=
 BENCH_ARGS  ?=
 DEMO_ARGS   ?=
+SHIFT_EVAL_ARGS ?=
 
-.PHONY: setup setup-gpu gpu-check test test-fast lint fmt demo bench train export score trends nightly clean
+.PHONY: setup setup-gpu gpu-check test test-fast lint fmt demo bench shift-eval forecast-eval train export score trends nightly clean
 
 setup: $(STAMP)
 
@@ -72,6 +73,16 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m marketpulse.tools.bench $(BENCH_ARGS)
+
+# False alarms per 1,000 bucket checks and detection by shock size, on real snippets
+# dealt into simulated series (~1 minute on 2 cores); exits 1 if alpha is off its rate.
+shift-eval: setup
+	$(BIN)/python -m marketpulse.tools.shift_eval $(SHIFT_EVAL_ARGS)
+
+# The trend forecaster's one-step skill and band coverage, out of sample, on real series
+# (statsmodels' bundled data sets, and the demo's stream when --data finds it).
+forecast-eval: setup
+	$(BIN)/python -m marketpulse.tools.forecast_eval --data ../shared/data
 
 train: setup
 	$(MP) train $(if $(INPUT),--input $(INPUT),--db $(DB) --table $(TABLE)) \

@@ -75,7 +75,7 @@ def evaluate(origins: int, horizon: int, window: int, data: Path | None = None) 
     from marketpulse.trends.forecast import AUTO, forecast_series
 
     sets = real_series()
-    if data is not None:
+    if data is not None and (data / "amazon_review_snippets").is_dir():
         sets["demo stream (weekly, 104)"] = (demo_series(data), None)
     out = {}
     for name, (series, season) in sets.items():
