@@ -38,6 +38,7 @@ from marketpulse.tools.demo_data import (
     read_snippets,
     split_snippets,
 )
+from marketpulse.tools.options import data_option
 
 SOURCE, TRUTH, LABELED = "posts", "posts_truth", "reviews_labeled"
 
@@ -303,15 +304,9 @@ def _verdict(demo: DemoResult, cfg: DemoConfig, table: str, csv: Path) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Local amazonReviewSnippets_GroundTruth.txt; skips the PyPI download.",
 )
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="../shared/data",
-    show_default=True,
-    envvar="MARKETPULSE_DATA",
-    show_envvar=True,
-    help="Shared data folder; its amazon_review_snippets/ground_truth.tsv is used if the "
-    "PyPI download fails.",
+@data_option(
+    "Shared data folder; its amazon_review_snippets/ground_truth.tsv is used if the "
+    "PyPI download fails."
 )
 @click.option("--fast", is_flag=True, help="Reduced size (what the end-to-end test runs).")
 def main(out, cache, snippets, data, fast):

@@ -49,6 +49,7 @@ from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import SCORES, probability_columns
 from marketpulse.runtime import results
 from marketpulse.tools.demo_data import LABELS, SHARED_COPY, StreamSpec, read_snippets
+from marketpulse.tools.options import data_option
 
 NULL_KINDS = ("steady", "wobble", "permuted")
 ALPHAS = (0.001, 0.01, 0.05)
@@ -335,15 +336,7 @@ def machine() -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="../shared/data",
-    show_default=True,
-    envvar="MARKETPULSE_DATA",
-    show_envvar=True,
-    help="Shared data folder holding amazon_review_snippets/ground_truth.tsv.",
-)
+@data_option("Shared data folder holding amazon_review_snippets/ground_truth.tsv.")
 @click.option(
     "--snippets",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
