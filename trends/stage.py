@@ -9,6 +9,7 @@ the flagged shifts. It needs duckdb and pyarrow only; matplotlib is imported by
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import duckdb
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import MODELS, SCORES, sanitize
-from marketpulse.sql import quote_ident, quote_table, require_columns, table_columns
+from marketpulse.sql import connect, quote_ident, quote_table, require_columns, table_columns
 from marketpulse.trends import queries
 
 POSITIVE_DEFAULTS = ("positive", "bullish")
@@ -42,6 +43,7 @@ class TrendsConfig:
     horizon: int = 4  # buckets ahead in forecast_<source>_<grain>; 0: no forecast tables
     text_col: str | None = None  # set: write trend_drivers_<source>_<grain> (why a shift happened)
     top_words: int = 10  # drivers per flagged bucket
+    lock_timeout: float = 600.0  # seconds to wait while a scoring run commits
     csv: Path | None = None
     parquet: Path | None = None
     plot: Path | None = None
@@ -75,13 +77,15 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     _check_config(cfg)
     if not Path(cfg.db).is_file():
         raise MarketpulseError(f"database {cfg.db} not found; pass --db with an existing file")
-    try:
-        con = duckdb.connect(str(cfg.db))
-    except duckdb.IOException as exc:
-        raise MarketpulseError(
-            f"cannot open {cfg.db} ({str(exc).splitlines()[0]}); if a scoring job holds it, "
-            "run trends after it finishes"
-        ) from exc
+    # a scoring run holds the file only while it commits: wait for it, then write
+    con = connect(
+        cfg.db,
+        read_only=False,
+        timeout=cfg.lock_timeout,
+        on_wait=lambda waited, why: print(
+            f"trends: waiting for {cfg.db} ({why}), {waited:.0f}s so far", file=sys.stderr
+        ),
+    )
     try:
         _check_source(con, cfg)
         view = queries.latest_view_name(cfg.scores_table)
