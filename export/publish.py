@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from marketpulse import drift
 from marketpulse import variants as registry
-from marketpulse.bundle import Bundle, load_bundle, write_manifest
+from marketpulse.bundle import DRIFT_REFERENCE, Bundle, load_bundle, write_manifest
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckTexts
 from marketpulse.export.log import log
@@ -33,6 +34,7 @@ def check_and_publish(
 ) -> Bundle:
     """Run every check on the staged bundle; publish it at `out` or raise saying why not."""
     from marketpulse.export.checks import TorchReference, compare, run_all
+    from marketpulse.inference.batching import TextEncoder, softmax
     from marketpulse.inference.predictor import Predictor, cuda_provider_available
     from marketpulse.metrics import classification_metrics
 
@@ -60,6 +62,7 @@ def check_and_publish(
             on_cpu_errors[v] = str(exc)
     log(f"checking {', '.join(predictors)} against PyTorch on {texts.source}")
     onnx_logits, torch_logits = run_all(predictors, TorchReference(checkpoint), texts.texts)
+    staged_ids = TextEncoder(staged.tokenizer_path, staged.max_length).encode(texts.texts).ids
     del predictors  # release the sessions before the files move
 
     checks: dict[str, Any] = {"texts": texts.source, "variants": {}}
@@ -119,6 +122,13 @@ def check_and_publish(
             "--allow-accuracy-drop to accept it, or loosen --min-agreement / --max-f1-drop"
         )
     manifest.update(checks=checks, valid=True)
+    manifest[DRIFT_REFERENCE] = drift.reference(
+        softmax(onnx_logits[registry.REFERENCE]),
+        staged_ids,
+        staged.tokenizer_path,
+        labels,
+        f"{texts.source}, {registry.REFERENCE} graph",
+    )
     manifest.pop("invalid_reason")
     write_manifest(staging, manifest)
     _replace_dir(staging, out)

@@ -12,7 +12,10 @@ A bundle is a directory that scores text without torch or transformers:
 
 manifest.json holds the bundle format version, the model version, the source
 checkpoint and base model, max length, opset, library versions, the sha256 of every
-other file, and the parity/accuracy results export measured.
+other file, the parity/accuracy results export measured, and `drift_reference`: the
+label mix, confidence histogram and unknown-token-heavy count of the check texts scored
+by the fp32 graph (layout: `marketpulse.drift.Profile.to_manifest`). Bundles exported
+before it existed lack the key; they still score, without drift figures.
 
 The model version is a content hash of everything that decides a score: every file
 above (graphs, tokenizer.json, labels.json) plus the labels and max length. Equal
@@ -41,6 +44,7 @@ FORMAT_VERSION = 2  # 2: model_version covers tokenizer.json and max_length too
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
+DRIFT_REFERENCE = "drift_reference"  # manifest key; see marketpulse.drift
 
 
 def sha256_file(path: Path) -> str:
@@ -82,6 +86,11 @@ class Bundle:
     @property
     def variants(self) -> list[str]:
         return [v for v in registry.NAMES if v in self.manifest["variants"]]
+
+    @property
+    def drift_reference(self) -> dict[str, Any] | None:
+        """The reference output profile (marketpulse.drift), None for older bundles."""
+        return self.manifest.get(DRIFT_REFERENCE)
 
     @property
     def tokenizer_path(self) -> Path:

@@ -8,11 +8,14 @@ stage, print. Expected errors are MarketpulseError (one line, exit 1). Heavy imp
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from marketpulse import __version__
 from marketpulse import variants as registry
 from marketpulse.errors import MarketpulseError
+from marketpulse.sql import DEFAULT_STORAGE_VERSION
 
 
 class _Group(click.Group):
@@ -438,7 +441,7 @@ def inspect_(bundle_dir, as_json):
 @click.option(
     "--ray-address",
     envvar="MARKETPULSE_RAY_ADDRESS",
-    help="Ray cluster: auto (after `ray start --head`) or ray://HOST:10001 "
+    help="Ray cluster to join: auto (run on a node after `ray start`) or HEAD_IP:6379 "
     "[default: start a local one].",
 )
 @click.option(
@@ -458,6 +461,35 @@ def inspect_(bundle_dir, as_json):
     type=click.Path(file_okay=False),
     help="Where --engine ray stages pending rows as Parquet; on a multi-node cluster a path "
     "every node can read [default: system temp dir].",
+)
+@click.option(
+    "--ray-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds --engine ray may go without a scored batch coming back (start-up "
+    "included) before the run fails [default: 600].",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=3600,
+    show_default=True,
+    envvar="MARKETPULSE_LOCK_TIMEOUT",
+    help="Seconds a commit waits for readers holding the database file before the run fails.",
+)
+@click.option(
+    "--commit-seconds",
+    type=click.FloatRange(min=0),
+    default=5,
+    show_default=True,
+    help="Commit scored chunks at most this often; readers wait at most one commit.",
+)
+@click.option(
+    "--storage-version",
+    default=DEFAULT_STORAGE_VERSION,
+    show_default=True,
+    envvar="MARKETPULSE_STORAGE_VERSION",
+    help="DuckDB storage format of a --results-db this run creates (an existing file keeps "
+    "its own); the default opens in DuckDB 1.x clients. 'latest' for DuckDB's newest.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def score(
@@ -480,6 +512,10 @@ def score(
     workers,
     gpus_per_worker,
     stage_dir,
+    ray_timeout,
+    lock_timeout,
+    commit_seconds,
+    storage_version,
     as_json,
 ):
     """Classify every not-yet-scored row of a DuckDB table; resumable.
@@ -491,10 +527,13 @@ def score(
 
     from marketpulse.runtime import ScoreConfig
     from marketpulse.runtime import score as run_score
+    from marketpulse.runtime.runs import Interrupted
 
-    if engine == "local" and (ray_address or workers or gpus_per_worker or stage_dir):
+    ray_flags = (ray_address, workers, gpus_per_worker, stage_dir, ray_timeout)
+    if engine == "local" and any(ray_flags):
         raise click.UsageError(
-            "--ray-address, --workers, --gpus-per-worker and --stage-dir need --engine ray"
+            "--ray-address, --workers, --gpus-per-worker, --stage-dir and --ray-timeout "
+            "need --engine ray"
         )
     if engine == "ray":
         from functools import partial
@@ -507,28 +546,145 @@ def score(
             workers=workers,
             gpus_per_worker=gpus_per_worker,
             stage_dir=Path(stage_dir) if stage_dir else None,
+            **({"timeout_s": ray_timeout} if ray_timeout else {}),
         )
-    stats = run_score(
-        ScoreConfig(
-            db=Path(db),
-            table=table,
-            id_col=id_col,
-            text_col=text_col,
-            bundle=Path(bundle),
-            results_db=Path(results_db) if results_db else None,
-            results_table=results_table,
-            device=device,
-            variant=variant,
-            limit=limit,
-            where=where,
-            threads=threads,
-            batch_tokens=batch_tokens,
-            chunk_rows=chunk_rows,
-        )
+    cfg = ScoreConfig(
+        db=Path(db),
+        table=table,
+        id_col=id_col,
+        text_col=text_col,
+        bundle=Path(bundle),
+        results_db=Path(results_db) if results_db else None,
+        results_table=results_table,
+        device=device,
+        variant=variant,
+        limit=limit,
+        where=where,
+        threads=threads,
+        batch_tokens=batch_tokens,
+        chunk_rows=chunk_rows,
+        lock_timeout=lock_timeout,
+        commit_seconds=commit_seconds,
+        storage_version=storage_version,
     )
+    try:
+        stats = run_score(cfg)
+    except Interrupted as exc:  # SIGTERM / SIGINT: the chunk in hand was committed
+        if exc.stats is not None:
+            click.echo(exc.stats.summary(), err=True)
+        click.echo(f"stopped by {exc}; rerun the same command to score the rest", err=True)
+        sys.exit(exc.exit_code)
     click.echo(stats.summary(), err=as_json)
     if as_json:
         click.echo(json.dumps(stats.to_dict(), indent=2))
+
+
+@main.command()
+@click.option("--bundle", required=True, type=click.Path(file_okay=False), help="Bundle dir.")
+@click.option("--text", "texts", multiple=True, help="A text to explain (repeatable).")
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file holding the texts.")
+@click.option("--table", help="Table (or view) holding the texts.")
+@click.option("--id-col", help="Unique key column.")
+@click.option("--text-col", help="VARCHAR column to explain.")
+@click.option("--where", help="Filter on the table's own columns, as for score.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--top", default=5, show_default=True, type=click.IntRange(min=1), help="Words listed."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
+)
+def explain(bundle, texts, db, table, id_col, text_col, where, limit, top, device):
+    """Show which words decided each label (leave-one-word-out on the ONNX graph).
+
+    Example: marketpulse explain --bundle bundle/ --text "Apple beats estimates, shares jump"
+    """
+    from pathlib import Path
+
+    table_flags = (db, table, id_col, text_col)
+    if texts and any(table_flags):
+        raise click.UsageError("pass --text, or --db --table --id-col --text-col, not both")
+    if not texts and not all(table_flags):
+        raise click.UsageError("pass --text, or all of --db --table --id-col --text-col")
+    if where and texts:
+        raise click.UsageError("--where needs --db --table --id-col --text-col")
+
+    def show(row_id, e, words):
+        label = f"{row_id}: " if row_id is not None else ""
+        click.echo(f"{label}{e.label} ({e.probability:.2f})  {_highlight(e, words)}")
+        best = sorted(zip(words, e.words, strict=True), key=lambda p: -p[1].weight)[:top]
+        click.echo("    top words: " + ", ".join(f"{w} {x.weight:+.3f}" for w, x in best))
+
+    if texts:
+        from marketpulse.inference.explain import explain as explain_texts
+        from marketpulse.inference.predictor import Predictor
+        from marketpulse.runtime.explanations import masked_words
+
+        predictor = Predictor(Path(bundle), device=device)
+        for e in explain_texts(predictor, list(texts)):
+            show(None, e, masked_words(e))
+        return
+    from marketpulse.runtime.explanations import ExplainConfig, explain_table
+
+    cfg = ExplainConfig(
+        db=Path(db),
+        table=table,
+        id_col=id_col,
+        text_col=text_col,
+        bundle=Path(bundle),
+        where=where,
+        limit=limit,
+        device=device,
+    )
+    stats = explain_table(cfg, on_row=show)
+    click.echo(
+        f"explained {stats.rows:,} rows ({stats.words:,} words) -> {stats.table} in {db} "
+        f"(model {stats.model_version})",
+        err=True,
+    )
+
+
+def _highlight(e, words: list[str]) -> str:
+    """The text, word by word: green supports the label, red argues against; bold = strong."""
+    scale = max((abs(w.weight) for w in e.words), default=0.0) or 1.0
+    out = []
+    for word, w in zip(words, e.words, strict=True):
+        strength = abs(w.weight) / scale
+        if strength < 0.2:
+            out.append(word)
+        else:
+            color = "green" if w.weight > 0 else "red"
+            out.append(click.style(word, fg=color, bold=strength >= 0.6))
+    return " ".join(out)
+
+
+@main.command("sql")
+@click.argument("query")
+@click.option(
+    "--db", required=True, type=click.Path(dir_okay=False), help="DuckDB file, opened read-only."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list of objects.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the rows as CSV with a header.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    help="Seconds to keep retrying the open while a scoring run commits.",
+)
+def sql_(query, db, as_json, as_csv, lock_timeout):
+    """Run a read-only SQL query on a DuckDB file, waiting out a scoring run's commits.
+
+    Example: marketpulse sql "SELECT label, count(*) FROM scores GROUP BY label" --db market.duckdb --csv
+    """
+    from pathlib import Path
+
+    from marketpulse.query import format_rows, run_query
+
+    if as_json and as_csv:
+        raise click.UsageError("pass at most one of --json and --csv")
+    columns, rows = run_query(Path(db), query, lock_timeout)
+    click.echo(format_rows(columns, rows, "json" if as_json else "csv" if as_csv else "table"))
 
 
 # --- trends ---
@@ -542,6 +698,11 @@ def score(
 @click.option("--source", required=True, help="Table (or view) holding the scored rows.")
 @click.option("--id-col", required=True, help="Id column of the source (matches scores.id).")
 @click.option("--time-col", required=True, help="DATE or TIMESTAMP column to bucket by.")
+@click.option(
+    "--text-col",
+    help="Text column of the source: explain each flagged shift by its over-represented "
+    "words (table trend_drivers_<source>_<grain>).",
+)
 @click.option("--by", default="", help="Comma-separated group columns, e.g. brand,region.")
 @click.option(
     "--grain", type=click.Choice(["day", "week", "month"]), default="week", show_default=True
@@ -549,16 +710,27 @@ def score(
 @click.option(
     "--window",
     type=click.IntRange(min=2),
-    default=4,
+    default=8,
     show_default=True,
     help="Buckets in the rolling/trailing window.",
+)
+@click.option(
+    "--horizon",
+    type=click.IntRange(1, 52),
+    default=4,
+    show_default=True,
+    help="Buckets ahead to forecast (table forecast_<source>_<grain>).",
 )
 @click.option("--positive", help="Label counted as positive (default: positive or bullish).")
 @click.option("--negative", help="Label counted as negative (default: negative or bearish).")
 @click.option("--scores-table", default="scores", show_default=True)
 @click.option("--trend-table", help="Name of the trend table (default trend_<source>_<grain>).")
 @click.option(
-    "--z-threshold", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True
+    "--alpha",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="False-alarm probability per bucket check: is_shift when p_value <= alpha.",
 )
 @click.option(
     "--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the trend table as CSV."
@@ -575,14 +747,16 @@ def trends(
     source,
     id_col,
     time_col,
+    text_col,
     by,
     grain,
     window,
+    horizon,
     positive,
     negative,
     scores_table,
     trend_table,
-    z_threshold,
+    alpha,
     csv_path,
     parquet,
     plot,
@@ -604,10 +778,12 @@ def trends(
         by=tuple(c.strip() for c in by.split(",") if c.strip()),
         grain=grain,
         window=window,
+        horizon=horizon,
+        text_col=text_col,
         positive=positive,
         negative=negative,
         scores_table=scores_table,
-        z_threshold=z_threshold,
+        alpha=alpha,
         trend_table=trend_table,
         csv=csv_path and Path(csv_path),
         parquet=parquet and Path(parquet),

@@ -3,7 +3,10 @@
     <scores>(id <source id type>, model_version, label, confidence, p_<label>..., reason,
              truncated, scored_at)     -- default name `scores` (--results-table)
     models(model_version, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
-    runs(run_id, model_version, source, rows_scored, ... status, engine, error)
+    runs(run_id, model_version, source, rows_scored, ... status, engine, error,
+         psi_label, psi_confidence, unknown_heavy_share, drift_note)
+    explanations(id <source id type>, model_version, label, word, position, weight,
+                 explained_at)   -- one row per word, written by `marketpulse explain`
 
 `label` is NULL exactly when `reason` says why the row was not scored ('null_text' or
 'empty_text'). A label's probability column is `probability_column(label)`. The runtime
@@ -42,7 +45,25 @@ RUN_COLUMNS = {
     "variant": "VARCHAR",
     "error": "VARCHAR",
     "engine": "VARCHAR",
+    # drift against the bundle's reference (marketpulse.drift); NULL when not measured
+    "psi_label": "DOUBLE",
+    "psi_confidence": "DOUBLE",
+    "unknown_heavy_share": "DOUBLE",
+    "drift_note": "VARCHAR",
+    # rows scored by copying the result of the same text earlier in their window
+    # (counted in rows_scored too); NULL in runs recorded before it was counted
+    "rows_duplicate": "BIGINT",
 }
+# Run columns added after runs tables existed: an older runs table gets them by ALTER.
+ADDED_RUN_COLUMNS = (
+    "psi_label",
+    "psi_confidence",
+    "unknown_heavy_share",
+    "drift_note",
+    "rows_duplicate",
+)
+EXPLANATIONS = "explanations"
+EXPLANATION_COLUMNS = ("id", "model_version", "label", "word", "position", "weight", "explained_at")
 MODEL_COLUMNS = {
     "model_version": "VARCHAR PRIMARY KEY",
     "labels": "VARCHAR[]",

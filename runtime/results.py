@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from marketpulse.bundle import Bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import (
+    ADDED_RUN_COLUMNS,
     MODEL_COLUMNS,
     MODELS,
     RUN_COLUMNS,
@@ -86,7 +87,8 @@ def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None
                 f"results table {results_table!r} holds ids of type {have['id']}, the source "
                 f"id column is {id_type}; pass --results-table with another name"
             )
-    for name, expected in ((RUNS, RUN_COLUMNS), (MODELS, {"model_version": ""})):
+    first_runs = {k: v for k, v in RUN_COLUMNS.items() if k not in ADDED_RUN_COLUMNS}
+    for name, expected in ((RUNS, first_runs), (MODELS, {"model_version": ""})):
         cols = _columns(con, quote_ident(name))
         if cols is not None and not set(expected) <= set(cols):
             raise MarketpulseError(
@@ -122,6 +124,10 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
     )
     cols = ", ".join(f"{quote_ident(k)} {v}" for k, v in RUN_COLUMNS.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(RUNS)} ({cols})")
+    have_runs = _columns(con, quote_ident(RUNS))
+    for col in ADDED_RUN_COLUMNS:
+        if col not in have_runs:
+            con.execute(f"ALTER TABLE {quote_ident(RUNS)} ADD COLUMN {col} {RUN_COLUMNS[col]}")
     return p_cols
 
 
@@ -161,8 +167,16 @@ def write_chunk(con, results_table: str, chunk, run_id: str, counts: dict[str, i
         con.execute(
             f"UPDATE {quote_ident(RUNS)} SET rows_scored = rows_scored + ?, "
             "rows_skipped = rows_skipped + ?, rows_failed = rows_failed + ?, "
-            "rows_truncated = rows_truncated + ? WHERE run_id = ?",
-            [counts["scored"], counts["skipped"], counts["failed"], counts["truncated"], run_id],
+            "rows_truncated = rows_truncated + ?, rows_duplicate = rows_duplicate + ? "
+            "WHERE run_id = ?",
+            [
+                counts["scored"],
+                counts["skipped"],
+                counts["failed"],
+                counts["truncated"],
+                counts.get("duplicates", 0),  # only a scoring engine counts copies
+                run_id,
+            ],
         )
         con.execute("COMMIT")
     except BaseException:

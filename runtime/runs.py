@@ -38,6 +38,9 @@ from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
+from marketpulse.runtime.drift import RunDrift
+from marketpulse.runtime.drift import message as drift_message
+from marketpulse.runtime.drift import record as record_drift
 from marketpulse.runtime.progress import Progress, format_duration
 from marketpulse.runtime.source import Source, check_source, checked_size, count_rows, low_memory
 from marketpulse.sql import DEFAULT_STORAGE_VERSION, check_storage_version
@@ -107,8 +110,10 @@ class RunStats:
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     rows_truncated: int = 0
     rows_failed: int = 0
+    rows_duplicate: int = 0  # of rows_scored: copies of a same text's result in the window
     seconds: float = 0.0
     rows_per_s: float = 0.0
+    drift: dict = field(default_factory=dict)  # runtime.drift.DriftResult.to_dict()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +160,7 @@ class Run:
     p_cols: list[str] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     stop_signal: int | None = None
+    drift: RunDrift | None = None
     _held: list = field(default_factory=list)  # (rows, counts, reasons) not yet committed
     _last_commit: float = field(default_factory=time.monotonic)
 
@@ -189,6 +195,7 @@ class Run:
         progress = self.progress = Progress(
             pending, enabled=cfg.progress, log_every=cfg.progress_every
         )
+        self.drift = RunDrift(self.bundle)
         if dead:
             progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
         start = time.perf_counter()
@@ -213,9 +220,14 @@ class Run:
             progress.close()
             stats.seconds = time.perf_counter() - start
             stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
+            measured = self.drift.finish()
+            stats.drift = measured.to_dict()
+            if line := drift_message(measured):
+                progress.log(line)
             try:
                 with self.db.write(checkpoint=True) as con:
                     results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+                    record_drift(con, stats.run_id, measured)
             except MarketpulseError as exc:
                 # The run's own error matters more; the next run closes this row.
                 progress.log(f"could not close the run row: {exc}")
@@ -234,6 +246,7 @@ class Run:
                 "rows_skipped": 0,
                 "rows_failed": 0,
                 "rows_truncated": 0,
+                "rows_duplicate": 0,
                 "started_at": results.utcnow(),
                 "status": "running",
                 "results_table": cfg.results_table,
@@ -249,8 +262,8 @@ class Run:
     def add(self, rows, counts: dict[str, int], reasons: dict[str, int]) -> None:
         """Hold one chunk's scores rows; commit what is held once `commit_seconds` passed.
 
-        `counts` has scored / skipped / failed / truncated; `reasons` the skipped rows
-        per reason.
+        `counts` has scored / skipped / failed / truncated / duplicates; `reasons` the
+        skipped rows per reason.
         """
         self._held.append((rows, counts, reasons))
         if time.monotonic() - self._last_commit >= self.cfg.commit_seconds:
@@ -274,11 +287,13 @@ class Run:
                 pass
         self._last_commit = time.monotonic()
         stats = self.stats
-        for _, counts, reasons in held:
+        for rows, counts, reasons in held:
+            self.drift.add(rows, counts)
             stats.rows_scored += counts["scored"]
             stats.rows_skipped += counts["skipped"]
             stats.rows_failed += counts["failed"]
             stats.rows_truncated += counts["truncated"]
+            stats.rows_duplicate += counts["duplicates"]
             for reason, n in reasons.items():
                 stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
             self.progress.update(counts["scored"] + counts["skipped"] + counts["failed"])

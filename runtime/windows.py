@@ -1,13 +1,20 @@
 """A window of source rows -> the scores rows for it, in three stages both engines run.
 
     tokenize_window(ids, texts, predictor)  NULL/blank texts set aside with their
-                                            reason, the rest tokenized
+                                            reason, each distinct text tokenized once
     infer_window(window, predictor, ...)    token-budget batches through ONNX Runtime
     results_table(window, predictor, ...)   the rows for the scores table + counters
 
 The local engine runs them on its reader, main and writer threads; the Ray engine runs
 all three inside one actor call. Either way a row gets the same label and
 probabilities. A window knows nothing about DuckDB, the run record or threads.
+
+Columnar throughout: a window's texts stay an Arrow array (NULL and blank found by
+Arrow compute, distinct texts by dictionary encoding), its results are numpy arrays,
+and label, reason and model_version leave as dictionary-encoded Arrow columns; no
+Python object per row. Market text repeats (retweets, syndicated headlines), so a text
+that occurs several times in a window is tokenized and inferred once and its result
+copied to the other rows; `counts["duplicates"]` says how many rows were copies.
 
 A row whose batch fails in ONNX Runtime is retried alone (`Predictor.run_batches`); if
 it still fails it is marked in `Window.failed`, counted as failed and left out of the
@@ -18,61 +25,86 @@ error: the bundle or the device is broken, not one row.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from marketpulse import drift
 from marketpulse.errors import MarketpulseError
+from marketpulse.inference.batching import Encoded
 from marketpulse.inference.predictor import Predictor
+from marketpulse.results_schema import REASONS
 from marketpulse.runtime import results
+
+# What str.strip() strips (the characters where str.isspace() is true), as an RE2 class:
+# a text made of these only is blank ('empty_text'), exactly as Python would judge it.
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_BLANK = "^[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]*$"
+NULL_TEXT, EMPTY_TEXT = 1 + REASONS.index("null_text"), 1 + REASONS.index("empty_text")
 
 
 @dataclass
 class Window:
     ids: object  # pyarrow Array, the source id type
-    texts: list
-    reasons: list  # None for rows to score, else 'null_text' / 'empty_text'
+    reasons: np.ndarray  # int8 per row: 0 to score, else 1 + its index in REASONS
     valid: np.ndarray  # int indices of rows to score
-    encoded: object = None  # batching.Encoded for the valid rows
+    distinct: np.ndarray  # per valid row: the index of its text in `encoded`
+    encoded: Encoded | None = None  # each distinct text of the valid rows, once
     probs: np.ndarray | None = None  # (len(valid), n_labels)
     failed: np.ndarray | None = None  # bool (len(valid),)
 
     def skipped_reasons(self) -> dict[str, int]:
         """Rows set aside without inference, per reason."""
-        return dict(Counter(r for r in self.reasons if r is not None))
+        counts = np.bincount(self.reasons, minlength=len(REASONS) + 1)[1:]
+        return {reason: int(n) for reason, n in zip(REASONS, counts, strict=True) if n}
+
+    def copied(self) -> np.ndarray:
+        """Bool per valid row: scored with the result of an earlier row of the same text."""
+        copies = np.ones(len(self.valid), dtype=bool)
+        copies[np.unique(self.distinct, return_index=True)[1]] = False
+        return copies & ~self.failed
 
 
-def set_tokenizer_threads(device: str) -> None:
-    """Tokenize serially on CPU, in parallel on CUDA; call before the first encode.
+def set_tokenizer_threads(threads: int) -> None:
+    """Tokenize on `threads` cores (the Predictor's); call before the first encode.
 
-    On CPU the tokenizer runs on the reader thread beside one ONNX Runtime batch per
-    core: a Rayon pool per core would only oversubscribe the CPU. On CUDA the cores are
-    otherwise idle and a single tokenizing thread can fall behind the GPU.
+    A window is tokenized in one `encode_batch` call on the reader thread, ahead of the
+    window being inferred, and the tokenizer's thread pool spreads it over the cores.
+    On CPU tokenizing costs ~1/40 of inference per row, so its bursts take little from
+    the ONNX Runtime threads; where inference is cheap (a GPU, or the bench's
+    host-ceiling row) a single tokenizing thread would be the wall.
+    TOKENIZERS_PARALLELISM=false in the environment still turns the pool off.
     """
-    if device == "cpu":
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        os.environ["RAYON_NUM_THREADS"] = "1"
-    else:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ["RAYON_NUM_THREADS"] = str(max(1, int(threads)))
 
 
 def tokenize_window(ids, texts, predictor: Predictor) -> Window:
     """A window of source rows (Arrow id and text arrays): NULL/empty text set aside
-    with its reason, the rest tokenized."""
-    texts = texts.to_pylist()
-    reasons = [
-        "null_text" if t is None else ("empty_text" if not t.strip() else None) for t in texts
-    ]
-    valid = np.fromiter((i for i, r in enumerate(reasons) if r is None), np.int64)
-    window = Window(ids, texts, reasons, valid)
-    window.encoded = predictor.encoder.encode([texts[i] for i in valid])
+    with its reason, each distinct remaining text tokenized once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    reasons = np.zeros(len(texts), dtype=np.int8)
+    blank = pc.match_substring_regex(texts, _BLANK).fill_null(False)
+    reasons[blank.to_numpy(zero_copy_only=False)] = EMPTY_TEXT
+    reasons[texts.is_null().to_numpy(zero_copy_only=False)] = NULL_TEXT
+    valid = np.flatnonzero(reasons == 0)
+    encoded = pc.dictionary_encode(texts.take(valid) if len(valid) < len(texts) else texts)
+    window = Window(ids, reasons, valid, encoded.indices.to_numpy().astype(np.int64))
+    window.encoded = predictor.encoder.encode(encoded.dictionary)
     return window
 
 
 def infer_window(window: Window, predictor: Predictor, batch_tokens: int | None) -> None:
     """Fill `window.probs` and `window.failed`; raise when no row could be scored."""
-    window.probs, window.failed, error = predictor.run_batches(window.encoded, batch_tokens)
+    probs, failed, error = predictor.run_batches(window.encoded, batch_tokens)
+    window.probs, window.failed = probs[window.distinct], failed[window.distinct]
     if len(window.valid) and window.failed.all():
         raise MarketpulseError(
             f"ONNX Runtime failed on every row of a window ({error}); check the bundle with "
@@ -80,40 +112,83 @@ def infer_window(window: Window, predictor: Predictor, batch_tokens: int | None)
         ) from error
 
 
+def _unknown_heavy(encoded: Encoded, unknown_id: int | None) -> np.ndarray:
+    """Bool per encoded text: `drift.count_unknown_heavy`'s rule, without a loop per row."""
+    n = len(encoded.lengths)
+    if unknown_id is None or not n:
+        return np.zeros(n, dtype=bool)
+    unknown = encoded.flat == unknown_id
+    per_row = np.bincount(np.repeat(np.arange(n), encoded.lengths), unknown, minlength=n)
+    ends = encoded.lengths > 0
+    # [CLS] and [SEP] aside, as the per-row rule slices row[1:-1]
+    per_row[ends] -= unknown[encoded.starts[ends]]
+    two = encoded.lengths > 1
+    per_row[two] -= unknown[(encoded.starts + encoded.lengths - 1)[two]]
+    pieces = np.maximum(encoded.lengths - 2, 0)
+    return (pieces > 0) & (per_row >= drift.UNKNOWN_HEAVY_FRACTION * pieces)
+
+
+def _dictionary(codes: np.ndarray, values, valid: np.ndarray | None = None):
+    """A dictionary-encoded string column: `values[codes]`, NULL where not `valid`."""
+    import pyarrow as pa
+
+    mask = None if valid is None else ~valid
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes.astype(np.int32, copy=False), mask=mask), pa.array(values, pa.string())
+    )
+
+
 def results_table(window: Window, predictor: Predictor, version: str, p_cols: list[str]):
     """The window's rows for the scores table (failed rows left out) and its counters."""
     import pyarrow as pa
 
-    n = len(window.texts)
-    keep = np.ones(n, dtype=bool)
-    keep[window.valid[window.failed]] = False
+    n, valid, ok = len(window.reasons), window.valid, ~window.failed
     scored = np.zeros(n, dtype=bool)
-    scored[window.valid[~window.failed]] = True
-    probs = np.full((n, len(p_cols)), np.nan)
-    probs[window.valid] = window.probs
-    best = probs[window.valid].argmax(axis=1) if len(window.valid) else np.zeros(0, int)
-    labels = np.full(n, None, dtype=object)
-    labels[window.valid] = np.asarray(predictor.labels, dtype=object)[best]
+    scored[valid[ok]] = True
+    probs = np.zeros((len(p_cols), n))  # one contiguous row per probability column
+    probs[:, valid] = window.probs.T
+    label = np.zeros(n, dtype=np.int64)
+    label[valid] = window.probs.argmax(axis=1) if len(valid) else 0
     truncated = np.zeros(n, dtype=bool)
-    truncated[window.valid] = window.encoded.truncated
-    confidence = np.nanmax(np.where(scored[:, None], probs, -1.0), axis=1)
-    rows = np.flatnonzero(keep)
-    scored_at = np.datetime64(results.utcnow(), "us")
+    truncated[valid] = window.encoded.truncated[window.distinct]
+    confidence = np.zeros(n)
+    confidence[valid] = window.probs.max(axis=1) if len(valid) else 0.0
+    reasons = window.reasons.astype(np.int64)
+    ids = window.ids
+    if window.failed.any():  # rare: the failed rows are left out
+        rows = np.ones(n, dtype=bool)
+        rows[valid[window.failed]] = False
+        rows = np.flatnonzero(rows)
+        ids, scored, probs, label, truncated = (
+            ids.take(pa.array(rows)),
+            scored[rows],
+            probs[:, rows],
+            label[rows],
+            truncated[rows],
+        )
+        confidence, reasons = confidence[rows], reasons[rows]
+    m = len(scored)
     columns = {
-        "id": window.ids.take(pa.array(rows)),
-        "model_version": pa.array([version] * len(rows), pa.string()),
-        "label": pa.array(labels[rows].tolist(), pa.string()),
-        "confidence": pa.array(confidence[rows], mask=~scored[rows]),
-        "reason": pa.array([window.reasons[i] for i in rows], pa.string()),
-        "truncated": pa.array(truncated[rows]),
-        "scored_at": pa.array(np.full(len(rows), scored_at)),
+        "id": ids,
+        "model_version": _dictionary(np.zeros(m, dtype=np.int32), [version]),
+        "label": _dictionary(label, predictor.labels, scored),
+        "confidence": pa.array(confidence, mask=~scored),
+        "reason": _dictionary(np.maximum(reasons - 1, 0), REASONS, reasons > 0),
+        "truncated": pa.array(truncated),
+        "scored_at": pa.array(np.full(m, np.datetime64(results.utcnow(), "us"))),
     }
     for j, col in enumerate(p_cols):
-        columns[col] = pa.array(probs[rows, j], mask=~scored[rows])
+        columns[col] = pa.array(probs[j], mask=~scored)
+    unknown_heavy = _unknown_heavy(
+        window.encoded, drift.unknown_token_id(str(predictor.bundle.tokenizer_path))
+    )
     counts = {
         "scored": int(scored.sum()),
-        "skipped": int(sum(r is not None for r in window.reasons)),
+        "skipped": int(np.count_nonzero(window.reasons)),
         "failed": int(window.failed.sum()),
         "truncated": int(truncated[scored].sum()),
+        "duplicates": int(window.copied().sum()),
+        # texts mostly made of unknown tokens, for the run's drift figures (runtime/drift.py)
+        "unknown_heavy": int(unknown_heavy[window.distinct][ok].sum()),
     }
     return pa.table(columns), counts

@@ -99,3 +99,24 @@ def test_pad_builds_mask():
     ids, mask = pad([np.array([101, 5, 102]), np.array([101, 102])], pad_id=0)
     assert ids.tolist() == [[101, 5, 102], [101, 102, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_encoded_batch_pads_like_pad_and_arrow_input_encodes_like_a_list(bundle_dir):
+    import pyarrow as pa
+
+    encoder = Predictor(bundle_dir).encoder
+    texts = [*TEXTS, "x" * (encoder._clip + 10), "é" * (encoder._clip + 1)]
+    encoded = encoder.encode(texts)
+    from_arrow = encoder.encode(pa.array(texts))
+    for name in ("flat", "lengths", "truncated"):
+        assert getattr(from_arrow, name).tolist() == getattr(encoded, name).tolist()
+    assert encoded.truncated.tolist() == [False, False, False, True, False, True, True]
+    # the flat ids are the tokenizer's own, row by row
+    reference = encoder._tok.encode_batch(texts)
+    assert [row.tolist() for row in encoded.ids][:5] == [e.ids for e in reference][:5]
+    rows = np.array([4, 0, 3, 2])
+    for pad_id in (0, 7):
+        ids, mask = encoded.batch(rows, pad_id)
+        want_ids, want_mask = pad([encoded.ids[i] for i in rows], pad_id)
+        assert ids.dtype == mask.dtype == np.int64
+        assert ids.tolist() == want_ids.tolist() and mask.tolist() == want_mask.tolist()

@@ -209,3 +209,34 @@ def test_a_results_name_taken_by_something_else_is_refused_before_any_query(
     flag = "--results-table" if name == "scores" else "--results-db"
     assert repr(name) in result.output and flag in result.output
     assert tables(db) == {"posts", name}
+
+
+def test_blank_means_what_str_strip_strips():
+    from marketpulse.runtime.windows import PY_WHITESPACE
+
+    assert PY_WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    texts=st.lists(
+        st.one_of(TEXTS, st.text(alphabet=" \t\x1c\x85\xa0\u200b\u2028\u3000x", max_size=6)),
+        max_size=30,
+    )
+)
+def test_any_texts_get_the_reasons_python_gives_and_repeats_share_a_token_row(texts):
+    """Arrow finds NULL and blank texts as `t is None` / `not t.strip()` would, and
+    the rows to score map onto their distinct texts."""
+    from types import SimpleNamespace
+
+    from marketpulse.runtime.windows import tokenize_window
+
+    encoded = []
+    fake = SimpleNamespace(encoder=SimpleNamespace(encode=lambda t: encoded.append(t) or t))
+    window = tokenize_window(pa.array(range(len(texts))), pa.array(texts, pa.string()), fake)
+    want = ["null_text" if t is None else "empty_text" if not t.strip() else None for t in texts]
+    assert [("null_text", "empty_text")[r - 1] if r else None for r in window.reasons] == want
+    assert window.valid.tolist() == [i for i, r in enumerate(want) if r is None]
+    distinct = encoded[0].to_pylist()
+    assert len(distinct) == len(set(distinct))
+    assert [distinct[d] for d in window.distinct] == [texts[i] for i in window.valid]

@@ -252,3 +252,53 @@ def test_a_view_is_scored_through_one_streaming_query(source, bundle):
     result = CliRunner().invoke(main, ["score", "--db", str(db), "--table", "english", "--id-col", "id", "--text-col", "text", "--bundle", str(bundle.path), "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert query(db, "SELECT count(*), bool_and(id % 2 = 0) FROM scores") == [(N // 2, True)]
+
+
+def test_a_text_repeated_in_a_window_is_scored_once_and_its_duplicates_counted(
+    bundle, tmp_path, monkeypatch
+):
+    """Same rows and probabilities as scoring every row, ONNX Runtime sees each text once."""
+    db = tmp_path / "market.duckdb"
+    texts = make_source(db, N)
+    con = duckdb.connect(str(db))
+    # ids 0..99 are one window (chunk_rows=100): 10..19 repeat id 9's text, 30..39 id 29's
+    con.execute(
+        "UPDATE posts SET text = (SELECT text FROM posts WHERE id = 9) WHERE id BETWEEN 10 AND 19"
+    )
+    con.execute(
+        "UPDATE posts SET text = (SELECT text FROM posts WHERE id = 29) WHERE id BETWEEN 30 AND 39"
+    )
+    # the next window repeats id 0's text: a copy is only looked for within a window
+    con.execute("UPDATE posts SET text = (SELECT text FROM posts WHERE id = 0) WHERE id = 100")
+    con.close()
+    seen = []
+    real_run = Predictor.run
+
+    def run(self, input_ids, attention_mask):
+        seen.extend(map(tuple, np.where(attention_mask == 1, input_ids, -1).tolist()))
+        return real_run(self, input_ids, attention_mask)
+
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", variant="fp32", chunk_rows=100, progress=False)  # fmt: skip
+    monkeypatch.setattr(Predictor, "run", run)
+    stats = score(cfg)
+    assert (stats.rows_duplicate, stats.rows_scored + stats.rows_skipped) == (20, N)
+    assert query(db, "SELECT rows_duplicate FROM runs") == [(20,)]
+    assert len(seen) == stats.rows_scored - 20  # each copy was inferred once, not per row
+    rows = dict(query(db, "SELECT id, [p_bearish, p_bullish, p_neutral] FROM scores"))
+    assert all(rows[i] == rows[9] for i in range(10, 20))
+    assert all(rows[i] == rows[29] for i in range(30, 40))
+    expected = Predictor(bundle, variant="fp32").predict_proba([texts[9], texts[29]])
+    np.testing.assert_allclose([rows[9], rows[29]], expected, atol=1e-5)
+
+
+def test_a_runs_table_from_before_rows_duplicate_gets_the_column(source, bundle):
+    db, _ = source
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", limit=10, progress=False)  # fmt: skip
+    score(cfg)
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE runs DROP COLUMN rows_duplicate")
+    con.close()
+    again = score(cfg)
+    assert again.status == "completed" and again.rows_scored + again.rows_skipped == 10
+    got = query(db, "SELECT rows_duplicate FROM runs ORDER BY started_at")
+    assert got == [(None,), (again.rows_duplicate,)]

@@ -187,3 +187,30 @@ def test_bench_figures_follow_from_the_runs(tiny_checkpoint, tiny_bundle, tmp_pa
     assert checks["(d) peak RSS at 600 rows"]["value"] == f"{rss:.0f} MiB"
     assert "floor:" in run.stdout and f"{alts['d']['rows_per_s']:9.1f}" in run.stdout
     assert all(f"{check['value']}  (target" in run.stdout for check in checks.values())
+
+
+@pytest.mark.slow
+def test_host_ceiling_row_scores_the_same_rows_with_inference_stubbed(
+    tiny_checkpoint, tiny_bundle, tmp_path
+):
+    """(h) is a real `score` run over (d)'s rows; only ONNX Runtime is left out."""
+    _twitter_csvs(tmp_path / "data", ["stocks rally", "shares slump", "flat", "guidance cut"])
+    out, work = tmp_path / "bench.json", tmp_path / "work"
+    args = ["--only", "dh", "--rows", "64", "--data", str(tmp_path / "data")]
+    args += ["--model", str(tiny_checkpoint), "--bundle", str(tiny_bundle.path)]
+    args += ["--work", str(work), "--out", str(out)]
+    res = CliRunner().invoke(bench.main, args)
+    assert res.exit_code == 0, res.output
+    alts = json.loads(out.read_text())["alternatives"]
+    assert alts["h"]["rows"] == alts["d"]["rows"] == 64
+    assert alts["h"]["share_of_d"] == pytest.approx(
+        alts["d"]["rows_per_s"] / alts["h"]["rows_per_s"]
+    )
+    assert f"(h) host work is {100 * alts['h']['share_of_d']:.1f}% of (d)'s time" in res.output
+    with duckdb.connect(str(work / "scores_h_posts_64.duckdb"), read_only=True) as con:
+        # zero logits: every probability is 1/3, every label the first
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT id), min(p_bullish), max(p_bullish), "
+            "any_value(label) FROM scores"
+        ).fetchone() == (64, 64, pytest.approx(1 / 3), pytest.approx(1 / 3), "bearish")
+        assert con.execute("SELECT status, rows_scored FROM runs").fetchall() == [("completed", 64)]

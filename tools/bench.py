@@ -13,6 +13,10 @@ its own peak RSS:
   (c) PyTorch bf16, length-sorted batches of 32
   (d) `marketpulse score`, DuckDB in and out (rows/s of the streaming phase; the
       whole-process time is reported beside it)
+  (h) the host ceiling: the same `score` run with ONNX Runtime replaced by zero logits
+      (`ZeroLogitsPredictor`), everything else real: DuckDB reads, tokenizing, batching
+      and padding, result rows, commits. Its share of (d)'s time is what the host costs;
+      the rest is inference. A GPU can only take (d) as far as (h).
 
 It prints rows/s, the ratios d/a d/b d/c, each one's label agreement with (a) and its
 peak RSS, then the floor: model FLOPs per row against a measured int8 matmul rate on
@@ -39,6 +43,7 @@ from pathlib import Path
 import click
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.inference.predictor import Predictor
 from marketpulse.sql import create_database
 
 TWITTER = "twitter_financial_news"  # inside --data: train.csv and valid.csv
@@ -50,9 +55,23 @@ ALTERNATIVES = {
     "b": "optimum ORTModel int8 in a pipeline, batch 32",
     "c": "PyTorch bf16, length-sorted batches of 32",
     "d": "marketpulse score, DuckDB in and out",
+    "h": "host ceiling: (d) with inference stubbed",
     "r": "marketpulse score --engine ray, local Ray cluster",
 }
 BATCH = 32
+
+
+class ZeroLogitsPredictor(Predictor):
+    """The bundle's Predictor with ONNX Runtime left out: zero logits of the right shape.
+
+    Used only by the (h) worker. Batches are still planned and padded, and the softmax
+    still runs, so what a run with it costs is everything `score` does but inference.
+    """
+
+    def run(self, input_ids, attention_mask):
+        import numpy as np
+
+        return np.zeros((len(input_ids), len(self.labels)), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -168,12 +187,19 @@ def run_marketpulse(
 ) -> dict:
     import duckdb
 
-    key = "r" if engine == "ray" else "d"
+    """(d), (r) or, with engine="host", (h): one `score` run in its own process."""
+    key = {"ray": "r", "host": "h"}.get(engine, "d")
     results_db = work / f"scores_{key}_{table}.duckdb"
     results_db.unlink(missing_ok=True)
-    cmd = [sys.executable, "-c", "from marketpulse.cli import main; main()", "score"]
-    cmd += ["--db", str(db), "--table", table, "--id-col", "id", "--text-col", "text"]
-    cmd += ["--bundle", str(bundle), "--results-db", str(results_db), "--device", "cpu", "--json"]
+    if engine == "host":  # the bench's own worker: `score` with ZeroLogitsPredictor
+        cmd = [sys.executable, "-m", "marketpulse.tools.bench", "--worker", "h"]
+        cmd += ["--db", str(db), "--table", table, "--bundle", str(bundle)]
+        cmd += ["--out", str(results_db)]
+    else:
+        cmd = [sys.executable, "-c", "from marketpulse.cli import main; main()", "score"]
+        cmd += ["--db", str(db), "--table", table, "--id-col", "id", "--text-col", "text"]
+        cmd += ["--bundle", str(bundle), "--results-db", str(results_db), "--device", "cpu"]
+        cmd += ["--json"]
     if engine == "ray":
         cmd += ["--engine", "ray"]
     if threads:
@@ -204,6 +230,25 @@ def _read_texts(db: Path, table: str) -> list[str]:
     texts = [r[0] for r in con.execute(f"SELECT text FROM {table} ORDER BY id").fetchall()]
     con.close()
     return texts
+
+
+def host_worker(db: Path, table: str, bundle: Path, results_db: Path, threads: int | None):
+    """(h): `marketpulse score --device cpu --json` as the CLI runs it, inference stubbed."""
+    from marketpulse.runtime import ScoreConfig, score
+
+    cfg = ScoreConfig(
+        db=db,
+        table=table,
+        id_col="id",
+        text_col="text",
+        bundle=bundle,
+        results_db=results_db,
+        device="cpu",
+        threads=threads,
+    )
+    stats = score(cfg, predictor_type=ZeroLogitsPredictor)
+    click.echo(stats.summary(), err=True)
+    click.echo(json.dumps(stats.to_dict(), indent=2))
 
 
 def worker(alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path) -> None:
@@ -344,6 +389,11 @@ def report(res: dict) -> str:
             f"    (d) whole process incl. start-up and model load: {alts['d']['wall_s']:.1f}s, "
             f"{alts['d']['wall_rows_per_s']:.1f} rows/s"
         )
+    if "share_of_d" in alts.get("h", {}):
+        lines.append(
+            f"    (h) host work is {100 * alts['h']['share_of_d']:.1f}% of (d)'s time; the rest "
+            "is inference"
+        )
     for name, check in res["checks"].items():
         lines.append(
             f"    {'PASS' if check['ok'] else 'FAIL'}  {name}: {check['value']}  (target {check['target']})"
@@ -458,7 +508,7 @@ def parse_speedups(values: tuple[str, ...]) -> dict[str, float]:
     help="Shared data folder holding twitter_financial_news/{train,valid}.csv; without them "
     f"the texts are the posts of {DEMO_DB}.",
 )
-@click.option("--only", default="abcdr", show_default=True, help="Alternatives to run.")
+@click.option("--only", default="abcdhr", show_default=True, help="Alternatives to run.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for (d) [default: all cores].")
 @click.option(
     "--min-speedup",
@@ -512,6 +562,8 @@ def main(
     """
     if worker:
         try:
+            if worker == "h":
+                return host_worker(Path(db), table, Path(bundle), Path(out), threads)
             return worker_main(worker, Path(db), table, Path(model), Path(bundle), Path(out))
         except MarketpulseError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -574,6 +626,8 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
         click.echo(f"bench: ({key}) {ALTERNATIVES[key]} ...", err=True)
         if key == "d":
             result = run_marketpulse(db, table, bundle_dir, work, threads)
+        elif key == "h":
+            result = run_marketpulse(db, table, bundle_dir, work, threads, engine="host")
         elif key == "r":
             from marketpulse.runtime.ray_engine import ray_available
 
@@ -590,8 +644,12 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
         res["alternatives"][key] = result
     alts = res["alternatives"]
     if "a" in alts:
-        for alt in alts.values():
-            alt["agreement_with_a"] = agreement(alt["labels"], alts["a"]["labels"])
+        for key, alt in alts.items():
+            if key != "h":  # (h)'s labels are the argmax of zeros
+                alt["agreement_with_a"] = agreement(alt["labels"], alts["a"]["labels"])
+    if "d" in alts and "h" in alts:
+        # Same rows: the host's seconds over (d)'s.
+        alts["h"]["share_of_d"] = alts["d"]["rows_per_s"] / alts["h"]["rows_per_s"]
     if "d" in alts:
         click.echo("bench: measuring the int8 matmul floor ...", err=True)
         cfg = json.loads((model_dir / "config.json").read_text())

@@ -2,19 +2,24 @@
 
 Knows nothing about ONNX Runtime or DuckDB. The contract:
 
-- `TextEncoder.encode(texts)` tokenizes a whole window of texts in one call into the
-  Rust `tokenizers` library (which releases the GIL and runs on its own thread pool),
-  truncating at the bundle's max length and reporting which rows were truncated.
+- `TextEncoder.encode(texts)` tokenizes a whole window of texts (a list of str or an
+  Arrow string array without NULLs) in one call into the Rust `tokenizers` library,
+  which releases the GIL and runs on its own thread pool, truncating at the bundle's
+  max length and reporting which rows were truncated. The ids come back as one flat
+  int64 array with row offsets (`Encoded`), not one array per row.
 - `plan_batches(lengths, ...)` sorts a window by token length and cuts it into
   batches whose *padded* size (rows x longest row) stays under a token budget, so
   short texts run in wide batches and long texts in narrow ones, with almost no
   padding either way.
-- `pad(seqs)` builds the int64 `input_ids` / `attention_mask` arrays for one batch.
+- `Encoded.batch(rows, pad_id)` builds the int64 `input_ids` / `attention_mask` arrays
+  for one batch with a single gather; `pad(seqs)` does the same for a list of arrays.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +33,31 @@ DEFAULT_MAX_BATCH_ROWS = 256
 
 @dataclass
 class Encoded:
-    """Token ids of a window of texts, in input order."""
+    """Token ids of a window of texts, in input order: row i is flat[starts[i]:][:lengths[i]]."""
 
-    ids: list[np.ndarray]  # int64 ids per row, special tokens included
+    flat: np.ndarray  # int64, every row's ids (special tokens included) end to end
     lengths: np.ndarray  # int64 (n,)
     truncated: np.ndarray  # bool (n,)
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.lengths) - self.lengths
+
+    @cached_property
+    def ids(self) -> list[np.ndarray]:
+        """One int64 array per row (views into `flat`)."""
+        return np.split(self.flat, np.cumsum(self.lengths)[:-1]) if len(self.lengths) else []
+
+    def batch(self, rows: np.ndarray, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), int64, for `rows` right-padded to the longest."""
+        lengths = self.lengths[rows]
+        width = max(int(lengths.max()), 1)
+        cols = np.arange(width)
+        mask = cols < lengths[:, None]
+        # Past a row's end the index is clamped, and the gathered id replaced by pad_id.
+        at = np.minimum(self.starts[rows][:, None] + cols, max(len(self.flat) - 1, 0))
+        input_ids = np.where(mask, self.flat[at] if len(self.flat) else pad_id, pad_id)
+        return input_ids.astype(np.int64, copy=False), mask.astype(np.int64)
 
 
 class TextEncoder:
@@ -51,15 +76,25 @@ class TextEncoder:
         self._tok.enable_truncation(self.max_length)
         self._clip = self.max_length * _CHARS_PER_TOKEN_CLIP
 
-    def encode(self, texts: list[str]) -> Encoded:
-        clipped = np.fromiter((len(t) > self._clip for t in texts), bool, len(texts))
+    def encode(self, texts) -> Encoded:
+        """Tokenize a list of str, or an Arrow string array without NULLs."""
+        if isinstance(texts, list):
+            clipped = np.fromiter((len(t) > self._clip for t in texts), bool, len(texts))
+        else:  # Arrow: the lengths without a Python string per row
+            import pyarrow.compute as pc
+
+            clipped = pc.greater(pc.utf8_length(texts), self._clip).to_numpy(zero_copy_only=False)
+            texts = texts.to_pylist()
         if clipped.any():
-            texts = [t[: self._clip] for t in texts]
-        encodings = self._tok.encode_batch(texts, add_special_tokens=True)
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-        lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-        overflow = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(ids))
-        return Encoded(ids=ids, lengths=lengths, truncated=overflow | clipped)
+            texts = [t[: self._clip] if c else t for t, c in zip(texts, clipped, strict=True)]
+        # No char offsets: the runtime never maps tokens back to characters.
+        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=True)
+        lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum())
+        )
+        overflow = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
+        return Encoded(flat=flat, lengths=lengths, truncated=overflow | clipped)
 
 
 def plan_batches(

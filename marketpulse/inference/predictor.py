@@ -17,8 +17,8 @@ run at once, each on its own core; `InferenceSession.run` is thread-safe and rel
 the GIL. Small length-sorted batches then stay in each core's cache and no core waits
 at a per-operator barrier, which measured 1.7x more rows per CPU-second than one batch
 split over two intra-op threads on this project's 2-core machine. CUDA runs one batch
-at a time on one stream. Tokenizing happens on the caller's thread, so the process
-uses `threads` + 1 threads, one of them mostly idle.
+at a time on one stream. Tokenizing is the caller's (`encoder`, batching.py); the
+runtime runs it ahead of inference on the tokenizer's own pool of `threads` threads.
 
 Batch size: a budget of padded tokens, not rows (see batching.py); the default is
 small on CPU (cache-sized) and large on CUDA (occupancy).
@@ -41,7 +41,6 @@ from marketpulse.inference.batching import (
     DEFAULT_MAX_BATCH_ROWS,
     Encoded,
     TextEncoder,
-    pad,
     plan_batches,
     softmax,
 )
@@ -258,7 +257,7 @@ class Predictor:
         A batch that raises is retried row by row so one bad row cannot sink its batch
         mates; rows that still fail are flagged, with zero probabilities.
         """
-        n = len(encoded.ids)
+        n = len(encoded.lengths)
         probs = np.zeros((n, len(self.labels)), dtype=np.float32)
         failed = np.zeros(n, dtype=bool)
         errors: list[Exception] = []
@@ -266,13 +265,13 @@ class Predictor:
 
         def run_batch(idx: np.ndarray) -> None:
             try:
-                probs[idx] = softmax(self.run(*pad([encoded.ids[i] for i in idx], pad_id)))
+                probs[idx] = softmax(self.run(*encoded.batch(idx, pad_id)))
                 return
             except Exception as exc:
                 errors.append(exc)
             for i in idx:
                 try:
-                    probs[i] = softmax(self.run(*pad([encoded.ids[i]], pad_id)))[0]
+                    probs[i] = softmax(self.run(*encoded.batch(np.array([i]), pad_id)))[0]
                 except Exception as exc:
                     errors.append(exc)
                     failed[i] = True

@@ -1,0 +1,104 @@
+"""Drift per run: this run's output profile against the bundle's reference.
+
+`RunDrift` is fed every committed chunk (`Run.flush`): the scores rows give the label
+and confidence of each scored row, the chunk's counters the unknown-token-heavy rows
+(`windows.results_table` counts them). When the run ends, `finish` compares the profile
+with the manifest's `drift_reference` (marketpulse.drift) and `record` writes the
+figures into the run's row:
+
+    psi_label, psi_confidence    PSI against the reference (NULL: not measured)
+    unknown_heavy_share          share of this run's scored rows that are unknown heavy
+    drift_note                   the warning, or why there are no figures
+
+The warning goes to stderr as one line starting `warning: drift`. A bundle exported
+before drift references existed scores as before: NULL figures and a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from marketpulse import drift
+from marketpulse.bundle import Bundle
+from marketpulse.results_schema import RUNS
+from marketpulse.sql import quote_ident
+
+NO_REFERENCE = (
+    "bundle has no drift reference (exported before drift checks existed); "
+    "re-export it with `marketpulse export` to get drift figures"
+)
+
+
+@dataclass
+class DriftResult:
+    psi_label: float | None = None
+    psi_confidence: float | None = None
+    unknown_heavy_share: float | None = None
+    note: str | None = None
+    warn: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "psi_label": self.psi_label,
+            "psi_confidence": self.psi_confidence,
+            "unknown_heavy_share": self.unknown_heavy_share,
+            "note": self.note,
+            "warn": self.warn,
+        }
+
+
+class RunDrift:
+    def __init__(self, bundle: Bundle):
+        ref = bundle.drift_reference
+        self.reference = drift.Profile.from_manifest(ref) if ref else None
+        self.labels = bundle.labels
+        self.profile = drift.Profile(self.labels)
+        self._index = {label: i for i, label in enumerate(self.labels)}
+
+    def add(self, rows, counts: dict[str, int]) -> None:
+        """Count one chunk's scored rows (a pyarrow table with label and confidence)."""
+        labels = rows.column("label").to_pylist()
+        scored = [i for i, label in enumerate(labels) if label is not None]
+        index = np.fromiter((self._index[labels[i]] for i in scored), np.int64, len(scored))
+        confidence = rows.column("confidence").to_numpy(zero_copy_only=False)[scored]
+        self.profile.add(index, np.asarray(confidence, float), counts.get("unknown_heavy"))
+
+    def finish(self) -> DriftResult:
+        share = self.profile.unknown_share
+        if self.reference is None:
+            return DriftResult(unknown_heavy_share=share, note=NO_REFERENCE)
+        if not self.profile.rows:
+            return DriftResult(note="no rows scored in this run")
+        d = drift.compare(self.reference, self.profile)
+        result = DriftResult(d.psi_label, d.psi_confidence, d.unknown_heavy_share)
+        if d.warnings:
+            result.warn = True
+            result.note = (
+                f"output unlike the bundle's reference ({self.reference.source}): "
+                f"{'; '.join(d.warnings)}"
+            )
+        elif self.profile.rows < drift.MIN_ROWS:
+            result.note = f"only {self.profile.rows} rows scored; no warning below {drift.MIN_ROWS}"
+        return result
+
+
+def record(con, run_id: str, result: DriftResult) -> None:
+    con.execute(
+        f"UPDATE {quote_ident(RUNS)} SET psi_label = ?, psi_confidence = ?, "
+        "unknown_heavy_share = ?, drift_note = ? WHERE run_id = ?",
+        [result.psi_label, result.psi_confidence, result.unknown_heavy_share, result.note, run_id],
+    )
+
+
+def message(result: DriftResult) -> str | None:
+    """The stderr line for a run, None when there is nothing to say."""
+    if result.warn:
+        return (
+            f"warning: drift: {result.note} (PSI above {drift.PSI_WARN} means this text is "
+            "no longer like the training data; check the source, or retrain)"
+        )
+    if result.note == NO_REFERENCE:
+        return f"note: {NO_REFERENCE}"
+    return None

@@ -1,0 +1,109 @@
+"""`marketpulse explain`: occlusion weights on the tiny bundle, faithfulness, the table."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from test_runtime_support import spread_bundle
+
+from marketpulse.cli import main
+from marketpulse.export.checks import MARKET_SENTENCES
+from marketpulse.inference.explain import explain, faithfulness, split_words
+from marketpulse.inference.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    return spread_bundle(tiny_checkpoint, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle):
+    return Predictor(bundle, variant="fp32", device="cpu")
+
+
+def test_each_weight_is_the_probability_lost_without_that_word(predictor):
+    text = "Apple shares jump 5% after earnings beat estimates"
+    (e,) = explain(predictor, [text])
+    assert [w.text for w in e.words] == text.split()
+    assert [w.position for w in e.words] == list(range(len(e.words)))
+    probs = predictor.predict_proba([text, "Apple shares 5% after earnings beat estimates"])
+    label = predictor.labels.index(e.label)
+    assert e.label == predictor.labels[int(probs[0].argmax())]
+    assert e.words[2].weight == pytest.approx(probs[0, label] - probs[1, label], abs=1e-5)
+
+
+def test_deleting_top_words_moves_the_label_more_than_random_words(predictor):
+    texts = MARKET_SENTENCES * 4  # the random draw differs per copy
+    f = faithfulness(predictor, explain(predictor, texts), k=2, seed=0)
+    print(f.summary())
+    assert f.rows == len(texts)
+    assert f.gap > 0, f
+
+
+def test_split_words_keeps_offsets():
+    assert split_words("  a bb\tccc ") == [(2, 3), (4, 6), (7, 10)]
+
+
+def test_explain_text_prints_label_and_masked_top_words(bundle):
+    pytest.importorskip("presidio_analyzer")
+    result = CliRunner().invoke(
+        main,
+        ["explain", "--bundle", str(bundle.path), "--text", "Ask dana@example.com why $TSLA fell"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "top words:" in result.output
+    assert "<EMAIL>" in result.output and "dana@example.com" not in result.output
+
+
+def test_explain_rows_writes_one_row_per_word_with_personal_data_masked(bundle, tmp_path):
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE posts (id BIGINT, text VARCHAR, src VARCHAR)")
+    con.execute(
+        "INSERT INTO posts VALUES (1, 'Oil slides on weak demand', 'a'), "
+        "(2, 'Call +1 415 555 0132 for the Nvidia note', 'a'), (3, NULL, 'a'), "
+        "(4, 'Gold steady near record', 'b')"
+    )
+    con.close()
+    args = ["explain", "--bundle", str(bundle.path), "--db", str(db), "--table", "posts"]
+    args += ["--id-col", "id", "--text-col", "text", "--where", "src = 'a'"]
+    for _ in range(2):  # a rerun replaces, never duplicates
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT id, word, position, model_version FROM explanations ORDER BY id, position"
+    ).fetchall()
+    con.close()
+    assert [(r[0], r[1]) for r in rows if r[0] == 1] == [
+        (1, "Oil"),
+        (1, "slides"),
+        (1, "on"),
+        (1, "weak"),
+        (1, "demand"),
+    ]
+    assert [r[1] for r in rows if r[0] == 2] == [
+        "Call",
+        "<PHONE>",
+        "<PHONE>",
+        "<PHONE>",
+        "<PHONE>",
+        "for",
+        "the",
+        "Nvidia",
+        "note",
+    ]
+    assert {r[3] for r in rows} == {bundle.version}
+    assert "555" not in result.output
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--text", "x", "--db", "m.duckdb"], ["--db", "m.duckdb", "--table", "t"]],
+)
+def test_bad_flag_combinations_are_usage_errors(bundle, extra):
+    result = CliRunner().invoke(main, ["explain", "--bundle", str(bundle.path), *extra])
+    assert result.exit_code == 2, result.output
