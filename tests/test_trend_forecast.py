@@ -11,7 +11,7 @@ import pytest
 from trends_fixtures import create_results_tables, insert_scores, register_model
 
 from marketpulse.trends import TrendsConfig, format_report, run
-from marketpulse.trends.forecast import AUTO, MIN_POINTS, SHORT, forecast_series
+from marketpulse.trends.forecast import AUTO, SHORT, forecast_series, min_points
 
 pytest.importorskip("statsforecast")
 
@@ -64,11 +64,11 @@ def test_conformal_bands_cover_near_their_level_out_of_sample():
 def test_short_series_get_the_window_average_and_say_so():
     y = np.array([0.1, 0.5, 0.3, 0.2])
     result = forecast_series({"short": y}, 52, 3, 2)
-    assert len(y) < MIN_POINTS and result.backtest.empty and result.history.empty
+    assert len(y) < min_points(2) and result.backtest.empty and result.history.empty
     assert set(result.future["model"]) == {SHORT}
     assert result.future["forecast"].tolist() == pytest.approx([1 / 3, 1 / 3])
     assert result.future["lo_80"].isna().all()
-    assert result.skill == {"series": 1, "backtested": 0}
+    assert result.skill == {"series": 1, "backtested": 0, "min_points": min_points(2)}
 
 
 def test_forecasts_and_bands_stay_in_the_index_range():

@@ -21,7 +21,8 @@ value forward, buckets before the group's first row are left out):
 4. **Bands by split conformal prediction.** The band for step s is the forecast +/- the
    empirical 80% / 95% quantile of the chosen model's past |errors| at step s. Coverage
    is measured the same way online: each origin's band uses only errors known by then.
-5. **Short series** (fewer than `MIN_POINTS` buckets) get WindowAverage without a
+5. **Short series** (too few buckets for `MIN_ORIGINS` backtest origins after
+   `MIN_TRAIN` training buckets: `min_points(horizon)`) get WindowAverage without a
    backtest, and the result says so.
 
 Indexes live in [-1, 1]; forecasts and bands are clamped to it.
@@ -39,7 +40,7 @@ from marketpulse.errors import MarketpulseError
 
 SEASONS = {"day": 7, "week": 52, "month": 12}
 LEVELS = (80, 95)
-MIN_POINTS = 12  # a series shorter than this gets the window average, no backtest
+MIN_ORIGINS = 10  # backtest origins a series needs (as many as a conformal band needs)
 MAX_ORIGINS = 24  # backtest origins per series (the most recent ones)
 MIN_TRAIN = 8  # buckets before the first origin
 ARIMA_MAX_SERIES = 20
@@ -59,6 +60,12 @@ class Forecasts:
         pd.DataFrame
     )  # unique_id, t (index of the bucket forecast from), forecast_next, low, high
     skill: dict  # series, beat_naive, median MASE ratio (see skill_line)
+
+
+def min_points(horizon: int) -> int:
+    """Buckets a series needs for a backtest: training buckets, then MIN_ORIGINS origins
+    each followed by `horizon` buckets."""
+    return MIN_TRAIN + horizon - 1 + MIN_ORIGINS
 
 
 def require_statsforecast():
@@ -104,7 +111,7 @@ def forecast_series(
     futures, backtests, histories = [], [], []
     by_origins: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
     for uid, y in series.items():
-        if len(y) < MIN_POINTS:
+        if len(y) < min_points(horizon):
             futures.append(_short_future(uid, y, window, horizon))
             continue
         origins = min(max_origins, len(y) - MIN_TRAIN - horizon + 1)
@@ -120,7 +127,8 @@ def forecast_series(
     future = pd.concat(futures, ignore_index=True) if futures else _empty_future()
     backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame()
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-    return Forecasts(future, backtest, history, _skill(backtest, len(series)))
+    skill = {**_skill(backtest, len(series)), "min_points": min_points(horizon)}
+    return Forecasts(future, backtest, history, skill)
 
 
 def _frame(group: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -312,9 +320,11 @@ def _skill(backtest: pd.DataFrame, n_series: int) -> dict:
 
 def skill_line(skill: dict) -> str:
     """The report's one line on whether to trust the forecasts."""
+    if not skill:
+        return "forecasts: not computed (--horizon 0)"
     if not skill.get("backtested"):
         return (
-            f"forecasts: no series has {MIN_POINTS} buckets yet, so none was backtested; "
+            f"forecasts: no series has {skill['min_points']} buckets yet, so none was backtested; "
             "the forecast is the window average and its skill is unknown"
         )
     ratio = skill["mae_ratio_naive"]
@@ -324,9 +334,14 @@ def skill_line(skill: dict) -> str:
         if better > 0
         else f"do not beat naive (median one-step MAE {-better:.0f}% worse)"
     )
+    cov80, cov95 = skill["coverage_80"], skill["coverage_95"]
+    bands = (
+        f"bands covered {cov80:.0%} (80%) and {cov95:.0%} (95%) out of sample"
+        if cov80 == cov80 and cov95 == cov95  # not NaN
+        else f"band coverage not measured yet (needs {MIN_ERRORS} past errors before an origin)"
+    )
     return (
         f"forecasts {verdict}; better than naive on {skill['beat_naive']} of "
         f"{skill['backtested']} backtested series, at or below the window average on "
-        f"{skill['beat_window']}; bands covered {skill['coverage_80']:.0%} (80%) and "
-        f"{skill['coverage_95']:.0%} (95%) out of sample"
+        f"{skill['beat_window']}; {bands}"
     )
