@@ -8,7 +8,9 @@ Read top to bottom:
    are created or checked and the run row opened, before Ray starts.
 2. The pending rows (the local engine's anti-join query: rows this model version has
    not scored) are exported by the driver to Parquet shards in a staging directory.
-3. `ray.data.read_parquet(shards).map_batches(Scorer, ...)` runs on a fixed pool of
+3. Every node that can host a scorer is checked to read the staged shards and the
+   bundle as the driver does (`ray_cluster.check_nodes_read`). Then tasks read the
+   shards (`read_staged`) and `map_batches(Scorer, ...)` scores them on a fixed pool of
    actors. `Scorer` loads the bundle once per actor and scores each batch with the
    local engine's own window code (`Predictor`, token-budget batches, the scores-row
    builder), so a row gets the same label and probabilities on either engine.
@@ -18,6 +20,8 @@ Read top to bottom:
    Results come back through Ray's object store rather than through Parquet files
    written by the workers, so the driver needs no storage shared with the workers
    for them, and a crash leaves whole committed batches: a rerun skips those ids.
+   A run that gets no batch back for `timeout_s` (--ray-timeout) fails with one line
+   (`ray_cluster.watched`); Ray Data's own no-progress limit is set to the same bound.
 
 Ray is an optional extra (`pip install 'marketpulse[ray]'`); this module imports it
 only inside functions, so `marketpulse --help` and the local engine never load it.
@@ -31,18 +35,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from marketpulse.bundle import load_bundle
+from marketpulse.bundle import MANIFEST, load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_columns
+from marketpulse.runtime.ray_cluster import (
+    DEFAULT_TIMEOUT_S,
+    Stalled,
+    check_nodes_read,
+    connect,
+    limit_stalls,
+    plan_workers,
+    stall_detail,
+    watched,
+)
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
 from marketpulse.runtime.source import export_pending, pending_query
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
+COPIED = "_copied"  # marks rows scored as a copy of the same text's result (counted only)
 # Shard sizes: at least SHARDS_PER_WORKER per actor so reads spread over the cluster,
-# at most SHARD_CHUNKS chunks each. (Commits are per chunk either way: see _blocks.)
+# at most SHARD_CHUNKS chunks each. (Commits are per chunk either way: see read_staged.)
 SHARDS_PER_WORKER = 4
 SHARD_CHUNKS = 16
+# Seconds past --ray-timeout before the driver gives up on its own: Ray Data's own
+# no-progress check (which also stops the actors) gets the first word.
+STALL_GRACE_S = 15.0
 _REMOTE_ERROR = re.compile(r"^marketpulse\.errors\.MarketpulseError: (.+)$", re.MULTILINE)
 
 
@@ -85,37 +103,6 @@ def ray_device(device: str, gpus_per_worker: float) -> str:
             "--gpus-per-worker 1 (or a fraction such as 0.5 to share a GPU)"
         )
     return "cpu"
-
-
-def plan_workers(resources: dict, workers: int | None, gpus_per_worker: float, threads: int) -> int:
-    """How many Scorer actors to start on a cluster with `resources` (ray.cluster_resources())."""
-    if workers is not None and workers < 1:
-        raise MarketpulseError(f"--workers must be at least 1, got {workers}")
-    if gpus_per_worker > 0:
-        gpus = float(resources.get("GPU", 0))
-        if gpus < gpus_per_worker:
-            raise MarketpulseError(
-                f"the Ray cluster has {gpus:g} GPU(s), --gpus-per-worker {gpus_per_worker:g} "
-                "needs more; add GPU nodes or pass --gpus-per-worker 0 to score on CPUs"
-            )
-        return workers or max(1, int(gpus // gpus_per_worker))
-    cpus = int(resources.get("CPU", 0))
-    # One CPU stays free for Ray Data's read tasks: actors holding every CPU would wait
-    # forever for input that no task can be scheduled to read.
-    most = (cpus - 1) // threads
-    if most < 1:
-        raise MarketpulseError(
-            f"the Ray cluster has {cpus} CPU(s): too few for a {threads}-thread scorer plus "
-            "one CPU to read the input; pass --threads 1 or add nodes"
-        )
-    if workers is None:
-        return most
-    if workers > most:
-        raise MarketpulseError(
-            f"--workers {workers} x {threads} thread(s) would take all {cpus} CPUs of the Ray "
-            f"cluster and leave none to read the input; pass --workers {most} or fewer"
-        )
-    return workers
 
 
 def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, str]:
@@ -169,7 +156,7 @@ class Scorer:
                 f"driver's is {model_version}; give every node the same bundle (a shared path)"
             )
         self.predictor = Predictor(bundle, variant, device, threads)
-        set_tokenizer_threads(self.predictor.device)  # as in the local engine
+        set_tokenizer_threads(self.predictor.threads)  # as in the local engine
         self.version = model_version
         self.batch_tokens = batch_tokens
         self.p_cols = probability_columns(bundle.labels)
@@ -184,8 +171,11 @@ class Scorer:
         window = tokenize_window(ids, batch.column("text"), self.predictor)
         infer_window(window, self.predictor, self.batch_tokens)
         table, _ = results_table(window, self.predictor, self.version, self.p_cols)
-        table = table.append_column(FAILED, pa.array(np.zeros(table.num_rows, dtype=bool)))
         failed = window.valid[window.failed]
+        copied = np.zeros(len(window.reasons), dtype=bool)
+        copied[window.valid] = window.copied()
+        table = table.append_column(FAILED, pa.array(np.zeros(table.num_rows, dtype=bool)))
+        table = table.append_column(COPIED, pa.array(np.delete(copied, failed)))
         if len(failed):
             lost = {
                 name: pa.nulls(len(failed), table.schema.field(name).type)
@@ -193,6 +183,7 @@ class Scorer:
             }
             lost["id"] = ids.take(pa.array(failed))
             lost[FAILED] = pa.array(np.ones(len(failed), dtype=bool))
+            lost[COPIED] = pa.array(np.zeros(len(failed), dtype=bool))
             table = pa.concat_tables([table, pa.table(lost, schema=table.schema)])
         return table
 
@@ -202,13 +193,14 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
     import pyarrow.compute as pc
 
     failed = table.column(FAILED)
-    rows = table.filter(pc.invert(failed)).drop_columns([FAILED])
+    rows = table.filter(pc.invert(failed)).drop_columns([FAILED, COPIED])
     scored = pc.is_valid(rows.column("label"))
     counts = {
         "scored": int(pc.sum(scored).as_py() or 0),
         "skipped": int(pc.sum(pc.is_valid(rows.column("reason"))).as_py() or 0),
         "failed": int(pc.sum(failed).as_py() or 0),
         "truncated": int(pc.sum(pc.and_(scored, rows.column("truncated"))).as_py() or 0),
+        "duplicates": int(pc.sum(table.column(COPIED)).as_py() or 0),
     }
     reasons = {}
     for item in pc.value_counts(rows.column("reason").drop_null()).to_pylist():
@@ -216,51 +208,35 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
     return rows, counts, reasons
 
 
-def _blocks(dataset, rows: int):
-    """Cut the input into blocks of `rows` rows, streaming (no all-to-all barrier).
+def read_shard(batch):
+    """Ray Data map function: a batch of staged shard paths -> their rows (on a worker)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    Ray Data packs small Parquet files into one block, and a map task returns its
-    block's results in one piece when it ends: without this a whole table could come
-    back, and be committed, as a single chunk at the very end. Older Ray versions lack
-    the argument; there each shard is one block, so commits are per shard.
+    return pa.concat_tables([pq.read_table(path) for path in batch.column("path").to_pylist()])
+
+
+def read_staged(ray, shards: list[str], rows: int):
+    """The staged shards as a dataset of blocks of at most `rows` rows, streaming.
+
+    Each shard is read by a plain task on a worker, not by `ray.data.read_parquet`:
+    Ray 2.5x's Parquet reader starts 32 FooterReader actors (separate processes) per
+    read to list the files, and its older reader lists them in a task the driver waits
+    on before the run starts. On a 2-core machine with other work the first is a
+    start-up storm that held back the first scored batch for minutes, and the second
+    waits outside any progress check when the cluster has no free CPU.
+
+    The blocks are then cut to `rows` rows (no all-to-all barrier): a map task returns
+    its block's results in one piece when it ends, so without this a whole shard would
+    come back, and be committed, as one chunk. Older Ray versions lack the argument;
+    there each shard is one block, so commits are per shard.
     """
+    paths = ray.data.from_items([{"path": p} for p in shards], override_num_blocks=len(shards))
+    dataset = paths.map_batches(read_shard, batch_size=1, batch_format="pyarrow")
     try:
         return dataset.repartition(target_num_rows_per_block=rows)
     except TypeError:
         return dataset
-
-
-def _connect(ray, address: str | None, log) -> bool:
-    """Join the cluster at `address` (or start a local one); True when this call started Ray."""
-    import logging
-
-    import ray.data
-
-    # Ray Data logs every execution plan and its settings; marketpulse reports progress
-    # itself, and a worker's error comes back as the run's one-line error.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    # Progress is reported by marketpulse on stderr, once; Ray's bars would interleave.
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="warning",
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MarketpulseError(
-            f"cannot connect to Ray at {address or 'a new local cluster'} ({first[:200]}); "
-            "start one with `ray start --head` and pass --ray-address auto or "
-            "ray://HOST:10001"
-        ) from exc
-    log(f"Ray cluster: {ray.cluster_resources()}")
-    return True
 
 
 def _user_error(exc: BaseException) -> MarketpulseError | None:
@@ -292,17 +268,22 @@ def score_with_ray(
     workers: int | None = None,
     gpus_per_worker: float = 0,
     stage_dir: Path | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> RunStats:
     """Score every pending row of `cfg.table` on a Ray cluster; return what the run did.
 
-    `ray_address`: None starts a local cluster on this machine (or joins the one this
-    process already started), "auto" joins `ray start --head` on this machine, and
-    "ray://HOST:10001" connects to a remote head. `stage_dir` must be readable by every
-    Ray node (a shared filesystem) when the cluster spans several machines.
+    `ray_address`: None starts a new local cluster (or uses the one this process already
+    joined), "auto" joins the cluster `ray start` made this machine a node of, and
+    "HEAD_IP:6379" names that cluster's head. `stage_dir` must be readable by every Ray node (a
+    shared filesystem) when the cluster spans several machines; every node is checked
+    before any actor starts. `timeout_s`: a run that gets no scored batch back for this
+    long (start-up included) fails with a one-line error instead of waiting forever.
     """
 
     ray = require_ray()
     device = ray_device(cfg.device, gpus_per_worker)
+    if timeout_s <= 0:
+        raise MarketpulseError(f"--ray-timeout must be above 0 seconds, got {timeout_s:g}")
     if stage_dir is not None and not Path(stage_dir).is_dir():
         raise MarketpulseError(
             f"--stage-dir {stage_dir} is not a directory; create it (on a filesystem every "
@@ -323,6 +304,7 @@ def score_with_ray(
                     "workers": workers,
                     "gpus_per_worker": gpus_per_worker,
                     "stage_dir": stage_dir,
+                    "timeout_s": timeout_s,
                 }
                 try:
                     _run(ray, run, device, threads, cluster)
@@ -340,7 +322,7 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
     cfg, stats, progress = run.cfg, run.stats, run.progress
     gpus_per_worker = cluster["gpus_per_worker"]
     t_start = time.perf_counter()
-    started_ray = _connect(ray, cluster["address"], progress.log)
+    started_ray = connect(ray, cluster["address"], progress.log)
     t_ray = time.perf_counter()
     staging = Path(
         tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=cluster["stage_dir"])
@@ -352,20 +334,25 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
         sql, params = pending_query(run.source, cfg.results_table, stats.model_version, cfg.limit)
         with run.db.read() as con:
             shards = export_pending(con, sql, params, staging, shard_rows)
+        bundle_dir = Path(run.bundle.path).resolve()
+        check_nodes_read(
+            ray,
+            {"--stage-dir": staging, "--bundle": bundle_dir / MANIFEST},
+            gpus_per_worker,
+            cluster["timeout_s"],
+        )
         progress.log(
             f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
             f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "
             f"scoring on {pool} Ray worker(s), {stats.provider} {stats.variant}"
             + (f", {threads} thread(s) each" if device == "cpu" else "")
         )
-        # One seed path (the directory), not the list of shards: Ray 2.60 resolves seed
-        # paths on parallel threads, and with fsspec installed but not aiohttp those
-        # threads race on importing fsspec's http module and fail at random.
-        dataset = _blocks(ray.data.read_parquet(str(staging)), cfg.chunk_rows)
+        limit_stalls(ray, cluster["timeout_s"])  # before the dataset copies the context
+        dataset = read_staged(ray, shards, cfg.chunk_rows)
         dataset = dataset.map_batches(
             Scorer,
             fn_constructor_kwargs={
-                "bundle_dir": str(Path(run.bundle.path).resolve()),
+                "bundle_dir": str(bundle_dir),
                 "model_version": stats.model_version,
                 "variant": stats.variant,
                 "device": device,
@@ -379,12 +366,23 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
             num_gpus=gpus_per_worker if device == "cuda" else None,
         )
         t_submit, t_first, first_rows = time.perf_counter(), None, 0
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            if t_first is None:
-                t_first, first_rows = time.perf_counter(), batch.num_rows
-            run.add(*split_scored(batch))
-            if run.stopping.is_set():  # SIGTERM / SIGINT: commit what came back, stop
-                break
+        batches = watched(
+            lambda: dataset.iter_batches(batch_format="pyarrow", batch_size=None),
+            cluster["timeout_s"],
+            run.stopping,  # SIGTERM / SIGINT: commit what came back, stop
+            lambda: stall_detail(ray, progress.done, stats.rows_pending),
+            grace_s=STALL_GRACE_S,
+        )
+        try:
+            for batch in batches:
+                if t_first is None:
+                    t_first, first_rows = time.perf_counter(), batch.num_rows
+                run.add(*split_scored(batch))
+        except Stalled:
+            run.flush()  # keep what did come back: a rerun skips those ids
+            raise
+        finally:
+            batches.close()  # also on a stall: the feeding thread lets go of Ray Data
         run.flush(checkpoint=True)
         if t_first is not None:
             # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
+import time
 
 import duckdb
 import numpy as np
@@ -17,13 +19,15 @@ from test_runtime_support import MARKER, make_source, poison_onnx, spread_bundle
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import ScoreConfig, score
+from marketpulse.runtime.ray_cluster import Stalled, watched
 from marketpulse.runtime.ray_engine import (
+    COPIED,
     FAILED,
     Scorer,
-    _blocks,
     _user_error,
     plan_workers,
     ray_device,
+    read_staged,
     score_with_ray,
     split_scored,
 )
@@ -34,11 +38,20 @@ RESULT_COLS = (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
+    """A local cluster for this module: "local" so it never joins a `ray start` cluster
+    that happens to run on the machine; shut down at the end so the multi-node tests
+    (test_ray_cluster.py) can connect this process elsewhere."""
     ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="warning",
+        )
     yield ray
     ray.shutdown()
 
@@ -163,15 +176,19 @@ def test_scorer_marks_a_row_onnx_runtime_rejects_and_the_driver_leaves_it_out(bu
     calls = poison_onnx(monkeypatch, bundle)
     scorer = Scorer(str(bundle.path), bundle.version, "fp32", "cpu", 1, 1024)
     texts = [f"row {i}: shares rally AAPL guidance" for i in range(40)]
-    texts[7] = f"{MARKER} stampede"
+    texts[7] = texts[30] = f"{MARKER} stampede"
     texts[9] = None
+    texts[21] = texts[22] = texts[3]  # scored once, the result copied twice
     batch = pa.table({"id": pa.array(range(40), pa.int64()), "text": pa.array(texts)})
     out, counts, reasons = split_scored(scorer(batch))
-    assert calls["poisoned"] == 2  # its batch, then the row alone
-    assert counts == {"scored": 38, "skipped": 1, "failed": 1, "truncated": 0}
+    # its batch, then the text alone: once for both rows of the same text
+    assert calls["poisoned"] == 2
+    assert counts == {"scored": 37, "skipped": 1, "failed": 2, "truncated": 0, "duplicates": 2}
     assert reasons == {"null_text": 1}
-    assert sorted(out.column("id").to_pylist()) == [i for i in range(40) if i != 7]
-    assert FAILED not in out.column_names
+    assert sorted(out.column("id").to_pylist()) == [i for i in range(40) if i not in (7, 30)]
+    by_id = {r["id"]: r for r in out.to_pylist()}
+    assert by_id[21]["p_bullish"] == by_id[22]["p_bullish"] == by_id[3]["p_bullish"]
+    assert FAILED not in out.column_names and COPIED not in out.column_names
 
 
 def test_scorer_refuses_a_different_bundle_version(bundle):
@@ -245,10 +262,13 @@ def test_a_failing_worker_fails_the_run_with_one_line_and_writes_nothing(
 def test_input_is_cut_into_chunk_sized_blocks_as_it_streams(ray_cluster, tmp_path):
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": range(3000)}), tmp_path / "one-shard.parquet")
-    blocks = _blocks(ray_cluster.data.read_parquet(str(tmp_path)), 512)
-    sizes = [b.num_rows for b in blocks.iter_batches(batch_format="pyarrow", batch_size=None)]
-    assert sum(sizes) == 3000 and max(sizes) <= 512
+    shards = [str(tmp_path / "one.parquet"), str(tmp_path / "two.parquet")]
+    pq.write_table(pa.table({"id": range(3000)}), shards[0])
+    pq.write_table(pa.table({"id": range(3000, 3100)}), shards[1])
+    blocks = read_staged(ray_cluster, shards, 512)
+    got = list(blocks.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert max(b.num_rows for b in got) <= 512
+    assert sorted(i for b in got for i in b.column("id").to_pylist()) == list(range(3100))
 
 
 def test_an_error_inside_a_ray_worker_comes_back_as_one_line(ray_cluster):
@@ -314,5 +334,76 @@ def test_cli_scores_on_ray(ray_cluster, bundle, tmp_path):
     try:
         assert con.execute("SELECT count(DISTINCT id) FROM scores").fetchone()[0] == 500
         assert con.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+    finally:
+        con.close()
+
+
+def test_the_watchdog_ends_a_wait_that_brings_nothing_and_passes_errors_through():
+    never = threading.Event()
+
+    def stuck():
+        yield "first"
+        never.wait(60)  # a Ray Data iterator waiting on actors that never start
+        yield "late"
+
+    got, t0 = [], time.monotonic()
+    with pytest.raises(Stalled) as err:
+        for item in watched(stuck, 0.5, threading.Event(), lambda: "1 of 2 rows done"):
+            got.append(item)
+    assert got == ["first"] and time.monotonic() - t0 < 5
+    message = str(err.value)
+    assert "--ray-timeout 0.5" in message and "1 of 2 rows done" in message
+    assert "\n" not in message
+    never.set()
+
+    def broken():
+        yield 1
+        raise ValueError("lost a node")
+
+    with pytest.raises(ValueError, match="lost a node"):
+        list(watched(broken, 5, threading.Event()))
+    stop = threading.Event()
+    stop.set()  # SIGTERM before anything came back: stop waiting at once
+    assert list(watched(stuck, 60, stop)) == []
+    assert list(watched(lambda: iter(range(5)), 5, threading.Event())) == [0, 1, 2, 3, 4]
+
+
+def test_a_cluster_without_free_cpus_fails_within_the_timeout_and_a_rerun_completes(
+    ray_cluster, bundle, tmp_path
+):
+    """Another job holds every CPU: the scorer actor can never start. The run must end
+    with a one-line error after --ray-timeout, not wait; once the CPUs are free again a
+    rerun scores every row once."""
+
+    @ray_cluster.remote(num_cpus=2)
+    class Hog:
+        def ready(self):
+            return True
+
+    hog = Hog.remote()
+    ray_cluster.get(hog.ready.remote())
+    db = tmp_path / "market.duckdb"
+    make_source(db, 300)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(MarketpulseError) as err:
+            score_with_ray(config(db, bundle), timeout_s=4)
+    finally:
+        ray_cluster.kill(hog)
+    assert time.monotonic() - t0 < 60
+    message = str(err.value)
+    assert "no scored batch came back" in message and "--ray-timeout 4" in message
+    assert "\n" not in message
+    assert [r[0] for r in runs(db)] == ["failed"]
+    assert rows(db) == []
+
+    again = score_with_ray(config(db, bundle))
+    assert again.status == "completed" and again.rows_scored + again.rows_skipped == 300
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM scores").fetchone() == (
+            300,
+            300,
+        )
     finally:
         con.close()
