@@ -27,7 +27,7 @@ def real_checkpoint(tmp_path_factory):
         split=(0.7, 0.1, 0.2),
         device="cpu",
     )
-    return run(cfg)
+    return run(cfg).path
 
 
 def test_real_checkpoint_exports_with_parity_and_agreement(real_checkpoint, tmp_path):
