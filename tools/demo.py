@@ -288,7 +288,9 @@ def _verdict(demo: DemoResult, cfg: DemoConfig, table: str, csv: Path) -> str:
         "",
         f"model macro-F1: {demo.train_macro_f1:.3f} on its held-out test split, "
         f"{demo.stream_macro_f1:.3f} on the stream's snippets (their human labels)",
-        f"database: {demo.db}  (tables {SOURCE}, scores, models, runs, {table}; view latest_scores)",
+        f"database: {demo.db}  (tables {SOURCE}, scores, models, runs, {table}, "
+        f"forecast_{SOURCE}_week, forecast_backtest_{SOURCE}_week, trend_drivers_{SOURCE}_week; "
+        "view latest_scores)",
         f"plot:     {demo.plot}",
         f"csv:      {csv}",
         f"try:      SELECT brand, bucket, net_index, z_score FROM {table} WHERE is_shift;",
