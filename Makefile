@@ -51,7 +51,7 @@ setup-gpu: setup
 # After setup-gpu, on the GPU machine: fp16 on CUDA against the bundle's fp32 graph on
 # CPU (label agreement), then rows/s end to end for a few batch settings.
 GPU_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
-gpu-check:
+gpu-check: setup
 	$(BIN)/python -m marketpulse.tools.gpucheck --bundle $(BUNDLE) --texts $(GPU_TEXTS)
 
 test: setup

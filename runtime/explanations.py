@@ -26,7 +26,7 @@ from marketpulse.runtime.results import utcnow
 from marketpulse.runtime.source import check_source, low_memory
 from marketpulse.sql import DEFAULT_STORAGE_VERSION, quote_ident
 
-DEFAULT_LIMIT = 100
+DEFAULT_LIMIT = 20  # rows explained per call (the CLI's --limit default)
 
 
 @dataclass(frozen=True)
