@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from conftest import TWITTER, require_shared
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.tools import bench
+from marketpulse.tools import bench, bench_report
 
 
 def _figures(d=600.0, a=100.0, b=300.0, c=500.0, agree=0.995, rss=(440.0, 470.0)) -> dict:
@@ -31,7 +31,7 @@ def _figures(d=600.0, a=100.0, b=300.0, c=500.0, agree=0.995, rss=(440.0, 470.0)
 
 
 def test_judge_computes_each_check_from_the_figures():
-    checks = bench.judge(_figures(), bench.Targets())
+    checks = bench_report.judge(_figures(), bench_report.Targets())
     assert checks == {
         "d/a": {"value": "6.00", "target": ">= 4", "ok": True},
         "d/b": {"value": "2.00", "target": ">= 2", "ok": True},
@@ -48,8 +48,8 @@ def test_judge_computes_each_check_from_the_figures():
 
 def test_judge_flags_each_miss_and_only_checks_what_ran():
     res = _figures(d=350.0, agree=0.98, rss=(440.0, 1600.0))
-    res["checks"] = bench.judge(res, bench.Targets())
-    assert bench.missed_targets(res) == [
+    res["checks"] = bench_report.judge(res, bench_report.Targets())
+    assert bench_report.missed_targets(res) == [
         "d/a 3.50 (target >= 4)",
         "d/b 1.17 (target >= 2)",
         "d/c 0.70 (target >= 1.2)",
@@ -57,24 +57,24 @@ def test_judge_flags_each_miss_and_only_checks_what_ran():
         "(d) peak RSS at 1,000,000 rows 1600 MiB (target < 1536 MiB)",
         "(d) peak RSS growth 100,000 -> 1,000,000 rows +263.6% (target <= 10%)",
     ]
-    relaxed = bench.Targets(
-        speedup=bench.parse_speedups(("d/a=3.5", "d/b=1", "d/c=0.5")),
+    relaxed = bench_report.Targets(
+        speedup=bench_report.parse_speedups(("d/a=3.5", "d/b=1", "d/c=0.5")),
         min_agreement=0.98,
         max_rss_mib=2048,
         max_rss_growth=3,
     )
-    res["checks"] = bench.judge(res, relaxed)
-    assert bench.missed_targets(res) == []
+    res["checks"] = bench_report.judge(res, relaxed)
+    assert bench_report.missed_targets(res) == []
 
     only_d = {"alternatives": {"d": {"rows_per_s": 1.0}}, "scale": []}
-    assert bench.judge(only_d, bench.Targets()) == {}
+    assert bench_report.judge(only_d, bench_report.Targets()) == {}
 
 
 def test_parse_speedups_overrides_one_target_and_rejects_unknown_ratios():
-    assert bench.parse_speedups(("d/a=5",)) == {"d/a": 5.0, "d/b": 2.0, "d/c": 1.2}
+    assert bench_report.parse_speedups(("d/a=5",)) == {"d/a": 5.0, "d/b": 2.0, "d/c": 1.2}
     for bad in ("d/x=2", "d/a", "d/a=fast"):
         with pytest.raises(click.BadParameter, match="use RATIO=NUMBER"):
-            bench.parse_speedups((bad,))
+            bench_report.parse_speedups((bad,))
 
 
 def _twitter_csvs(data, texts):
@@ -156,7 +156,7 @@ def test_bench_figures_follow_from_the_runs(tiny_checkpoint, tiny_bundle, tmp_pa
         assert alts[key]["rows_per_s"] == pytest.approx(96 / alts[key]["seconds"])
     for key in "abc":
         ratio = alts["d"]["rows_per_s"] / alts[key]["rows_per_s"]
-        target = bench.Targets().speedup[f"d/{key}"]
+        target = bench_report.Targets().speedup[f"d/{key}"]
         assert checks[f"d/{key}"] == {
             "value": f"{ratio:.2f}",
             "target": f">= {target:g}",
@@ -171,7 +171,7 @@ def test_bench_figures_follow_from_the_runs(tiny_checkpoint, tiny_bundle, tmp_pa
     agree = sum(x == y for x, y in zip(scored, reference, strict=True)) / 96
     assert alts["d"]["agreement_with_a"] == pytest.approx(agree)
     assert checks["agreement d vs a"]["value"] == f"{100 * agree:.2f}%"
-    assert checks["agreement d vs a"]["ok"] == (agree >= bench.Targets().min_agreement)
+    assert checks["agreement d vs a"]["ok"] == (agree >= bench_report.Targets().min_agreement)
     for key in "bc":
         labels = _labels_of(work / f"{key}.json")
         same = sum(x == y for x, y in zip(labels, reference, strict=True)) / 96

@@ -1,0 +1,63 @@
+"""The bench's floor: how fast this CPU could run the model at best.
+
+Model FLOPs per row from the checkpoint's config.json and the mean token count of the
+bench's texts under the bundle's tokenizer, against a measured int8 multiply-accumulate
+rate of ONNX Runtime's MatMulInteger at the model's own shape and thread count. Their
+quotient is the ceiling in rows/s that the bench reports (d)'s fraction of. onnx,
+onnxruntime and numpy are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def flops_per_row(model: Path, tokens: float) -> float:
+    """Matmul FLOPs of one row of `tokens` tokens through the encoder (embeddings are lookups)."""
+    cfg = json.loads((model / "config.json").read_text())
+    d, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    ff = cfg.get("intermediate_size", 4 * d)
+    projections = 2 * tokens * (4 * d * d + 2 * d * ff)  # Q, K, V, O and the two FFN matmuls
+    attention = 2 * 2 * tokens * tokens * d  # QK^T and AV
+    head = 2 * d * d + 2 * d * len(cfg.get("id2label", {0: 0, 1: 1}))  # pooler + classifier
+    return layers * (projections + attention) + head
+
+
+def int8_matmul_rate(k: int, n: int, threads: int, m: int = 2048, seconds: float = 3.0) -> float:
+    """Measured int8 multiply-accumulate throughput (ops/s, 2 per MAC) of ONNX Runtime's
+    MatMulInteger on this CPU, at the model's own K x N shape and thread count."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+        "int8_matmul",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 255, (m, k), dtype=np.uint8)
+    sess.run(None, {"A": a})
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        sess.run(None, {"A": a})
+        runs += 1
+    return 2.0 * m * k * n * runs / elapsed
+
+
+def mean_tokens(bundle: Path, texts: list[str]) -> float:
+    from marketpulse.bundle import load_bundle
+    from marketpulse.inference.batching import TextEncoder
+
+    b = load_bundle(bundle)
+    return float(TextEncoder(b.tokenizer_path, b.max_length).encode(texts).lengths.mean())
