@@ -709,17 +709,17 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
 )
 @click.option(
     "--window",
-    type=click.IntRange(min=2),
+    type=click.IntRange(2, 104),
     default=8,
     show_default=True,
     help="Buckets in the rolling/trailing window.",
 )
 @click.option(
     "--horizon",
-    type=click.IntRange(1, 52),
+    type=click.IntRange(0, 52),
     default=4,
     show_default=True,
-    help="Buckets ahead to forecast (table forecast_<source>_<grain>).",
+    help="Buckets ahead to forecast (table forecast_<source>_<grain>); 0: no forecasts.",
 )
 @click.option("--positive", help="Label counted as positive (default: positive or bullish).")
 @click.option("--negative", help="Label counted as negative (default: negative or bearish).")

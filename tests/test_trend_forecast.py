@@ -149,3 +149,28 @@ def test_trends_writes_forecast_and_backtest_tables(weekly_db):
         format_report(result)
     )
     assert result.skill["backtested"] == 2
+
+
+def test_a_candidate_that_cannot_forecast_is_never_chosen():
+    """36 monthly buckets: the first backtest fit sees fewer than two seasons, so
+    SeasonalNaive is left out; and a model's missing forecasts count as infinitely wrong."""
+    rng = np.random.default_rng(5)
+    y = 0.1 * np.sin(np.arange(36) * 2 * np.pi / 12) + rng.normal(0, 0.05, 36)
+    result = forecast_series({"m": y}, 12, 8, 4)
+    assert not result.backtest["model"].str.startswith("SeasonalNaive").any()
+    assert np.isfinite(_backtest(result, AUTO)["mae"]).all()
+    assert result.history["forecast_next"].notna().all()
+
+
+def test_horizon_zero_skips_forecasts_and_the_report_still_reads(weekly_db):
+    result = run(
+        TrendsConfig(
+            db=weekly_db,
+            source="posts",
+            id_col="id",
+            time_col="posted_at",
+            by=("brand",),
+            horizon=0,
+        )
+    )
+    assert result.forecast_table == "" and "not computed (--horizon 0)" in format_report(result)

@@ -40,7 +40,9 @@ from marketpulse.errors import MarketpulseError
 
 SEASONS = {"day": 7, "week": 52, "month": 12}
 LEVELS = (80, 95)
-MIN_ORIGINS = 10  # backtest origins a series needs (as many as a conformal band needs)
+# backtest origins a series needs: as many errors as the 80% band needs (the 95% band
+# needs 19: ceil(0.95 (n + 1)) <= n; until then it is NULL)
+MIN_ORIGINS = 10
 MAX_ORIGINS = 24  # backtest origins per series (the most recent ones)
 MIN_TRAIN = 8  # buckets before the first origin
 ARIMA_MAX_SERIES = 20
@@ -79,7 +81,7 @@ def require_statsforecast():
     return statsforecast
 
 
-def candidates(n: int, season: int | None, window: int, arima: bool) -> list:
+def candidates(season: int | None, window: int, arima: bool) -> list:
     from statsforecast.models import (
         AutoARIMA,
         AutoETS,
@@ -90,7 +92,7 @@ def candidates(n: int, season: int | None, window: int, arima: bool) -> list:
     )
 
     models = [Naive(), WindowAverage(window_size=window), AutoETS(), AutoTheta()]
-    if season and n >= 3 * season:
+    if season:
         models.append(SeasonalNaive(season_length=season))
     if arima:
         models.append(AutoARIMA())
@@ -115,11 +117,11 @@ def forecast_series(
             futures.append(_short_future(uid, y, window, horizon))
             continue
         origins = min(max_origins, len(y) - MIN_TRAIN - horizon + 1)
-        seasonal = bool(season) and len(y) >= 3 * season
+        # the first backtest fit sees len - origins - horizon + 1 buckets
+        seasonal = bool(season) and len(y) - origins - horizon + 1 >= 2 * season
         by_origins.setdefault((origins, seasonal), {})[uid] = y
-    for (origins, _), group in by_origins.items():
-        n = len(next(iter(group.values())))
-        models = candidates(n, season, window, arima=len(series) <= ARIMA_MAX_SERIES)
+    for (origins, seasonal), group in by_origins.items():
+        models = candidates(season if seasonal else None, window, len(series) <= ARIMA_MAX_SERIES)
         f, b, h = _backtest_and_forecast(group, models, origins, horizon)
         futures.append(f)
         backtests.append(b)
@@ -171,7 +173,7 @@ def _backtest_and_forecast(group, models, origins: int, horizon: int):
     for uid, y in group.items():
         scale = np.mean(np.abs(np.diff(y[: len(y) - origins - horizon + 1]))) or np.nan
         cv1 = one[one["unique_id"] == uid].sort_values("cutoff")
-        errors1 = {m: np.abs(cv1[m].to_numpy() - cv1["y"].to_numpy()) for m in names}
+        errors1 = {m: _errors(cv1[m], cv1["y"]) for m in names}
         best = min(names, key=lambda m: errors1[m].mean())
         online = _online_choice(errors1, names)
         histories.append(_history(uid, cv1, online, errors1))
@@ -183,6 +185,13 @@ def _backtest_and_forecast(group, models, origins: int, horizon: int):
         pd.concat(backtests, ignore_index=True),
         pd.concat(histories, ignore_index=True),
     )
+
+
+def _errors(pred, actual) -> np.ndarray:
+    """Absolute errors; a missing (NaN) forecast counts as infinitely wrong, so a model
+    that could not forecast an origin is never chosen on it."""
+    err = np.abs(np.asarray(pred, float) - np.asarray(actual, float))
+    return np.where(np.isnan(err), np.inf, err)
 
 
 def _online_choice(errors: dict[str, np.ndarray], names: list[str]) -> list[str]:
@@ -227,16 +236,14 @@ def _metrics(uid, cvh, names, best, online, cv1, scale, horizon) -> pd.DataFrame
     for model in [*names, AUTO]:
         for step in range(1, horizon + 1):
             at = cvh[cvh["step"] == step].set_index("cutoff").loc[cutoffs]
-            if model == AUTO:
-                pick = [auto_by_cutoff[c] for c in cutoffs]
-                pred = np.array([at.loc[c, m] for c, m in zip(cutoffs, pick, strict=True)])
-            else:
-                pred = at[model].to_numpy()
-            err = np.abs(pred - at["y"].to_numpy())
+            errs = {m: _errors(at[m], at["y"]) for m in names}
+            pick = [auto_by_cutoff[c] for c in cutoffs] if model == AUTO else [model] * len(cutoffs)
+            err = np.array([errs[m][k] for k, m in enumerate(pick)])
             covered = {level: [] for level in LEVELS}
-            for k in range(len(err)):
-                # errors at this step whose targets were known at origin k
-                known = err[: max(0, k - step + 1)]
+            for k, m in enumerate(pick):
+                # the band shipped at origin k: model m's errors at this step whose
+                # targets were known by then
+                known = errs[m][: max(0, k - step + 1)]
                 for level in LEVELS:
                     q = _quantile(known, level)
                     if np.isfinite(q):
@@ -251,6 +258,7 @@ def _metrics(uid, cvh, names, best, online, cv1, scale, horizon) -> pd.DataFrame
                     "coverage_80": float(np.mean(covered[80])) if covered[80] else np.nan,
                     "coverage_95": float(np.mean(covered[95])) if covered[95] else np.nan,
                     "points": len(err),
+                    "coverage_points": len(covered[80]),
                     "chosen": model == best,
                 }
             )
@@ -261,8 +269,8 @@ def _future(uid, fc, best, cvh) -> pd.DataFrame:
     rows = []
     for _, row in fc.sort_values("step").iterrows():
         step = int(row["step"])
-        at = cvh[cvh["step"] == step]
-        err = np.abs(at[best].to_numpy() - at["y"].to_numpy())
+        at = cvh[cvh["step"] == step].sort_values("cutoff")
+        err = _errors(at[best], at["y"])
         f = float(row[best])
         out = {"unique_id": uid, "step": step, "model": best, "forecast": f}
         for level in LEVELS:
@@ -307,14 +315,22 @@ def _skill(backtest: pd.DataFrame, n_series: int) -> dict:
     window = one[[c for c in one.columns if c.startswith("WindowAverage")][0]]
     ratio = (auto / naive).replace([np.inf, -np.inf], np.nan).dropna()
     auto_cov = backtest[(backtest["model"] == AUTO)]
+    checks = auto_cov["coverage_points"]
+
+    def pooled(col: str) -> float:  # weighted by the checks each rate rests on
+        ok = auto_cov[col].notna()
+        return (
+            float((auto_cov[col][ok] * checks[ok]).sum() / checks[ok].sum()) if ok.any() else np.nan
+        )
+
     return {
         "series": n_series,
         "backtested": len(one),
         "beat_naive": int((auto < naive).sum()),
         "beat_window": int((auto <= window).sum()),
         "mae_ratio_naive": float(ratio.median()) if len(ratio) else None,
-        "coverage_80": float(auto_cov["coverage_80"].mean()),
-        "coverage_95": float(auto_cov["coverage_95"].mean()),
+        "coverage_80": pooled("coverage_80"),
+        "coverage_95": pooled("coverage_95"),
     }
 
 

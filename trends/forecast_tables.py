@@ -6,7 +6,8 @@ forecast it (`forecast.py`), and write what came out as tables SQL clients can q
                                          lo_95, hi_95
     forecast_backtest_<source>_<grain>   every candidate model and `auto` (the product's
                                          own choice, made online) per group and step:
-                                         mae, mase, coverage_80, coverage_95, points, chosen
+                                         mae, mase, coverage_80, coverage_95, points,
+                                         coverage_points, chosen
     trend table                          gains forecast_next, forecast_low, forecast_high:
                                          at each bucket, the one-step forecast the product
                                          would have made there, with its 95% band (the
@@ -83,7 +84,8 @@ def write_forecasts(
     con.execute(
         f"CREATE OR REPLACE TABLE {quote_ident(b_name)} AS SELECT {k_cols}b.model, "
         "CAST(b.step AS INTEGER) AS step, b.mae, b.mase, b.coverage_80, b.coverage_95, "
-        "CAST(b.points AS INTEGER) AS points, b.chosen "
+        "CAST(b.points AS INTEGER) AS points, CAST(b.coverage_points AS INTEGER) AS "
+        "coverage_points, b.chosen "
         f"FROM _backtest AS b JOIN _trend_groups AS k USING (_gid) ORDER BY {k_cols}b.model, step"
     )
     con.unregister("_backtest")
@@ -110,6 +112,7 @@ _BACKTEST_TYPES = {
     "coverage_80": "float64",
     "coverage_95": "float64",
     "points": "int64",
+    "coverage_points": "int64",
     "chosen": "bool",
 }
 

@@ -14,11 +14,13 @@ values travel as bound parameters.
 from __future__ import annotations
 
 import math
+import re
 
 from marketpulse.results_schema import MODELS, sanitize
 from marketpulse.sql import quote_ident, quote_table
 
 GRAINS = ("day", "week", "month")
+MAX_WINDOW = 104  # the p-value SQL grows with the window (one branch per degree of freedom)
 
 # Columns the trend table adds; a --by column with one of these names would collide.
 TREND_COLUMNS = (
@@ -44,6 +46,11 @@ SPREAD_FLOOR = 0.2
 
 def latest_view_name(scores_table: str) -> str:
     return "latest_" + sanitize(scores_table.split(".")[-1])
+
+
+def is_plain_name(name: str) -> bool:
+    """A table name trends can create: letters, digits and underscores, no schema."""
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
 
 
 def trend_table_name(source: str, grain: str) -> str:
@@ -126,6 +133,8 @@ def trend_table_sql(
     """
     if grain not in GRAINS:
         raise ValueError(f"grain must be one of {GRAINS}")
+    if not 2 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be 2 to {MAX_WINDOW}")
     step = f"INTERVAL 1 {grain.upper()}"
     groups = [quote_ident(c) for c in by]
     g_sel = "".join(f"src.{g} AS {g}, " for g in groups)

@@ -125,7 +125,7 @@ def _num(value, signed: bool = False) -> str:
 
 
 def _forecast(row) -> str:
-    if row["forecast_next"] is None:
+    if row.get("forecast_next") is None:  # no forecast, or none computed (--horizon 0)
         return "-"
     if row["forecast_low"] is None:
         return _num(row["forecast_next"])

@@ -141,8 +141,12 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     if cfg.plot:
         from marketpulse.trends.plot import plot_trends
 
-        rows = _all_rows(cfg.db, table)
-        fans = _all_rows(cfg.db, result.forecast_table) if result.forecast_table else []
+        rows = _all_rows(cfg.db, table, cfg.lock_timeout)
+        fans = (
+            _all_rows(cfg.db, result.forecast_table, cfg.lock_timeout)
+            if result.forecast_table
+            else []
+        )
         outputs["plot"] = plot_trends(result, cfg.plot, rows, fans)
     return replace(result, outputs=outputs)
 
@@ -191,13 +195,20 @@ def _check_config(cfg: TrendsConfig) -> None:
             f"grain {cfg.grain!r} is not supported; pass --grain {'|'.join(queries.GRAINS)}"
         )
     if not 0 <= cfg.horizon <= 52:
-        raise MarketpulseError(f"horizon {cfg.horizon} is out of range; pass --horizon 1 to 52")
-    if cfg.window < 2:
-        raise MarketpulseError(f"window {cfg.window} is too short; pass --window 2 or more")
+        raise MarketpulseError(
+            f"horizon {cfg.horizon} is out of range; pass --horizon 1 to 52 (0: no forecasts)"
+        )
+    if not 2 <= cfg.window <= queries.MAX_WINDOW:
+        raise MarketpulseError(
+            f"window {cfg.window} is out of range; pass --window 2 to {queries.MAX_WINDOW}"
+        )
     if not 0 < cfg.alpha < 1:
         raise MarketpulseError(f"alpha {cfg.alpha} must be between 0 and 1; pass e.g. 0.01")
-    if cfg.trend_table is not None:
-        quote_table(cfg.trend_table)  # validates the name
+    if cfg.trend_table is not None and not queries.is_plain_name(cfg.trend_table):
+        raise MarketpulseError(
+            f"invalid --trend-table {cfg.trend_table!r}; use letters, digits and underscores "
+            "(a table in the database's main schema)"
+        )
     for path in (cfg.csv, cfg.parquet, cfg.plot):
         if path is not None and not Path(path).parent.exists():
             raise MarketpulseError(
@@ -328,8 +339,8 @@ def _dicts(cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _all_rows(db: Path, table: str) -> list[dict[str, Any]]:
-    con = duckdb.connect(str(db), read_only=True)
+def _all_rows(db: Path, table: str, lock_timeout: float) -> list[dict[str, Any]]:
+    con = connect(db, read_only=True, timeout=lock_timeout)
     try:
         return _dicts(con.execute(f"SELECT * FROM {quote_ident(table)}"))
     finally:
