@@ -1,6 +1,7 @@
 """`marketpulse sql`: one read-only query against a DuckDB file, for scripts and make targets.
 
-The file is opened read-only, so the query can change nothing, and the open is
+The file is opened read-only, so the query cannot change that file (DuckDB still runs
+COPY ... TO or ATTACH of another file: this is a tool for the file's owner), and the open is
 retried while a scoring run holds the file for a commit (a fraction of a second at a
 time; see runtime/database.py), so a script never fails because a nightly is running.
 Output: an aligned text table, JSON (a list of objects) or CSV.

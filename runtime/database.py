@@ -170,7 +170,9 @@ class Database:
         except ImportError:  # not POSIX: DuckDB's own lock is all there is
             yield
             return
-        path = self.target.with_name(self.target.name + ".marketpulse.lock")
+        # resolved: two runs reaching one file through a link must share one lock
+        target = Path(self.target).resolve()
+        path = target.with_name(target.name + ".marketpulse.lock")
         handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
         try:
             try:

@@ -14,6 +14,7 @@ database's run lock (database.py) belonged to a dead process and is marked 'inte
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 
@@ -127,7 +128,9 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
     have_runs = _columns(con, quote_ident(RUNS))
     for col in ADDED_RUN_COLUMNS:
         if col not in have_runs:
-            con.execute(f"ALTER TABLE {quote_ident(RUNS)} ADD COLUMN {col} {RUN_COLUMNS[col]}")
+            con.execute(
+                f"ALTER TABLE {quote_ident(RUNS)} ADD COLUMN {quote_ident(col)} {RUN_COLUMNS[col]}"
+            )
     return p_cols
 
 
@@ -180,7 +183,10 @@ def write_chunk(con, results_table: str, chunk, run_id: str, counts: dict[str, i
         )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        # a COMMIT that failed (disk full) has already ended the transaction: a failing
+        # ROLLBACK must not replace the error that says why
+        with contextlib.suppress(Exception):
+            con.execute("ROLLBACK")
         raise
     finally:
         con.unregister("_marketpulse_chunk")

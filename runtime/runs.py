@@ -195,13 +195,13 @@ class Run:
         progress = self.progress = Progress(
             pending, enabled=cfg.progress, log_every=cfg.progress_every
         )
-        self.drift = RunDrift(self.bundle)
         if dead:
             progress.log(f"marked {dead} run(s) left 'running' by a killed process as interrupted")
         start = time.perf_counter()
         self._last_commit = time.monotonic()
         error = None
         try:
+            self.drift = RunDrift(self.bundle)  # inside: a bad reference fails the run row
             with self._signals():
                 yield stats
             if self.stop_signal is not None:
@@ -220,14 +220,16 @@ class Run:
             progress.close()
             stats.seconds = time.perf_counter() - start
             stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-            measured = self.drift.finish()
-            stats.drift = measured.to_dict()
-            if line := drift_message(measured):
-                progress.log(line)
+            measured = self.drift.finish() if self.drift is not None else None
+            if measured is not None:
+                stats.drift = measured.to_dict()
+                if line := drift_message(measured):
+                    progress.log(line)
             try:
                 with self.db.write(checkpoint=True) as con:
                     results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
-                    record_drift(con, stats.run_id, measured)
+                    if measured is not None:
+                        record_drift(con, stats.run_id, measured)
             except MarketpulseError as exc:
                 # The run's own error matters more; the next run closes this row.
                 progress.log(f"could not close the run row: {exc}")
