@@ -40,6 +40,7 @@ from marketpulse.inference.predictor import Predictor, available_cores
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
 from marketpulse.runtime.source import (
     arrow_table,
+    count_rows,
     export_pending,
     pending_query,
     pending_range,
@@ -65,6 +66,9 @@ STAGE_ROWS = 1_000_000
 # Windows tokenized at once: while one is in the tokenizer's thread pool, the other's
 # Python work (texts in, ids out, which holds the GIL) runs beside it.
 TOKENIZING = 2
+# Passes after the first when rows are still pending at its end: the rowid ranges are
+# planned once, and another process's delete plus a checkpoint can renumber rowids.
+EXTRA_PASSES = 2
 
 
 def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunStats:
@@ -146,13 +150,30 @@ def _stream(run: Run, predictor: Predictor) -> None:
     stage_dir = Path(tempfile.mkdtemp(prefix=".marketpulse-stage-", dir=run.db.target.parent))
     try:
         remaining = [run.cfg.limit]  # rows the reader may still emit (None: no limit)
-        for reads in _segments(run, stage_dir):
-            _segment(run, reads, remaining, predictor)
-            run.flush(checkpoint=True)
-            if remaining[0] == 0 or run.stopping.is_set():
-                break
+        for extra in range(EXTRA_PASSES + 1):
+            for reads in _segments(run, stage_dir):
+                _segment(run, reads, remaining, predictor)
+                run.flush(checkpoint=True)
+                if remaining[0] == 0 or run.stopping.is_set():
+                    return
+            if remaining[0] is not None or extra == EXTRA_PASSES:
+                return
+            left = _still_pending(run)
+            if not left:
+                return
+            run.progress.log(
+                f"{left:,} row(s) still pending after the pass (added meanwhile, or moved by "
+                "another process's delete and checkpoint); another pass"
+            )
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)
+
+
+def _still_pending(run: Run) -> int:
+    """Pending rows this run did not try: rows it counted failed stay for the next run."""
+    with run.db.read() as con:
+        matching, done = count_rows(con, run.source, run.cfg.results_table, run.bundle.version)
+    return max(0, matching - done - run.stats.rows_failed)
 
 
 def _read(run: Run, kind: str, what, remaining: list):

@@ -246,3 +246,29 @@ def test_a_model_with_new_labels_adds_its_columns_beside_the_old_rows(
         "WHERE id = 100000 AND model_version = ?",
         [old],
     ) == [(True, True)]
+
+
+def test_rows_the_planned_ranges_missed_get_another_pass(bundle, tmp_path, monkeypatch):
+    """The rowid ranges are planned once per pass; rows they miss (another process's delete
+    and checkpoint renumbered them, or they arrived meanwhile) are scored in the same run."""
+    from marketpulse.runtime import local_engine
+
+    db = tmp_path / "market.duckdb"
+    make_source(db, N)
+    plan, calls = local_engine._segments, []
+
+    def first_plan_misses_the_tail(run, stage_dir):
+        calls.append(1)
+        segments = plan(run, stage_dir)
+        if len(calls) > 1:
+            return segments
+        # the first plan stops at rowid 400: rows 400.. are unseen, as after a renumbering
+        return segments[:1]
+
+    monkeypatch.setattr(local_engine, "SEGMENT_ROWIDS", 400)
+    monkeypatch.setattr(local_engine, "READ_ROWIDS", 400)
+    monkeypatch.setattr(local_engine, "_segments", first_plan_misses_the_tail)
+    stats = score(config(db, bundle))
+    assert len(calls) == 2 and stats.status == "completed"
+    assert stats.rows_scored + stats.rows_skipped == N
+    assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N, N)]
