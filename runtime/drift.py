@@ -59,10 +59,17 @@ class RunDrift:
 
     def add(self, rows, counts: dict[str, int]) -> None:
         """Count one chunk's scored rows (a pyarrow table with label and confidence)."""
-        labels = rows.column("label").to_pylist()
-        scored = [i for i, label in enumerate(labels) if label is not None]
-        index = np.fromiter((self._index[labels[i]] for i in scored), np.int64, len(scored))
-        confidence = rows.column("confidence").to_numpy(zero_copy_only=False)[scored]
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        label = rows.column("label").combine_chunks()
+        if not pa.types.is_dictionary(label.type):
+            label = pc.dictionary_encode(label)
+        # map the chunk's dictionary onto the bundle's label order once, then per row in numpy
+        codes = np.array([self._index[v] for v in label.dictionary.to_pylist()], np.int64)
+        valid = np.asarray(label.is_valid(), bool)
+        index = codes[np.asarray(label.indices.fill_null(0), np.int64)[valid]]
+        confidence = rows.column("confidence").to_numpy(zero_copy_only=False)[valid]
         self.profile.add(index, np.asarray(confidence, float), counts.get("unknown_heavy"))
 
     def finish(self) -> DriftResult:

@@ -118,7 +118,9 @@ def test_labels_follow_logit_index_not_file_order(tmp_path):
     )
     with pytest.raises(MarketpulseError, match="no label names"):  # 3..9 missing
         load_checkpoint(out)
-    labels = {str(i): f"l{i}" for i in range(11)}
+    # written out of order, string keys sort "10" before "2": the logit index decides
+    order = [10, 3, 0, 7, 2, 9, 1, 5, 8, 4, 6]
+    labels = {str(i): f"l{i}" for i in order}
     (out / "config.json").write_text(json.dumps({"id2label": labels}))
     assert load_checkpoint(out).labels == tuple(f"l{i}" for i in range(11))
 
