@@ -54,8 +54,8 @@ import duckdb
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.sql import quote_ident, quote_table, require_columns, table_columns
+from marketpulse.trends.queries import GRAINS, bucket_sql, steps_sql
 
-GRAINS = ("day", "week", "month")
 DRIVER_COLUMNS = (
     "bucket",
     "direction",
@@ -213,8 +213,6 @@ def drivers_sql(
     view: str,
 ) -> str:
     """CREATE OR REPLACE TABLE for the drivers; named parameters as `write_drivers` binds."""
-    if grain not in GRAINS:
-        raise ValueError(f"grain must be one of {GRAINS}")
     groups = [quote_ident(c) for c in by]
 
     def same_group(a: str, b: str) -> str:
@@ -229,8 +227,7 @@ def drivers_sql(
     g_list = "".join(f"{g}, " for g in groups)
     flag_key = f"{g_list}bucket"
     # The same bucket as queries.trend_table_sql gives each row.
-    bucket = f"CAST(date_trunc('{grain}', CAST(src.{quote_ident(time_col)} AS TIMESTAMP)) AS DATE)"
-    grain_unit = {"day": "days", "week": "weeks", "month": "months"}[grain]
+    bucket = bucket_sql(grain, f"src.{quote_ident(time_col)}")
     g_exists = f"WHERE true{same_group('f', 'src')}"
     return f"""
 CREATE OR REPLACE TABLE {quote_ident(drivers_table)} AS
@@ -245,7 +242,7 @@ WITH flags AS (
 window_buckets AS (
     -- the window's buckets before each flagged one, as equi-join keys
     SELECT {g_list}bucket,
-           CAST(bucket - to_{grain_unit}(unnest(range(1, {int(window) + 1}))) AS DATE) AS _before
+           CAST(bucket - {steps_sql(grain, f"unnest(range(1, {int(window) + 1}))")} AS DATE) AS _before
     FROM flags
 ),
 docs AS MATERIALIZED (

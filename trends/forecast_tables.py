@@ -21,19 +21,17 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from marketpulse.results_schema import sanitize
 from marketpulse.sql import quote_ident
 from marketpulse.trends import forecast
-
-STEP = {"day": "to_days", "week": "to_weeks", "month": "to_months"}
+from marketpulse.trends.queries import steps_sql, table_name
 
 
 def forecast_table_name(source: str, grain: str) -> str:
-    return f"forecast_{sanitize(source.split('.')[-1])}_{grain}"
+    return table_name("forecast", source, grain)
 
 
 def backtest_table_name(source: str, grain: str) -> str:
-    return f"forecast_backtest_{sanitize(source.split('.')[-1])}_{grain}"
+    return table_name("forecast_backtest", source, grain)
 
 
 def write_forecasts(
@@ -66,7 +64,7 @@ def write_forecasts(
     f_name = forecast_table_name(source, grain)
     con.execute(
         f"CREATE OR REPLACE TABLE {quote_ident(f_name)} AS SELECT {k_cols}"
-        f"CAST(l.last_bucket + {STEP[grain]}(CAST(f.step AS INTEGER)) AS DATE) AS bucket, "
+        f"CAST(l.last_bucket + {steps_sql(grain, 'CAST(f.step AS INTEGER)')} AS DATE) AS bucket, "
         "CAST(f.step AS INTEGER) AS step, f.model, f.forecast, f.lo_80, f.hi_80, f.lo_95, f.hi_95 "
         "FROM _future AS f JOIN _trend_groups AS k USING (_gid) JOIN _last AS l USING (_gid) "
         f"ORDER BY {k_cols}step"

@@ -53,12 +53,28 @@ def is_plain_name(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
 
 
+def table_name(kind: str, source: str, grain: str) -> str:
+    """`<kind>_<source>_<grain>`: the names of every table trends writes for a source
+    (kind: trend, trend_drivers, forecast, forecast_backtest)."""
+    return f"{kind}_{sanitize(source.split('.')[-1])}_{grain}"
+
+
 def trend_table_name(source: str, grain: str) -> str:
-    return f"trend_{sanitize(source.split('.')[-1])}_{grain}"
+    return table_name("trend", source, grain)
 
 
-def drivers_table_name(source: str, grain: str) -> str:
-    return f"trend_drivers_{sanitize(source.split('.')[-1])}_{grain}"
+def bucket_sql(grain: str, column_sql: str) -> str:
+    """The bucket (a DATE) of a date/timestamp expression: start of its day/week/month."""
+    if grain not in GRAINS:
+        raise ValueError(f"grain must be one of {GRAINS}")
+    return f"CAST(date_trunc('{grain}', CAST({column_sql} AS TIMESTAMP)) AS DATE)"
+
+
+def steps_sql(grain: str, n_sql: str) -> str:
+    """An INTERVAL of `n_sql` buckets of `grain` (to_days / to_weeks / to_months)."""
+    if grain not in GRAINS:
+        raise ValueError(f"grain must be one of {GRAINS}")
+    return f"to_{grain}s({n_sql})"
 
 
 def latest_scores_sql(view: str, scores_table: str, models_table: str = MODELS) -> str:
@@ -163,7 +179,7 @@ def trend_table_sql(
 CREATE OR REPLACE TABLE {quote_ident(table)} AS
 WITH joined AS (
     SELECT {g_sel}
-           CAST(date_trunc('{grain}', CAST(src.{quote_ident(time_col)} AS TIMESTAMP)) AS DATE)
+           {bucket_sql(grain, f"src.{quote_ident(time_col)}")}
                AS bucket,
            ls.label
     FROM {quote_table(source)} AS src

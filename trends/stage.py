@@ -155,7 +155,7 @@ def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str
     """Write the drivers table for the flagged buckets; keep its rows for the report."""
     from marketpulse.trends.drivers import write_drivers
 
-    name = queries.drivers_table_name(cfg.source, cfg.grain)
+    name = queries.table_name("trend_drivers", cfg.source, cfg.grain)
     write_drivers(
         con,
         trend_table=table,
