@@ -110,18 +110,30 @@ def unknown_token_id(tokenizer_path: str) -> int | None:
     return None if unk is None else tok.token_to_id(unk)
 
 
+def unknown_heavy_rows(
+    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, unknown_id: int | None
+) -> np.ndarray:
+    """Bool per row of token ids (row i is flat[starts[i]:starts[i] + lengths[i]]): its word
+    pieces, [CLS] and [SEP] aside, are at least UNKNOWN_HEAVY_FRACTION unknown."""
+    n = len(lengths)
+    if unknown_id is None or not n:
+        return np.zeros(n, dtype=bool)
+    unknown = flat == unknown_id
+    per_row = np.bincount(np.repeat(np.arange(n), lengths), unknown, minlength=n)
+    ends = lengths > 0
+    per_row[ends] -= unknown[starts[ends]]  # [CLS]
+    two = lengths > 1
+    per_row[two] -= unknown[(starts + lengths - 1)[two]]  # [SEP]
+    pieces = np.maximum(lengths - 2, 0)
+    return (pieces > 0) & (per_row >= UNKNOWN_HEAVY_FRACTION * pieces)
+
+
 def count_unknown_heavy(ids: list[np.ndarray], unknown_id: int | None) -> int:
-    """Rows whose word pieces (special tokens aside) are >= UNKNOWN_HEAVY_FRACTION unknown."""
-    if unknown_id is None:
-        return 0
-    n = 0
-    for row in ids:
-        pieces = row[1:-1]  # [CLS] ... [SEP]
-        if len(pieces) and np.count_nonzero(pieces == unknown_id) >= UNKNOWN_HEAVY_FRACTION * len(
-            pieces
-        ):
-            n += 1
-    return n
+    """`unknown_heavy_rows` for a list of per-row id arrays (export's reference)."""
+    lengths = np.array([len(row) for row in ids], dtype=np.int64)
+    flat = np.concatenate(ids) if len(ids) else np.zeros(0, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return int(unknown_heavy_rows(flat, starts, lengths, unknown_id).sum())
 
 
 def reference(

@@ -113,19 +113,8 @@ def infer_window(window: Window, predictor: Predictor, batch_tokens: int | None)
 
 
 def _unknown_heavy(encoded: Encoded, unknown_id: int | None) -> np.ndarray:
-    """Bool per encoded text: `drift.count_unknown_heavy`'s rule, without a loop per row."""
-    n = len(encoded.lengths)
-    if unknown_id is None or not n:
-        return np.zeros(n, dtype=bool)
-    unknown = encoded.flat == unknown_id
-    per_row = np.bincount(np.repeat(np.arange(n), encoded.lengths), unknown, minlength=n)
-    ends = encoded.lengths > 0
-    # [CLS] and [SEP] aside, as the per-row rule slices row[1:-1]
-    per_row[ends] -= unknown[encoded.starts[ends]]
-    two = encoded.lengths > 1
-    per_row[two] -= unknown[(encoded.starts + encoded.lengths - 1)[two]]
-    pieces = np.maximum(encoded.lengths - 2, 0)
-    return (pieces > 0) & (per_row >= drift.UNKNOWN_HEAVY_FRACTION * pieces)
+    """Bool per encoded text: is it unknown-token heavy (`drift.unknown_heavy_rows`)."""
+    return drift.unknown_heavy_rows(encoded.flat, encoded.starts, encoded.lengths, unknown_id)
 
 
 def _dictionary(codes: np.ndarray, values, valid: np.ndarray | None = None):
