@@ -108,26 +108,13 @@ def ray_device(device: str, gpus_per_worker: float) -> str:
 def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, str]:
     """(provider, variant) the Scorers will run, decided on the driver for the run record.
 
-    The driver may have no GPU, so for CUDA the graph is chosen by the same preference
-    the Predictor uses, without probing for a CUDA provider here; the actors do that.
+    The driver may have no GPU, so CUDA is planned without probing for a CUDA provider
+    here (the actors do that), by the same rules the Predictor uses.
     """
-    from marketpulse import variants
     from marketpulse.inference.predictor import choose_placement
 
-    if device == "cpu":
-        placement = choose_placement(bundle, "cpu", variant)
-        return placement.provider, placement.variant
-    if variant is not None:
-        bundle.variant_path(variant)  # raises naming the graphs the bundle has
-        return variants.CUDA, variant
-    preferred = variants.preference("cuda")
-    for candidate in preferred:
-        if candidate in bundle.variants:
-            return variants.CUDA, candidate
-    raise MarketpulseError(
-        f"bundle {bundle.path} has no graph for cuda (has: {', '.join(bundle.variants)}); "
-        f"re-export with --variants {preferred[0]}"
-    )
+    placement = choose_placement(bundle, device, variant, probe=False)
+    return placement.provider, placement.variant
 
 
 class Scorer:

@@ -42,3 +42,13 @@ def test_cli_choices_come_from_the_registry():
     assert "[" + "|".join(variants.NAMES) + "]" in result.output and len(variants.NAMES) == 3
     bad = runner.invoke(main, ["export", "--model", ".", "--out", "x", "--variants", "int8"])
     assert bad.exit_code == 2 and "must include fp32" in bad.output
+
+
+def test_ray_driver_plans_cuda_workers_without_a_local_gpu(tiny_bundle):
+    """The Ray driver records the graph GPU actors will run by the Predictor's own rules,
+    even on a driver without a CUDA provider (this machine)."""
+    from marketpulse.runtime.ray_engine import planned_placement
+
+    assert planned_placement(tiny_bundle, "cuda", None) == (variants.CUDA, "fp16")
+    assert planned_placement(tiny_bundle, "cpu", None) == (variants.CPU, "int8")
+    assert planned_placement(tiny_bundle, "cuda", "fp32") == (variants.CUDA, "fp32")

@@ -79,15 +79,20 @@ def cuda_provider_available() -> bool:
     return CUDA in ort.get_available_providers()
 
 
-def choose_placement(bundle: Bundle, device: str = "cpu", variant: str | None = None) -> Placement:
-    """Pick device, provider and graph before any session is built; raise saying the fix."""
+def choose_placement(
+    bundle: Bundle, device: str = "cpu", variant: str | None = None, probe: bool = True
+) -> Placement:
+    """Pick device, provider and graph before any session is built; raise saying the fix.
+
+    `probe=False` plans `cuda` without checking this machine for a CUDA provider: the Ray
+    driver decides for GPU workers it may not share a machine with."""
     import onnxruntime as ort
 
     if device not in DEVICES:
         raise MarketpulseError(f"unknown device {device!r}; pass --device auto, cpu or cuda")
     installed = ", ".join(ort.get_available_providers())
     if device == "cuda":
-        if not cuda_provider_available():
+        if probe and not cuda_provider_available():
             raise MarketpulseError(
                 f"--device cuda but onnxruntime has no CUDA provider (installed: {installed}); "
                 "run `make setup-gpu` on a machine with an NVIDIA GPU, or pass --device cpu"
