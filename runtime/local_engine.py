@@ -118,14 +118,15 @@ def _get(q: queue.Queue, stop: threading.Event):
             continue
 
 
-def _segments(run: Run, stage_dir: Path):
-    """Per segment, a list of reads: ("range", sql maker) for a table, ("parquet", path)."""
+def _segments(run: Run, stage_dir):
+    """Per segment, a list of reads: ("range", sql maker) for a table, ("parquet", path)
+    for a view, whose pending rows are staged in `stage_dir()`."""
     source, cfg, version = run.source, run.cfg, run.bundle.version
     with run.db.read() as con:
         span = rowid_span(con, source)
         if span is None:  # a view: staged whole, then read from Parquet, one segment
             sql, params = pending_query(source, cfg.results_table, version, cfg.limit)
-            shards = export_pending(con, sql, params, stage_dir, STAGE_ROWS)
+            shards = export_pending(con, sql, params, stage_dir(), STAGE_ROWS)
             return [[("parquet", path) for path in shards]]
     segments = []
     for seg in range(0, span, SEGMENT_ROWIDS):
@@ -147,7 +148,16 @@ def _segments(run: Run, stage_dir: Path):
 
 def _stream(run: Run, predictor: Predictor) -> None:
     """Run the pipeline segment by segment; commit and checkpoint at each segment's end."""
-    stage_dir = Path(tempfile.mkdtemp(prefix=".marketpulse-stage-", dir=run.db.target.parent))
+    staged: list[Path] = []
+
+    def stage_dir() -> Path:
+        """Beside the results file, made only when a view's rows are staged."""
+        if not staged:
+            staged.append(
+                Path(tempfile.mkdtemp(prefix=".marketpulse-stage-", dir=run.db.target.parent))
+            )
+        return staged[0]
+
     try:
         remaining = [run.cfg.limit]  # rows the reader may still emit (None: no limit)
         for extra in range(EXTRA_PASSES + 1):
@@ -166,7 +176,8 @@ def _stream(run: Run, predictor: Predictor) -> None:
                 "another process's delete and checkpoint); another pass"
             )
     finally:
-        shutil.rmtree(stage_dir, ignore_errors=True)
+        for path in staged:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _still_pending(run: Run) -> int:
@@ -182,7 +193,8 @@ def _read(run: Run, kind: str, what, remaining: list):
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.ParquetFile(what).iter_batches(batch_size=chunk)
+        with pq.ParquetFile(what) as shard:
+            yield from shard.iter_batches(batch_size=chunk)
         return
     with run.db.read() as con:  # a short query, fetched whole: the session ends at once
         query = what(con, remaining[0])
