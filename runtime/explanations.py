@@ -65,10 +65,12 @@ def masked_words(e: Explanation) -> list[str]:
 
 def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
     """Explain up to `cfg.limit` rows; `on_row(id, explanation, words)` sees each one."""
+    from marketpulse import privacy
     from marketpulse.inference.predictor import Predictor
 
     if cfg.limit < 1:
         raise MarketpulseError(f"--limit must be at least 1, got {cfg.limit}")
+    privacy.find("")  # the masking extra is missing: say so before any inference runs
     bundle = load_bundle(Path(cfg.bundle))
     db = Database(Path(cfg.db), None, cfg.memory_limit, cfg.lock_timeout, DEFAULT_STORAGE_VERSION)
     db.prepare()
