@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from marketpulse import cpu
 from marketpulse import variants as registry
 from marketpulse.export.outliers import CALIBRATION_ROWS, OUTLIER_CHANNELS, Calibration
 
@@ -42,7 +43,7 @@ def builder_for(name: str):
 def build_int8(src: Sources) -> Built:
     from marketpulse.export import graphs
 
-    isa = graphs.cpu_isa()
+    isa = cpu.isa()
     cfg = src.cfg
     path = graphs.make_int8(
         src.fp32, src.optimized, cfg.optimization, cfg.int8_order, isa, src.work, src.calibration

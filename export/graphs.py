@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import shutil
 import warnings
 from pathlib import Path
@@ -84,28 +83,6 @@ def _copy_graph(model: Path, out_dir: Path) -> Path:
     if (model.parent / "config.json").is_file():
         shutil.copyfile(model.parent / "config.json", out_dir / "config.json")
     return out_dir / model.name
-
-
-def cpu_isa() -> str:
-    """The instruction set that decides the int8 quantization config on this machine."""
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64"):
-        return "arm64"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags and "avx512bw" in flags:
-        return "avx512"
-    if "avx2" in flags:
-        return "avx2"
-    return "generic"
 
 
 def quantization_config(isa: str, nodes: list[str] | None = None):

@@ -93,7 +93,11 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
 )
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 512))
 @click.option(
-    "--epochs", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True)
+    "--epochs",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Most epochs; training stops sooner once validation macro-F1 stops improving.",
 )
 @click.option(
     "--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True)
@@ -111,7 +115,7 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
 )
 @click.option(
     "--patience",
-    default=2,
+    default=3,
     show_default=True,
     type=click.IntRange(min=1),
     help="Epochs without a better validation macro-F1 before stopping.",
@@ -119,6 +123,13 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option(
+    "--precision",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of the table."
@@ -144,6 +155,7 @@ def train(
     patience,
     class_weights,
     device,
+    precision,
     as_json,
 ):
     """Fine-tune a BERT-family text classifier on labeled rows.
@@ -173,6 +185,7 @@ def train(
         early_stopping_patience=patience,
         class_weights=class_weights,
         device=device,
+        precision=precision,
     )
     metrics = run(cfg).metrics
     click.echo(json.dumps(metrics, indent=2) if as_json else format_summary(metrics))

@@ -280,5 +280,24 @@ def test_early_stopping_and_class_weights(market_db, tiny_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["validation"]["epochs_run"] == pytest.approx(2.0)
+    assert m["validation"]["stopped_early"] is True
+    assert [e["epoch"] for e in m["validation"]["curve"]] == [1.0, 2.0]
+    assert m["validation"]["best_epoch"] == 1.0  # nothing improved after the first
+    assert m["train_rows_per_s"] > 0
+    assert "validation by epoch (stopped early; kept epoch 1)" in result.output
     assert m["hyperparameters"]["class_weights"] is True
     assert m["hyperparameters"]["early_stopping_patience"] == 1
+
+
+def test_precision_follows_the_cpu(monkeypatch):
+    from marketpulse import cpu
+    from marketpulse.errors import MarketpulseError
+    from marketpulse.train.predict import resolve_device
+
+    monkeypatch.setattr(cpu, "flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert resolve_device("cpu")[:2] == ("cpu", "bf16")
+    assert resolve_device("cpu", "fp32")[:2] == ("cpu", "fp32")
+    monkeypatch.setattr(cpu, "flags", lambda: frozenset({"avx2"}))
+    assert resolve_device("cpu")[:2] == ("cpu", "fp32")
+    with pytest.raises(MarketpulseError, match="needs a CPU with AVX512-BF16 or AMX"):
+        resolve_device("cpu", "bf16")

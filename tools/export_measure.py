@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marketpulse import cpu
 from marketpulse.errors import MarketpulseError
 
 BATCH_ROWS = 32
@@ -84,7 +85,7 @@ def measure(checkpoint: Path, rows: int, threads: int, repeats: int) -> list[dic
             expected[idx] = reference.logits(ids, mask)
 
         fp32 = graphs.export_fp32(checkpoint, work)
-        isa = graphs.cpu_isa()
+        isa = cpu.isa()
         candidates = []
         for level in graphs.OPTIMIZATION_LEVELS:
             try:

@@ -23,7 +23,7 @@ from marketpulse.train.data import DataSource, load_labeled
 def _predict_checkpoint(checkpoint: Checkpoint, texts, max_length, batch_size, device):
     from marketpulse.train.predict import load_model, predict_logits, resolve_device
 
-    device, _, reason = resolve_device(device)
+    device, _, reason = resolve_device(device, precision="fp32")
     model, tokenizer = load_model(checkpoint, device)
     max_length = max_length or checkpoint.max_length
     logits = predict_logits(

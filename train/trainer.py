@@ -99,7 +99,14 @@ def _make_progress_callback():
     from transformers import TrainerCallback
 
     class ProgressLog(TrainerCallback):
-        """One stderr line per logging step (loss, rate, ETA) and per evaluation."""
+        """One stderr line per logging step (loss, rate, ETA) and per evaluation.
+
+        `curve` keeps one entry per evaluation (epoch, validation macro-F1, accuracy, loss,
+        seconds since the start) for metrics.json and the printed report.
+        """
+
+        def __init__(self):
+            self.curve: list[dict] = []
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -116,6 +123,15 @@ def _make_progress_callback():
                     f"{rate * args.train_batch_size:.1f} rows/s ETA {eta:.0f}s"
                 )
             elif "eval_macro_f1" in logs:
+                self.curve.append(
+                    {
+                        "epoch": round(state.epoch, 2),
+                        "macro_f1": round(logs["eval_macro_f1"], 4),
+                        "accuracy": round(logs["eval_accuracy"], 4),
+                        "loss": round(logs.get("eval_loss", float("nan")), 4),
+                        "seconds": round(elapsed, 1),
+                    }
+                )
                 _log(
                     f"validation epoch {state.epoch:.2f}: macro-F1 {logs['eval_macro_f1']:.4f} "
                     f"accuracy {logs['eval_accuracy']:.4f} loss {logs.get('eval_loss', float('nan')):.4f}"
@@ -140,7 +156,7 @@ def run(cfg: TrainConfig) -> Checkpoint:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     base_dir = resolve_base_model(cfg.base_model)
-    device, precision, reason = resolve_device(cfg.device)
+    device, precision, reason = resolve_device(cfg.device, cfg.precision)
 
     rows = load_labeled(cfg.source)
     require_trainable(rows, cfg.source, min_per_class=3)
@@ -232,6 +248,7 @@ def run(cfg: TrainConfig) -> Checkpoint:
         dataloader_num_workers=0,
         save_safetensors=True,
     )
+    progress = _make_progress_callback()()
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -242,7 +259,7 @@ def run(cfg: TrainConfig) -> Checkpoint:
         compute_metrics=compute_metrics,
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience),
-            _make_progress_callback()(),
+            progress,
         ],
         class_weights=weights,
     )
@@ -254,6 +271,11 @@ def run(cfg: TrainConfig) -> Checkpoint:
     trainer.train()
     train_time = time.perf_counter() - t_train
     best_val = trainer.state.best_metric
+    epochs_run = trainer.state.epoch
+    best_epoch = (
+        max(progress.curve, key=lambda e: e["macro_f1"])["epoch"] if progress.curve else None
+    )
+    rows_per_s = len(train_ds) * epochs_run / max(train_time, 1e-9)
 
     model = trainer.model.eval()
     model.save_pretrained(out, safe_serialization=True)
@@ -273,8 +295,15 @@ def run(cfg: TrainConfig) -> Checkpoint:
     metrics = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "test": test,
-        "validation": {"best_macro_f1": best_val, "epochs_run": trainer.state.epoch},
+        "validation": {
+            "best_macro_f1": best_val,
+            "best_epoch": best_epoch,
+            "epochs_run": epochs_run,
+            "stopped_early": epochs_run < cfg.epochs,
+            "curve": progress.curve,
+        },
         "train_time_s": round(train_time, 1),
+        "train_rows_per_s": round(rows_per_s, 1),
         "total_time_s": round(time.perf_counter() - t0, 1),
         "rows": {
             "read": rows.rows_read,
@@ -305,11 +334,22 @@ def run(cfg: TrainConfig) -> Checkpoint:
 def format_summary(metrics: dict) -> str:
     rows = metrics["rows"]
     split = rows["split"]
+    validation = metrics["validation"]
+    device = metrics["device"]
     header = [
         f"test set: {split['test']} rows (train {split['train']}, validation {split['validation']}); "
-        f"best validation macro-F1 {metrics['validation']['best_macro_f1']:.4f}",
+        f"best validation macro-F1 {validation['best_macro_f1']:.4f}",
         f"rows used {rows['used']}, skipped {sum(rows['skipped'].values())}; "
-        f"train time {metrics['train_time_s']:.0f}s on {metrics['device']['device']}",
-        "",
+        f"train time {metrics['train_time_s']:.0f}s on {device['device']} {device['precision']}"
+        + (f" ({metrics['train_rows_per_s']:.1f} rows/s)" if "train_rows_per_s" in metrics else ""),
     ]
-    return "\n".join(header) + format_metrics(metrics["test"])
+    curve = validation.get("curve") or []
+    if curve:
+        stop = "stopped early" if validation.get("stopped_early") else "ran every epoch"
+        header.append(f"validation by epoch ({stop}; kept epoch {validation['best_epoch']:g}):")
+        header += [
+            f"  epoch {e['epoch']:>5g}  macro-F1 {e['macro_f1']:.4f}  accuracy {e['accuracy']:.4f}"
+            f"  loss {e['loss']:.4f}"
+            for e in curve
+        ]
+    return "\n".join([*header, ""]) + format_metrics(metrics["test"])

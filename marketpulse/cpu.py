@@ -1,0 +1,42 @@
+"""What this machine's CPU can do, read once from /proc/cpuinfo (Linux) or the platform.
+
+Export picks its int8 quantization config by `isa()`, training picks bf16 autocast by
+`native_bf16()`, and every benchmark figure is printed next to `isa()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+
+@functools.cache
+def flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports; empty where there is no /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def isa() -> str:
+    """The instruction set that decides int8 kernels: avx512_vnni, avx512, avx2, arm64 or generic."""
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    cpu = flags()
+    if "avx512_vnni" in cpu:
+        return "avx512_vnni"
+    if "avx512f" in cpu and "avx512bw" in cpu:
+        return "avx512"
+    if "avx2" in cpu:
+        return "avx2"
+    return "generic"
+
+
+def native_bf16() -> bool:
+    """True when bf16 matrix multiplies run in hardware (AVX512-BF16 or AMX), not emulated."""
+    return bool(flags() & {"avx512_bf16", "amx_bf16"})
