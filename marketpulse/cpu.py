@@ -40,3 +40,27 @@ def isa() -> str:
 def native_bf16() -> bool:
     """True when bf16 matrix multiplies run in hardware (AVX512-BF16 or AMX), not emulated."""
     return bool(flags() & {"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def model_name() -> str:
+    """The CPU's marketing name ("AMD EPYC", "Intel Xeon ..."), or the platform's machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(cores: int | None = None) -> str:
+    """One line naming the machine kind for benchmark figures: name, ISA, bf16, cores."""
+    parts = [model_name(), isa()]
+    if native_bf16():
+        parts.append("native bf16")
+    if "amx_tile" in flags():
+        parts.append("AMX")
+    if cores:
+        parts.append(f"{cores} cores")
+    return ", ".join(parts)

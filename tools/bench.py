@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -44,10 +43,11 @@ from pathlib import Path
 
 import click
 
+from marketpulse import cpu
 from marketpulse.errors import MarketpulseError
 from marketpulse.sql import create_database
 from marketpulse.tools import bench_workers
-from marketpulse.tools.bench_floor import flops_per_row, int8_matmul_rate, mean_tokens
+from marketpulse.tools.bench_floor import flops_per_row, matmul_rate, mean_tokens
 from marketpulse.tools.bench_report import (
     ALTERNATIVES,
     Targets,
@@ -335,7 +335,7 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
         "texts": origin,
         "model": str(model_dir),
         "bundle": str(bundle_dir),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu.describe(),
         "cores": available_cores(),
         "alternatives": {},
         "checks": {},
@@ -369,20 +369,24 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
         # Same rows: the host's seconds over (d)'s.
         alts["h"]["share_of_d"] = alts["d"]["rows_per_s"] / alts["h"]["rows_per_s"]
     if "d" in alts:
-        click.echo("bench: measuring the int8 matmul floor ...", err=True)
+        click.echo("bench: measuring the int8 and fp32 matmul floors ...", err=True)
         cfg = json.loads((model_dir / "config.json").read_text())
         tokens = mean_tokens(bundle_dir, texts[:rows])
-        rate = int8_matmul_rate(
-            cfg["hidden_size"], cfg.get("intermediate_size", 4 * cfg["hidden_size"]), cores
-        )
+        k, n = cfg["hidden_size"], cfg.get("intermediate_size", 4 * cfg["hidden_size"])
         flops = flops_per_row(model_dir, tokens)
+        rates = {dtype: matmul_rate(k, n, cores, dtype) for dtype in ("int8", "fp32")}
+        ran = "int8" if alts["d"]["provider"].endswith("int8") else "fp32"
+        ceiling = {dtype: rate / flops for dtype, rate in rates.items()}
         res["floor"] = {
             "mean_tokens": tokens,
             "gflop_per_row": flops / 1e9,
-            "int8_gops": rate / 1e9,
+            "int8_gops": rates["int8"] / 1e9,
+            "fp32_gflops": rates["fp32"] / 1e9,
             "threads": cores,
-            "ceiling_rows_per_s": rate / flops,
-            "fraction_d": alts["d"]["rows_per_s"] / (rate / flops),
+            "ceiling_rows_per_s": ceiling["int8"],
+            "fp32_ceiling_rows_per_s": ceiling["fp32"],
+            "graph_d": ran,
+            "fraction_d": alts["d"]["rows_per_s"] / ceiling[ran],
         }
     res["scale"] = []
     for n in scale:

@@ -1,9 +1,10 @@
 """The bench's floor: how fast this CPU could run the model at best.
 
 Model FLOPs per row from the checkpoint's config.json and the mean token count of the
-bench's texts under the bundle's tokenizer, against a measured int8 multiply-accumulate
-rate of ONNX Runtime's MatMulInteger at the model's own shape and thread count. Their
-quotient is the ceiling in rows/s that the bench reports (d)'s fraction of. onnx,
+bench's texts under the bundle's tokenizer, against measured multiply-accumulate rates of
+ONNX Runtime at the model's own shape and thread count: MatMulInteger (int8) and MatMul
+(fp32). Their quotients are the ceilings in rows/s; the bench reports (d)'s fraction of
+the ceiling of the graph (d) ran. onnx,
 onnxruntime and numpy are imported inside the functions.
 """
 
@@ -25,28 +26,37 @@ def flops_per_row(model: Path, tokens: float) -> float:
     return layers * (projections + attention) + head
 
 
-def int8_matmul_rate(k: int, n: int, threads: int, m: int = 2048, seconds: float = 3.0) -> float:
-    """Measured int8 multiply-accumulate throughput (ops/s, 2 per MAC) of ONNX Runtime's
-    MatMulInteger on this CPU, at the model's own K x N shape and thread count."""
+def matmul_rate(
+    k: int, n: int, threads: int, dtype: str = "int8", m: int = 2048, seconds: float = 3.0
+) -> float:
+    """Measured multiply-accumulate throughput (ops/s, 2 per MAC) of ONNX Runtime on this
+    CPU at the model's own K x N shape and thread count: MatMulInteger for "int8" (the
+    int8 graph's kernel), MatMul for "fp32" (the fp32 graph's)."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "B")
+    if dtype == "int8":
+        op, a_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+        b = rng.integers(-127, 127, (k, n), dtype=np.int8)
+        a = rng.integers(0, 255, (m, k), dtype=np.uint8)
+    else:
+        op, a_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        a = rng.standard_normal((m, k), dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
-        "int8_matmul",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
-        [weight],
+        [helper.make_node(op, ["A", "B"], ["Y"])],
+        f"{dtype}_matmul",
+        [helper.make_tensor_value_info("A", a_type, [m, k])],
+        [helper.make_tensor_value_info("Y", y_type, [m, n])],
+        [numpy_helper.from_array(b, "B")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    a = rng.integers(0, 255, (m, k), dtype=np.uint8)
     sess.run(None, {"A": a})
     runs, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:

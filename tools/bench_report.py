@@ -68,9 +68,11 @@ def report(res: dict) -> str:
     f = res.get("floor")
     if f:
         lines.append(
-            f"floor: {f['gflop_per_row']:.3f} GFLOP/row at {f['mean_tokens']:.1f} tokens/row; int8 "
-            f"matmul {f['int8_gops']:.0f} GOP/s on {f['threads']} threads -> ceiling "
-            f"{f['ceiling_rows_per_s']:.0f} rows/s; (d) reaches {100 * f['fraction_d']:.1f}%"
+            f"floor: {f['gflop_per_row']:.3f} GFLOP/row at {f['mean_tokens']:.1f} tokens/row on "
+            f"{f['threads']} threads; int8 matmul {f['int8_gops']:.0f} GOP/s -> ceiling "
+            f"{f['ceiling_rows_per_s']:.0f} rows/s; fp32 matmul {f.get('fp32_gflops', 0):.0f} "
+            f"GFLOP/s -> ceiling {f.get('fp32_ceiling_rows_per_s', 0):.0f} rows/s; (d) ran "
+            f"{f.get('graph_d', 'int8')} and reaches {100 * f['fraction_d']:.1f}% of its ceiling"
         )
     for s in res.get("scale", []):
         lines.append(

@@ -22,12 +22,14 @@ coverage of its 80% and 95% bands, and exits 1 when the targets are missed:
 from __future__ import annotations
 
 import json
-import platform
+import os
 import time
 from pathlib import Path
 
 import click
 import numpy as np
+
+from marketpulse import cpu
 
 NOISE_SE = 2.0
 
@@ -156,7 +158,7 @@ def main(origins: int, horizon: int, window: int, data: Path | None, json_path: 
     Example: python -m marketpulse.tools.forecast_eval --origins 48
     """
     results = evaluate(origins, horizon, window, data)
-    click.echo(f"machine: {platform.machine()} {platform.processor() or ''}".rstrip())
+    click.echo(f"machine: {cpu.describe(os.cpu_count())}")
     head = f"{'data set':<26} {'series':>6} {'auto':>8} {'naive':>8} {'window':>8} {'<=win':>6} {'cov80':>6} {'cov95':>6}"
     click.echo(head)
     for name, r in results.items():

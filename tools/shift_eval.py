@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -45,6 +44,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from marketpulse import cpu
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import SCORES, probability_columns
 from marketpulse.runtime import results
@@ -325,14 +325,7 @@ def format_table(report: dict) -> str:
 
 
 def machine() -> str:
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        have = set(next(ln for ln in info.splitlines() if ln.startswith("flags")).split())
-        flags = " ".join(f for f in ("sse4_2", "avx2", "avx512f", "amx_tile") if f in have)
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.machine()} {flags}, {os.cpu_count()} cores".replace(" ,", ",")
+    return cpu.describe(os.cpu_count())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,13 +12,15 @@ seconds of each configuration.
 
 from __future__ import annotations
 
-import platform
+import os
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import click
+
+from marketpulse import cpu
 
 WORDS = (
     "shares stock price earnings guidance outlook recall lawsuit dividend upgrade downgrade "
@@ -87,7 +89,7 @@ def main(groups: int, weeks: int, rows: int) -> None:
         start = time.perf_counter()
         build(db, groups, weeks, rows)
         click.echo(f"built {rows:,} scored rows in {time.perf_counter() - start:.1f}s")
-        click.echo(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}")
+        click.echo(f"machine: {cpu.describe(os.cpu_count())}")
         base = {"db": db, "source": "posts", "id_col": "id", "time_col": "posted_at"}
         for name, extra in (
             ("trend table only (--horizon 0)", {"horizon": 0}),
