@@ -132,6 +132,26 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
     help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
 )
 @click.option(
+    "--tune",
+    is_flag=True,
+    help="Search learning rate, epochs, batch size and warmup with Optuna; keep the best trial.",
+)
+@click.option("--tune-trials", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--tune-minutes",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="No trial starts after this (the running one finishes).",
+)
+@click.option(
+    "--tune-max-epochs",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Trials run from a third of this up to this many epochs.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of the table."
 )
 def train(
@@ -156,6 +176,10 @@ def train(
     class_weights,
     device,
     precision,
+    tune,
+    tune_trials,
+    tune_minutes,
+    tune_max_epochs,
     as_json,
 ):
     """Fine-tune a BERT-family text classifier on labeled rows.
@@ -169,6 +193,7 @@ def train(
     from marketpulse.train.split import parse_fractions
     from marketpulse.train.trainer import format_summary
 
+    _check_tune_flags(tune)
     source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
     cfg = TrainConfig(
         source=source,
@@ -187,8 +212,34 @@ def train(
         device=device,
         precision=precision,
     )
-    metrics = run(cfg).metrics
+    if tune:
+        from marketpulse.train.config import TuneConfig
+        from marketpulse.train.tune import run as run_tuned
+
+        bounds = TuneConfig(trials=tune_trials, minutes=tune_minutes, max_epochs=tune_max_epochs)
+        metrics = run_tuned(cfg, bounds).metrics
+    else:
+        metrics = run(cfg).metrics
     click.echo(json.dumps(metrics, indent=2) if as_json else format_summary(metrics))
+
+
+def _check_tune_flags(tune: bool) -> None:
+    """A searched flag given with --tune, or a --tune-* flag without it, would be ignored."""
+    ctx = click.get_current_context()
+
+    def given(names):
+        return [
+            f"--{n.replace('_', '-')}"
+            for n in names
+            if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
+        ]
+
+    if tune and (searched := given(("epochs", "learning_rate", "batch_size", "warmup_ratio"))):
+        raise click.UsageError(
+            f"--tune searches {', '.join(searched)}; drop it (bound epochs with --tune-max-epochs)"
+        )
+    if not tune and (unused := given(("tune_trials", "tune_minutes", "tune_max_epochs"))):
+        raise click.UsageError(f"{', '.join(unused)} applies with --tune only; add --tune")
 
 
 @main.command()

@@ -40,3 +40,38 @@ class TrainConfig:
         }
         record["split"] = list(self.split)
         return record
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A bounded hyperparameter search (`train --tune`): the space and the budget.
+
+    The study stops after `trials` trials or once `minutes` have passed (Optuna's
+    timeout: no trial starts after it, the running one finishes), whichever comes first.
+    Epochs are searched from a third of `max_epochs` up to it; early stopping still
+    applies inside each trial.
+    """
+
+    trials: int = 8
+    minutes: float = 60.0
+    max_epochs: int = 10
+    learning_rate: tuple[float, float] = (1e-5, 3e-4)  # sampled log-uniformly
+    batch_sizes: tuple[int, ...] = (16, 32, 64)
+    warmup_ratio: tuple[float, float] = (0.0, 0.2)
+
+    @property
+    def epochs(self) -> tuple[int, int]:
+        return max(1, self.max_epochs // 3), self.max_epochs
+
+    def space(self) -> dict:
+        """JSON-ready description of the search space, for metrics.json."""
+        return {
+            "learning_rate": {
+                "low": self.learning_rate[0],
+                "high": self.learning_rate[1],
+                "log": True,
+            },
+            "epochs": {"low": self.epochs[0], "high": self.epochs[1]},
+            "batch_size": list(self.batch_sizes),
+            "warmup_ratio": {"low": self.warmup_ratio[0], "high": self.warmup_ratio[1]},
+        }

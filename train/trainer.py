@@ -6,6 +6,11 @@ macro-F1) -> save checkpoint -> score the test rows in order -> metrics.json.
 What lands in the output directory, and where each field sits, is defined by
 `marketpulse.checkpoint`; `run` writes through it and returns the `Checkpoint`.
 
+`run` is three calls that `tune.py` shares: `prepare` (read and split once),
+`fine_tune` (one Trainer run on the train and validation rows only, returning the
+best-epoch model in memory; a tuning trial is one call), `save_and_score` (save the
+model, score the test rows once, write metrics.json).
+
 Evaluation never trusts Trainer's sampler order: `OrderedEvalTrainer` (built by
 `_make_trainer_class`) forces a sequential sampler for validation, and the final
 test metrics come from `predict.predict_logits`, which maps each logit row back to
@@ -18,8 +23,10 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +40,9 @@ from marketpulse.checkpoint import (
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
-from marketpulse.train.data import load_labeled, require_trainable
+from marketpulse.train.data import LabeledRows, load_labeled, require_trainable
 from marketpulse.train.predict import predict_logits, resolve_device
-from marketpulse.train.split import stratified_split
+from marketpulse.train.split import Split, stratified_split
 
 _WORK = "_trainer"  # Trainer's own epoch checkpoints; removed after the run
 
@@ -151,16 +158,67 @@ def _versions() -> dict:
     }
 
 
-def run(cfg: TrainConfig) -> Checkpoint:
-    """Fine-tune, save the checkpoint and metrics.json in `cfg.out`, return the checkpoint."""
-    t0 = time.perf_counter()
-    out = Path(cfg.out)
+@dataclass(frozen=True)
+class FitData:
+    """What one fine-tuning may see: the train and validation rows, never the test rows.
+
+    `prepare` keeps the test rows apart, so a tuning trial cannot score on them.
+    """
+
+    labels: list[str]
+    train_texts: list[str]
+    train_labels: list[str]
+    val_texts: list[str]
+    val_labels: list[str]
+    base_dir: Path
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The rows read and split once, shared by a plain run and by every tuning trial."""
+
+    rows: LabeledRows
+    split: Split
+    fit: FitData
+    test_texts: list[str]
+    test_labels: list[str]
+    device_reason: str
+
+
+@dataclass
+class Fit:
+    """One fine-tuning's outcome: the best-epoch model (in memory) and its validation record."""
+
+    model: Any
+    tokenizer: Any
+    best_macro_f1: float | None
+    best_epoch: float | None
+    epochs_run: float
+    stopped_early: bool
+    curve: list[dict]
+    train_time_s: float
+    train_rows_per_s: float
+
+    def validation(self) -> dict:
+        """metrics.json's `validation` block."""
+        return {
+            "best_macro_f1": self.best_macro_f1,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "curve": self.curve,
+        }
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Resolve the base model and device, read the rows and split them (nothing written)."""
     base_dir = resolve_base_model(cfg.base_model)
     device, precision, reason = resolve_device(cfg.device, cfg.precision)
 
     rows = load_labeled(cfg.source)
     require_trainable(rows, cfg.source, min_per_class=3)
-    labels = rows.label_names
     split = stratified_split(rows.labels, cfg.split, cfg.seed)
     skipped = sum(rows.skipped.values())
     _log(
@@ -169,11 +227,32 @@ def run(cfg: TrainConfig) -> Checkpoint:
     )
     _log(f"device {device} ({precision}): {reason}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    test_texts = [rows.texts[i] for i in split.test]
-    test_labels = [rows.labels[i] for i in split.test]
-    write_test_split(out, test_texts, test_labels)
+    def take(indices: list[int]) -> tuple[list[str], list[str]]:
+        return [rows.texts[i] for i in indices], [rows.labels[i] for i in indices]
 
+    train_texts, train_labels = take(split.train)
+    val_texts, val_labels = take(split.validation)
+    test_texts, test_labels = take(split.test)
+    fit = FitData(
+        labels=rows.label_names,
+        train_texts=train_texts,
+        train_labels=train_labels,
+        val_texts=val_texts,
+        val_labels=val_labels,
+        base_dir=base_dir,
+        device=device,
+        precision=precision,
+    )
+    return Prepared(rows, split, fit, test_texts, test_labels, reason)
+
+
+def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()) -> Fit:
+    """Fine-tune a fresh model from `data.base_dir` with `cfg`'s hyperparameters.
+
+    Early stopping on validation macro-F1; the returned model is the best epoch's.
+    `callbacks` are extra TrainerCallbacks (tuning adds its pruner). Trainer's epoch
+    checkpoints go to `work`, which is removed before returning.
+    """
     import torch
     import transformers
     from transformers import (
@@ -185,14 +264,15 @@ def run(cfg: TrainConfig) -> Checkpoint:
         set_seed,
     )
 
+    labels = data.labels
     set_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(data.base_dir)
     label2id = {label: i for i, label in enumerate(labels)}
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            base_dir,
+            data.base_dir,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id=label2id,
@@ -202,12 +282,12 @@ def run(cfg: TrainConfig) -> Checkpoint:
     finally:
         transformers.logging.set_verbosity(verbosity)
 
-    def encode(indices: list[int]) -> _Encoded:
-        texts = [rows.texts[i] for i in indices]
+    def encode(texts: list[str], names: list[str]) -> _Encoded:
         enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
-        return _Encoded(dict(enc), [label2id[rows.labels[i]] for i in indices])
+        return _Encoded(dict(enc), [label2id[name] for name in names])
 
-    train_ds, val_ds = encode(split.train), encode(split.validation)
+    train_ds = encode(data.train_texts, data.train_labels)
+    val_ds = encode(data.val_texts, data.val_labels)
 
     def compute_metrics(pred) -> dict:
         y_pred = [labels[i] for i in np.argmax(pred.predictions, axis=-1)]
@@ -217,12 +297,12 @@ def run(cfg: TrainConfig) -> Checkpoint:
 
     weights = None
     if cfg.class_weights:
-        counts = np.bincount([label2id[rows.labels[i]] for i in split.train], minlength=len(labels))
-        weights = torch.tensor(len(split.train) / (len(labels) * counts), dtype=torch.float32)
+        counts = np.bincount([label2id[name] for name in data.train_labels], minlength=len(labels))
+        weights = torch.tensor(len(train_ds) / (len(labels) * counts), dtype=torch.float32)
 
     steps_per_epoch = max(1, -(-len(train_ds) // cfg.batch_size))
     args = TrainingArguments(
-        output_dir=str(out / _WORK),
+        output_dir=str(work),
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
@@ -242,9 +322,9 @@ def run(cfg: TrainConfig) -> Checkpoint:
         logging_strategy="steps",
         report_to=[],
         disable_tqdm=True,
-        use_cpu=device == "cpu",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        use_cpu=data.device == "cpu",
+        bf16=data.precision == "bf16",
+        fp16=data.precision == "fp16",
         dataloader_num_workers=0,
         save_safetensors=True,
     )
@@ -260,6 +340,7 @@ def run(cfg: TrainConfig) -> Checkpoint:
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience),
             progress,
+            *callbacks,
         ],
         class_weights=weights,
     )
@@ -268,43 +349,61 @@ def run(cfg: TrainConfig) -> Checkpoint:
     trainer.remove_callback(PrinterCallback)  # ProgressLog prints instead, to stderr
 
     t_train = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     train_time = time.perf_counter() - t_train
-    best_val = trainer.state.best_metric
     epochs_run = trainer.state.epoch
     best_epoch = (
         max(progress.curve, key=lambda e: e["macro_f1"])["epoch"] if progress.curve else None
     )
-    rows_per_s = len(train_ds) * epochs_run / max(train_time, 1e-9)
+    return Fit(
+        model=trainer.model.eval(),
+        tokenizer=tokenizer,
+        best_macro_f1=trainer.state.best_metric,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        stopped_early=epochs_run < cfg.epochs,
+        curve=progress.curve,
+        train_time_s=train_time,
+        train_rows_per_s=len(train_ds) * epochs_run / max(train_time, 1e-9),
+    )
 
-    model = trainer.model.eval()
+
+def save_and_score(
+    cfg: TrainConfig, prepared: Prepared, fit: Fit, started: float, extra: dict | None = None
+) -> Checkpoint:
+    """Save `fit`'s model to `cfg.out`, score the test rows once, write metrics.json.
+
+    `started` is the run's perf_counter start (for total_time_s); `extra` adds top-level
+    metrics.json keys (tuning adds `tuning`).
+    """
+    out = Path(cfg.out)
+    rows, split, labels = prepared.rows, prepared.split, prepared.fit.labels
+    model = fit.model
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    shutil.rmtree(out / _WORK, ignore_errors=True)
+    fit.tokenizer.save_pretrained(out)
 
     logits = predict_logits(
         model,
-        tokenizer,
-        test_texts,
+        fit.tokenizer,
+        prepared.test_texts,
         max_length=cfg.max_length,
         batch_size=cfg.eval_batch_size,
         device=str(model.device),
     )
-    test = classification_metrics(test_labels, [labels[i] for i in logits.argmax(1)], labels)
+    test = classification_metrics(
+        prepared.test_labels, [labels[i] for i in logits.argmax(1)], labels
+    )
 
     metrics = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "test": test,
-        "validation": {
-            "best_macro_f1": best_val,
-            "best_epoch": best_epoch,
-            "epochs_run": epochs_run,
-            "stopped_early": epochs_run < cfg.epochs,
-            "curve": progress.curve,
-        },
-        "train_time_s": round(train_time, 1),
-        "train_rows_per_s": round(rows_per_s, 1),
-        "total_time_s": round(time.perf_counter() - t0, 1),
+        "validation": fit.validation(),
+        "train_time_s": round(fit.train_time_s, 1),
+        "train_rows_per_s": round(fit.train_rows_per_s, 1),
+        "total_time_s": round(time.perf_counter() - started, 1),
         "rows": {
             "read": rows.rows_read,
             "used": len(rows.texts),
@@ -321,14 +420,39 @@ def run(cfg: TrainConfig) -> Checkpoint:
             "test_split": TEST_SPLIT,
         },
         "hyperparameters": cfg.hyperparameters(),
-        "device": {"device": device, "precision": precision, "reason": reason},
+        "device": {
+            "device": prepared.fit.device,
+            "precision": prepared.fit.precision,
+            "reason": prepared.device_reason,
+        },
         "versions": _versions(),
+        **(extra or {}),
     }
     checkpoint = write_metrics(
-        out, metrics, labels=labels, max_length=cfg.max_length, base_model=str(base_dir)
+        out,
+        metrics,
+        labels=labels,
+        max_length=cfg.max_length,
+        base_model=str(prepared.fit.base_dir),
     )
     _log(f"wrote checkpoint, {METRICS} and {TEST_SPLIT} to {out}")
     return checkpoint
+
+
+def write_test_rows(cfg: TrainConfig, prepared: Prepared) -> None:
+    """Create `cfg.out` and record the held-out test rows there (before any training)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_test_split(out, prepared.test_texts, prepared.test_labels)
+
+
+def run(cfg: TrainConfig) -> Checkpoint:
+    """Fine-tune, save the checkpoint and metrics.json in `cfg.out`, return the checkpoint."""
+    t0 = time.perf_counter()
+    prepared = prepare(cfg)
+    write_test_rows(cfg, prepared)
+    fit = fine_tune(cfg, prepared.fit, Path(cfg.out) / _WORK)
+    return save_and_score(cfg, prepared, fit, t0)
 
 
 def format_summary(metrics: dict) -> str:
@@ -352,4 +476,8 @@ def format_summary(metrics: dict) -> str:
             f"  loss {e['loss']:.4f}"
             for e in curve
         ]
+    if "tuning" in metrics:
+        from marketpulse.train.tune import format_tuning
+
+        header += format_tuning(metrics["tuning"])
     return "\n".join([*header, ""]) + format_metrics(metrics["test"])
