@@ -2,11 +2,14 @@
 
     graphs    optimum export (fp32), ORT optimization, int8 quantization, fp16 conversion
     staging   graphs + tokenizer.json + labels written to a hidden sibling of --out
-    checks    fp32 parity with PyTorch, then agreement and macro-F1 per variant
+    checks    fp32 parity with PyTorch, then agreement and macro-F1 per variant, on the
+              test split and on the check texts (a sample of what will be scored)
     publish   manifest with the results, then one rename puts the bundle in place
 
-A failed check raises before publishing, so --out never holds a half-written or
-unchecked bundle: it keeps whatever it held before.
+A failed check raises before publishing (parity always, a test-split drop unless
+--allow-accuracy-drop), so --out never holds a half-written or unchecked bundle: it
+keeps whatever it held before. A variant that fails on the check texts is published
+marked as failed instead (publish.py says why).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from marketpulse.bundle import MANIFEST, TOKENIZER, Bundle
 from marketpulse.checkpoint import Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.builders import Built, Sources, builder_for
-from marketpulse.export.checks import load_check_texts
+from marketpulse.export.checks import CheckSource, load_check_texts, read_check_sample
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 from marketpulse.export.log import log
 from marketpulse.export.outliers import Calibration
@@ -65,7 +68,8 @@ class ExportConfig:
     int8_order: str = DEFAULT_INT8_ORDER
     opset: int = DEFAULT_OPSET
     max_length: int | None = None  # None: the checkpoint's (Checkpoint.max_length)
-    check_rows: int | None = None  # cap on test-split rows checked; None: all
+    test_rows: int | None = None  # cap on test-split rows checked; None: all
+    check_source: CheckSource | None = None  # texts like those scored; None: test split only
 
     def __post_init__(self):
         object.__setattr__(self, "variants", registry.parse(self.variants))
@@ -86,19 +90,26 @@ def run(cfg: ExportConfig) -> Bundle:
     out = Path(cfg.out).resolve()
     max_length = cfg.max_length or trained.max_length
     check_out_dir(out)
-    texts = load_check_texts(trained, cfg.check_rows)  # bad split: fail before work
+    texts = load_check_texts(trained, cfg.test_rows)  # bad split: fail before work
+    sample = read_check_sample(cfg.check_source) if cfg.check_source else None
+    if sample is not None:
+        log(f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint})")
+    # Calibration (outlier channels, static int8 ranges) should see the text the bundle
+    # will score, when it is known, rather than the in-domain test split.
+    calibration_texts = sample.texts if sample is not None else texts.texts
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
         write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
         with tempfile.TemporaryDirectory(prefix="marketpulse-export-") as work:
-            calibration = Calibration(staging / TOKENIZER, max_length, texts.texts)
+            calibration = Calibration(staging / TOKENIZER, max_length, calibration_texts)
             graphs = build_graphs(checkpoint, Path(work), cfg, calibration)
             for variant, built in graphs.items():
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
-        return check_and_publish(cfg, checkpoint, texts, staging, out, manifest)
+        manifest["calibration_texts"] = sample.source if sample is not None else texts.source
+        return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

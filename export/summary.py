@@ -46,10 +46,24 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
         pytorch = checks.get("pytorch", {}).get("macro_f1")
         reference = f", PyTorch macro-F1 {pytorch:.4f}" if pytorch is not None else ""
         lines.append(f"checked on     {checks['texts']}{reference}")
+    sample = checks.get("check_texts")
+    if sample:
+        lines.append(
+            f"check texts    {sample['source']}: {sample['rows']} of {sample['rows_read']} rows "
+            f"({sample['fingerprint'][:19]})"
+        )
+    if "calibration_texts" in manifest:
+        lines.append(f"calibrated on  {manifest['calibration_texts']}")
+    verdicts = checks.get("gate", {}).get("variants", {})
     for variant in [v for v in registry.NAMES if v in manifest["variants"]]:
         meta = manifest["variants"][variant]
         result = checks.get("variants", {}).get(variant)
         detail = _check_line(result) if result else "not checked"
+        on_sample = (sample or {}).get("variants", {}).get(variant, {})
+        if "agreement" in on_sample:
+            detail += f"; check texts: agreement {on_sample['agreement']:.2%}"
+        if verdicts.get(variant, {}).get("passed") is False:
+            detail += "; FAILED the gate, not chosen automatically"
         size = _size(bundle_dir / meta["file"])
         lines.append(f"  {variant:<5} {meta['file']:<16} {size:>9}  {detail}")
     libraries = manifest.get("libraries", {})

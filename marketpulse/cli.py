@@ -313,6 +313,31 @@ def _parse_variants(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _check_source(check_input, check_db, check_table, check_text_col, check_rows):
+    """The check texts' CheckSource, or None; bad flag combinations are usage errors."""
+    from pathlib import Path
+
+    from marketpulse.export.checks import CHECK_ROWS, CheckSource
+
+    if check_input is None and check_db is None and check_table is None:
+        if check_text_col is not None or check_rows is not None:
+            raise click.UsageError(
+                "--check-text-col and --check-rows describe check texts; pass --check-input "
+                "FILE or --check-db DB --check-table T (cap the test split with --test-rows)"
+            )
+        return None
+    try:
+        return CheckSource(
+            input=Path(check_input) if check_input else None,
+            db=Path(check_db) if check_db else None,
+            table=check_table,
+            text_col=check_text_col or "text",
+            rows=check_rows or CHECK_ROWS,
+        )
+    except MarketpulseError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command("export")
 @click.option(
     "--model", required=True, type=click.Path(file_okay=False), help="Checkpoint dir from train."
@@ -330,7 +355,7 @@ def _parse_variants(ctx, param, value):
     default=0.99,
     show_default=True,
     type=click.FloatRange(0, 1.01),
-    help="Least top-1 agreement with PyTorch per variant.",
+    help="Least top-1 agreement with PyTorch per variant, on the test split and check texts.",
 )
 @click.option(
     "--max-f1-drop",
@@ -340,7 +365,9 @@ def _parse_variants(ctx, param, value):
     help="Largest macro-F1 drop vs PyTorch per variant.",
 )
 @click.option(
-    "--allow-accuracy-drop", is_flag=True, help="Publish even if a variant fails the gate."
+    "--allow-accuracy-drop",
+    is_flag=True,
+    help="Publish even if a variant fails the gate on the test split (it is marked failed).",
 )
 @click.option(
     "--optimization",
@@ -369,7 +396,22 @@ def _parse_variants(ctx, param, value):
     help="Token limit [default: the checkpoint's, else 128].",
 )
 @click.option(
-    "--check-rows", type=click.IntRange(min=1), help="Check on at most this many test rows."
+    "--test-rows", type=click.IntRange(min=1), help="Check on at most this many test rows."
+)
+@click.option(
+    "--check-input",
+    type=click.Path(dir_okay=False),
+    help="CSV/TSV/Parquet of unlabeled texts like those to be scored, also gated.",
+)
+@click.option(
+    "--check-db", type=click.Path(dir_okay=False), help="DuckDB file holding --check-table."
+)
+@click.option("--check-table", help="Table (or view) of check texts in --check-db.")
+@click.option("--check-text-col", help="Column of the check texts [default: text].")
+@click.option(
+    "--check-rows",
+    type=click.IntRange(min=1),
+    help="Sample size of the check texts, the same rows each run [default: 2000].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_(
@@ -383,6 +425,11 @@ def export_(
     int8_order,
     opset,
     max_length,
+    test_rows,
+    check_input,
+    check_db,
+    check_table,
+    check_text_col,
     check_rows,
     as_json,
 ):
@@ -407,7 +454,8 @@ def export_(
         int8_order=int8_order,
         opset=opset,
         max_length=max_length,
-        check_rows=check_rows,
+        test_rows=test_rows,
+        check_source=_check_source(check_input, check_db, check_table, check_text_col, check_rows),
     )
     bundle = run(cfg)
     click.echo(
