@@ -256,6 +256,24 @@ def _check_tune_flags(tune: bool) -> None:
 )
 @_source_options
 @click.option(
+    "--name", help="Report name of the --table/--query/--input rows [default: table or file stem]."
+)
+@click.option(
+    "--domain",
+    "domain_specs",
+    multiple=True,
+    metavar="NAME=SOURCE",
+    help="Another labeled domain (repeatable): a CSV/TSV/Parquet path or a SELECT "
+    "(on --db, or in memory) giving --text-col and --label-col; adds a summary with gaps.",
+)
+@click.option(
+    "--label-map",
+    "label_maps",
+    multiple=True,
+    metavar="[DOMAIN:]FROM=TO,...",
+    help="Rename labels onto the model's, e.g. positive=bullish,negative=bearish (repeatable).",
+)
+@click.option(
     "--out", type=click.Path(dir_okay=False), help="Also write the metrics to this JSON file."
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
@@ -280,6 +298,9 @@ def evaluate(
     text_col,
     label_col,
     label_names,
+    name,
+    domain_specs,
+    label_maps,
     out,
     batch_size,
     max_length,
@@ -293,16 +314,128 @@ def evaluate(
     import json
     from pathlib import Path
 
-    from marketpulse.train.evaluate import evaluate as run_evaluate
-    from marketpulse.train.evaluate import format_report
+    from marketpulse.train import evaluate as stage
 
-    source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
-    result = run_evaluate(
-        model, source, variant=variant, device=device, batch_size=batch_size, max_length=max_length
+    source = None
+    if not domain_specs or any(x is not None for x in (table, query, input_path)):
+        source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
+    elif name or label_names:
+        raise click.UsageError("--name and --label-names describe --table/--query/--input rows")
+    domains = stage.build_domains(
+        source, name, domain_specs, label_maps, db=db, text_col=text_col, label_col=label_col
     )
+    options = dict(variant=variant, device=device, batch_size=batch_size, max_length=max_length)
+    if domain_specs:
+        result = stage.evaluate_domains(model, domains, **options)
+        report = stage.format_domains_report
+    else:
+        label_map = dict(domains[0].label_map)
+        result = stage.evaluate(model, source, label_map=label_map, **options)
+        report = stage.format_report
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+    click.echo(json.dumps(result, indent=2) if as_json else report(result))
+
+
+@main.command()
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file to read from.")
+@click.option("--table", help="Table (or view) in --db holding the unlabeled text.")
+@click.option("--query", help="SQL SELECT returning the text (runs on --db, or in memory).")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False),
+    help="CSV/TSV/Parquet file, read through DuckDB.",
+)
+@click.option("--text-col", default="text", show_default=True, help="Column with the text.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint in --out.")
+@click.option(
+    "--base-model", help="Local BERT-family checkpoint dir [default: bundled all-MiniLM-L6-v2]."
+)
+@click.option(
+    "--epochs", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    help="Use at most this many distinct texts, sampled by --seed [default: all].",
+)
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 512))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--learning-rate", default=5e-5, show_default=True, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option(
+    "--mlm-probability",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of tokens masked.",
+)
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option(
+    "--precision",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print adapt.json to stdout.")
+def adapt(
+    db,
+    table,
+    query,
+    input_path,
+    text_col,
+    out,
+    overwrite,
+    base_model,
+    epochs,
+    max_rows,
+    max_length,
+    batch_size,
+    learning_rate,
+    mlm_probability,
+    seed,
+    device,
+    precision,
+    as_json,
+):
+    """Continue the encoder's masked-LM pre-training on the unlabeled text to be scored.
+
+    Example: marketpulse adapt --db news.duckdb --table news --text-col body --out adapted/ (then train --base-model adapted/)
+    """
+    import json
+    from pathlib import Path
+
+    from marketpulse.train.adapt import MIN_TEXTS, AdaptConfig, format_summary, read_record, run
+
+    source = _data_source(db, table, query, input_path, text_col, "label", None)
+    if max_rows is not None and max_rows < MIN_TEXTS:
+        raise click.UsageError(f"--max-rows must be at least {MIN_TEXTS}")
+    cfg = AdaptConfig(
+        source=source,
+        out=Path(out),
+        base_model=base_model,
+        epochs=epochs,
+        max_rows=max_rows,
+        max_length=max_length,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        mlm_probability=mlm_probability,
+        seed=seed,
+        device=device,
+        precision=precision,
+        overwrite=overwrite,
+    )
+    record = read_record(run(cfg))
+    click.echo(json.dumps(record, indent=2) if as_json else format_summary(record, Path(out)))
 
 
 # --- export ---

@@ -1,77 +1,138 @@
-"""Score a labeled table with a trained model and report the training metrics.
+"""Score labeled tables with a trained model and report the training metrics.
 
 The model is either a `marketpulse train` checkpoint (scored with PyTorch through
 `predict.predict_logits`) or an exported bundle (a directory with manifest.json,
 scored with the shared ONNX `Predictor`, so no torch is needed for that path).
 Integer labels in the table are named by the model's own label order unless
-`--label-names` says otherwise.
+`--label-names` says otherwise; `--label-map` renames a table's labels onto the model's.
+
+`evaluate` scores one table. `evaluate_domains` scores several named tables (domains)
+with the model loaded once, and sets each beside the training domain: the checkpoint's
+own test metrics (metrics.json `test`), or what a bundle's manifest kept of them
+(`checks.pytorch`: macro-F1 on the test split, no accuracy). A model that records
+neither is compared with the first domain, and the report says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from marketpulse.bundle import MANIFEST, read_manifest
-from marketpulse.checkpoint import CONFIG, Checkpoint, load_checkpoint
+from marketpulse.checkpoint import CONFIG, METRICS, Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
-from marketpulse.train.data import DataSource, load_labeled
+from marketpulse.train.data import DataSource, LabeledRows, load_labeled
+
+_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# A --domain SOURCE starting with one of these is SQL; anything else is a file path.
+_SQL_START = re.compile(r"^\s*\(?\s*(select|with|from|values)\s", re.IGNORECASE)
+_FILE_SUFFIXES = (".gz", ".csv", ".tsv", ".txt", ".parquet", ".pq")
+_DOMAIN_EXAMPLE = '--domain reviews=reviews.csv or --domain "reviews=SELECT text, label FROM t"'
 
 
-def _predict_checkpoint(checkpoint: Checkpoint, texts, max_length, batch_size, device):
-    from marketpulse.train.predict import load_model, predict_logits, resolve_device
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """One labeled source in a cross-domain report, under a short name."""
 
-    device, _, reason = resolve_device(device, precision="fp32")
-    model, tokenizer = load_model(checkpoint, device)
-    max_length = max_length or checkpoint.max_length
-    logits = predict_logits(
-        model,
-        tokenizer,
-        texts,
-        max_length=max_length,
-        batch_size=batch_size,
-        device=device,
-        progress=True,
-    )
-    info = {
-        "kind": "checkpoint",
-        "device": device,
-        "reason": f"PyTorch on {device}: {reason}",
-        "max_length": max_length,
-    }
-    return list(checkpoint.labels), logits, info
+    name: str
+    source: DataSource
+    label_map: tuple[tuple[str, str], ...] = ()
 
 
-def _predict_bundle(bundle_dir: Path, texts, variant, device):
-    from marketpulse.bundle import load_bundle
-    from marketpulse.inference.predictor import Predictor
-
-    bundle = load_bundle(bundle_dir)
-    predictor = Predictor(bundle, variant=variant, device=device)
-    probs = predictor.predict_proba(list(texts))
-    info = {
-        "kind": "bundle",
-        "model_version": bundle.version,
-        "variant": predictor.variant,
-        "provider": predictor.provider,
-        "reason": predictor.describe(),
-        "max_length": bundle.max_length,
-    }
-    return bundle.labels, probs, info
+def parse_domain(spec: str, *, db: str | None, text_col: str, label_col: str) -> Domain:
+    """`NAME=SOURCE` -> Domain; SOURCE is a SQL SELECT (on `db`, or in memory) or a file."""
+    name, sep, where = spec.partition("=")
+    name, where = name.strip(), where.strip()
+    if not sep or not where or not _DOMAIN_NAME.match(name):
+        raise MarketpulseError(
+            f"--domain {spec[:80]!r} is not NAME=SOURCE (NAME: letters, digits, _ . -; SOURCE: "
+            f"a CSV/TSV/Parquet path or a SELECT); pass e.g. {_DOMAIN_EXAMPLE}"
+        )
+    if _SQL_START.match(where):
+        source = DataSource(db=db, query=where, text_col=text_col, label_col=label_col)
+    else:
+        source = DataSource(input=where, text_col=text_col, label_col=label_col)
+    return Domain(name, source)
 
 
-def evaluate(
-    model: str | Path,
-    source: DataSource,
+def default_name(source: DataSource) -> str:
+    """The name a --table/--query/--input source goes by: table name, file stem, or query."""
+    if source.table:
+        return source.table
+    if source.input:
+        name = Path(source.input).name
+        for suffix in _FILE_SUFFIXES:
+            name = name.removesuffix(suffix)
+        return name if _DOMAIN_NAME.match(name) else "input"
+    return "query"
+
+
+def parse_label_map(values: Sequence[str]) -> dict[str | None, dict[str, str]]:
+    """`["positive=bullish,negative=bearish", "news:up=bullish"]` -> {None: {...}, "news": {...}}.
+
+    A map without a `DOMAIN:` prefix applies to every domain; a prefixed one to that
+    domain only, overriding the shared map where both name a label.
+    """
+    maps: dict[str | None, dict[str, str]] = {}
+    for value in values:
+        domain, body = None, value
+        head = value.partition("=")[0]
+        if ":" in head:
+            domain, body = (part.strip() for part in value.split(":", 1))
+        pairs = [item.partition("=") for item in body.split(",")]
+        if not body.strip() or any(
+            not a.strip() or not sep or not b.strip() for a, sep, b in pairs
+        ):
+            raise MarketpulseError(
+                f"--label-map {value!r} is not [DOMAIN:]FROM=TO,...; pass e.g. "
+                "--label-map positive=bullish,negative=bearish"
+            )
+        target = maps.setdefault(domain, {})
+        for a, _, b in pairs:
+            target[a.strip()] = b.strip()
+    return maps
+
+
+def build_domains(
+    first: DataSource | None,
+    first_name: str | None,
+    specs: Sequence[str],
+    label_maps: Sequence[str],
     *,
-    variant: str | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    max_length: int | None = None,
-) -> dict:
-    """Return {"model", "data", "rows", "metrics", ...} for `model` on `source`'s rows."""
+    db: str | None,
+    text_col: str,
+    label_col: str,
+) -> list[Domain]:
+    """The domains of one report: `first` (the --table/--query/--input source), then --domain."""
+    domains = [Domain(first_name or default_name(first), first)] if first else []
+    domains += [parse_domain(s, db=db, text_col=text_col, label_col=label_col) for s in specs]
+    names = [d.name for d in domains]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise MarketpulseError(
+            f"domain name {repeated[0]!r} is used twice; give each --domain (and --name) its own"
+        )
+    maps = parse_label_map(label_maps)
+    unknown = sorted(set(maps) - {None, *names})
+    if unknown:
+        raise MarketpulseError(
+            f"--label-map names domain {unknown[0]!r} but the domains are {', '.join(names)}; "
+            "fix the DOMAIN: prefix or drop it to map every domain"
+        )
+    return [
+        dataclasses.replace(
+            d, label_map=tuple({**maps.get(None, {}), **maps.get(d.name, {})}.items())
+        )
+        for d in domains
+    ]
+
+
+def _open_model(model: str | Path, variant: str | None):
+    """(directory, is_bundle, labels, checkpoint or None), checked before any data is read."""
     model_dir = Path(model)
     if not model_dir.is_dir():
         raise MarketpulseError(
@@ -89,35 +150,203 @@ def evaluate(
             "drop --variant or pass --model with a bundle directory"
         )
     if is_bundle:
-        labels = list(read_manifest(model_dir)["labels"])
-    else:
-        checkpoint = load_checkpoint(model_dir)
-        labels = list(checkpoint.labels)
-    if source.label_names is None:
-        source = dataclasses.replace(source, label_names=tuple(labels))
-    rows = load_labeled(source)
+        return model_dir, True, list(read_manifest(model_dir)["labels"]), None
+    checkpoint = load_checkpoint(model_dir)
+    return model_dir, False, list(checkpoint.labels), checkpoint
+
+
+def _load_rows(source: DataSource, labels: list[str], label_map: dict[str, str]) -> LabeledRows:
+    """Read the rows with label names the model knows, mapped through `label_map`."""
+    # Integer labels are named by the model's order unless --label-names names them.
+    named = dataclasses.replace(source, label_names=source.label_names or tuple(labels))
+    raw = bool(label_map) and source.label_names is None
+    rows = load_labeled(source if raw else named)  # raw: the table's own names, for the map
+    if raw and not set(rows.labels) & set(label_map):
+        rows = load_labeled(named)  # a shared map that names none of this table's labels
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {rows.skipped}); "
             "pass a table with non-empty text and labels"
         )
-    started = time.perf_counter()
-    if is_bundle:
-        model_labels, scores, info = _predict_bundle(model_dir, rows.texts, variant, device)
-    else:
-        model_labels, scores, info = _predict_checkpoint(
-            checkpoint, rows.texts, max_length, batch_size, device
+    if label_map:
+        rows.labels = [label_map.get(y, y) for y in rows.labels]
+        unknown = sorted(set(rows.labels) - set(labels))
+        if unknown:
+            raise MarketpulseError(
+                f"labels {', '.join(unknown)} are not among the model's labels "
+                f"({', '.join(labels)}) after --label-map; map them with FROM=TO onto those names"
+            )
+        rows.label_names = list(labels)
+    return rows
+
+
+class _Scorer:
+    """The model, loaded once, scoring any number of text lists into (n, labels) scores."""
+
+    def __init__(self, model_dir, checkpoint: Checkpoint | None, *, variant, device, max_length):
+        if checkpoint is None:
+            from marketpulse.bundle import load_bundle
+            from marketpulse.inference.predictor import Predictor
+
+            bundle = load_bundle(model_dir)
+            self._predictor = Predictor(bundle, variant=variant, device=device)
+            self.labels = bundle.labels
+            self.info = {
+                "kind": "bundle",
+                "model_version": bundle.version,
+                "variant": self._predictor.variant,
+                "provider": self._predictor.provider,
+                "reason": self._predictor.describe(),
+                "max_length": bundle.max_length,
+            }
+            return
+        from marketpulse.train.predict import load_model, resolve_device
+
+        self._device, _, reason = resolve_device(device, precision="fp32")
+        self._model, self._tokenizer = load_model(checkpoint, self._device)
+        self._max_length = max_length or checkpoint.max_length
+        self.labels = list(checkpoint.labels)
+        self.info = {
+            "kind": "checkpoint",
+            "device": self._device,
+            "reason": f"PyTorch on {self._device}: {reason}",
+            "max_length": self._max_length,
+        }
+
+    def __call__(self, texts: list[str], batch_size: int):
+        if self.info["kind"] == "bundle":
+            return self._predictor.predict_proba(list(texts))
+        from marketpulse.train.predict import predict_logits
+
+        return predict_logits(
+            self._model,
+            self._tokenizer,
+            texts,
+            max_length=self._max_length,
+            batch_size=batch_size,
+            device=self._device,
+            progress=True,
         )
+
+
+def _score(scorer: _Scorer, source: DataSource, rows: LabeledRows, batch_size: int) -> dict:
+    started = time.perf_counter()
+    scores = scorer(rows.texts, batch_size)
     elapsed = time.perf_counter() - started
-    y_pred = [model_labels[i] for i in scores.argmax(axis=1)]
+    y_pred = [scorer.labels[i] for i in scores.argmax(axis=1)]
     return {
-        "model": str(model_dir),
-        **info,
         "data": {"source": source.describe(), "fingerprint": rows.fingerprint()},
         "rows": {"read": rows.rows_read, "used": len(rows.texts), "skipped": rows.skipped},
         "predict_time_s": round(elapsed, 2),
         "rows_per_s": round(len(rows.texts) / max(elapsed, 1e-9), 1),
-        "metrics": classification_metrics(rows.labels, y_pred, model_labels),
+        "metrics": classification_metrics(rows.labels, y_pred, scorer.labels),
+    }
+
+
+def evaluate(
+    model: str | Path,
+    source: DataSource,
+    *,
+    label_map: dict[str, str] | None = None,
+    variant: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict:
+    """Return {"model", "data", "rows", "metrics", ...} for `model` on `source`'s rows."""
+    model_dir, _, labels, checkpoint = _open_model(model, variant)
+    rows = _load_rows(source, labels, label_map or {})
+    scorer = _Scorer(model_dir, checkpoint, variant=variant, device=device, max_length=max_length)
+    return {"model": str(model_dir), **scorer.info, **_score(scorer, source, rows, batch_size)}
+
+
+def _reference(kind: str, name: str, source: str, figures: dict) -> dict:
+    """What gaps are measured from; `figures` is a metrics dict (accuracy may be absent)."""
+    return {
+        "kind": kind,
+        "name": name,
+        "source": source,
+        "rows": figures.get("n"),
+        "accuracy": figures.get("accuracy"),
+        "macro_f1": figures["macro_f1"],
+        "majority_baseline": figures.get("majority_baseline"),
+    }
+
+
+def _training_reference(model_dir: Path, checkpoint: Checkpoint | None) -> dict | None:
+    """The training domain's test figures as the model recorded them, or None."""
+    if checkpoint is None:
+        checks = read_manifest(model_dir).get("checks") or {}
+        pytorch = checks.get("pytorch") or {}  # export records rows and macro-F1 only
+        if "macro_f1" not in pytorch:
+            return None
+        texts = checks.get("texts", "its test split")
+        source = f"{MANIFEST} checks: the checkpoint on {texts}"
+        return _reference("training", "training", source, {**pytorch, "n": pytorch.get("rows")})
+    test = (checkpoint.metrics or {}).get("test")
+    if not test:
+        return None
+    return _reference("training", "training", f"{METRICS} test split", test)
+
+
+def _gap(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or reference is None else value - reference
+
+
+def evaluate_domains(
+    model: str | Path,
+    domains: Sequence[Domain],
+    *,
+    variant: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict:
+    """Score every domain with one loaded model; per-domain metrics, baselines and gaps.
+
+    Every table is read before the model loads, so a bad source fails in seconds.
+    Gaps are domain minus reference (negative: worse than on the training domain).
+    """
+    if not domains:
+        raise MarketpulseError("no domains to evaluate; pass --input/--table/--query or --domain")
+    model_dir, _, labels, checkpoint = _open_model(model, variant)
+    loaded = []
+    for domain in domains:
+        try:
+            loaded.append((domain, _load_rows(domain.source, labels, dict(domain.label_map))))
+        except MarketpulseError as exc:
+            raise MarketpulseError(f"domain {domain.name!r}: {exc}") from exc
+    scorer = _Scorer(model_dir, checkpoint, variant=variant, device=device, max_length=max_length)
+    results = [{"name": d.name, **_score(scorer, d.source, rows, batch_size)} for d, rows in loaded]
+    reference = _training_reference(model_dir, checkpoint)
+    if reference is None:
+        source = "first domain: the model records no training test metrics"
+        reference = _reference("first_domain", results[0]["name"], source, results[0]["metrics"])
+    for result in results:
+        m = result["metrics"]
+        result["gap"] = {
+            "accuracy": _gap(m["accuracy"], reference["accuracy"]),
+            "macro_f1": _gap(m["macro_f1"], reference["macro_f1"]),
+        }
+    summary = [
+        {
+            "domain": r["name"],
+            "rows": r["metrics"]["n"],
+            "accuracy": r["metrics"]["accuracy"],
+            "macro_f1": r["metrics"]["macro_f1"],
+            "baseline_accuracy": r["metrics"]["majority_baseline"]["accuracy"],
+            "baseline_macro_f1": r["metrics"]["majority_baseline"]["macro_f1"],
+            "gap_accuracy": r["gap"]["accuracy"],
+            "gap_macro_f1": r["gap"]["macro_f1"],
+        }
+        for r in results
+    ]
+    return {
+        "model": str(model_dir),
+        **scorer.info,
+        "reference": reference,
+        "domains": results,
+        "summary": summary,
     }
 
 
@@ -129,3 +358,52 @@ def format_report(result: dict) -> str:
         f"model {result['model']}: {result['reason']}, {result['rows_per_s']} rows/s\n\n"
     )
     return head + format_metrics(result["metrics"])
+
+
+def _cell(value: float | int | None, width: int, signed: bool = False) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    if isinstance(value, int):
+        return f"{value:>{width}d}"
+    return f"{value:>+{width}.4f}" if signed else f"{value:>{width}.4f}"
+
+
+def format_summary(result: dict) -> str:
+    """The cross-domain table: one row per domain, the reference first when it is training."""
+    ref = result["reference"]
+    rows = [
+        (r["domain"], r["rows"], r["accuracy"], r["macro_f1"])
+        + (r["baseline_accuracy"], r["baseline_macro_f1"], r["gap_accuracy"], r["gap_macro_f1"])
+        for r in result["summary"]
+    ]
+    if ref["kind"] == "training":
+        base = ref["majority_baseline"] or {}
+        rows.insert(
+            0,
+            ("(training)", ref["rows"], ref["accuracy"], ref["macro_f1"])
+            + (base.get("accuracy"), base.get("macro_f1"), None, None),
+        )
+        note = f"gap = domain minus training ({ref['source']})"
+    else:
+        note = f"gap = domain minus {ref['name']!r} (the model records no training test metrics)"
+    width = max(12, *(len(r[0]) for r in rows))
+    heads = ("rows", "accuracy", "macro-F1", "base acc", "base F1", "gap acc", "gap F1")
+    lines = [note, f"{'domain':<{width}} " + " ".join(f"{h:>9}" for h in heads)]
+    for name, *values in rows:
+        cells = [_cell(v, 9, signed=i >= 5) for i, v in enumerate(values)]
+        lines.append(f"{name:<{width}} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def format_domains_report(result: dict) -> str:
+    """Each domain's metrics table, then the summary (base = majority-class baseline)."""
+    parts = [f"model {result['model']}: {result['reason']}"]
+    for domain in result["domains"]:
+        rows = domain["rows"]
+        parts.append(
+            f"== {domain['name']}: {rows['used']} rows from {domain['data']['source']} "
+            f"({sum(rows['skipped'].values())} skipped: {rows['skipped']}), "
+            f"{domain['rows_per_s']} rows/s\n\n" + format_metrics(domain["metrics"])
+        )
+    parts.append(format_summary(result))
+    return "\n\n".join(parts)

@@ -1,0 +1,250 @@
+"""`marketpulse adapt` on the tiny BERT: checkpoint + adapt.json, train from it, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
+from marketpulse.train.adapt import HELDOUT_MIN, load_texts
+from marketpulse.train.data import DataSource
+
+pytest.importorskip("torch")
+
+WORDS = {
+    "bearish": ["falls", "misses", "downgrade", "slump"],
+    "bullish": ["rallies", "beats", "upgrade", "soars"],
+    "neutral": ["reports", "schedules", "holds", "files"],
+}
+
+
+def _rows() -> list[tuple]:
+    """90 distinct labeled posts, then a NULL, a blank and a repeated text."""
+    rows, i = [], 0
+    for label, words in WORDS.items():
+        for n in range(30):
+            rows.append((i, f"$T{n} {words[n % 4]} after quarter {n}", label))
+            i += 1
+    return rows + [(100, None, "bullish"), (101, " \t ", "bearish"), (102, rows[0][1], "bearish")]
+
+
+@pytest.fixture(scope="module")
+def market_db(tmp_path_factory):
+    """posts(id, body, tag), the same rows reversed in posts_reversed, and blank_posts."""
+    path = tmp_path_factory.mktemp("adapt_data") / "market.duckdb"
+    con = duckdb.connect(str(path))
+    for table, rows in (("posts", _rows()), ("posts_reversed", _rows()[::-1])):
+        con.execute(f"CREATE TABLE {table} (id INTEGER, body VARCHAR, tag VARCHAR)")
+        con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", rows)
+    con.execute("CREATE TABLE blank_posts (id INTEGER, body VARCHAR)")
+    con.executemany("INSERT INTO blank_posts VALUES (?, ?)", [(1, None), (2, ""), (3, "  ")])
+    con.close()
+    return str(path)
+
+
+def _adapt_args(db, out, base, *extra):
+    return [
+        "adapt",
+        "--db",
+        db,
+        "--table",
+        "posts",
+        "--text-col",
+        "body",
+        "--out",
+        str(out),
+        "--base-model",
+        str(base),
+        "--max-length",
+        "16",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def adapted(market_db, tiny_checkpoint, tmp_path_factory):
+    # A high rate so the tiny model's held-out loss measurably falls in 11 steps.
+    out = tmp_path_factory.mktemp("adapt_run") / "adapted"
+    args = _adapt_args(market_db, out, tiny_checkpoint, "--epochs", "1", "--learning-rate", "1e-2")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_adapt_writes_checkpoint_and_record(adapted, market_db):
+    out, result = adapted
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "adapt.json"):
+        assert (out / name).is_file(), name
+    # the temp dir was renamed into place, nothing is left beside it
+    assert [p.name for p in out.parent.iterdir()] == ["adapted"]
+    record = json.loads((out / "adapt.json").read_text())
+    assert record["rows"] == {
+        "read": 93,
+        "skipped": {"null_text": 1, "empty_text": 1, "duplicate": 1},
+        "distinct": 90,
+        "used": 90,
+        "train": 90 - HELDOUT_MIN,
+        "heldout": HELDOUT_MIN,
+    }
+    held = record["heldout"]
+    assert held["texts"] == HELDOUT_MIN and held["masked_tokens"] > 0
+    assert math.isfinite(held["loss_before"]) and math.isfinite(held["loss_after"])
+    assert held["perplexity_after"] == pytest.approx(math.exp(held["loss_after"]), rel=1e-3)
+    assert held["loss_after"] < held["loss_before"] - 0.5
+    assert record["data"]["text_col"] == "body" and "posts" in record["data"]["source"]
+    assert record["hyperparameters"]["epochs"] == 1.0
+    assert "loss" in result.output and "fine-tune it with" in result.output
+
+
+def test_adapt_records_new_head_and_keeps_base_pooler(adapted, tiny_checkpoint):
+    out, _ = adapted
+    record = json.loads((out / "adapt.json").read_text())
+    # a classifier checkpoint has no MLM head: transformers initialised it, and we say so
+    assert "cls.predictions.transform.dense.weight" in record["newly_initialised"]
+    assert record["tied_word_embeddings"] is True
+    assert sorted(record["carried_from_base"]) == [
+        "bert.pooler.dense.bias",
+        "bert.pooler.dense.weight",
+    ]
+    base, new = _weights(tiny_checkpoint), _weights(out)
+    # MLM never trains the pooler, so the classifier's starting pooler is the base's own
+    assert new["bert.pooler.dense.weight"].equal(base["bert.pooler.dense.weight"])
+    # ... while the encoder itself did train
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not new[key].equal(base[key])
+    assert "cls.predictions.transform.dense.weight" in new
+
+
+def test_train_starts_from_adapted_checkpoint(adapted, market_db, tmp_path):
+    out, _ = adapted
+    model = tmp_path / "model"
+    args = [
+        "train",
+        "--db",
+        market_db,
+        "--table",
+        "posts",
+        "--text-col",
+        "body",
+        "--label-col",
+        "tag",
+        "--out",
+        str(model),
+        "--base-model",
+        str(out),
+        "--epochs",
+        "1",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["base_model"] == str(out)
+    trained = _weights(model)
+    key = "bert.pooler.dense.weight"
+    assert key in trained  # loaded from the adapted checkpoint, then fine-tuned
+
+
+def test_sample_ignores_scan_order_and_follows_seed(market_db):
+    def texts(table, seed, max_rows=None):
+        source = DataSource(db=market_db, table=table, text_col="body")
+        return load_texts(source, max_rows, seed).texts
+
+    first = texts("posts", 1)
+    assert len(first) == 90 and len(set(first)) == 90
+    assert texts("posts_reversed", 1) == first
+    assert texts("posts", 2) != first
+    assert texts("posts", 1, max_rows=20) == first[:20]
+
+
+def test_texts_from_a_csv_file(tmp_path):
+    path = tmp_path / "posts.csv"
+    path.write_text(
+        "id,body\n" + "".join(f"{i},headline number {i}\n" for i in range(20)) + "20,\n"
+    )
+    rows = load_texts(DataSource(input=str(path), text_col="body"), None, 42)
+    assert sorted(rows.texts) == sorted(f"headline number {i}" for i in range(20))
+    assert rows.rows_read == 21 and rows.skipped["null_text"] == 1
+    with pytest.raises(MarketpulseError, match=r"column 'text' not found in .*posts.csv"):
+        load_texts(DataSource(input=str(path), text_col="text"), None, 42)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--table", "nope"], "table 'nope' not found"),
+        (["--text-col", "text"], "column 'text' not found in table 'posts'"),
+        (["--table", "blank_posts"], "has 0 usable distinct texts (of 3 rows: 1 NULL, 2 blank"),
+    ],
+)
+def test_bad_input_is_one_line_error(market_db, tiny_checkpoint, tmp_path, extra, message):
+    out = tmp_path / "adapted"
+    result = CliRunner().invoke(main, _adapt_args(market_db, out, tiny_checkpoint) + extra)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_non_empty_out_is_refused_without_overwrite(market_db, tiny_checkpoint, tmp_path):
+    out = tmp_path / "adapted"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(main, _adapt_args(market_db, out, tiny_checkpoint))
+    assert result.exit_code == 1 and "is not empty" in result.output
+    # --overwrite replaces a checkpoint only, never an arbitrary directory
+    result = CliRunner().invoke(main, _adapt_args(market_db, out, tiny_checkpoint, "--overwrite"))
+    assert result.exit_code == 1 and "holds no checkpoint" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_replaces_a_checkpoint(market_db, tiny_checkpoint, tmp_path):
+    out = tmp_path / "adapted"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "stale.bin").write_text("old")
+    args = _adapt_args(market_db, out, tiny_checkpoint, "--overwrite", "--max-rows", "20")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert not (out / "stale.bin").exists() and (out / "model.safetensors").is_file()
+    assert json.loads((out / "adapt.json").read_text())["rows"]["used"] == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["adapted"]
+
+
+def test_a_crash_leaves_out_as_it_was(market_db, tiny_checkpoint, tmp_path, monkeypatch):
+    import transformers
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(transformers.Trainer, "train", crash)
+    out = tmp_path / "adapted"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    args = _adapt_args(market_db, out, tiny_checkpoint, "--overwrite", "--max-rows", "16")
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, RuntimeError)
+    # the previous checkpoint is untouched and no temp dir is left beside it
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapted"]
