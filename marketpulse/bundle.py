@@ -25,6 +25,10 @@ gives a new one, so the runtime's resume never skips rows scored differently.
 Export publishes only bundles that passed its checks (`valid: true`); with
 --allow-accuracy-drop the accepted drops are listed in `checks.gate.accuracy_drops`.
 `valid: false` exists only in export's hidden staging copy while the checks run.
+Each graph's own verdict is `checks.gate.variants[name]` = {"passed", "test_agreement",
+"check_agreement", "check_rows"}; `Bundle.gate` reads it, and infers it for bundles
+exported before it was recorded (`gate_results`), so the runtime never runs a graph
+that failed the gate unless asked to by name.
 `load_bundle` refuses a manifest marked invalid and any file that does not match its
 hash.
 """
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from marketpulse import variants as registry
+from marketpulse.checkpoint import TEST_SPLIT
 from marketpulse.errors import MarketpulseError
 
 FORMAT_VERSION = 2  # 2: model_version covers tokenizer.json and max_length too
@@ -62,6 +67,82 @@ def model_version(file_hashes: dict[str, str], labels: list[str], max_length: in
         digest.update(f"{name}={file_hashes[name]}\n".encode())
     digest.update(json.dumps({"labels": list(labels), "max_length": int(max_length)}).encode())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One graph's verdict at export's agreement gate (`checks.gate.variants[name]`)."""
+
+    passed: bool
+    test_agreement: float | None = None  # top-1 agreement with PyTorch on the test split
+    check_agreement: float | None = None  # ... on the check texts
+    check_rows: int | None = None
+    recorded: bool = True  # False: inferred for a bundle exported before verdicts existed
+
+    def describe(self) -> str:
+        """The figures behind the verdict, for a log line: '97.3% of 512 check texts'."""
+        if self.check_agreement is not None:
+            rows = f" of {self.check_rows}" if self.check_rows is not None else " of the"
+            return f"agrees with PyTorch on {self.check_agreement:.1%}{rows} check texts"
+        if self.test_agreement is not None:
+            return f"agrees with PyTorch on {self.test_agreement:.1%} of the test split"
+        return "no agreement figure recorded"
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def gate_results(manifest: dict[str, Any]) -> dict[str, GateResult]:
+    """{graph: GateResult} for every graph of the bundle.
+
+    The reference graph always passed: a failed parity check is never published. A
+    graph missing from `checks.gate.variants` did not pass. Bundles exported before
+    that field existed get `_inferred_gate`.
+    """
+    checks = manifest.get("checks") or {}
+    names = [v for v in registry.NAMES if v in manifest.get("variants", {})]
+    recorded = (checks.get("gate") or {}).get("variants")
+    if not isinstance(recorded, dict):
+        return {name: _inferred_gate(checks, name) for name in names}
+    out = {}
+    for name in names:
+        entry = recorded.get(name)
+        if not isinstance(entry, dict):
+            out[name] = GateResult(passed=name == registry.REFERENCE, recorded=False)
+            continue
+        rows = _number(entry.get("check_rows"))
+        out[name] = GateResult(
+            passed=entry.get("passed") is True or name == registry.REFERENCE,
+            test_agreement=_number(entry.get("test_agreement")),
+            check_agreement=_number(entry.get("check_agreement")),
+            check_rows=int(rows) if rows is not None else None,
+        )
+    return out
+
+
+def _inferred_gate(checks: dict[str, Any], name: str) -> GateResult:
+    """An older bundle's verdict: a published bundle's graphs passed, except those whose
+    recorded figures (`checks.variants[name]`) fall below the recorded thresholds, which
+    were published with --allow-accuracy-drop."""
+    gate = checks.get("gate") or {}
+    figures = (checks.get("variants") or {}).get(name) or {}
+    agreement, f1_drop = _number(figures.get("agreement")), _number(figures.get("f1_drop"))
+    min_agreement, max_f1_drop = (
+        _number(gate.get("min_agreement")),
+        _number(gate.get("max_f1_drop")),
+    )
+    low = agreement is not None and min_agreement is not None and agreement < min_agreement
+    dropped = f1_drop is not None and max_f1_drop is not None and f1_drop > max_f1_drop
+    rows = _number(figures.get("rows"))
+    on_test = str(checks.get("texts", "")).startswith(TEST_SPLIT)
+    return GateResult(
+        passed=name == registry.REFERENCE or not (low or dropped),
+        test_agreement=agreement if on_test else None,
+        check_agreement=None if on_test else agreement,
+        check_rows=None if on_test or rows is None else int(rows),
+        recorded=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -91,6 +172,11 @@ class Bundle:
     def drift_reference(self) -> dict[str, Any] | None:
         """The reference output profile (marketpulse.drift), None for older bundles."""
         return self.manifest.get(DRIFT_REFERENCE)
+
+    @property
+    def gate(self) -> dict[str, GateResult]:
+        """Each graph's verdict at export's agreement gate (`gate_results`)."""
+        return gate_results(self.manifest)
 
     @property
     def tokenizer_path(self) -> Path:

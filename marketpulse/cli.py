@@ -647,9 +647,30 @@ def inspect_(bundle_dir, as_json):
     default="auto",
     show_default=True,
     envvar="MARKETPULSE_DEVICE",
-    help="cpu runs int8, cuda runs fp16; auto takes CUDA when it works.",
+    help="cpu runs --variant auto's pick, cuda runs fp16; auto takes CUDA when it works.",
 )
-@click.option("--variant", type=click.Choice(registry.NAMES), help="Override the graph.")
+@click.option(
+    "--variant",
+    type=click.Choice(registry.CHOICES),
+    default=registry.AUTO,
+    show_default=True,
+    help="The graph to run. auto: on CPU the fastest graph that passed export's gate, "
+    "timed once per model and machine (cached in --cache-dir); on CUDA fp16.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    envvar="MARKETPULSE_CACHE",
+    help="Where --variant auto keeps its timings [default: ~/.cache/marketpulse].",
+)
+@click.option(
+    "--canary-rows",
+    type=click.IntRange(min=0),
+    default=256,
+    show_default=True,
+    help="Scored rows sampled and rescored by the fp32 graph to measure how often the "
+    "graph that ran disagrees with it (runs.canary_disagree_share); 0: off.",
+)
 @click.option("--limit", type=click.IntRange(min=0), help="Score at most N pending rows.")
 @click.option(
     "--where",
@@ -747,6 +768,8 @@ def score(
     results_table,
     device,
     variant,
+    cache_dir,
+    canary_rows,
     limit,
     where,
     threads,
@@ -803,6 +826,8 @@ def score(
         results_table=results_table,
         device=device,
         variant=variant,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        canary_rows=canary_rows,
         limit=limit,
         where=where,
         threads=threads,

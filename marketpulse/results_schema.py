@@ -4,7 +4,8 @@
              truncated, scored_at)     -- default name `scores` (--results-table)
     models(model_version, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
     runs(run_id, model_version, source, rows_scored, ... status, engine, error,
-         psi_label, psi_confidence, unknown_heavy_share, drift_note)
+         psi_label, psi_confidence, unknown_heavy_share, drift_note, rows_duplicate,
+         variant_reason, canary_rows, canary_disagree_share, canary_note)
     explanations(id <source id type>, model_version, label, word, position, weight,
                  explained_at)   -- one row per word, written by `marketpulse explain`
 
@@ -53,6 +54,13 @@ RUN_COLUMNS = {
     # rows scored by copying the result of the same text earlier in their window
     # (counted in rows_scored too); NULL in runs recorded before it was counted
     "rows_duplicate": "BIGINT",
+    # why this graph ran ("auto: int8 1.9x fp32 on avx512_vnni, passed gate")
+    "variant_reason": "VARCHAR",
+    # the canary (runtime/canary.py): a sample of the scored rows rescored by the fp32
+    # graph; rows 0 when fp32 ran, NULL when not measured; the note says why
+    "canary_rows": "BIGINT",
+    "canary_disagree_share": "DOUBLE",
+    "canary_note": "VARCHAR",
 }
 # Run columns added after runs tables existed: an older runs table gets them by ALTER.
 ADDED_RUN_COLUMNS = (
@@ -61,6 +69,10 @@ ADDED_RUN_COLUMNS = (
     "unknown_heavy_share",
     "drift_note",
     "rows_duplicate",
+    "variant_reason",
+    "canary_rows",
+    "canary_disagree_share",
+    "canary_note",
 )
 EXPLANATIONS = "explanations"
 EXPLANATION_COLUMNS = ("id", "model_version", "label", "word", "position", "weight", "explained_at")

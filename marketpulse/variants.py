@@ -3,14 +3,16 @@
 A variant is one ONNX graph of the same model, made for one device:
 
     fp32   the reference graph; parity with PyTorch is proven on it; runs anywhere
-    int8   dynamic int8 for the CPU provider
+    int8   static int8 for the CPU provider (a row scores the same in any batch)
     fp16   float16 for the CUDA provider (int64 inputs and float32 logits kept)
 
 Each entry says what the graph is called in a bundle, which device it is made for and
 so which execution provider runs it, what `--help` says of it, and which function of
 the export stage builds it (`builder`, "module:function", imported only by export).
 The runtime prefers, per device, the variants made for that device in registry order,
-then the reference graph.
+then the reference graph. `score --variant auto` (AUTO) instead times the graphs a CPU
+can run (`preference("cpu")`) on this machine and runs the fastest that passed export's
+gate (marketpulse/runtime/autovariant.py); on CUDA it keeps the preference.
 
 Adding a variant: one entry here, its builder in export/builders.py (same signature as
 the others: see `marketpulse.export.stage.build_graphs`).
@@ -47,12 +49,19 @@ class Variant:
 
 _REGISTRY = (
     Variant("fp32", "any", "fp32 (reference, any device)", None),
-    Variant("int8", "cpu", "int8 (CPU)", "marketpulse.export.builders:build_int8"),
+    Variant(
+        "int8",
+        "cpu",
+        "int8 (CPU; static scales, batch-independent)",
+        "marketpulse.export.builders:build_int8",
+    ),
     Variant("fp16", "cuda", "fp16 (CUDA)", "marketpulse.export.builders:build_fp16"),
 )
 VARIANTS: dict[str, Variant] = {v.name: v for v in _REGISTRY}
 NAMES: tuple[str, ...] = tuple(VARIANTS)
 REFERENCE = "fp32"
+AUTO = "auto"  # score's default: chosen per machine by measurement, not a graph
+CHOICES: tuple[str, ...] = (AUTO, *NAMES)  # what score's --variant takes
 
 
 def get(name: str) -> Variant:

@@ -2,7 +2,8 @@
 
 Read top to bottom:
 1. `checked_run` (runs.py) takes the run lock, checks the input and counts the pending
-   rows on a read-only connection; then the Predictor loads.
+   rows on a read-only connection; `--variant auto` picks the graph (autovariant.py:
+   timed once per model and machine, then cached); then the Predictor loads.
 2. `run.record` opens the run row; pending rows (not yet scored by this model version)
    stream through three stages that overlap, because DuckDB, the Rust tokenizer and
    ONNX Runtime all release the GIL:
@@ -17,8 +18,11 @@ Read top to bottom:
 3. The table is read in segments of SEGMENT_ROWIDS rowids; at the end of each the
    writer checkpoints, so each segment's results make one whole row group. A view
    has no rowid: its pending rows are staged to Parquet first (one read session).
-4. SIGTERM / SIGINT (`run.stopping`): the reader stops, the window in hand is
-   inferred and committed, and `run.record` marks the run interrupted.
+4. The canary (canary.py): each inferred window offers its rows to a seeded sample;
+   when the table is done the sample is rescored by the fp32 graph and the share whose
+   label differs goes into the run's row.
+5. SIGTERM / SIGINT (`run.stopping`): the reader stops, the window in hand is
+   inferred and committed, and `run.record` marks the run interrupted (no canary).
 
 No DuckDB connection stays open between sessions, so other processes can read the
 file throughout (database.py). This module owns the threads, queues and segments;
@@ -36,7 +40,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from marketpulse import variants as registry
 from marketpulse.inference.predictor import Predictor, available_cores
+from marketpulse.runtime import autovariant
+from marketpulse.runtime import canary as run_canary
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
 from marketpulse.runtime.source import (
     arrow_table,
@@ -78,8 +85,10 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
     Predictor whose `run` returns zero logits, so the run costs the host work alone.
     """
     with checked_run(cfg) as run:
+        choice = autovariant.choose(run.bundle, cfg.device, cfg.variant, cfg.cache_dir)
+        threads = cfg.threads or available_cores()
         predictor = predictor_type(
-            run.bundle, cfg.variant, cfg.device, cfg.threads or available_cores()
+            run.bundle, choice.variant, cfg.device, threads, variant_reason=choice.reason
         )
         set_tokenizer_threads(predictor.threads)
         with run.record(
@@ -87,10 +96,31 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
             variant=predictor.variant,
             reason=predictor.reason,
             engine="local",
+            variant_reason=predictor.variant_reason,
         ) as stats:
+            if choice.detail:
+                run.progress.log(choice.detail)
             run.progress.log(predictor.describe())
-            _stream(run, predictor)
+            compared = predictor.variant != registry.REFERENCE  # fp32 has nothing to compare
+            canary = run_canary.Canary(cfg.canary_rows if compared else 0)
+            _stream(run, predictor, canary)
+            if not run.stopping.is_set():
+                run.canary = _finish_canary(run, predictor, canary, predictor_type)
         return stats
+
+
+def _finish_canary(
+    run: Run, predictor: Predictor, canary: run_canary.Canary, predictor_type: type[Predictor]
+) -> run_canary.CanaryResult:
+    """Rescore the canary sample with the fp32 graph (the same Predictor type, on CPU)."""
+    if predictor.variant == registry.REFERENCE:
+        return run_canary.CanaryResult(rows=0, note=run_canary.REFERENCE_RAN)
+    if not run.cfg.canary_rows:
+        return run_canary.CanaryResult(rows=0, note=run_canary.DISABLED)
+    if not canary.ids:
+        return run_canary.CanaryResult(rows=0, note="no rows scored in this run")
+    reference = predictor_type(run.bundle, registry.REFERENCE, "cpu", predictor.threads)
+    return canary.finish(reference, run.cfg.batch_tokens)
 
 
 class _Stop(Exception):
@@ -146,7 +176,7 @@ def _segments(run: Run, stage_dir):
     return segments
 
 
-def _stream(run: Run, predictor: Predictor) -> None:
+def _stream(run: Run, predictor: Predictor, canary: run_canary.Canary) -> None:
     """Run the pipeline segment by segment; commit and checkpoint at each segment's end."""
     staged: list[Path] = []
 
@@ -162,7 +192,7 @@ def _stream(run: Run, predictor: Predictor) -> None:
         remaining = [run.cfg.limit]  # rows the reader may still emit (None: no limit)
         for extra in range(EXTRA_PASSES + 1):
             for reads in _segments(run, stage_dir):
-                _segment(run, reads, remaining, predictor)
+                _segment(run, reads, remaining, predictor, canary)
                 run.flush(checkpoint=True)
                 if remaining[0] == 0 or run.stopping.is_set():
                     return
@@ -203,7 +233,9 @@ def _read(run: Run, kind: str, what, remaining: list):
         yield from table.to_batches(max_chunksize=chunk)
 
 
-def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
+def _segment(
+    run: Run, reads, remaining: list, predictor: Predictor, canary: run_canary.Canary
+) -> None:
     cfg = run.cfg
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -258,6 +290,7 @@ def _segment(run: Run, reads, remaining: list, predictor: Predictor) -> None:
     try:
         while (window := _get(to_infer, stop)) is not None:
             infer_window(window, predictor, cfg.batch_tokens)
+            canary.add(window)
             _put(to_write, window, stop)
             if run.stopping.is_set():  # SIGTERM / SIGINT: this window is the last
                 break

@@ -33,11 +33,16 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from marketpulse import variants as registry
 from marketpulse.bundle import MANIFEST, load_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_columns
+from marketpulse.runtime import autovariant
+from marketpulse.runtime.canary import RAY as RAY_CANARY
+from marketpulse.runtime.canary import CanaryResult
 from marketpulse.runtime.ray_cluster import (
     DEFAULT_TIMEOUT_S,
     Stalled,
@@ -115,6 +120,14 @@ def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, st
 
     placement = choose_placement(bundle, device, variant, probe=False)
     return placement.provider, placement.variant
+
+
+def planned_variant(bundle, device: str, cfg: ScoreConfig):
+    """`--variant auto` for the workers: timed on the driver's CPU (autovariant.py)."""
+    choice = autovariant.choose(bundle, device, cfg.variant, cfg.cache_dir, probe=False)
+    if cfg.variant == registry.AUTO and device == "cpu":
+        return replace(choice, reason=f"{choice.reason} (timed on the driver's CPU)")
+    return choice
 
 
 class Scorer:
@@ -278,13 +291,18 @@ def score_with_ray(
         )
     threads = 1 if device == "cuda" else (cfg.threads or 1)
     with checked_run(cfg) as run:
-        provider, variant = planned_placement(run.bundle, device, cfg.variant)
+        choice = planned_variant(run.bundle, device, cfg)
+        provider, variant = planned_placement(run.bundle, device, choice.variant)
         with run.record(
             provider=provider,
             variant=variant,
             reason=f"--engine ray, {'GPU' if device == 'cuda' else 'CPU'} workers",
             engine="ray",
+            variant_reason=choice.reason,
         ) as stats:
+            if choice.detail:
+                run.progress.log(choice.detail)
+            run.canary = CanaryResult(note=RAY_CANARY)
             if stats.rows_pending:
                 cluster = {
                     "address": ray_address,

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime import canary as run_canary
 from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
 from marketpulse.runtime.drift import RunDrift
@@ -78,7 +79,7 @@ class ScoreConfig:
     results_db: Path | None = None
     results_table: str = "scores"
     device: str = "auto"
-    variant: str | None = None
+    variant: str | None = "auto"  # auto: timed per machine (autovariant.py); None: preference
     limit: int | None = None
     where: str | None = None
     threads: int | None = None
@@ -90,6 +91,8 @@ class ScoreConfig:
     storage_version: str = DEFAULT_STORAGE_VERSION  # of a results file the run creates
     progress: bool = True
     progress_every: float = 10.0  # seconds between progress lines when stderr is not a TTY
+    cache_dir: Path | None = None  # --variant auto's timings; None: ~/.cache/marketpulse
+    canary_rows: int = run_canary.DEFAULT_ROWS  # rows rescored by fp32 (canary.py); 0: off
 
 
 @dataclass
@@ -102,6 +105,7 @@ class RunStats:
     provider: str = ""
     variant: str = ""
     provider_reason: str = ""
+    variant_reason: str = ""
     status: str = "running"
     rows_pending: int = 0
     rows_already_scored: int = 0
@@ -114,6 +118,7 @@ class RunStats:
     seconds: float = 0.0
     rows_per_s: float = 0.0
     drift: dict = field(default_factory=dict)  # runtime.drift.DriftResult.to_dict()
+    canary: dict = field(default_factory=dict)  # runtime.canary.CanaryResult.to_dict()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +144,8 @@ def check_config(cfg: ScoreConfig) -> None:
         raise MarketpulseError(f"chunk_rows must be at least 1, got {cfg.chunk_rows}")
     if cfg.threads is not None and cfg.threads < 1:
         raise MarketpulseError(f"--threads must be at least 1, got {cfg.threads}")
+    if cfg.canary_rows < 0:
+        raise MarketpulseError(f"--canary-rows must be 0 or more, got {cfg.canary_rows}")
     if cfg.lock_timeout < 0 or cfg.commit_seconds < 0:
         raise MarketpulseError("--lock-timeout and --commit-seconds must be 0 or more")
     checked_size(cfg.memory_limit)
@@ -161,14 +168,18 @@ class Run:
     stopping: threading.Event = field(default_factory=threading.Event)
     stop_signal: int | None = None
     drift: RunDrift | None = None
+    canary: run_canary.CanaryResult | None = None  # set by the engine before the run ends
     _held: list = field(default_factory=list)  # (rows, counts, reasons) not yet committed
     _last_commit: float = field(default_factory=time.monotonic)
 
     @contextmanager
     def record(
-        self, *, provider: str, variant: str, reason: str, engine: str
+        self, *, provider: str, variant: str, reason: str, engine: str, variant_reason: str = ""
     ) -> Iterator[RunStats]:
-        """The `runs` row around the scoring; yields the `RunStats` that `flush` updates."""
+        """The `runs` row around the scoring; yields the `RunStats` that `flush` updates.
+
+        The engine sets `self.canary` before the block ends; it is recorded with the row.
+        """
         cfg = self.cfg
         run_id = uuid.uuid4().hex[:12]
         with self.db.write() as con:
@@ -177,7 +188,7 @@ class Run:
             )
             results.register_model(con, self.bundle)
             dead = results.close_dead_runs(con)
-            self._start_row(con, run_id, provider, variant, engine)
+            self._start_row(con, run_id, provider, variant, engine, variant_reason)
         unscored = self.matching - self.done
         pending = unscored if cfg.limit is None else min(unscored, cfg.limit)
         stats = self.stats = RunStats(
@@ -189,6 +200,7 @@ class Run:
             provider=provider,
             variant=variant,
             provider_reason=reason,
+            variant_reason=variant_reason,
             rows_pending=pending,
             rows_already_scored=self.done,
         )
@@ -225,18 +237,26 @@ class Run:
                 stats.drift = measured.to_dict()
                 if line := drift_message(measured):
                     progress.log(line)
+            if self.canary is not None:
+                stats.canary = self.canary.to_dict()
+                if line := run_canary.message(self.canary, variant):
+                    progress.log(line)
             try:
                 with self.db.write(checkpoint=True) as con:
                     results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
                     if measured is not None:
                         record_drift(con, stats.run_id, measured)
+                    if self.canary is not None:
+                        run_canary.record(con, stats.run_id, self.canary)
             except MarketpulseError as exc:
                 # The run's own error matters more; the next run closes this row.
                 progress.log(f"could not close the run row: {exc}")
                 if stats.status == "completed":
                     raise
 
-    def _start_row(self, con, run_id: str, provider: str, variant: str, engine: str) -> None:
+    def _start_row(
+        self, con, run_id: str, provider: str, variant: str, engine: str, variant_reason: str
+    ) -> None:
         cfg = self.cfg
         results.start_run(
             con,
@@ -257,6 +277,7 @@ class Run:
                 "row_limit": cfg.limit,
                 "provider": provider,
                 "variant": variant,
+                "variant_reason": variant_reason or None,
                 "engine": engine,
             },
         )

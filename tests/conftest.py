@@ -13,6 +13,15 @@ AMAZON = SHARED_DATA / "amazon_review_snippets"
 TINY_LABELS = ["bearish", "bullish", "neutral"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """`score --variant auto` caches graph timings; tests keep them out of ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MARKETPULSE_CACHE", str(tmp_path_factory.mktemp("marketpulse-cache")))
+    yield
+    mp.undo()
+
+
 def require_shared(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (../shared/data is absent on this machine)")

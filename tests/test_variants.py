@@ -39,7 +39,8 @@ def test_cli_choices_come_from_the_registry():
     runner = CliRunner()
     result = runner.invoke(main, ["score", "--help"])
     assert result.exit_code == 0
-    assert "[" + "|".join(variants.NAMES) + "]" in result.output and len(variants.NAMES) == 3
+    assert "[" + "|".join(variants.CHOICES) + "]" in result.output and len(variants.NAMES) == 3
+    assert variants.CHOICES == ("auto", *variants.NAMES)
     bad = runner.invoke(main, ["export", "--model", ".", "--out", "x", "--variants", "int8"])
     assert bad.exit_code == 2 and "must include fp32" in bad.output
 

@@ -10,6 +10,8 @@ Placement rules (`choose_placement`):
   No working CUDA provider is an error, never a silent CPU run.
 - `auto` takes CUDA when onnxruntime offers a working CUDA provider, else CPU, and
   says which and why in `Predictor.reason`.
+- A named `variant` overrides the preference; `variant_reason` says why it was named
+  (score's `--variant auto` names the graph it measured fastest: runtime/autovariant.py).
 
 Thread rule (CPU): batch-parallel, not op-parallel. The session has one intra-op and
 one inter-op thread, and `threads` batches (default: the cores this process may use)
@@ -80,12 +82,17 @@ def cuda_provider_available() -> bool:
 
 
 def choose_placement(
-    bundle: Bundle, device: str = "cpu", variant: str | None = None, probe: bool = True
+    bundle: Bundle,
+    device: str = "cpu",
+    variant: str | None = None,
+    probe: bool = True,
+    variant_reason: str | None = None,
 ) -> Placement:
     """Pick device, provider and graph before any session is built; raise saying the fix.
 
     `probe=False` plans `cuda` without checking this machine for a CUDA provider: the Ray
-    driver decides for GPU workers it may not share a machine with."""
+    driver decides for GPU workers it may not share a machine with. `variant_reason`
+    replaces "--variant NAME" in the reason when the caller chose the graph itself."""
     import onnxruntime as ort
 
     if device not in DEVICES:
@@ -118,9 +125,11 @@ def choose_placement(
         variant = choices[0]
         if variant != preferred[0]:
             reason += f"; bundle has no {preferred[0]} graph, using {variant}"
+        if variant_reason:
+            reason += f"; {variant_reason}"
     else:
         bundle.variant_path(variant)  # raises naming the variants the bundle has
-        reason += f"; --variant {variant}"
+        reason += f"; {variant_reason or f'--variant {variant}'}"
     provider = CUDA if device == "cuda" else CPU
     return Placement(device=device, provider=provider, variant=variant, reason=reason)
 
@@ -168,11 +177,12 @@ class Predictor:
         variant: str | None = None,
         device: str = "cpu",
         threads: int | None = None,
+        variant_reason: str | None = None,
     ):
         import onnxruntime as ort
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
-        placement = choose_placement(self.bundle, device, variant)
+        placement = choose_placement(self.bundle, device, variant, variant_reason=variant_reason)
         self.threads = int(threads) if threads else available_cores()
         if self.threads < 1:
             raise MarketpulseError(f"--threads must be at least 1, got {threads}")
@@ -206,6 +216,7 @@ class Predictor:
                 variant=fallback.variant,
                 reason="--device auto: CUDA provider installed but failed to start, using CPU",
             )
+            variant_reason = f"CUDA failed to start; {fallback.variant}, the CPU preference"
             session = ort.InferenceSession(
                 str(self.bundle.variant_path(placement.variant)),
                 sess_options=_session_options(),
@@ -217,6 +228,10 @@ class Predictor:
         self.provider = placement.provider
         self.variant = placement.variant
         self.reason = placement.reason
+        # why this graph, for runs.variant_reason: what the caller said, else the rule
+        self.variant_reason = variant_reason or (
+            f"--variant {variant}" if variant else f"the {self.device} preference"
+        )
         self.labels = self.bundle.labels
         self.encoder = TextEncoder(self.bundle.tokenizer_path, self.bundle.max_length)
         self._inputs = {i.name for i in session.get_inputs()}

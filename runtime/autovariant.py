@@ -1,0 +1,218 @@
+"""`score --variant auto`: run the fastest graph that passed export's gate, on this CPU.
+
+Which graph is fastest depends on the CPU as much as on the model: int8 MatMuls run
+about twice as fast as fp32 where the CPU has VNNI, gain less on plain AVX2, and on a
+small model the quantize/dequantize steps can cost more than they save. So the first
+time a (model version, CPU) pair is seen, `choose` times every graph of the bundle the
+CPU can run (`variants.preference("cpu")`) on a fixed sample of synthetic market-length
+texts, one batch at a time on one thread as scoring runs each batch, interleaved, best
+of the rounds that start within BUDGET_S (at least one, at most MAX_ROUNDS), and caches
+the rows/s as JSON under the cache directory (`--cache-dir`, default $MARKETPULSE_CACHE
+or ~/.cache/marketpulse; never in the bundle, which may be read-only). Later runs on
+the same machine read the file and time nothing.
+
+The cache holds timings only: which graphs passed export's gate is read from the
+manifest on every run (`Bundle.gate`), so a graph that failed never runs under auto.
+A quantized graph must also beat the fp32 reference by MIN_SPEEDUP, or the exact graph
+runs. A cache file that cannot be parsed, lacks a graph, or was written for another
+key is ignored and rewritten; one that cannot be written costs only a re-measure.
+
+On CUDA auto keeps the device's preference (fp16): there is one graph made for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from marketpulse import cpu
+from marketpulse import variants as registry
+from marketpulse.bundle import Bundle
+
+# A quantized graph runs under auto only when at least this much faster than fp32.
+MIN_SPEEDUP = 1.1
+SAMPLE_TEXTS = 32
+SAMPLE_SEED = 0
+MAX_ROUNDS = 6
+BUDGET_S = 1.0  # no timing round starts after this (the first always runs)
+CACHE_FORMAT = 1  # bump when the sample or the method changes: old files read as stale
+_WORDS = (
+    "shares stock market fed rates inflation earnings revenue guidance beats misses "
+    "estimates analyst upgrade downgrade price target bullish bearish rally selloff "
+    "investors quarter profit loss dividend buyback yields treasury oil gold bitcoin "
+    "nasdaq dow s&p futures tech banks energy outlook demand supply jobs report cuts "
+    "hikes growth slows jumps falls rises slides surges record high low after hours "
+    "$AAPL $TSLA $NVDA $AMZN 5% 3.2% $1.2 billion Q3 CEO says sees expects"
+).split()
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    variant: str | None  # None: the device's preference (CUDA)
+    reason: str  # for runs.variant_reason and the log
+    detail: str | None = None  # how the figures were got (timed now / from the cache)
+
+
+def default_cache_dir() -> Path:
+    """$MARKETPULSE_CACHE, else $XDG_CACHE_HOME/marketpulse, else ~/.cache/marketpulse."""
+    if os.environ.get("MARKETPULSE_CACHE"):
+        return Path(os.environ["MARKETPULSE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "marketpulse"
+
+
+def machine_key(bundle: Bundle) -> dict:
+    """What the timings depend on: the graphs, the CPU and the runtime that runs them."""
+    import onnxruntime as ort
+
+    from marketpulse.inference.predictor import available_cores
+
+    return {
+        "format": CACHE_FORMAT,
+        "model_version": bundle.version,
+        "isa": cpu.isa(),
+        "cpu": cpu.model_name(),
+        "cores": available_cores(),
+        "onnxruntime": ort.__version__,
+    }
+
+
+def cache_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / "variant-timings" / f"{key['model_version']}-{digest}.json"
+
+
+def sample_texts(n: int = SAMPLE_TEXTS) -> list[str]:
+    """Fixed synthetic texts of headline-to-tweet length (6 to 40 words)."""
+    import numpy as np
+
+    rng = np.random.default_rng(SAMPLE_SEED)
+    return [" ".join(rng.choice(_WORDS, size=int(rng.integers(6, 41)))) for _ in range(n)]
+
+
+def time_graphs(bundle: Bundle, names: list[str]) -> dict[str, float]:
+    """Rows/s of each graph on one thread, on the sample texts: best of interleaved rounds."""
+    from marketpulse.inference.batching import DEFAULT_MAX_BATCH_ROWS, plan_batches
+    from marketpulse.inference.predictor import DEFAULT_BATCH_TOKENS, Predictor
+
+    predictors = {v: Predictor(bundle, v, "cpu", threads=1) for v in names}
+    encoder = predictors[names[0]].encoder
+    encoded = encoder.encode(sample_texts())
+    plan = plan_batches(encoded.lengths, DEFAULT_BATCH_TOKENS["cpu"], DEFAULT_MAX_BATCH_ROWS)
+    batches = [encoded.batch(idx, encoder.pad_id) for idx in plan]
+
+    def one_pass(predictor) -> float:
+        start = time.perf_counter()
+        for input_ids, mask in batches:
+            predictor.run(input_ids, mask)
+        return time.perf_counter() - start
+
+    for predictor in predictors.values():  # the first run allocates; not counted
+        predictor.run(*batches[0])
+    best = dict.fromkeys(names, math.inf)
+    start, rounds = time.perf_counter(), 0
+    while not rounds or (rounds < MAX_ROUNDS and time.perf_counter() - start < BUDGET_S):
+        for name, predictor in predictors.items():
+            best[name] = min(best[name], one_pass(predictor))
+        rounds += 1
+    return {name: len(encoded.lengths) / max(best[name], 1e-9) for name in names}
+
+
+def read_cache(path: Path, key: dict, names: list[str]) -> dict[str, float] | None:
+    """The cached rows/s per graph, or None when the file is absent, corrupt or stale."""
+    try:
+        data = json.loads(path.read_text())
+        rates = {name: float(data["rows_per_s"][name]) for name in names}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data.get("key") != key or not all(math.isfinite(r) and r > 0 for r in rates.values()):
+        return None
+    return rates
+
+
+def write_cache(path: Path, key: dict, rates: dict[str, float], seconds: float) -> str | None:
+    """Save the timings (atomically); return why not, None when saved."""
+    data = {
+        "key": key,
+        "rows_per_s": rates,
+        "texts": SAMPLE_TEXTS,
+        "seconds": round(seconds, 3),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def choose(
+    bundle: Bundle,
+    device: str,
+    requested: str | None,
+    cache_dir: Path | None = None,
+    probe: bool = True,
+) -> AutoChoice:
+    """The graph to run and why; times the CPU graphs when `requested` is auto.
+
+    Raises what `choose_placement` raises (no CUDA provider for --device cuda) before
+    any graph is timed.
+    """
+    from marketpulse.inference.predictor import choose_placement
+
+    if requested != registry.AUTO:
+        return AutoChoice(requested, f"--variant {requested}" if requested else "preference")
+    placement = choose_placement(bundle, device, None, probe=probe)
+    if placement.device == "cuda":
+        return AutoChoice(None, f"auto: {placement.variant}, the graph made for CUDA (not timed)")
+    cpu_graphs = registry.preference("cpu")
+    names = [v for v in bundle.variants if v in cpu_graphs]  # registry order: fp32 first
+    if len(names) == 1:
+        return AutoChoice(names[0], f"auto: {names[0]}, the bundle's only CPU graph")
+    key = machine_key(bundle)
+    path = cache_path(cache_dir or default_cache_dir(), key)
+    rates = read_cache(path, key, names)
+    if rates is not None:
+        detail = f"timings from {path}"
+    else:
+        start = time.perf_counter()
+        rates = time_graphs(bundle, names)
+        seconds = time.perf_counter() - start
+        error = write_cache(path, key, rates, seconds)
+        saved = f"saved to {path}" if error is None else f"not saved ({error})"
+        detail = f"timed {', '.join(names)} on {SAMPLE_TEXTS} texts in {seconds:.1f}s; {saved}"
+    figures = ", ".join(f"{v} {rates[v]:,.0f}" for v in names)
+    detail = f"auto: {detail} ({figures} rows/s on one core)"
+    return AutoChoice(*pick(bundle, names, rates), detail=detail)
+
+
+def pick(bundle: Bundle, names: list[str], rates: dict[str, float]) -> tuple[str, str]:
+    """(graph, reason): the fastest that passed the gate; fp32 unless clearly beaten."""
+    gate, ref, isa = bundle.gate, registry.REFERENCE, cpu.isa()
+    passed = [v for v in names if gate[v].passed]
+    failed = [v for v in names if not gate[v].passed]
+    fastest = max(passed, key=lambda v: rates[v])
+
+    def speed(v: str) -> str:
+        return f"{rates[v] / rates[ref]:.2f}x fp32" if ref in rates else f"{rates[v]:,.0f} rows/s"
+
+    failures = "; ".join(f"{v} failed the export gate ({gate[v].describe()})" for v in failed)
+    if fastest != ref and ref in names and rates[fastest] < MIN_SPEEDUP * rates[ref]:
+        reason = f"auto: {ref}, {fastest} only {speed(fastest)} on {isa} (below {MIN_SPEEDUP}x)"
+        fastest = ref
+    elif fastest != ref:
+        reason = f"auto: {fastest} {speed(fastest)} on {isa}, passed gate"
+    elif failed:
+        return ref, f"auto: {ref}, {failures}"
+    else:
+        others = ", ".join(f"{v} {speed(v)}" for v in names if v != ref)
+        reason = f"auto: {ref}, fastest on {isa} ({others})"
+    return fastest, f"{reason}; {failures}" if failures else reason

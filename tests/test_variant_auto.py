@@ -1,0 +1,193 @@
+"""`--variant auto`: the fastest CPU graph that passed export's gate, timed once per machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from test_runtime_support import make_source, spread_bundle
+
+from marketpulse import cpu
+from marketpulse.bundle import MANIFEST, gate_results, load_bundle
+from marketpulse.cli import main
+from marketpulse.inference.predictor import cuda_provider_available
+from marketpulse.runtime import ScoreConfig, autovariant, score
+
+N = 120
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    return spread_bundle(tiny_checkpoint, tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def cpu_only():
+    if cuda_provider_available():
+        pytest.skip("auto times CPU graphs; this machine has a CUDA provider (device auto)")
+
+
+def run(tmp_path, bundle_dir, cache, name="m", **cfg):
+    db = tmp_path / f"{name}.duckdb"
+    make_source(db, N)
+    stats = score(
+        ScoreConfig(
+            db=db,
+            table="posts",
+            id_col="id",
+            text_col="text",
+            bundle=bundle_dir,
+            cache_dir=cache,
+            chunk_rows=50,
+            **cfg,
+        )
+    )
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute("SELECT variant, variant_reason FROM runs").fetchone()
+    finally:
+        con.close()
+    return stats, row
+
+
+def cache_file(bundle, cache):
+    return autovariant.cache_path(cache, autovariant.machine_key(bundle))
+
+
+def with_gate(bundle, tmp_path, int8_passed: bool):
+    """A copy of the bundle whose manifest records int8's gate verdict."""
+    out = tmp_path / f"bundle-{int8_passed}"
+    shutil.copytree(bundle.path, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["checks"]["gate"]["variants"] = {
+        "fp32": {"passed": True, "test_agreement": 1.0, "check_agreement": 1.0, "check_rows": 26},
+        "int8": {
+            "passed": int8_passed,
+            "test_agreement": 0.95,
+            "check_agreement": 0.9231,
+            "check_rows": 26,
+        },
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return load_bundle(out)
+
+
+def forge_timings(bundle, cache, int8_speedup: float):
+    """A cache file as auto writes it, with int8 `int8_speedup` times fp32."""
+    key = autovariant.machine_key(bundle)
+    rates = {"fp32": 100.0, "int8": 100.0 * int8_speedup}
+    assert autovariant.write_cache(autovariant.cache_path(cache, key), key, rates, 1.0) is None
+
+
+def test_auto_times_once_then_reuses_the_cache(bundle, tmp_path, capfd):
+    cache = tmp_path / "cache"
+    stats, (variant, reason) = run(tmp_path, bundle.path, cache)
+    err = capfd.readouterr().err
+    path = cache_file(bundle, cache)
+    saved = json.loads(path.read_text())
+    assert saved["key"]["model_version"] == bundle.version
+    assert set(saved["rows_per_s"]) == {"fp32", "int8"}
+    assert min(saved["rows_per_s"].values()) > 0
+    assert "auto: timed fp32, int8 on 32 texts" in err and str(path) in err
+    assert variant == stats.variant and variant in ("fp32", "int8")
+    assert reason == stats.variant_reason and reason.startswith(f"auto: {variant}")
+    assert reason in err  # the log line says why
+    gate = bundle.gate["int8"]
+    assert ("int8 failed the export gate" in reason) == (not gate.passed)
+    assert (cpu.isa() in reason) == gate.passed
+    mtime = path.stat().st_mtime_ns
+
+    stats, (again, _) = run(tmp_path, bundle.path, cache, name="second")
+    err = capfd.readouterr().err
+    assert f"auto: timings from {path}" in err and "auto: timed" not in err
+    assert path.stat().st_mtime_ns == mtime and again == variant
+
+
+def test_a_corrupt_or_stale_cache_is_measured_again(bundle, tmp_path, capfd):
+    cache = tmp_path / "cache"
+    path = cache_file(bundle, cache)
+    path.parent.mkdir(parents=True)
+    for bad in ("{not json", json.dumps({"key": {"model_version": "other"}, "rows_per_s": {}})):
+        path.write_text(bad)
+        run(tmp_path, bundle.path, cache, name=f"m{len(bad)}", limit=5)
+        assert "auto: timed" in capfd.readouterr().err
+        assert set(json.loads(path.read_text())["rows_per_s"]) == {"fp32", "int8"}
+
+
+def test_auto_runs_the_faster_graph_that_passed_and_fp32_when_int8_failed(bundle, tmp_path):
+    passed, failed = with_gate(bundle, tmp_path, True), with_gate(bundle, tmp_path, False)
+    # The gate lives in the manifest, which the model version does not hash: same
+    # version, so the copies share the timings cache and their already-scored rows.
+    assert passed.version == failed.version == bundle.version
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 3.0)
+    stats, row = run(tmp_path, passed.path, cache, name="passed")
+    assert row == ("int8", f"auto: int8 3.00x fp32 on {cpu.isa()}, passed gate")
+    stats, row = run(tmp_path, failed.path, cache, name="failed")
+    assert row == (
+        "fp32",
+        "auto: fp32, int8 failed the export gate (agrees with PyTorch on 92.3% of 26 check texts)",
+    )
+    assert stats.canary["rows"] == 0  # fp32 ran: nothing to compare
+
+
+def test_a_quantized_graph_must_clearly_beat_fp32(bundle, tmp_path):
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 1.05)
+    _, (variant, reason) = run(tmp_path, with_gate(bundle, tmp_path, True).path, cache)
+    assert variant == "fp32" and "int8 only 1.05x fp32" in reason
+
+
+def test_a_named_variant_still_runs_and_says_so(bundle, tmp_path):
+    cache = tmp_path / "cache"
+    _, row = run(tmp_path, bundle.path, cache, variant="int8")
+    assert row == ("int8", "--variant int8")
+    assert not cache.exists()  # nothing timed
+
+
+def test_cli_default_is_auto(bundle, tmp_path):
+    db = tmp_path / "m.duckdb"
+    make_source(db, 30)
+    forge_timings(bundle, tmp_path / "cache", 2.0)
+    passed = with_gate(bundle, tmp_path, True)
+    args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
+    result = CliRunner().invoke(
+        main,
+        [*args, "--bundle", str(passed.path), "--device", "cpu", "--json"],
+        env={"MARKETPULSE_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db), read_only=True)
+    row = con.execute("SELECT variant, variant_reason FROM runs").fetchone()
+    con.close()
+    assert row == ("int8", f"auto: int8 2.00x fp32 on {cpu.isa()}, passed gate")
+
+
+def test_gate_results_infers_verdicts_for_older_bundles():
+    manifest = {
+        "variants": {"fp32": {}, "int8": {}, "fp16": {}},
+        "checks": {
+            "texts": "test_split.parquet (150 rows)",
+            "gate": {"min_agreement": 0.99, "max_f1_drop": 0.01, "accuracy_drops": ["..."]},
+            "variants": {
+                "fp32": {"agreement": 0.98, "rows": 150},
+                "int8": {"agreement": 0.97, "f1_drop": 0.0, "rows": 150},
+                "fp16": {"skipped": "no CUDA provider"},
+            },
+        },
+    }
+    gate = gate_results(manifest)
+    assert gate["fp32"].passed and gate["fp16"].passed  # reference; published unchecked
+    assert not gate["int8"].passed and gate["int8"].test_agreement == 0.97
+    assert not gate["int8"].recorded
+    manifest["checks"]["variants"]["int8"]["agreement"] = 0.995
+    assert gate_results(manifest)["int8"].passed
+    manifest["checks"]["variants"]["int8"]["f1_drop"] = 0.02
+    assert not gate_results(manifest)["int8"].passed
+    # the recorded field wins; a graph it does not list did not pass
+    manifest["checks"]["gate"]["variants"] = {"int8": {"passed": True}}
+    gate = gate_results(manifest)
+    assert gate["int8"].passed and gate["fp32"].passed and not gate["fp16"].passed
