@@ -51,20 +51,30 @@ def build_int8(src: Sources) -> Built:
     qc = graphs.quantization_config(isa)
     manifest = {
         "quantization": {
-            "mode": "dynamic",
+            "mode": "static",
+            "format": graphs.QUANT_FORMAT,
             "cpu_isa": isa,
             "per_channel": qc.per_channel,
             "reduce_range": qc.reduce_range,
             "weights": str(qc.weights_dtype.name),
             "activations": str(qc.activations_dtype.name),
-            "nodes": "MatMul with a weight operand, Attention; embeddings and activation "
-            "x activation MatMuls stay float32, and so do the FFN output projection's "
-            f"{OUTLIER_CHANNELS} widest-ranged input channels per layer (measured on up "
-            f"to {CALIBRATION_ROWS} check texts), split into MatMuls named *_outliers",
+            "activations_symmetric": qc.activations_symmetric,
+            "calibration": {
+                "method": graphs.CALIBRATION_METHOD,
+                "rows": len(src.calibration.used()),
+                "padding": "none: one exact token length per batch",
+            },
+            "nodes": "MatMul with a weight operand (outputs kept float32); embeddings, "
+            "fused Attention and activation x activation MatMuls stay float32, and so do "
+            f"the FFN output projection's {OUTLIER_CHANNELS} widest-ranged input channels "
+            f"per layer (measured on the same up to {CALIBRATION_ROWS} calibration texts), "
+            "split into MatMuls named *_outliers",
         },
     }
     log = (
-        f"int8: dynamic per-channel quantization for {isa}, {cfg.int8_order} at {cfg.optimization}"
+        f"int8: static quantization for {isa} (per-channel weights, {graphs.CALIBRATION_METHOD} "
+        f"activation scales from {len(src.calibration.used())} texts), {cfg.int8_order} at "
+        f"{cfg.optimization}"
     )
     return Built(path, manifest, log)
 

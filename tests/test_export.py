@@ -67,7 +67,8 @@ def test_bundle_has_every_file_and_manifest_field(tiny_bundle, tiny_checkpoint):
     assert checks["fp16"]["skipped"] == "no CUDA provider"
     assert checks["fp16"]["cpu_provider"]["max_abs_logit_diff"] < 0.05  # float16 rounding only
     quant = manifest["variants"]["int8"]["quantization"]
-    assert quant["per_channel"] is True and quant["mode"] == "dynamic"
+    assert quant["per_channel"] is True and quant["mode"] == "static"
+    assert quant["calibration"]["method"] == "MinMax" and quant["calibration"]["rows"] > 0
     # load_bundle re-verifies every hash
     assert load_bundle(tiny_bundle.path).version == manifest["model_version"]
 
@@ -88,15 +89,22 @@ def test_graphs_have_dynamic_axes_and_expected_types(tiny_bundle):
         assert dims(logits) == ["batch_size", 3]
     int8_graph = onnx.load(str(tiny_bundle.variant_path("int8"))).graph
     int8_ops = [n.op_type for n in int8_graph.node]
-    # 2 layers x 6 weight MatMuls are quantized; Q.K^T and softmax.V (2 per layer) stay
-    # float, and so do the FFN's outlier-channel MatMuls (1 per layer), the pooler and the
-    # classifier (Gemm in the export, split into MatMul + Add)
-    assert int8_ops.count("MatMulInteger") == 2 * 6
-    assert int8_ops.count("MatMul") == 2 * 2 + 2 + 2
-    float_matmuls = {n.name for n in int8_graph.node if n.op_type == "MatMul"}
+    # Static QDQ: 2 layers x 6 weight MatMuls read both operands through DequantizeLinear
+    # (constant scales, so a row scores the same in any batch); Q.K^T and softmax.V
+    # (2 per layer) stay float, and so do the FFN's outlier-channel MatMuls (1 per layer);
+    # the pooler and the classifier stay float Gemm
+    producer = {out: n.op_type for n in int8_graph.node for out in n.output}
+    quantized = {
+        n.name
+        for n in int8_graph.node
+        if n.op_type == "MatMul" and all(producer.get(i) == "DequantizeLinear" for i in n.input)
+    }
+    assert len(quantized) == 2 * 6
+    assert int8_ops.count("MatMul") == 2 * 6 + 2 * 2 + 2
+    assert int8_ops.count("Gemm") == 2
     outliers = {f"/bert/encoder/layer.{i}/output/dense/MatMul_outliers" for i in (0, 1)}
-    assert outliers <= float_matmuls
-    assert "DynamicQuantizeLinear" in int8_ops
+    assert outliers.isdisjoint(quantized) and outliers <= {n.name for n in int8_graph.node}
+    assert "DynamicQuantizeLinear" not in int8_ops
     fp16 = onnx.load(str(tiny_bundle.variant_path("fp16"))).graph
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.initializer)
 

@@ -53,7 +53,7 @@ def source(tmp_path):
 
 def test_scores_every_row_once_with_probabilities_on_the_right_id(source, bundle):
     db, texts = source
-    # fp32 so results can be matched exactly (int8 rounding depends on batch mates).
+    # fp32, the graph the expected probabilities below are computed with.
     result = run_cli(db, bundle.path, "--batch-tokens", "256", "--variant", "fp32")
     assert result.exit_code == 0, result.output
     assert "completed: scored" in result.output
