@@ -98,6 +98,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     """Run the demo pipeline end to end; return where things are and what was flagged."""
     from marketpulse.export import ExportConfig
     from marketpulse.export import run as export
+    from marketpulse.export.checks import CheckSource
     from marketpulse.runtime import ScoreConfig, score
     from marketpulse.train import DataSource, TrainConfig
     from marketpulse.train import run as train
@@ -144,25 +145,36 @@ def run(cfg: DemoConfig) -> DemoResult:
         f"{metrics['test']['majority_baseline']['macro_f1']:.3f})"
     )
 
-    p.stage("export: ONNX fp32 + int8 bundle, checked against PyTorch")
+    p.stage("export: ONNX fp32 + int8 bundle, checked against PyTorch on the posts to score")
     # the demo model is small and its test split short, so one flipped row is >1% of it:
     # report agreement rather than stop the demo on it
     bundle = export(
         ExportConfig(
-            model=model_dir, out=bundle_dir, variants=("fp32", "int8"), allow_accuracy_drop=True
+            model=model_dir,
+            out=bundle_dir,
+            variants=("fp32", "int8"),
+            allow_accuracy_drop=True,
+            check_source=CheckSource(db=db, table=SOURCE, text_col="text"),
         )
     )
-    int8 = bundle.manifest.get("checks", {}).get("variants", {}).get("int8", {})
+    int8 = bundle.gate["int8"]
     p.log(
-        f"bundle {bundle.path}, model version {bundle.version}; int8 agrees with PyTorch on "
-        f"{int8.get('agreement', float('nan')):.1%} of the test split"
+        f"bundle {bundle.path}, model version {bundle.version}; int8 {int8.describe()}: "
+        f"{'passed' if int8.passed else 'FAILED'} the gate"
     )
 
-    p.stage(f"score: {len(posts)} posts with the int8 graph")
+    p.stage(f"score: {len(posts)} posts, the graph picked by --variant auto")
     stats = score(ScoreConfig(db=db, table=SOURCE, id_col="id", text_col="text", bundle=bundle_dir))
+    canary = stats.canary or {}
+    disagree = canary.get("disagree_share")
     p.log(
         f"scored {stats.rows_scored} rows in {stats.seconds:.1f}s ({stats.rows_per_s:.0f} rows/s, "
-        f"{stats.provider} {stats.variant}); {stats.rows_skipped} skipped"
+        f"{stats.provider} {stats.variant}: {stats.variant_reason}); {stats.rows_skipped} skipped"
+        + (
+            f"; canary: {disagree:.1%} of {canary['rows']} rows differ from fp32"
+            if disagree is not None
+            else ""
+        )
     )
 
     p.stage("trends: weekly net sentiment per brand")
