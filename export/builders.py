@@ -61,6 +61,7 @@ def build_int8(src: Sources) -> Built:
             "activations_symmetric": qc.activations_symmetric,
             "calibration": {
                 "method": graphs.CALIBRATION_METHOD,
+                "moving_average": graphs.CALIBRATION_MOVING_AVERAGE,
                 "rows": len(src.calibration.used()),
                 "padding": "none: one exact token length per batch",
             },
@@ -73,7 +74,7 @@ def build_int8(src: Sources) -> Built:
     }
     log = (
         f"int8: static quantization for {isa} (per-channel weights, {graphs.CALIBRATION_METHOD} "
-        f"activation scales from {len(src.calibration.used())} texts), {cfg.int8_order} at "
+        f"{'moving-average ' if graphs.CALIBRATION_MOVING_AVERAGE else ''}activation scales from {len(src.calibration.used())} texts), {cfg.int8_order} at "
         f"{cfg.optimization}"
     )
     return Built(path, manifest, log)
