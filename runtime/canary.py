@@ -41,6 +41,7 @@ class CanaryResult:
     disagree_share: float | None = None
     note: str | None = None
     warn: bool = False
+    seconds: float = 0.0  # spent rescoring; not counted in the run's rows/s
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class CanaryResult:
             "disagree_share": self.disagree_share,
             "note": self.note,
             "warn": self.warn,
+            "seconds": round(self.seconds, 3),
         }
 
 

@@ -36,6 +36,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,7 +106,9 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
             canary = run_canary.Canary(cfg.canary_rows if compared else 0)
             _stream(run, predictor, canary)
             if not run.stopping.is_set():
+                started = time.perf_counter()
                 run.canary = _finish_canary(run, predictor, canary, predictor_type)
+                run.canary.seconds = time.perf_counter() - started
         return stats
 
 

@@ -230,7 +230,9 @@ class Run:
             raise
         finally:
             progress.close()
-            stats.seconds = time.perf_counter() - start
+            # the scoring's time: the canary's rescoring after it is reported on its own
+            spent_on_canary = self.canary.seconds if self.canary is not None else 0.0
+            stats.seconds = time.perf_counter() - start - spent_on_canary
             stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
             measured = self.drift.finish() if self.drift is not None else None
             if measured is not None:

@@ -52,6 +52,8 @@ def test_an_int8_run_records_its_canary(bundle, tmp_path):
     assert rows == 256 and 0.0 <= share <= 1.0
     assert stats.canary["rows"] == 256 and stats.canary["disagree_share"] == share
     assert (note is not None) == (share > 0.01)
+    # the rescoring is timed on its own, not in the run's rows/s
+    assert stats.canary["seconds"] > 0 and stats.seconds > 0
 
 
 def test_an_fp32_run_records_no_canary_and_says_why(bundle, tmp_path):
