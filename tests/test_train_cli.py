@@ -301,3 +301,12 @@ def test_precision_follows_the_cpu(monkeypatch):
     assert resolve_device("cpu")[:2] == ("cpu", "fp32")
     with pytest.raises(MarketpulseError, match="needs a CPU with AVX512-BF16 or AMX"):
         resolve_device("cpu", "bf16")
+
+
+def test_train_speed_tool_refuses_an_unknown_mode(tmp_path):
+    from marketpulse.tools import train_speed
+
+    result = CliRunner().invoke(train_speed.main, ["--modes", "fp32,fp8", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown mode(s) fp8" in result.output
+    result = CliRunner().invoke(train_speed.main, ["--modes", "fp32", "--data", str(tmp_path)])
+    assert result.exit_code == 1 and "train.csv not found" in result.output
