@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +124,7 @@ class CheckSample:
     source: str
     rows_read: int
     skipped: dict[str, int]
+    calibration: list[str] = field(default_factory=list)  # further sampled rows, not gated
 
     @property
     def fingerprint(self) -> str:
@@ -142,14 +143,17 @@ class CheckSample:
             "skipped": self.skipped,
             "sample": "non-blank texts ordered by md5(text), first rows",
             "fingerprint": self.fingerprint,
+            "calibration_rows": len(self.calibration),
         }
 
 
-def read_check_sample(source: CheckSource) -> CheckSample:
-    """Up to `source.rows` non-blank texts, the same ones whatever order DuckDB scans in.
+def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSample:
+    """Up to `source.rows` non-blank texts, the same ones whatever order DuckDB scans in,
+    and up to `calibration_rows` more for calibrating int8, never among the gated ones.
 
     Ordering by md5(text) is a hash sample: every text is equally likely to be picked,
-    duplicates in proportion, and a rerun on the same data picks the same rows.
+    duplicates in proportion, and a rerun on the same data picks the same rows. When the
+    source holds fewer than both together, the calibration takes at most half of it.
     """
     import duckdb
 
@@ -167,7 +171,7 @@ def read_check_sample(source: CheckSource) -> CheckSample:
             for row in con.execute(
                 f"SELECT t FROM (SELECT {text} AS t FROM {relation}) "
                 "WHERE trim(t) <> '' ORDER BY md5(t), t LIMIT ?",
-                [source.rows],
+                [source.rows + calibration_rows],
             ).fetchall()
         ]
     except duckdb.Error as exc:
@@ -182,9 +186,12 @@ def read_check_sample(source: CheckSource) -> CheckSample:
             f"no non-blank texts in {source.describe()} ({rows_read} rows read); "
             "pass --check-text-col with the column that holds the text"
         )
-    return CheckSample(
-        texts, source.describe(), rows_read, {"null_text": nulls, "empty_text": blanks}
-    )
+    held = min(calibration_rows, len(texts) - source.rows)
+    if held < calibration_rows:  # too few for both: split what there is
+        held = min(calibration_rows, len(texts) // 2)
+    gated, calibration = texts[: len(texts) - held], texts[len(texts) - held :]
+    skipped = {"null_text": nulls, "empty_text": blanks}
+    return CheckSample(gated, source.describe(), rows_read, skipped, calibration)
 
 
 def _connect_read_only(db: Path | None):

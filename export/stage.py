@@ -32,7 +32,7 @@ from marketpulse.export.builders import Built, Sources, builder_for
 from marketpulse.export.checks import CheckSource, load_check_texts, read_check_sample
 from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
 from marketpulse.export.log import log
-from marketpulse.export.outliers import Calibration
+from marketpulse.export.outliers import CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
 
 # From `python -m marketpulse.tools.export_measure CHECKPOINT --rows 477` (CHECKPOINT:
@@ -91,12 +91,24 @@ def run(cfg: ExportConfig) -> Bundle:
     max_length = cfg.max_length or trained.max_length
     check_out_dir(out)
     texts = load_check_texts(trained, cfg.test_rows)  # bad split: fail before work
-    sample = read_check_sample(cfg.check_source) if cfg.check_source else None
+    sample = read_check_sample(cfg.check_source, CALIBRATION_ROWS) if cfg.check_source else None
     if sample is not None:
-        log(f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint})")
-    # Calibration (outlier channels, static int8 ranges) should see the text the bundle
-    # will score, when it is known, rather than the in-domain test split.
-    calibration_texts = sample.texts if sample is not None else texts.texts
+        log(
+            f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint}), "
+            f"{len(sample.calibration)} more to calibrate int8"
+        )
+    # Calibration (outlier channels, static int8 ranges) sees the text the bundle will
+    # score when it is known, rows the gate does not check; else the test split, which
+    # the gate then checks too (the manifest says which).
+    if sample is not None and sample.calibration:
+        calibration_texts = sample.calibration
+        calibrated_on = (
+            f"{len(sample.calibration)} further sampled rows of {sample.source} "
+            "(disjoint from the check texts)"
+        )
+    else:
+        calibration_texts = sample.texts if sample is not None else texts.texts
+        calibrated_on = f"{sample.source if sample is not None else texts.source} (also gated)"
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -108,7 +120,7 @@ def run(cfg: ExportConfig) -> Bundle:
             for variant, built in graphs.items():
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
-        manifest["calibration_texts"] = sample.source if sample is not None else texts.source
+        manifest["calibration_texts"] = calibrated_on
         return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

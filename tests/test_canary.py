@@ -171,3 +171,20 @@ def test_a_ray_run_records_why_it_has_no_canary(bundle, tmp_path):
     row = con.execute("SELECT engine, canary_rows, canary_disagree_share, canary_note FROM runs")
     assert row.fetchone() == ("ray", None, None, RAY)
     con.close()
+
+
+class BrokenReference(Predictor):
+    """An fp32 graph that cannot load (a full disk, no memory): the canary cannot run."""
+
+    def __init__(self, bundle, variant=None, *args, **kwargs):
+        if variant == "fp32":
+            raise RuntimeError("cannot allocate the fp32 session\nsecond line")
+        super().__init__(bundle, variant, *args, **kwargs)
+
+
+def test_a_canary_that_cannot_run_leaves_the_run_completed(bundle, tmp_path):
+    stats, (variant, rows, share, note) = run(tmp_path, bundle, BrokenReference, variant="int8")
+    assert stats.status == "completed" and variant == "int8"
+    assert stats.rows_scored + stats.rows_skipped == N  # every row committed
+    assert rows is None and share is None
+    assert note == "canary not measured: cannot allocate the fp32 session"

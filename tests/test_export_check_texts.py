@@ -50,6 +50,18 @@ def test_check_sample_is_reproducible_whatever_the_row_order(tmp_path):
     everything = read_check_sample(CheckSource(db=db, table="news", text_col="body text"))
     assert sorted(everything.texts) == sorted(TEXTS)
     assert everything.fingerprint != samples[0].fingerprint
+    # calibration rows come after the gated ones in the same order, never among them
+    both = read_check_sample(
+        CheckSource(db=db, table="news", text_col="body text", rows=10), calibration_rows=8
+    )
+    assert both.texts == samples[0].texts and len(both.calibration) == 8
+    assert not set(both.calibration) & set(both.texts)
+    # too few rows for both: the calibration takes half
+    short = read_check_sample(
+        CheckSource(db=db, table="news", text_col="body text", rows=30), calibration_rows=512
+    )
+    assert len(short.texts) == len(short.calibration) == len(TEXTS) // 2
+    assert sorted(short.texts + short.calibration) == sorted(TEXTS)
 
 
 def test_export_gates_on_check_texts_from_a_csv(tiny_checkpoint, tmp_path):
@@ -70,24 +82,28 @@ def test_export_gates_on_check_texts_from_a_csv(tiny_checkpoint, tmp_path):
     checks = manifest["checks"]
     sample = checks["check_texts"]
     assert sample["source"] == f"file {csv}, column text"
-    assert sample["rows"] == 30 and sample["rows_read"] == len(TEXTS) + 2
+    # 32 usable texts cannot give 30 gated rows and 512 to calibrate: half and half
+    assert sample["rows"] == sample["calibration_rows"] == 16
+    assert sample["rows_read"] == len(TEXTS) + 2
     assert sample["fingerprint"].startswith("sha256:") and len(sample["fingerprint"]) == 71
-    assert manifest["calibration_texts"] == sample["source"]
+    assert manifest["calibration_texts"] == (
+        f"16 further sampled rows of {sample['source']} (disjoint from the check texts)"
+    )
     fp32 = sample["variants"]["fp32"]
-    assert fp32["rows"] == 30 and fp32["agreement"] == 1.0
+    assert fp32["rows"] == 16 and fp32["agreement"] == 1.0
     assert fp32["max_abs_logit_diff"] <= fp32["parity_tolerance"]
     verdicts = checks["gate"]["variants"]
     assert set(verdicts) == {"fp32", "int8"}
     assert all(set(v) == GATE_KEYS for v in verdicts.values())
     assert verdicts["fp32"]["passed"] is True
     int8 = verdicts["int8"]
-    assert int8["check_rows"] == 30
+    assert int8["check_rows"] == 16
     assert int8["check_agreement"] == sample["variants"]["int8"]["agreement"]
     assert int8["test_agreement"] == checks["variants"]["int8"]["agreement"]
     # the verdict is the gate on both sets, whatever --allow-accuracy-drop published
     least = checks["gate"]["min_agreement"]
     assert int8["passed"] == (min(int8["check_agreement"], int8["test_agreement"]) >= least)
-    assert f"check texts    file {csv}, column text: 30 of {len(TEXTS) + 2} rows" in result.output
+    assert f"check texts    file {csv}, column text: 16 of {len(TEXTS) + 2} rows" in result.output
 
 
 def test_variant_failing_on_check_texts_is_published_marked_failed(
@@ -102,7 +118,7 @@ def test_variant_failing_on_check_texts_is_published_marked_failed(
 
     def halved_on_check_texts(onnx_logits, *args):
         result = real_compare(onnx_logits, *args)
-        if result["rows"] == len(TEXTS):
+        if result["rows"] == len(TEXTS) // 2:  # the other half calibrates
             result["agreement"] /= 2
         return result
 
@@ -120,7 +136,7 @@ def test_variant_failing_on_check_texts_is_published_marked_failed(
     gate = bundle.manifest["checks"]["gate"]
     assert gate["variants"]["int8"]["passed"] is False
     assert gate["variants"]["int8"]["check_agreement"] <= 0.5
-    assert gate["variants"]["int8"]["check_rows"] == len(TEXTS)
+    assert gate["variants"]["int8"]["check_rows"] == len(TEXTS) // 2
     assert gate["variants"]["fp32"]["passed"] is True  # fp32 passes by parity
     assert gate["check_failures"] and gate["check_failures"][0].startswith("int8 FAILED")
     assert bundle.variants == ["fp32", "int8"]  # published with the failed graph in it
@@ -150,7 +166,7 @@ def test_without_check_texts_the_gate_records_test_split_only(tiny_bundle):
     # fp16 cannot be gated without CUDA: passed, with nothing measured on its provider
     if "skipped" in checks["variants"]["fp16"]:
         assert verdicts["fp16"]["passed"] is True and verdicts["fp16"]["test_agreement"] is None
-    assert tiny_bundle.manifest["calibration_texts"] == checks["texts"]
+    assert tiny_bundle.manifest["calibration_texts"] == f"{checks['texts']} (also gated)"
     assert checks["variants"]["int8"]["rows"] == len(MARKET_SENTENCES)
 
 

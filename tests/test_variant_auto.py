@@ -191,3 +191,16 @@ def test_gate_results_infers_verdicts_for_older_bundles():
     manifest["checks"]["gate"]["variants"] = {"int8": {"passed": True}}
     gate = gate_results(manifest)
     assert gate["int8"].passed and gate["fp32"].passed and not gate["fp16"].passed
+
+
+def test_the_preference_skips_a_graph_that_failed_the_gate(bundle, tmp_path):
+    """Without --variant auto (explain, evaluate, a CUDA fallback) the preference rules
+    apply; they too never pick a failed graph on their own, and a named one still runs."""
+    from marketpulse.inference.predictor import choose_placement
+
+    failed = with_gate(bundle, tmp_path, int8_passed=False)
+    placement = choose_placement(failed, "cpu", None)
+    assert placement.variant == "fp32" and "int8 failed export's gate" in placement.reason
+    assert choose_placement(failed, "cpu", "int8").variant == "int8"
+    passed = with_gate(bundle, tmp_path, int8_passed=True)
+    assert choose_placement(passed, "cpu", None).variant == "int8"

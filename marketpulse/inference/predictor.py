@@ -122,8 +122,13 @@ def choose_placement(
                 f"bundle {bundle.path} has no graph for {device} (has: {', '.join(have)}); "
                 f"re-export with --variants {preferred[0]}"
             )
+        # A graph that failed export's agreement gate runs only when named (--variant).
+        failed = [v for v in choices if not bundle.gate[v].passed]
+        choices = [v for v in choices if v not in failed] or choices[-1:]
         variant = choices[0]
-        if variant != preferred[0]:
+        if failed:
+            reason += f"; {', '.join(failed)} failed export's gate, using {variant}"
+        elif variant != preferred[0]:
             reason += f"; bundle has no {preferred[0]} graph, using {variant}"
         if variant_reason:
             reason += f"; {variant_reason}"
