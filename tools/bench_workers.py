@@ -62,6 +62,9 @@ def host_worker(db: Path, table: str, bundle: Path, results_db: Path, threads: i
         results_db=results_db,
         device="cpu",
         threads=threads,
+        # the stub's logits are zeros: nothing to time between graphs, nothing to compare
+        variant="fp32",
+        canary_rows=0,
     )
     stats = score(cfg, predictor_type=ZeroLogitsPredictor)
     click.echo(stats.summary(), err=True)

@@ -114,6 +114,8 @@ def _make_progress_callback():
 
         def __init__(self):
             self.curve: list[dict] = []
+            # the epoch Trainer keeps: the first strictly best unrounded macro-F1
+            self.best: tuple[float, float] | None = None  # (macro-F1, epoch)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -130,6 +132,8 @@ def _make_progress_callback():
                     f"{rate * args.train_batch_size:.1f} rows/s ETA {eta:.0f}s"
                 )
             elif "eval_macro_f1" in logs:
+                if self.best is None or logs["eval_macro_f1"] > self.best[0]:
+                    self.best = (logs["eval_macro_f1"], round(state.epoch, 2))
                 self.curve.append(
                     {
                         "epoch": round(state.epoch, 2),
@@ -355,9 +359,7 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         shutil.rmtree(work, ignore_errors=True)
     train_time = time.perf_counter() - t_train
     epochs_run = trainer.state.epoch
-    best_epoch = (
-        max(progress.curve, key=lambda e: e["macro_f1"])["epoch"] if progress.curve else None
-    )
+    best_epoch = progress.best[1] if progress.best else None
     return Fit(
         model=trainer.model.eval(),
         tokenizer=tokenizer,
