@@ -28,8 +28,9 @@ DEFAULT_OPSET = 18
 WEIGHT_OPS = ("MatMul", "Attention")
 INT8_OPS = ("MatMul",)
 CALIBRATION_METHOD = "MinMax"
-# Each activation's range is the moving average of its per-batch min/max, not the
-# extremes of all batches: one rare outlier batch no longer coarsens every row's scale.
+# Each activation's range is the mean over calibration batches of each batch's min/max
+# (ORT's CalibMovingAverage; unweighted, np.nanmean over the batches), not the extremes
+# of all batches: one rare outlier batch no longer coarsens every row's scale.
 # On the twitter MiniLM (README, Export) agreement with fp32 on its test split went
 # from 98.95% to 99.16%, on 2,000 review snippets from 99.15% to 99.25%.
 CALIBRATION_MOVING_AVERAGE = True
@@ -208,7 +209,7 @@ def quantize_int8(model: Path, out_dir: Path, isa: str, calibration: Calibration
     """Static int8 of `int8_nodes`: weights per channel, one activation scale per tensor.
 
     The activation scales are fixed here from `calibration` (MinMax over its unpadded
-    tokens, moving-averaged over its batches), so a row's result never depends on the rows batched with it, as it did
+    tokens, averaged over its batches), so a row's result never depends on the rows batched with it, as it did
     with dynamic int8's one scale per batch tensor. The histogram methods (Percentile,
     Entropy) stack every batch's tensors and so need one padded shape for all of them.
 
