@@ -179,9 +179,15 @@ def test_bench_figures_follow_from_the_runs(tiny_checkpoint, tiny_bundle, tmp_pa
 
     floor = res["floor"]
     assert floor["ceiling_rows_per_s"] == pytest.approx(floor["int8_gops"] / floor["gflop_per_row"])
-    assert floor["fraction_d"] == pytest.approx(
-        alts["d"]["rows_per_s"] / floor["ceiling_rows_per_s"]
+    assert floor["fp32_ceiling_rows_per_s"] == pytest.approx(
+        floor["fp32_gflops"] / floor["gflop_per_row"]
     )
+    # (d) is judged against the ceiling of the graph --variant auto ran
+    assert floor["graph_d"] == alts["d"]["provider"].split()[-1]
+    ceiling = floor[
+        "ceiling_rows_per_s" if floor["graph_d"] == "int8" else "fp32_ceiling_rows_per_s"
+    ]
+    assert floor["fraction_d"] == pytest.approx(alts["d"]["rows_per_s"] / ceiling)
     assert [s["rows"] for s in res["scale"]] == [300, 600]
     rss = res["scale"][-1]["peak_rss_mib"]
     assert checks["(d) peak RSS at 600 rows"]["value"] == f"{rss:.0f} MiB"
