@@ -7,6 +7,7 @@ Export picks its int8 quantization config by `isa()`, training picks bf16 autoca
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -54,13 +55,21 @@ def model_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def describe(cores: int | None = None) -> str:
-    """One line naming the machine kind for benchmark figures: name, ISA, bf16, cores."""
+    """One line naming the machine kind for benchmark figures: name, ISA, bf16, and the
+    cores this process may use (`cores`, default `available_cores()`)."""
     parts = [model_name(), isa()]
     if native_bf16():
         parts.append("native bf16")
     if "amx_tile" in flags():
         parts.append("AMX")
-    if cores:
-        parts.append(f"{cores} cores")
+    parts.append(f"{cores or available_cores()} cores")
     return ", ".join(parts)

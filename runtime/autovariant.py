@@ -70,7 +70,7 @@ def machine_key(bundle: Bundle) -> dict:
     """What the timings depend on: the graphs, the CPU and the runtime that runs them."""
     import onnxruntime as ort
 
-    from marketpulse.inference.predictor import available_cores
+    from marketpulse.cpu import available_cores
 
     return {
         "format": CACHE_FORMAT,

@@ -42,7 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from marketpulse import variants as registry
-from marketpulse.inference.predictor import Predictor, available_cores
+from marketpulse.cpu import available_cores
+from marketpulse.inference.predictor import Predictor
 from marketpulse.runtime import autovariant
 from marketpulse.runtime import canary as run_canary
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run

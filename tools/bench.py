@@ -316,7 +316,7 @@ def main(
 def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets: Targets) -> dict:
     """Run the alternatives and the floor; the results, with `checks` judged on `targets`."""
     from marketpulse.bundle import load_bundle
-    from marketpulse.inference.predictor import available_cores
+    from marketpulse.cpu import available_cores
 
     model_dir, bundle_dir = resolve_model(model, bundle)
     load_bundle(bundle_dir)  # refuse a corrupt bundle before minutes of work

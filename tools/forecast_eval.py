@@ -22,7 +22,6 @@ coverage of its 80% and 95% bands, and exits 1 when the targets are missed:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def main(origins: int, horizon: int, window: int, data: Path | None, json_path: 
     Example: python -m marketpulse.tools.forecast_eval --origins 48
     """
     results = evaluate(origins, horizon, window, data)
-    click.echo(f"machine: {cpu.describe(os.cpu_count())}")
+    click.echo(f"machine: {cpu.describe()}")
     head = f"{'data set':<26} {'series':>6} {'auto':>8} {'naive':>8} {'window':>8} {'<=win':>6} {'cov80':>6} {'cov95':>6}"
     click.echo(head)
     for name, r in results.items():

@@ -31,7 +31,6 @@ machine (seeded); the tool prints the CPU it ran on beside it.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -325,7 +324,7 @@ def format_table(report: dict) -> str:
 
 
 def machine() -> str:
-    return cpu.describe(os.cpu_count())
+    return cpu.describe()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -84,7 +84,7 @@ def main(data: Path, modes: str, steps: int, batch_size: int, repeats: int) -> N
     if unknown := sorted(set(chosen) - set(MODES)):
         raise click.BadParameter(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
     texts = load_texts(data, batch_size * (WARMUP_STEPS + steps))
-    click.echo(f"machine: {cpu.describe(os.cpu_count())}; load {os.getloadavg()[0]:.2f}")
+    click.echo(f"machine: {cpu.describe()}; load {os.getloadavg()[0]:.2f}")
     rates: dict[str, list[float]] = {m: [] for m in chosen}
     for _ in range(repeats):
         for mode in chosen:

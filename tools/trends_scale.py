@@ -12,7 +12,6 @@ seconds of each configuration.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def main(groups: int, weeks: int, rows: int) -> None:
         start = time.perf_counter()
         build(db, groups, weeks, rows)
         click.echo(f"built {rows:,} scored rows in {time.perf_counter() - start:.1f}s")
-        click.echo(f"machine: {cpu.describe(os.cpu_count())}")
+        click.echo(f"machine: {cpu.describe()}")
         base = {"db": db, "source": "posts", "id_col": "id", "time_col": "posted_at"}
         for name, extra in (
             ("trend table only (--horizon 0)", {"horizon": 0}),

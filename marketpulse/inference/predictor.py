@@ -29,7 +29,6 @@ small on CPU (cache-sized) and large on CUDA (occupancy).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 
 from marketpulse import variants
 from marketpulse.bundle import Bundle, load_bundle
+from marketpulse.cpu import available_cores
 from marketpulse.errors import MarketpulseError
 from marketpulse.inference.batching import (
     DEFAULT_MAX_BATCH_ROWS,
@@ -57,14 +57,6 @@ DEVICES = ("auto", "cpu", "cuda")
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 # Padded tokens per batch: fits a core's L2 on CPU; fills the GPU on CUDA.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects taskset/cgroup affinity)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
