@@ -122,6 +122,8 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
         return fit.best_macro_f1
 
     startup = min(10, max(1, tune.trials // 2))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup),
@@ -129,8 +131,6 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
             n_startup_trials=PRUNER["n_startup_trials"], n_warmup_steps=PRUNER["n_warmup_steps"]
         ),
     )
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     t_tune = time.perf_counter()
     try:
         study.optimize(
