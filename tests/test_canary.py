@@ -173,6 +173,24 @@ def test_a_ray_run_records_why_it_has_no_canary(bundle, tmp_path):
     con.close()
 
 
+def test_a_ray_run_under_auto_records_the_graph_and_why(bundle, tmp_path):
+    """The default --variant auto on Ray: timed on the driver, recorded like a local run.
+    This bundle's int8 fails export's gate, so auto must run fp32 and say so."""
+    pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
+    from marketpulse.runtime.ray_engine import score_with_ray
+
+    db = tmp_path / "m.duckdb"
+    make_source(db, 60)
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", threads=1, progress=False, cache_dir=tmp_path / "cache")  # fmt: skip
+    assert cfg.variant == "auto"
+    stats = score_with_ray(cfg, workers=1)
+    assert stats.status == "completed" and stats.rows_scored > 0
+    con = duckdb.connect(str(db), read_only=True)
+    variant, reason = con.execute("SELECT variant, variant_reason FROM runs").fetchone()
+    con.close()
+    assert variant == "fp32" and reason.startswith("auto: fp32, int8 failed the export gate")
+
+
 class BrokenReference(Predictor):
     """An fp32 graph that cannot load (a full disk, no memory): the canary cannot run."""
 
