@@ -204,3 +204,22 @@ def test_the_preference_skips_a_graph_that_failed_the_gate(bundle, tmp_path):
     assert choose_placement(failed, "cpu", "int8").variant == "int8"
     passed = with_gate(bundle, tmp_path, int8_passed=True)
     assert choose_placement(passed, "cpu", None).variant == "int8"
+
+
+def test_a_gate_measured_on_another_isa_is_named(bundle, tmp_path, monkeypatch):
+    """int8 kernels differ by ISA (VNNI vs AVX2): the reason says where the gate ran."""
+    from marketpulse import cpu
+
+    passed = with_gate(bundle, tmp_path, int8_passed=True)
+    exported_on = passed.manifest["variants"]["int8"]["quantization"]["cpu_isa"]
+    rates = {"fp32": 100.0, "int8": 250.0}
+    same = autovariant.pick(passed, ["fp32", "int8"], rates)
+    monkeypatch.setattr(cpu, "isa", lambda: "generic")
+    other = autovariant.pick(passed, ["fp32", "int8"], rates)
+    assert same[0] == other[0] == "int8"
+    if exported_on != "generic":
+        assert "checks it on this CPU" not in same[1]
+        assert other[1] == (
+            f"auto: int8 2.50x fp32 on generic, passed gate on {exported_on} "
+            "(the run's canary checks it on this CPU)"
+        )
