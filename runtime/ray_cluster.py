@@ -102,23 +102,27 @@ def scoring_nodes(ray, gpus: float) -> list[dict]:
 
 
 def check_nodes_read(
-    ray, paths: dict[str, Path], gpus: float = 0, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> None:
+    ray, paths: dict[str, Path], gpus: float = 0, timeout_s: float = DEFAULT_TIMEOUT_S, log=None
+) -> dict[str, float]:
     """Fail with one line unless every scoring node sees `paths` as the driver does.
 
     `paths` maps a flag (`--stage-dir`) to a path; each node must find the same file
     names in a directory, or the same bytes in a file, so a node's own empty /tmp or a
-    stale copy of the bundle is caught before any actor starts.
+    stale copy of the bundle is caught before any actor starts. A node that died but is
+    still listed (its heartbeat has not yet timed out) is skipped and logged. Returns the
+    summed resources of the nodes that answered, to size the actor pool on.
     """
+    from ray.exceptions import TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     expected = {flag: (str(path), fingerprint(path)) for flag, path in paths.items()}
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    nodes = scoring_nodes(ray, gpus)
     refs = [
         probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
         ).remote(expected)
-        for node in scoring_nodes(ray, gpus)
+        for node in nodes
     ]
     ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     if waiting:
@@ -127,13 +131,27 @@ def check_nodes_read(
             f"{timeout_s:g}s (--ray-timeout); check `ray status` (nodes alive, workers able "
             "to start)"
         )
-    for node, wrong in ray.get(ready):
+    live: dict[str, float] = {}
+    for node, ref in zip(nodes, refs, strict=True):
+        try:
+            where, wrong = ray.get(ref)
+        except TaskUnschedulableError:  # listed alive, but gone by the time the probe ran
+            if log:
+                log(f"Ray node {node['NodeID'][:8]} left the cluster; not scoring on it")
+            continue
         for flag in wrong:
             path = expected[flag][0]
             raise MarketpulseError(
-                f"the Ray node {node} cannot read {flag} {path} as this machine does (missing "
+                f"the Ray node {where} cannot read {flag} {path} as this machine does (missing "
                 "or different); put it on a filesystem every node mounts at the same path"
             )
+        for name, amount in node.get("Resources", {}).items():
+            live[name] = live.get(name, 0) + amount
+    if not live:
+        raise MarketpulseError(
+            "no Ray node able to score answered the file check; check `ray status`"
+        )
+    return live
 
 
 def plan_workers(resources: dict, workers: int | None, gpus_per_worker: float, threads: int) -> int:

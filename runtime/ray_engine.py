@@ -340,12 +340,15 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
         with run.db.read() as con:
             shards = export_pending(con, sql, params, staging, shard_rows)
         bundle_dir = Path(run.bundle.path).resolve()
-        check_nodes_read(
+        live = check_nodes_read(
             ray,
             {"--stage-dir": staging, "--bundle": bundle_dir / MANIFEST},
             gpus_per_worker,
             cluster["timeout_s"],
+            progress.log,
         )
+        # A node that died since the cluster was asked is gone: no actor may wait for it.
+        pool = plan_workers(live, cluster["workers"], gpus_per_worker, threads)
         progress.log(
             f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
             f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "

@@ -194,6 +194,27 @@ def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(
     print(f"worker node killed mid-run: first run {outcome}")
 
 
+def test_the_node_check_skips_a_node_that_died_but_is_still_listed(cluster, tmp_path):
+    """A SIGKILLed node stays listed alive until its heartbeat times out: the file check
+    must skip it (not raise Ray's own error) and size the pool on the nodes that answered."""
+    from marketpulse.runtime.ray_cluster import check_nodes_read
+
+    doomed = cluster.add_node(num_cpus=1, **cluster.node_args)
+    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
+    try:
+        cluster.wait_for_nodes()
+        cluster.remove_node(doomed, allow_graceful=False)
+        shared = tmp_path / "shared.txt"
+        shared.write_text("seen by every node")
+        lines = []
+        live = check_nodes_read(ray, {"--bundle": shared}, timeout_s=60, log=lines.append)
+    finally:
+        ray.shutdown()
+    assert live["CPU"] == 2  # the surviving worker node only; the head has none
+    assert all("left the cluster" in line for line in lines)
+    print(f"node check after a SIGKILL: {lines or 'the dead node was already unlisted'}")
+
+
 def test_an_actor_process_killed_mid_run_loses_and_duplicates_nothing(
     cluster, bundle, tmp_path, monkeypatch
 ):
