@@ -160,10 +160,12 @@ def choose(
     requested: str | None,
     cache_dir: Path | None = None,
     probe: bool = True,
+    measure: bool = True,
 ) -> AutoChoice:
     """The graph to run and why; times the CPU graphs when `requested` is auto.
 
-    Raises what `choose_placement` raises (no CUDA provider for --device cuda) before
+    `measure=False` (no rows pending) uses cached timings if any and otherwise skips
+    the timing: the preference order's graph runs, on no rows. Raises what `choose_placement` raises (no CUDA provider for --device cuda) before
     any graph is timed.
     """
     from marketpulse.inference.predictor import choose_placement
@@ -182,6 +184,8 @@ def choose(
     rates = read_cache(path, key, names)
     if rates is not None:
         detail = f"timings from {path}"
+    elif not measure:
+        return AutoChoice(None, "auto: no rows pending, graphs not timed (preference order)")
     else:
         start = time.perf_counter()
         rates = time_graphs(bundle, names)

@@ -87,7 +87,10 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
     Predictor whose `run` returns zero logits, so the run costs the host work alone.
     """
     with checked_run(cfg) as run:
-        choice = autovariant.choose(run.bundle, cfg.device, cfg.variant, cfg.cache_dir)
+        pending = run.matching - run.done if cfg.limit != 0 else 0
+        choice = autovariant.choose(
+            run.bundle, cfg.device, cfg.variant, cfg.cache_dir, measure=pending > 0
+        )
         threads = cfg.threads or available_cores()
         predictor = predictor_type(
             run.bundle, choice.variant, cfg.device, threads, variant_reason=choice.reason

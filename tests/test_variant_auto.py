@@ -117,6 +117,14 @@ def test_a_corrupt_or_stale_cache_is_measured_again(bundle, tmp_path, capfd):
         assert set(json.loads(path.read_text())["rows_per_s"]) == {"fp32", "int8"}
 
 
+def test_nothing_pending_times_no_graph(bundle, tmp_path, capfd):
+    cache = tmp_path / "cache"
+    stats, (variant, reason) = run(tmp_path, bundle.path, cache, limit=0)
+    assert "auto: timed" not in capfd.readouterr().err
+    assert not cache_file(bundle, cache).exists()
+    assert stats.rows_scored == 0 and reason.startswith("auto: no rows pending")
+
+
 def test_auto_runs_the_faster_graph_that_passed_and_fp32_when_int8_failed(bundle, tmp_path):
     passed, failed = with_gate(bundle, tmp_path, True), with_gate(bundle, tmp_path, False)
     # The gate lives in the manifest, which the model version does not hash: same
