@@ -1,7 +1,7 @@
 """The results tables: what the runtime writes and trends (and any SQL client) reads.
 
     <scores>(id <source id type>, model_version, label, confidence, p_<label>..., reason,
-             truncated, scored_at)     -- default name `scores` (--results-table)
+             truncated, scored_at, run_id)     -- default name `scores` (--results-table)
     models(model_version, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
     runs(run_id, model_version, source, rows_scored, ... status, engine, error,
          psi_label, psi_confidence, unknown_heavy_share, drift_note, rows_duplicate,
@@ -9,7 +9,9 @@
     explanations(id <source id type>, model_version, label, word, position, weight,
                  explained_at)   -- one row per word, written by `marketpulse explain`
 
-`label` is NULL exactly when `reason` says why the row was not scored ('null_text' or
+`run_id` joins a row to the run that scored it, so `runs.variant` says which graph
+(fp32 or int8: `--variant auto` picks per machine) produced it; NULL in rows written
+before it was recorded. `label` is NULL exactly when `reason` says why the row was not scored ('null_text' or
 'empty_text'). A label's probability column is `probability_column(label)`. The runtime
 (`marketpulse.runtime.results`) creates and writes these tables; trends reads them.
 """

@@ -18,6 +18,9 @@ import contextlib
 import json
 from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow as pa
+
 from marketpulse.bundle import Bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import (
@@ -112,13 +115,15 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
         con.execute(
             f"CREATE TABLE {table} (id {id_type} NOT NULL, model_version VARCHAR NOT NULL, "
             f"label VARCHAR, confidence DOUBLE{probs}, reason VARCHAR, truncated BOOLEAN, "
-            "scored_at TIMESTAMP)"
+            "scored_at TIMESTAMP, run_id VARCHAR)"
         )
     else:
         # A model with new labels adds its probability columns; older rows read NULL there.
         for col in p_cols:
             if col not in have:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} DOUBLE")
+        if "run_id" not in have:  # tables from before rows named their run: NULL there
+            con.execute(f"ALTER TABLE {table} ADD COLUMN run_id VARCHAR")
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {quote_ident(MODELS)} "
         f"({', '.join(f'{quote_ident(k)} {v}' for k, v in MODEL_COLUMNS.items())})"
@@ -160,7 +165,14 @@ def start_run(con, run: dict) -> None:
 
 
 def write_chunk(con, results_table: str, chunk, run_id: str, counts: dict[str, int]) -> None:
-    """Insert scores rows (a pyarrow Table) and bump the run counters atomically."""
+    """Insert scores rows (a pyarrow Table) and bump the run counters atomically.
+
+    Each row gets `run_id`: its join to `runs` says which graph (variant) scored it.
+    """
+    run_ids = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(chunk.num_rows, dtype=np.int32)), pa.array([run_id])
+    )
+    chunk = chunk.append_column("run_id", run_ids)
     con.execute("BEGIN TRANSACTION")
     try:
         con.register("_marketpulse_chunk", chunk)

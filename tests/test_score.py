@@ -303,3 +303,20 @@ def test_a_runs_table_from_before_rows_duplicate_gets_the_column(source, bundle)
     assert again.status == "completed" and again.rows_scored + again.rows_skipped == 10
     got = query(db, "SELECT rows_duplicate FROM runs ORDER BY started_at")
     assert got == [(None,), (again.rows_duplicate,)]
+
+
+def test_each_row_names_the_run_that_scored_it_and_old_tables_gain_the_column(source, bundle):
+    db, _ = source
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", limit=10, progress=False)  # fmt: skip
+    first = score(cfg)
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE scores DROP COLUMN run_id")  # a table from before run_id
+    con.close()
+    second = score(cfg)
+    got = query(
+        db,
+        "SELECT s.run_id, r.variant, count(*) FROM scores s LEFT JOIN runs r USING (run_id) "
+        "GROUP BY ALL ORDER BY s.run_id NULLS FIRST",
+    )
+    assert first.run_id != second.run_id
+    assert got == [(None, None, 10), (second.run_id, second.variant, 10)]
