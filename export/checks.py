@@ -27,14 +27,13 @@ import numpy as np
 
 from marketpulse.checkpoint import TEST_SPLIT, Checkpoint, read_test_split
 from marketpulse.errors import MarketpulseError
-from marketpulse.sql import quote_ident, quote_table
+from marketpulse.sources import Flags, first_line, open_source
+from marketpulse.sql import quote_ident
 
 # Default sample of check texts: at 99% agreement, 2000 rows put the estimate within
 # +-0.44 points (95% confidence).
 CHECK_ROWS = 2000
-_VIEW = "__marketpulse_check_texts"
-_PARQUET = (".parquet", ".pq")
-_CSV = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+_FLAGS = Flags(db="--check-db", table="--check-table", input="--check-input")
 
 # Used for parity (and agreement) when a checkpoint has no test split, e.g. one that
 # was not made by `marketpulse train`. Real-looking market text, mixed lengths.
@@ -157,30 +156,33 @@ def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSa
     """
     import duckdb
 
-    con = _connect_read_only(source.db)
+    column = quote_ident(source.text_col)
+    text = f"CAST({column} AS VARCHAR)"
     try:
-        relation = _open_relation(con, source)
-        column = quote_ident(source.text_col)
-        text = f"CAST({column} AS VARCHAR)"
-        rows_read, nulls, blanks = con.execute(
-            f"SELECT count(*), count(*) - count({column}), "
-            f"count(*) FILTER (WHERE trim({text}) = '') FROM {relation}"
-        ).fetchone()
-        texts = [
-            row[0]
-            for row in con.execute(
-                f"SELECT t FROM (SELECT {text} AS t FROM {relation}) "
-                "WHERE trim(t) <> '' ORDER BY md5(t), t LIMIT ?",
-                [source.rows + calibration_rows],
-            ).fetchall()
-        ]
+        with open_source(
+            db=source.db,
+            table=source.table,
+            input=source.input,
+            require={"--check-text-col": source.text_col},
+            flags=_FLAGS,
+        ) as relation:
+            rows_read, nulls, blanks = relation.con.execute(
+                f"SELECT count(*), count(*) - count({column}), "
+                f"count(*) FILTER (WHERE trim({text}) = '') FROM {relation.name}"
+            ).fetchone()
+            texts = [
+                row[0]
+                for row in relation.con.execute(
+                    f"SELECT t FROM (SELECT {text} AS t FROM {relation.name}) "
+                    "WHERE trim(t) <> '' ORDER BY md5(t), t LIMIT ?",
+                    [source.rows + calibration_rows],
+                ).fetchall()
+            ]
     except duckdb.Error as exc:
         raise MarketpulseError(
-            f"cannot read check texts from {source.describe()}: {_first_line(exc)}; "
+            f"cannot read check texts from {source.describe()}: {first_line(exc)}; "
             "check the file or table"
         ) from exc
-    finally:
-        con.close()
     if not texts:
         raise MarketpulseError(
             f"no non-blank texts in {source.describe()} ({rows_read} rows read); "
@@ -192,71 +194,6 @@ def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSa
     gated, calibration = texts[: len(texts) - held], texts[len(texts) - held :]
     skipped = {"null_text": nulls, "empty_text": blanks}
     return CheckSample(gated, source.describe(), rows_read, skipped, calibration)
-
-
-def _connect_read_only(db: Path | None):
-    import duckdb
-
-    if db is None:
-        return duckdb.connect(":memory:")
-    if not Path(db).is_file():
-        raise MarketpulseError(f"database {db} not found; pass --check-db with an existing file")
-    try:
-        return duckdb.connect(str(db), read_only=True)
-    except duckdb.Error as exc:
-        raise MarketpulseError(
-            f"cannot open {db} read-only ({_first_line(exc)}); close the process that holds "
-            "it for writing, or pass a copy with --check-db"
-        ) from exc
-
-
-def _open_relation(con, source: CheckSource) -> str:
-    """A quoted relation holding the texts, after checking that the text column exists."""
-    import duckdb
-
-    if source.table is not None:
-        relation, where, flag = (
-            quote_table(source.table),
-            f"table {source.table!r}",
-            "--check-table",
-        )
-    else:
-        path, flag = Path(source.input), "--check-input"
-        name = path.name.lower()
-        if not path.is_file():
-            raise MarketpulseError(
-                f"check file {path} not found; pass {flag} with an existing file"
-            )
-        if not name.endswith(_PARQUET + _CSV):
-            raise MarketpulseError(
-                f"cannot tell the format of {path}; pass {flag} with a .csv, .tsv or .parquet file"
-            )
-        try:
-            read = con.read_parquet if name.endswith(_PARQUET) else con.read_csv
-            read(str(path)).to_view(_VIEW)
-        except duckdb.Error as exc:
-            raise MarketpulseError(
-                f"cannot read {path}: {_first_line(exc)}; check that it is valid CSV or Parquet"
-            ) from exc
-        relation, where = _VIEW, str(path)
-    try:
-        columns = [row[0] for row in con.execute(f"DESCRIBE {relation}").fetchall()]
-    except duckdb.Error as exc:
-        tables = ", ".join(r[0] for r in con.execute("SHOW TABLES").fetchall()) or "none"
-        raise MarketpulseError(
-            f"table {source.table!r} not found in {source.db} (tables: {tables}); "
-            f"pass {flag} with an existing table"
-        ) from exc
-    if source.text_col not in columns:
-        raise MarketpulseError(
-            f"column {source.text_col!r} not found in {where} (columns: {', '.join(columns)}); "
-            "pass --check-text-col with one of them"
-        )
-    return relation
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 class TorchReference:

@@ -38,12 +38,15 @@ def main():
 
 
 # --- train ---
-def _source_options(fn):
-    """Flags naming labeled input rows, shared by `train` and `evaluate`."""
+def _source_options(labeled: bool = True):
+    """Flags naming the input rows: labeled for `train` and `evaluate`, text only for `adapt`."""
+    held, returned = ("labeled rows", "rows") if labeled else ("unlabeled text", "text")
     options = [
         click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file to read from."),
-        click.option("--table", help="Table (or view) in --db holding the labeled rows."),
-        click.option("--query", help="SQL SELECT returning the rows (runs on --db, or in memory)."),
+        click.option("--table", help=f"Table (or view) in --db holding the {held}."),
+        click.option(
+            "--query", help=f"SQL SELECT returning the {returned} (runs on --db, or in memory)."
+        ),
         click.option(
             "--input",
             "input_path",
@@ -51,16 +54,34 @@ def _source_options(fn):
             help="CSV/TSV/Parquet file, read through DuckDB.",
         ),
         click.option("--text-col", default="text", show_default=True, help="Column with the text."),
-        click.option(
-            "--label-col", default="label", show_default=True, help="Column with the label."
-        ),
-        click.option(
-            "--label-names", help="Names for integer labels 0,1,2..., e.g. bearish,bullish,neutral."
-        ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    if labeled:
+        options += [
+            click.option(
+                "--label-col", default="label", show_default=True, help="Column with the label."
+            ),
+            click.option(
+                "--label-names",
+                help="Names for integer labels 0,1,2..., e.g. bearish,bullish,neutral.",
+            ),
+        ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+# Training precision, shared by `train` and `adapt`.
+_precision_option = click.option(
+    "--precision",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
+)
 
 
 def _data_source(db, table, query, input_path, text_col, label_col, label_names):
@@ -84,7 +105,7 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
 
 
 @main.command()
-@_source_options
+@_source_options()
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory."
 )
@@ -124,13 +145,7 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
-@click.option(
-    "--precision",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
-)
+@_precision_option
 @click.option(
     "--tune",
     is_flag=True,
@@ -254,7 +269,7 @@ def _check_tune_flags(tune: bool) -> None:
     type=click.Choice(registry.NAMES),
     help="Bundle graph to score with [default: the runtime's choice].",
 )
-@_source_options
+@_source_options()
 @click.option(
     "--name", help="Report name of the --table/--query/--input rows [default: table or file stem]."
 )
@@ -338,16 +353,7 @@ def evaluate(
 
 
 @main.command()
-@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file to read from.")
-@click.option("--table", help="Table (or view) in --db holding the unlabeled text.")
-@click.option("--query", help="SQL SELECT returning the text (runs on --db, or in memory).")
-@click.option(
-    "--input",
-    "input_path",
-    type=click.Path(dir_okay=False),
-    help="CSV/TSV/Parquet file, read through DuckDB.",
-)
-@click.option("--text-col", default="text", show_default=True, help="Column with the text.")
+@_source_options(labeled=False)
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory."
 )
@@ -379,13 +385,7 @@ def evaluate(
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
-@click.option(
-    "--precision",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
-)
+@_precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print adapt.json to stdout.")
 def adapt(
     db,

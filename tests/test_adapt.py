@@ -5,46 +5,16 @@ from __future__ import annotations
 import json
 import math
 
-import duckdb
 import pytest
 from click.testing import CliRunner
+from conftest import train_args
 
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.adapt import HELDOUT_MIN, load_texts
 from marketpulse.train.data import DataSource
 
-pytest.importorskip("torch")
-
-WORDS = {
-    "bearish": ["falls", "misses", "downgrade", "slump"],
-    "bullish": ["rallies", "beats", "upgrade", "soars"],
-    "neutral": ["reports", "schedules", "holds", "files"],
-}
-
-
-def _rows() -> list[tuple]:
-    """90 distinct labeled posts, then a NULL, a blank and a repeated text."""
-    rows, i = [], 0
-    for label, words in WORDS.items():
-        for n in range(30):
-            rows.append((i, f"$T{n} {words[n % 4]} after quarter {n}", label))
-            i += 1
-    return rows + [(100, None, "bullish"), (101, " \t ", "bearish"), (102, rows[0][1], "bearish")]
-
-
-@pytest.fixture(scope="module")
-def market_db(tmp_path_factory):
-    """posts(id, body, tag), the same rows reversed in posts_reversed, and blank_posts."""
-    path = tmp_path_factory.mktemp("adapt_data") / "market.duckdb"
-    con = duckdb.connect(str(path))
-    for table, rows in (("posts", _rows()), ("posts_reversed", _rows()[::-1])):
-        con.execute(f"CREATE TABLE {table} (id INTEGER, body VARCHAR, tag VARCHAR)")
-        con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", rows)
-    con.execute("CREATE TABLE blank_posts (id INTEGER, body VARCHAR)")
-    con.executemany("INSERT INTO blank_posts VALUES (?, ?)", [(1, None), (2, ""), (3, "  ")])
-    con.close()
-    return str(path)
+torch = pytest.importorskip("torch")
 
 
 def _adapt_args(db, out, base, *extra):
@@ -125,46 +95,33 @@ def test_adapt_records_new_head_and_keeps_base_pooler(adapted, tiny_checkpoint):
     ]
     base, new = _weights(tiny_checkpoint), _weights(out)
     # MLM never trains the pooler, so the classifier's starting pooler is the base's own
-    assert new["bert.pooler.dense.weight"].equal(base["bert.pooler.dense.weight"])
+    for key in ("bert.pooler.dense.weight", "bert.pooler.dense.bias"):
+        assert torch.equal(new[key], base[key]), key
     # ... while the encoder itself did train
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert not new[key].equal(base[key])
     assert "cls.predictions.transform.dense.weight" in new
 
 
-def test_train_starts_from_adapted_checkpoint(adapted, market_db, tmp_path):
+def test_train_starts_from_adapted_checkpoint(adapted, market_db, tiny_checkpoint, tmp_path):
     out, _ = adapted
     model = tmp_path / "model"
-    args = [
-        "train",
-        "--db",
-        market_db,
-        "--table",
-        "posts",
-        "--text-col",
-        "body",
-        "--label-col",
-        "tag",
-        "--out",
-        str(model),
-        "--base-model",
-        str(out),
-        "--epochs",
-        "1",
-        "--max-length",
-        "16",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-    ]
+    # A rate this small leaves every weight where training found it, so the saved model
+    # shows what `train` loaded.
+    args = train_args(market_db, model, out, "--learning-rate", "1e-12", "--precision", "fp32")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["base_model"] == str(out)
-    trained = _weights(model)
-    key = "bert.pooler.dense.weight"
-    assert key in trained  # loaded from the adapted checkpoint, then fine-tuned
+    base, adapted_weights, trained = _weights(tiny_checkpoint), _weights(out), _weights(model)
+    # the pooler is the one adapt carried over from the base, not a fresh initialisation
+    for key in ("bert.pooler.dense.weight", "bert.pooler.dense.bias"):
+        assert torch.allclose(trained[key], adapted_weights[key], atol=1e-6), key
+        assert torch.allclose(trained[key], base[key], atol=1e-6), key
+    # ... and the encoder is the adapted one, not the base's
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.allclose(trained[key], adapted_weights[key], atol=1e-6)
+    assert not torch.allclose(trained[key], base[key], atol=1e-6)
 
 
 def test_sample_ignores_scan_order_and_follows_seed(market_db):

@@ -7,67 +7,18 @@ import json
 import duckdb
 import pytest
 from click.testing import CliRunner
+from conftest import train_args
 
 from marketpulse.checkpoint import load_checkpoint, read_test_split
 from marketpulse.cli import main
 
 pytest.importorskip("torch")
 
-WORDS = {
-    "bearish": ["falls", "misses", "downgrade", "slump"],
-    "bullish": ["rallies", "beats", "upgrade", "soars"],
-    "neutral": ["reports", "schedules", "holds", "files"],
-}
-
-
-@pytest.fixture(scope="module")
-def market_db(tmp_path_factory):
-    """posts(id, body, tag VARCHAR, tag_id INTEGER): 90 usable rows + 3 unusable ones."""
-    path = tmp_path_factory.mktemp("data") / "market.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE posts (id INTEGER, body VARCHAR, tag VARCHAR, tag_id INTEGER)")
-    rows, i = [], 0
-    for label_id, (label, words) in enumerate(WORDS.items()):
-        for n in range(30):
-            rows.append((i, f"$T{n} {words[n % 4]} after quarter {n}", label, label_id))
-            i += 1
-    rows += [(100, None, "bullish", 1), (101, "  ", "bearish", 0), (102, "orphan text", None, None)]
-    con.executemany("INSERT INTO posts VALUES (?, ?, ?, ?)", rows)
-    con.close()
-    return str(path)
-
-
-def _train_args(db, out, base, *extra):
-    return [
-        "train",
-        "--db",
-        db,
-        "--table",
-        "posts",
-        "--text-col",
-        "body",
-        "--label-col",
-        "tag",
-        "--out",
-        str(out),
-        "--base-model",
-        str(base),
-        "--epochs",
-        "1",
-        "--max-length",
-        "16",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        *extra,
-    ]
-
 
 @pytest.fixture(scope="module")
 def trained(market_db, tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "model"
-    result = CliRunner().invoke(main, _train_args(market_db, out, tiny_checkpoint, "--seed", "3"))
+    result = CliRunner().invoke(main, train_args(market_db, out, tiny_checkpoint, "--seed", "3"))
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -106,7 +57,7 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
     con = duckdb.connect(market_db, read_only=True)
     split = con.execute(
         f"SELECT s.text, s.label, p.tag FROM '{out / 'test_split.parquet'}' s "
-        "LEFT JOIN posts p ON p.body = s.text"
+        "LEFT JOIN posts p ON p.body = s.text AND p.tag IS NOT NULL"
     ).fetchall()
     assert len(split) == 9 and all(label == tag for _, label, tag in split)
     assert (
@@ -127,7 +78,7 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
 def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint, tmp_path):
     out, _ = trained
     again = tmp_path / "again"
-    result = CliRunner().invoke(main, _train_args(market_db, again, tiny_checkpoint, "--seed", "3"))
+    result = CliRunner().invoke(main, train_args(market_db, again, tiny_checkpoint, "--seed", "3"))
     assert result.exit_code == 0, result.output
     first = duckdb.sql(f"SELECT * FROM '{out / 'test_split.parquet'}' ORDER BY ALL").fetchall()
     second = duckdb.sql(f"SELECT * FROM '{again / 'test_split.parquet'}' ORDER BY ALL").fetchall()
@@ -202,7 +153,7 @@ def test_evaluate_scores_a_bundle_variant(tiny_bundle, market_db, tmp_path):
 )
 def test_train_errors_name_the_fix(extra, code, message, market_db, tiny_checkpoint, tmp_path):
     out = tmp_path / "model"
-    args = _train_args(market_db, out, tiny_checkpoint)
+    args = train_args(market_db, out, tiny_checkpoint)
     flag, value = extra
     if flag in args:
         args[args.index(flag) + 1] = value
@@ -224,7 +175,7 @@ def test_train_errors_name_the_fix(extra, code, message, market_db, tiny_checkpo
 )
 def test_train_refuses_untrainable_labels(where, message, market_db, tiny_checkpoint, tmp_path):
     out = tmp_path / "model"
-    args = _train_args(market_db, out, tiny_checkpoint)
+    args = train_args(market_db, out, tiny_checkpoint)
     i = args.index("--table")
     args[i : i + 2] = ["--query", f"SELECT * FROM posts WHERE {where}"]
     result = CliRunner().invoke(main, args)
@@ -273,7 +224,7 @@ def test_early_stopping_and_class_weights(market_db, tiny_checkpoint, tmp_path):
     # A learning rate this small cannot move validation macro-F1, so with patience 1
     # training stops after the second epoch instead of running all five.
     out = tmp_path / "model"
-    args = _train_args(market_db, out, tiny_checkpoint)
+    args = train_args(market_db, out, tiny_checkpoint)
     args[args.index("--epochs") + 1] = "5"
     args += ["--patience", "1", "--learning-rate", "1e-12", "--class-weights"]
     result = CliRunner().invoke(main, args)

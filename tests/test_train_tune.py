@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
-import duckdb
 import pytest
 from click.testing import CliRunner
+from conftest import train_args
 
 from marketpulse.checkpoint import load_checkpoint, read_test_split
 from marketpulse.cli import main
@@ -15,61 +16,22 @@ from marketpulse.cli import main
 pytest.importorskip("torch")
 pytest.importorskip("optuna")
 
-WORDS = {
-    "bearish": ["falls", "misses", "downgrade", "slump"],
-    "bullish": ["rallies", "beats", "upgrade", "soars"],
-    "neutral": ["reports", "schedules", "holds", "files"],
-}
 TRIAL_KEYS = {"number", "params", "best_macro_f1", "epochs_run", "seconds", "state"}
 
 
 @pytest.fixture(scope="module")
-def market_db(tmp_path_factory):
-    """posts(id, body, tag): 90 labeled rows, 30 per class."""
-    path = tmp_path_factory.mktemp("data") / "market.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE posts (id INTEGER, body VARCHAR, tag VARCHAR)")
-    rows, i = [], 0
-    for label, words in WORDS.items():
-        for n in range(30):
-            rows.append((i, f"$T{n} {words[n % 4]} after quarter {n}", label))
-            i += 1
-    con.executemany("INSERT INTO posts VALUES (?, ?, ?)", rows)
-    con.close()
-    return str(path)
-
-
-def _args(db, out, base, *extra):
-    return [
-        "train",
-        "--db",
-        db,
-        "--table",
-        "posts",
-        "--text-col",
-        "body",
-        "--label-col",
-        "tag",
-        "--out",
-        str(out),
-        "--base-model",
-        str(base),
-        "--max-length",
-        "16",
-        "--device",
-        "cpu",
-        "--seed",
-        "5",
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
 def tuned(market_db, tiny_checkpoint, tmp_path_factory):
-    """A 2-trial study; records what every fine_tune call saw and what the test scoring got."""
+    """A 2-trial study; records the study tune made, what every fine_tune call saw and
+    what the test scoring got."""
+    import optuna
+
     from marketpulse.train import trainer, tune
 
-    calls, scored = [], []
+    calls, scored, studies = [], [], []
+
+    def spy_create_study(*args, **kwargs):
+        studies.append(create_study(*args, **kwargs))
+        return studies[-1]
 
     def spy_fine_tune(cfg, data, work, callbacks=()):
         fit = tune_fine_tune(cfg, data, work, callbacks)
@@ -82,18 +44,21 @@ def tuned(market_db, tiny_checkpoint, tmp_path_factory):
         return predict(model, tokenizer, texts, **kwargs)
 
     tune_fine_tune, predict = tune.fine_tune, trainer.predict_logits
+    create_study = optuna.create_study
     out = tmp_path_factory.mktemp("tuned") / "model"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tune, "fine_tune", spy_fine_tune)
         mp.setattr(trainer, "predict_logits", spy_predict)
-        args = _args(market_db, out, tiny_checkpoint, "--tune", "--tune-trials", "2")
-        result = CliRunner().invoke(main, [*args, "--tune-max-epochs", "2"])
+        mp.setattr(optuna, "create_study", spy_create_study)
+        extra = ["--seed", "5", "--tune", "--tune-trials", "2", "--tune-max-epochs", "2"]
+        args = train_args(market_db, out, tiny_checkpoint, *extra, small=False)
+        result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    return out, result, calls, scored
+    return SimpleNamespace(out=out, result=result, calls=calls, scored=scored, studies=studies)
 
 
 def test_tune_runs_every_trial_within_the_space(tuned):
-    out, result, calls, _ = tuned
+    out, result, calls = tuned.out, tuned.result, tuned.calls
     m = json.loads((out / "metrics.json").read_text())
     tuning = m["tuning"]
     assert [t["number"] for t in tuning["trials"]] == [0, 1]
@@ -129,7 +94,7 @@ def test_tune_runs_every_trial_within_the_space(tuned):
 def test_final_checkpoint_is_the_best_trial_model(tuned, tiny_checkpoint):
     from transformers import AutoModelForSequenceClassification
 
-    out, _, calls, _ = tuned
+    out, calls = tuned.out, tuned.calls
     m = json.loads((out / "metrics.json").read_text())
     trials = m["tuning"]["trials"]
     top = max(t["best_macro_f1"] for t in trials)
@@ -155,7 +120,7 @@ def test_final_checkpoint_is_the_best_trial_model(tuned, tiny_checkpoint):
 
 
 def test_trials_never_see_the_test_rows(tuned):
-    out, _, calls, scored = tuned
+    out, calls, scored = tuned.out, tuned.calls, tuned.scored
     test_texts, _ = read_test_split(load_checkpoint(out))
     assert len(test_texts) == 9
     for call in calls:
@@ -170,7 +135,8 @@ def test_tune_minutes_ends_the_study_before_the_trial_limit(market_db, tiny_chec
     # Optuna's timeout is checked between trials: the first runs, no second one starts.
     out = tmp_path / "model"
     extra = ["--tune", "--tune-trials", "5", "--tune-minutes", "0.0001", "--tune-max-epochs", "1"]
-    result = CliRunner().invoke(main, _args(market_db, out, tiny_checkpoint, *extra))
+    args = train_args(market_db, out, tiny_checkpoint, "--seed", "5", *extra, small=False)
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     tuning = json.loads((out / "metrics.json").read_text())["tuning"]
     assert len(tuning["trials"]) == 1 and tuning["best"]["number"] == 0
@@ -188,7 +154,8 @@ def test_tune_minutes_ends_the_study_before_the_trial_limit(market_db, tiny_chec
 )
 def test_tune_flag_clashes_are_usage_errors(extra, message, market_db, tiny_checkpoint, tmp_path):
     out = tmp_path / "model"
-    result = CliRunner().invoke(main, _args(market_db, out, tiny_checkpoint, *extra))
+    args = train_args(market_db, out, tiny_checkpoint, *extra, small=False)
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not out.exists()
@@ -197,37 +164,46 @@ def test_tune_flag_clashes_are_usage_errors(extra, message, market_db, tiny_chec
 def test_missing_optuna_is_a_one_line_error(market_db, tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
     out = tmp_path / "model"
-    result = CliRunner().invoke(main, _args(market_db, out, tiny_checkpoint, "--tune"))
+    args = train_args(market_db, out, tiny_checkpoint, "--tune", small=False)
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "pip install 'marketpulse[train]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_pruning_callback_stops_a_trial_below_the_median():
+def test_tune_pruner_stops_a_trial_below_the_median_from_epoch_two(tuned):
+    """The pruner of the study `tune.run` made (not one built here), driven through the
+    Trainer callback: nothing is pruned before three completed trials or at epoch 1."""
     import optuna
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from marketpulse.train.tune import make_pruning_callback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
-    )
-
-    def completed(trial):
-        for epoch, f1 in enumerate([0.5, 0.7, 0.8], start=1):
-            trial.report(f1, epoch)
-        return 0.8
-
-    study.optimize(completed, n_trials=1)
+    (made,) = tuned.studies
+    assert made.direction == optuna.study.StudyDirection.MAXIMIZE
+    recorded = json.loads((tuned.out / "metrics.json").read_text())["tuning"]["pruner"]
+    assert recorded == {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2}
+    # the same pruner on a fresh study, so the fixture's own trials do not count
+    study = optuna.create_study(direction="maximize", pruner=made.pruner)
     args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
 
-    def evaluate(trial, epoch, f1):
-        callback = make_pruning_callback(trial)
+    def complete():
+        trial = study.ask()
+        for epoch, f1 in enumerate([0.5, 0.7, 0.8], start=1):
+            trial.report(f1, epoch)
+        study.tell(trial, 0.8)
+
+    def evaluate(epoch, f1):
+        callback = make_pruning_callback(study.ask())
         state, control = TrainerState(epoch=float(epoch)), TrainerControl()
         callback.on_evaluate(args, state, control, metrics={"eval_macro_f1": f1})
         return callback.pruned_at, control.should_training_stop
 
-    assert evaluate(study.ask(), 1, 0.6) == (None, False)  # above the median at epoch 1
-    assert evaluate(study.ask(), 2, 0.3) == (2.0, True)  # below it at epoch 2: stop
+    complete()
+    complete()
+    assert evaluate(2, 0.1) == (None, False)  # two completed trials are too few
+    complete()
+    assert evaluate(1, 0.1) == (None, False)  # never at epoch 1
+    assert evaluate(2, 0.1) == (2.0, True)  # below the median at epoch 2: stop
+    assert evaluate(2, 0.9) == (None, False)  # above it: go on

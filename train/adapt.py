@@ -29,18 +29,26 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.sql import quote_ident, table_columns
+from marketpulse.sources import open_source
+from marketpulse.sql import quote_ident
 from marketpulse.train.basemodel import resolve_base_model
-from marketpulse.train.data import _VIEW, DataSource, _connect, _open_relation
+from marketpulse.train.data import DataSource
+from marketpulse.train.hf_trainer import (
+    WORK_DIR,
+    library_versions,
+    log,
+    make_progress_callback,
+    print_progress_only,
+    quiet_transformers,
+    training_arguments,
+)
 from marketpulse.train.predict import resolve_device
 
 ADAPT_JSON = "adapt.json"
@@ -49,7 +57,6 @@ HELDOUT_MIN = 8  # fewer masked tokens than this many texts give makes the loss 
 HELDOUT_MAX = 2000  # enough for a stable loss; more only slows both evaluations
 MIN_TEXTS = 2 * HELDOUT_MIN
 EVAL_BATCH_SIZE = 64
-_WORK = "_trainer"  # Trainer's output_dir inside the temp dir; removed before publishing
 # RE2 `\S`: a text with no non-space character is blank, as `str.strip()` sees it.
 _USABLE = r"regexp_matches(t, '\S')"
 
@@ -92,16 +99,6 @@ class Texts:
     distinct: int  # usable distinct texts before --max-rows
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _where(source: DataSource) -> str:
-    if source.table:
-        return f"table {source.table!r}"
-    return "the query" if source.query else str(source.input)
-
-
 def load_texts(source: DataSource, max_rows: int | None, seed: int) -> Texts:
     """Read the text column: distinct, non-blank, ordered by a seeded hash, capped.
 
@@ -109,16 +106,15 @@ def load_texts(source: DataSource, max_rows: int | None, seed: int) -> Texts:
     the same table and seed give the same sample and the same held-out rows. Duplicates
     are dropped so no held-out text also appears in training.
     """
-    con = _connect(source)
-    try:
-        relation = _open_relation(con, source)
-        have = table_columns(con, source.table or _VIEW)
-        if source.text_col not in have:
-            raise MarketpulseError(
-                f"column {source.text_col!r} not found in {_where(source)} "
-                f"(columns: {', '.join(have)}); pass --text-col with one of them"
-            )
-        cast = f"CAST({quote_ident(source.text_col)} AS VARCHAR) AS t FROM {relation}"
+    with open_source(
+        db=source.db,
+        table=source.table,
+        query=source.query,
+        input=source.input,
+        require={"--text-col": source.text_col},
+    ) as relation:
+        where, con = relation.where, relation.con
+        cast = f"CAST({quote_ident(source.text_col)} AS VARCHAR) AS t FROM {relation.name}"
         read, non_null, usable, distinct = con.execute(
             f"SELECT count(*), count(t), count(*) FILTER ({_USABLE}), "
             f"count(DISTINCT t) FILTER ({_USABLE}) FROM (SELECT {cast})"
@@ -132,8 +128,6 @@ def load_texts(source: DataSource, max_rows: int | None, seed: int) -> Texts:
                 [seed],
             ).fetchall()
         ]
-    finally:
-        con.close()
     skipped = {
         "null_text": read - non_null,
         "empty_text": non_null - usable,
@@ -141,7 +135,7 @@ def load_texts(source: DataSource, max_rows: int | None, seed: int) -> Texts:
     }
     if distinct < MIN_TEXTS:  # --max-rows is at least MIN_TEXTS (the CLI checks)
         raise MarketpulseError(
-            f"column {source.text_col!r} of {_where(source)} has {distinct} usable distinct "
+            f"column {source.text_col!r} of {where} has {distinct} usable distinct "
             f"texts (of {read} rows: {skipped['null_text']} NULL, {skipped['empty_text']} "
             f"blank, {skipped['duplicate']} duplicate); adapting needs at least {MIN_TEXTS}, "
             "pass --text-col with the column that holds the text"
@@ -171,19 +165,6 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-@contextmanager
-def _quiet_transformers():
-    """Silence transformers' own "newly initialized" warnings; `run` logs what matters."""
-    import transformers
-
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-
-
 def load_masked_lm(base_dir: Path):
     """Return (model, tokenizer, newly initialised weight names) of the base checkpoint."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -194,7 +175,7 @@ def load_masked_lm(base_dir: Path):
             f"the tokenizer in {base_dir} has no mask token; pass --base-model with a "
             "masked-LM encoder (BERT, RoBERTa, ...)"
         )
-    with _quiet_transformers():
+    with quiet_transformers():
         model, info = AutoModelForMaskedLM.from_pretrained(base_dir, output_loading_info=True)
     return model, tokenizer, sorted(info["missing_keys"])
 
@@ -207,7 +188,7 @@ def carry_encoder_modules(model, base_dir: Path) -> list[str]:
     """
     from transformers import AutoModel
 
-    with _quiet_transformers():
+    with quiet_transformers():
         encoder, info = AutoModel.from_pretrained(base_dir, output_loading_info=True)
     missing = info["missing_keys"]
     carried = []
@@ -263,33 +244,6 @@ def heldout_loss(model, batches: list[dict], device: str) -> tuple[float, int]:
     return (total / tokens if tokens else float("nan")), tokens
 
 
-def _make_args(cfg: AdaptConfig, work: Path, device: str, precision: str, n_train: int):
-    from transformers import TrainingArguments
-
-    steps_per_epoch = max(1, -(-n_train // cfg.batch_size))
-    return TrainingArguments(
-        output_dir=str(work),
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        group_by_length=True,
-        eval_strategy="no",
-        save_strategy="no",
-        logging_steps=max(1, min(50, steps_per_epoch // 5)),
-        logging_strategy="steps",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        dataloader_num_workers=0,
-    )
-
-
 def _publish(tmp: Path, out: Path) -> None:
     """Swap the finished temp dir into place; a crash before this leaves --out untouched."""
     if out.exists():
@@ -309,8 +263,6 @@ def run(cfg: AdaptConfig) -> Path:
     """Adapt the base encoder per `cfg`; write the checkpoint and adapt.json; return --out."""
     import duckdb
 
-    from marketpulse.train.trainer import _make_progress_callback, _versions
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)
@@ -320,21 +272,20 @@ def run(cfg: AdaptConfig) -> Path:
     data = load_texts(cfg.source, cfg.max_rows, cfg.seed)
     n_heldout = heldout_size(len(data.texts))
     heldout_texts, train_texts = data.texts[:n_heldout], data.texts[n_heldout:]
-    _log(
+    log(
         f"read {data.rows_read} rows from {cfg.source.describe()}: {data.distinct} usable "
         f"distinct texts, skipped {data.skipped}; using {len(data.texts)} "
         f"({len(train_texts)} train, {n_heldout} held out)"
     )
-    _log(f"device {device} ({precision}): {reason}")
+    log(f"device {device} ({precision}): {reason}")
 
     from transformers import DataCollatorForLanguageModeling, Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback
 
     set_seed(cfg.seed)  # before loading: the new head's random init depends on it
     model, tokenizer, new_weights = load_masked_lm(base_dir)
     tied = model.config.tie_word_embeddings
     if new_weights:
-        _log(
+        log(
             f"{base_dir} has no weights for {', '.join(new_weights)}: newly initialised "
             "(loss before adapting is with a random head)"
         )
@@ -348,7 +299,7 @@ def run(cfg: AdaptConfig) -> Path:
     train_rows = encode(train_texts)
     heldout_batches = mask_heldout(encode(heldout_texts), tokenizer, cfg.mlm_probability, cfg.seed)
     loss_before, masked = heldout_loss(model, heldout_batches, device)
-    _log(
+    log(
         f"held-out masked-LM loss before {loss_before:.4f} (perplexity "
         f"{_perplexity(loss_before):.1f}) on {masked} masked tokens"
     )
@@ -356,18 +307,27 @@ def run(cfg: AdaptConfig) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        progress = _make_progress_callback()()
+        args = training_arguments(
+            cfg,
+            tmp / WORK_DIR,
+            device,
+            precision,
+            len(train_rows),
+            group_by_length=True,
+            eval_strategy="no",
+            save_strategy="no",
+        )
         trainer = Trainer(
             model=model,
-            args=_make_args(cfg, tmp / _WORK, device, precision, len(train_rows)),
+            args=args,
             train_dataset=train_rows,
             data_collator=DataCollatorForLanguageModeling(
                 tokenizer, mlm_probability=cfg.mlm_probability
             ),
             processing_class=tokenizer,
-            callbacks=[progress],
+            callbacks=[make_progress_callback()],
         )
-        trainer.remove_callback(PrinterCallback)  # ProgressLog prints instead, to stderr
+        print_progress_only(trainer)
         t_train = time.perf_counter()
         trainer.train()
         train_time = time.perf_counter() - t_train
@@ -376,7 +336,7 @@ def run(cfg: AdaptConfig) -> Path:
 
         model = trainer.model
         loss_after, _ = heldout_loss(model, heldout_batches, device)
-        _log(
+        log(
             f"held-out masked-LM loss after {loss_after:.4f} (perplexity "
             f"{_perplexity(loss_after):.1f}); {len(train_rows)} texts x {epochs_run:g} epochs "
             f"in {train_time:.0f}s ({rows_per_s:.1f} rows/s)"
@@ -384,7 +344,7 @@ def run(cfg: AdaptConfig) -> Path:
 
         model = model.to("cpu").eval()
         carried = carry_encoder_modules(model, base_dir)
-        shutil.rmtree(tmp / _WORK, ignore_errors=True)
+        shutil.rmtree(tmp / WORK_DIR, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         record = {
@@ -416,14 +376,15 @@ def run(cfg: AdaptConfig) -> Path:
             "total_time_s": round(time.perf_counter() - t0, 1),
             "hyperparameters": cfg.hyperparameters(),
             "device": {"device": device, "precision": precision, "reason": reason},
-            "versions": {**_versions(), "duckdb": duckdb.__version__},  # hash() orders the sample
+            # duckdb too: its hash() orders the sample
+            "versions": {**library_versions(), "duckdb": duckdb.__version__},
         }
         (tmp / ADAPT_JSON).write_text(json.dumps(record, indent=2) + "\n")
         resolve_base_model(tmp)  # the contract `train --base-model` checks, before publishing
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _log(f"wrote the adapted checkpoint and {ADAPT_JSON} to {out}")
+    log(f"wrote the adapted checkpoint and {ADAPT_JSON} to {out}")
     return out
 
 

@@ -1,8 +1,9 @@
 """Read labeled text from DuckDB: a table, a SQL query, or a CSV/Parquet file.
 
-The loader knows nothing about models or splits. It returns every usable row as a
-(text, label name) pair in a canonical order (sorted), so the same data gives the
-same fingerprint and the same split however DuckDB happened to scan it. Rows with
+`marketpulse.sources` opens the source; this loader reads it and names the labels, and
+knows nothing about models or splits. It returns every usable row as a (text, label
+name) pair in a canonical order (sorted), so the same data gives the same fingerprint
+and the same split however DuckDB happened to scan it. Rows with
 NULL/empty text or a NULL/empty label are skipped and counted, never dropped silently.
 
 Labels may be strings or integers. Integer labels, and digits stored as text, are named
@@ -17,14 +18,10 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.sql import quote_ident, quote_table, table_columns
-
-_VIEW = "__marketpulse_input"
-_PARQUET = (".parquet", ".pq")
-_CSV = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+from marketpulse.sources import open_source
+from marketpulse.sql import quote_ident
 
 
 @dataclass(frozen=True)
@@ -85,78 +82,6 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _connect(source: DataSource):
-    import duckdb
-
-    if source.db:
-        if not Path(source.db).is_file():
-            raise MarketpulseError(
-                f"database {source.db} not found; pass --db with an existing DuckDB file"
-            )
-        try:
-            return duckdb.connect(source.db, read_only=True)
-        except duckdb.Error as exc:
-            raise MarketpulseError(
-                f"cannot open {source.db} read-only ({_first_line(exc)}); "
-                "close the process that holds it for writing, or pass a copy with --db"
-            ) from exc
-    return duckdb.connect(":memory:")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _open_relation(con, source: DataSource) -> str:
-    """Return a quoted relation name that SELECTs can read the source from."""
-    import duckdb
-
-    if source.table:
-        table_columns(con, source.table)  # raises "table not found ... pass --table"
-        return quote_table(source.table)
-    if source.query:
-        try:
-            con.execute(f"CREATE TEMP VIEW {_VIEW} AS {source.query}")
-        except duckdb.Error as exc:
-            raise MarketpulseError(f"--query failed: {_first_line(exc)}; fix the SQL") from exc
-        return _VIEW
-    path = Path(source.input)
-    if not path.is_file():
-        raise MarketpulseError(f"input file {path} not found; pass --input with an existing file")
-    name = path.name.lower()
-    try:
-        if name.endswith(_PARQUET):
-            relation = con.read_parquet(str(path))
-        elif name.endswith(_CSV):
-            relation = con.read_csv(str(path))
-        else:
-            raise MarketpulseError(
-                f"cannot tell the format of {path}; pass --input with a .csv, .tsv or .parquet file"
-            )
-        relation.to_view(_VIEW)
-    except duckdb.Error as exc:
-        raise MarketpulseError(
-            f"cannot read {path}: {_first_line(exc)}; check that it is valid CSV or Parquet"
-        ) from exc
-    return _VIEW
-
-
-def _check_columns(con, source: DataSource) -> dict[str, str]:
-    have = table_columns(con, source.table or _VIEW)
-    where = (
-        f"table {source.table!r}"
-        if source.table
-        else ("the query" if source.query else str(source.input))
-    )
-    for flag, col in (("--text-col", source.text_col), ("--label-col", source.label_col)):
-        if col not in have:
-            raise MarketpulseError(
-                f"column {col!r} not found in {where} (columns: {', '.join(have)}); "
-                f"pass {flag} with one of them"
-            )
-    return have
-
-
 def _as_int(value) -> int | None:
     if isinstance(value, bool):
         return None
@@ -200,14 +125,17 @@ def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
 
 def load_labeled(source: DataSource) -> LabeledRows:
     """Read (text, label) rows, skipping and counting unusable ones."""
-    con = _connect(source)
-    try:
-        relation = _open_relation(con, source)
-        _check_columns(con, source)
-        text, label = quote_ident(source.text_col), quote_ident(source.label_col)
-        rows = con.execute(f"SELECT CAST({text} AS VARCHAR), {label} FROM {relation}").fetchall()
-    finally:
-        con.close()
+    text, label = quote_ident(source.text_col), quote_ident(source.label_col)
+    with open_source(
+        db=source.db,
+        table=source.table,
+        query=source.query,
+        input=source.input,
+        require={"--text-col": source.text_col, "--label-col": source.label_col},
+    ) as relation:
+        rows = relation.con.execute(
+            f"SELECT CAST({text} AS VARCHAR), {label} FROM {relation.name}"
+        ).fetchall()
 
     skipped = {"null_text": 0, "empty_text": 0, "null_label": 0}
     texts, raw = [], []

@@ -11,6 +11,9 @@ What lands in the output directory, and where each field sits, is defined by
 best-epoch model in memory; a tuning trial is one call), `save_and_score` (save the
 model, score the test rows once, write metrics.json).
 
+The Trainer set-up this shares with `adapt.py` (TrainingArguments, the progress lines,
+library versions) lives in `hf_trainer.py`.
+
 Evaluation never trusts Trainer's sampler order: `OrderedEvalTrainer` (built by
 `_make_trainer_class`) forces a sequential sampler for validation, and the final
 test metrics come from `predict.predict_logits`, which maps each logit row back to
@@ -19,9 +22,7 @@ its own text.
 
 from __future__ import annotations
 
-import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,14 +42,17 @@ from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
 from marketpulse.train.data import LabeledRows, load_labeled, require_trainable
+from marketpulse.train.hf_trainer import (
+    WORK_DIR,
+    library_versions,
+    log,
+    make_progress_callback,
+    print_progress_only,
+    quiet_transformers,
+    training_arguments,
+)
 from marketpulse.train.predict import predict_logits, resolve_device
 from marketpulse.train.split import Split, stratified_split
-
-_WORK = "_trainer"  # Trainer's own epoch checkpoints; removed after the run
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class _Encoded:
@@ -100,66 +104,6 @@ def _make_trainer_class():
             return (loss, outputs) if return_outputs else loss
 
     return OrderedEvalTrainer
-
-
-def _make_progress_callback():
-    from transformers import TrainerCallback
-
-    class ProgressLog(TrainerCallback):
-        """One stderr line per logging step (loss, rate, ETA) and per evaluation.
-
-        `curve` keeps one entry per evaluation (epoch, validation macro-F1, accuracy, loss,
-        seconds since the start) for metrics.json and the printed report.
-        """
-
-        def __init__(self):
-            self.curve: list[dict] = []
-            # the epoch Trainer keeps: the first strictly best unrounded macro-F1
-            self.best: tuple[float, float] | None = None  # (macro-F1, epoch)
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            elapsed = time.perf_counter() - self.started
-            if "loss" in logs:
-                rate = state.global_step / max(elapsed, 1e-9)
-                eta = (state.max_steps - state.global_step) / max(rate, 1e-9)
-                _log(
-                    f"step {state.global_step}/{state.max_steps} epoch {state.epoch:.2f} "
-                    f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
-                    f"{rate * args.train_batch_size:.1f} rows/s ETA {eta:.0f}s"
-                )
-            elif "eval_macro_f1" in logs:
-                if self.best is None or logs["eval_macro_f1"] > self.best[0]:
-                    self.best = (logs["eval_macro_f1"], round(state.epoch, 2))
-                self.curve.append(
-                    {
-                        "epoch": round(state.epoch, 2),
-                        "macro_f1": round(logs["eval_macro_f1"], 4),
-                        "accuracy": round(logs["eval_accuracy"], 4),
-                        "loss": round(logs.get("eval_loss", float("nan")), 4),
-                        "seconds": round(elapsed, 1),
-                    }
-                )
-                _log(
-                    f"validation epoch {state.epoch:.2f}: macro-F1 {logs['eval_macro_f1']:.4f} "
-                    f"accuracy {logs['eval_accuracy']:.4f} loss {logs.get('eval_loss', float('nan')):.4f}"
-                )
-
-    return ProgressLog
-
-
-def _versions() -> dict:
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
 
 
 @dataclass(frozen=True)
@@ -225,11 +169,11 @@ def prepare(cfg: TrainConfig) -> Prepared:
     require_trainable(rows, cfg.source, min_per_class=3)
     split = stratified_split(rows.labels, cfg.split, cfg.seed)
     skipped = sum(rows.skipped.values())
-    _log(
+    log(
         f"read {rows.rows_read} rows from {cfg.source.describe()}: {len(rows.texts)} used, "
         f"{skipped} skipped {rows.skipped}; split {split.sizes()}"
     )
-    _log(f"device {device} ({precision}): {reason}")
+    log(f"device {device} ({precision}): {reason}")
 
     def take(indices: list[int]) -> tuple[list[str], list[str]]:
         return [rows.texts[i] for i in indices], [rows.labels[i] for i in indices]
@@ -258,13 +202,11 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
     checkpoints go to `work`, which is removed before returning.
     """
     import torch
-    import transformers
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
         EarlyStoppingCallback,
-        TrainingArguments,
         set_seed,
     )
 
@@ -272,9 +214,7 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(data.base_dir)
     label2id = {label: i for i, label in enumerate(labels)}
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected
-    try:
+    with quiet_transformers():  # "newly initialized classifier" is expected
         model = AutoModelForSequenceClassification.from_pretrained(
             data.base_dir,
             num_labels=len(labels),
@@ -283,8 +223,6 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
             # A classifier checkpoint with another label count as base: new head.
             ignore_mismatched_sizes=True,
         )
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
     def encode(texts: list[str], names: list[str]) -> _Encoded:
         enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
@@ -304,17 +242,13 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         counts = np.bincount([label2id[name] for name in data.train_labels], minlength=len(labels))
         weights = torch.tensor(len(train_ds) / (len(labels) * counts), dtype=torch.float32)
 
-    steps_per_epoch = max(1, -(-len(train_ds) // cfg.batch_size))
-    args = TrainingArguments(
-        output_dir=str(work),
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
+    args = training_arguments(
+        cfg,
+        work,
+        data.device,
+        data.precision,
+        len(train_ds),
         per_device_eval_batch_size=cfg.eval_batch_size,
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         group_by_length=cfg.group_by_length,
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -322,17 +256,9 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
-        logging_steps=max(1, min(50, steps_per_epoch // 5)),
-        logging_strategy="steps",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=data.device == "cpu",
-        bf16=data.precision == "bf16",
-        fp16=data.precision == "fp16",
-        dataloader_num_workers=0,
         save_safetensors=True,
     )
-    progress = _make_progress_callback()()
+    progress = make_progress_callback()
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -348,9 +274,7 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         ],
         class_weights=weights,
     )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # ProgressLog prints instead, to stderr
+    print_progress_only(trainer)
 
     t_train = time.perf_counter()
     try:
@@ -427,7 +351,7 @@ def save_and_score(
             "precision": prepared.fit.precision,
             "reason": prepared.device_reason,
         },
-        "versions": _versions(),
+        "versions": library_versions(),
         **(extra or {}),
     }
     checkpoint = write_metrics(
@@ -437,7 +361,7 @@ def save_and_score(
         max_length=cfg.max_length,
         base_model=str(prepared.fit.base_dir),
     )
-    _log(f"wrote checkpoint, {METRICS} and {TEST_SPLIT} to {out}")
+    log(f"wrote checkpoint, {METRICS} and {TEST_SPLIT} to {out}")
     return checkpoint
 
 
@@ -453,7 +377,7 @@ def run(cfg: TrainConfig) -> Checkpoint:
     t0 = time.perf_counter()
     prepared = prepare(cfg)
     write_test_rows(cfg, prepared)
-    fit = fine_tune(cfg, prepared.fit, Path(cfg.out) / _WORK)
+    fit = fine_tune(cfg, prepared.fit, Path(cfg.out) / WORK_DIR)
     return save_and_score(cfg, prepared, fit, t0)
 
 

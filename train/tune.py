@@ -23,14 +23,8 @@ from pathlib import Path
 from marketpulse.checkpoint import Checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.config import TrainConfig, TuneConfig
-from marketpulse.train.trainer import (
-    _WORK,
-    _log,
-    fine_tune,
-    prepare,
-    save_and_score,
-    write_test_rows,
-)
+from marketpulse.train.hf_trainer import WORK_DIR, log
+from marketpulse.train.trainer import fine_tune, prepare, save_and_score, write_test_rows
 
 PRUNER = {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2}  # steps are epochs
 
@@ -88,14 +82,14 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
     t0 = time.perf_counter()
     prepared = prepare(cfg)
     write_test_rows(cfg, prepared)
-    work = Path(cfg.out) / _WORK
+    work = Path(cfg.out) / WORK_DIR
     trials: list[dict] = []
     best: dict = {}  # the best completed trial so far: number, cfg, fit
 
     def objective(trial) -> float:
         params = _suggest(trial, tune)
         trial_cfg = dataclasses.replace(cfg, **{**params, "epochs": float(params["epochs"])})
-        _log(f"trial {trial.number + 1}/{tune.trials}: {_describe(params)}")
+        log(f"trial {trial.number + 1}/{tune.trials}: {_describe(params)}")
         reporter = make_pruning_callback(trial)
         started = time.perf_counter()
         fit = fine_tune(trial_cfg, prepared.fit, work, callbacks=(reporter,))
@@ -112,7 +106,7 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
         )
         if state == "complete" and (not best or fit.best_macro_f1 > best["fit"].best_macro_f1):
             best.update(number=trial.number, cfg=trial_cfg, fit=fit)
-        _log(
+        log(
             f"trial {trial.number + 1}/{tune.trials} {state}: best validation macro-F1 "
             f"{fit.best_macro_f1:.4f} in {fit.epochs_run:g} epochs, {trials[-1]['seconds']:.0f}s; "
             f"best so far trial {best['number'] + 1} ({best['fit'].best_macro_f1:.4f})"
@@ -162,7 +156,7 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
         },
         "trials": trials,
     }
-    _log(
+    log(
         f"tuning done: {len(trials)} trials in {tune_seconds:.0f}s; keeping trial "
         f"{chosen['number'] + 1} ({_describe(chosen['params'])})"
     )
