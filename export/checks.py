@@ -29,6 +29,7 @@ from marketpulse.checkpoint import TEST_SPLIT, Checkpoint, read_test_split
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import Flags, first_line, open_source
 from marketpulse.sql import quote_ident
+from marketpulse.text import blank_sql
 
 # Default sample of check texts: at 99% agreement, 2000 rows put the estimate within
 # +-0.44 points (95% confidence).
@@ -168,13 +169,13 @@ def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSa
         ) as relation:
             rows_read, nulls, blanks = relation.con.execute(
                 f"SELECT count(*), count(*) - count({column}), "
-                f"count(*) FILTER (WHERE trim({text}) = '') FROM {relation.name}"
+                f"count(*) FILTER (WHERE {blank_sql(text)}) FROM {relation.name}"
             ).fetchone()
             texts = [
                 row[0]
                 for row in relation.con.execute(
                     f"SELECT t FROM (SELECT {text} AS t FROM {relation.name}) "
-                    "WHERE trim(t) <> '' ORDER BY md5(t), t LIMIT ?",
+                    f"WHERE NOT {blank_sql('t')} ORDER BY md5(t), t LIMIT ?",
                     [source.rows + calibration_rows],
                 ).fetchall()
             ]

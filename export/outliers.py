@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.text import is_blank
 
 OUTLIER_CHANNELS = 32  # per layer; at most 1/16 of the FFN width
 CALIBRATION_ROWS = 512
@@ -50,7 +51,7 @@ class Calibration:
 
     def used(self) -> list[str]:
         """The texts calibration runs on; raise when there are none."""
-        texts = [t for t in self.texts if t and t.strip()][:CALIBRATION_ROWS]
+        texts = [t for t in self.texts if t is not None and not is_blank(t)][:CALIBRATION_ROWS]
         if not texts:
             raise MarketpulseError(
                 "no calibration texts for int8 (the check texts are all empty); re-run "

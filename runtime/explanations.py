@@ -25,6 +25,7 @@ from marketpulse.runtime.database import Database
 from marketpulse.runtime.results import utcnow
 from marketpulse.runtime.source import check_source, low_memory
 from marketpulse.sql import DEFAULT_STORAGE_VERSION, quote_ident
+from marketpulse.text import blank_sql
 
 DEFAULT_LIMIT = 20  # rows explained per call (the CLI's --limit default)
 
@@ -79,7 +80,7 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         rows = con.execute(
             f"SELECT s.{quote_ident(source.id_col)}, s.{quote_ident(source.text_col)} "
             f"FROM {source.table_sql} AS s WHERE {source.where_sql} "
-            f"AND nullif(trim(s.{quote_ident(source.text_col)}), '') IS NOT NULL "
+            f"AND NOT {blank_sql('s.' + quote_ident(source.text_col))} "
             f"ORDER BY s.{quote_ident(source.id_col)} LIMIT ?",
             [*source.where_params, int(cfg.limit)],
         ).fetchall()

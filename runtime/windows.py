@@ -35,14 +35,8 @@ from marketpulse.inference.batching import Encoded
 from marketpulse.inference.predictor import Predictor
 from marketpulse.results_schema import REASONS
 from marketpulse.runtime import results
+from marketpulse.text import blank_mask
 
-# What str.strip() strips (the characters where str.isspace() is true), as an RE2 class:
-# a text made of these only is blank ('empty_text'), exactly as Python would judge it.
-PY_WHITESPACE = (
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
-_BLANK = "^[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]*$"
 NULL_TEXT, EMPTY_TEXT = 1 + REASONS.index("null_text"), 1 + REASONS.index("empty_text")
 
 
@@ -83,7 +77,7 @@ def set_tokenizer_threads(threads: int) -> None:
 
 
 def tokenize_window(ids, texts, predictor: Predictor) -> Window:
-    """A window of source rows (Arrow id and text arrays): NULL/empty text set aside
+    """A window of source rows (Arrow id and text arrays): NULL/blank text set aside
     with its reason, each distinct remaining text tokenized once."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -91,7 +85,7 @@ def tokenize_window(ids, texts, predictor: Predictor) -> Window:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     reasons = np.zeros(len(texts), dtype=np.int8)
-    blank = pc.match_substring_regex(texts, _BLANK).fill_null(False)
+    blank = blank_mask(texts).fill_null(False)
     reasons[blank.to_numpy(zero_copy_only=False)] = EMPTY_TEXT
     reasons[texts.is_null().to_numpy(zero_copy_only=False)] = NULL_TEXT
     valid = np.flatnonzero(reasons == 0)

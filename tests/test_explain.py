@@ -67,12 +67,15 @@ def test_explain_rows_writes_one_row_per_word_with_personal_data_masked(bundle, 
         "(2, 'Call +1 415 555 0132 for the Nvidia note', 'a'), (3, NULL, 'a'), "
         "(4, 'Gold steady near record', 'b')"
     )
+    # blank as `score` judges it (Python's str.strip), though DuckDB's trim keeps them
+    con.executemany("INSERT INTO posts VALUES (?, ?, 'a')", [(5, "\t\n"), (6, "\u3000\xa0")])
     con.close()
     args = ["explain", "--bundle", str(bundle.path), "--db", str(db), "--table", "posts"]
     args += ["--id-col", "id", "--text-col", "text", "--where", "src = 'a'"]
     for _ in range(2):  # a rerun replaces, never duplicates
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
+        assert "explained 2 rows" in result.output
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute(
         "SELECT id, word, position, model_version FROM explanations ORDER BY id, position"

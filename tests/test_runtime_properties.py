@@ -211,12 +211,6 @@ def test_a_results_name_taken_by_something_else_is_refused_before_any_query(
     assert tables(db) == {"posts", name}
 
 
-def test_blank_means_what_str_strip_strips():
-    from marketpulse.runtime.windows import PY_WHITESPACE
-
-    assert PY_WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())
-
-
 @settings(max_examples=200, deadline=None, database=None)
 @given(
     texts=st.lists(

@@ -38,6 +38,7 @@ from pathlib import Path
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
+from marketpulse.text import blank_sql
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.data import DataSource
 from marketpulse.train.hf_trainer import (
@@ -57,8 +58,8 @@ HELDOUT_MIN = 8  # fewer masked tokens than this many texts give makes the loss 
 HELDOUT_MAX = 2000  # enough for a stable loss; more only slows both evaluations
 MIN_TEXTS = 2 * HELDOUT_MIN
 EVAL_BATCH_SIZE = 64
-# RE2 `\S`: a text with no non-space character is blank, as `str.strip()` sees it.
-_USABLE = r"regexp_matches(t, '\S')"
+# Not NULL and not blank (marketpulse.text: blank as `str.strip` sees it, as `score` skips).
+_USABLE = f"NOT {blank_sql('t')}"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
+from marketpulse.text import is_blank
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def load_labeled(source: DataSource) -> LabeledRows:
     for t, y in rows:
         if t is None:
             skipped["null_text"] += 1
-        elif not t.strip():
+        elif is_blank(t):
             skipped["empty_text"] += 1
         elif y is None or (isinstance(y, str) and not y.strip()):
             skipped["null_label"] += 1
