@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from conftest import TWITTER, require_shared
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.tools import bench, bench_report
+from marketpulse.tools import bench, bench_floor, bench_report
 
 
 def _figures(d=600.0, a=100.0, b=300.0, c=500.0, agree=0.995, rss=(440.0, 470.0)) -> dict:
@@ -188,6 +188,13 @@ def test_bench_figures_follow_from_the_runs(tiny_checkpoint, tiny_bundle, tmp_pa
         "ceiling_rows_per_s" if floor["graph_d"] == "int8" else "fp32_ceiling_rows_per_s"
     ]
     assert floor["fraction_d"] == pytest.approx(alts["d"]["rows_per_s"] / ceiling)
+    shares = floor["op_shares"]  # the ORT profile of the graph (d) ran
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert floor["matmul_share"] == pytest.approx(
+        sum(v for op, v in shares.items() if op in bench_floor.MATMUL_OPS)
+    )
+    assert 0 < floor["matmul_share"] < 1
+    assert f"matrix multiplies {100 * floor['matmul_share']:.1f}% in all" in run.stdout
     assert [s["rows"] for s in res["scale"]] == [300, 600]
     rss = res["scale"][-1]["peak_rss_mib"]
     assert checks["(d) peak RSS at 600 rows"]["value"] == f"{rss:.0f} MiB"
@@ -220,3 +227,12 @@ def test_host_ceiling_row_scores_the_same_rows_with_inference_stubbed(
             "any_value(label) FROM scores"
         ).fetchone() == (64, 64, pytest.approx(1 / 3), pytest.approx(1 / 3), "bearish")
         assert con.execute("SELECT status, rows_scored FROM runs").fetchall() == [("completed", 64)]
+
+
+def test_op_shares_profile_the_graph_score_runs(tiny_bundle, tmp_path):
+    texts = [f"shares of company {i} rose {i % 7} percent after earnings" for i in range(64)]
+    shares = bench_floor.op_shares(tiny_bundle.path, "int8", texts, tmp_path)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+    # the static int8 graph runs integer matmuls: the profile must see them
+    assert "MatMulIntegerToFloat" in shares or "MatMulInteger" in shares

@@ -47,7 +47,13 @@ from marketpulse import cpu
 from marketpulse.errors import MarketpulseError
 from marketpulse.sql import create_database
 from marketpulse.tools import bench_workers
-from marketpulse.tools.bench_floor import flops_per_row, matmul_rate, mean_tokens
+from marketpulse.tools.bench_floor import (
+    MATMUL_OPS,
+    flops_per_row,
+    matmul_rate,
+    mean_tokens,
+    op_shares,
+)
 from marketpulse.tools.bench_report import (
     ALTERNATIVES,
     Targets,
@@ -388,6 +394,10 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
             "graph_d": ran,
             "fraction_d": alts["d"]["rows_per_s"] / ceiling[ran],
         }
+        click.echo(f"bench: profiling the {ran} graph's ops ...", err=True)
+        shares = op_shares(bundle_dir, ran, texts[: min(rows, 1000)], work)
+        res["floor"]["op_shares"] = shares
+        res["floor"]["matmul_share"] = sum(v for op, v in shares.items() if op in MATMUL_OPS)
     res["scale"] = []
     for n in scale:
         click.echo(f"bench: (d) alone on {n:,} rows ...", err=True)

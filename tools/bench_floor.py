@@ -71,3 +71,43 @@ def mean_tokens(bundle: Path, texts: list[str]) -> float:
 
     b = load_bundle(bundle)
     return float(TextEncoder(b.tokenizer_path, b.max_length).encode(texts).lengths.mean())
+
+
+# Ops that multiply matrices: the part of a graph's time the ceilings above bound.
+MATMUL_OPS = frozenset(
+    {"MatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul", "Gemm", "FusedGemm",
+     "FusedMatMul", "DynamicQuantizeMatMul"}
+)  # fmt: skip
+
+
+def op_shares(bundle: Path, variant: str, texts: list[str], work: Path) -> dict[str, float]:
+    """Share of graph time per ONNX op type when `variant` scores `texts` as `score` does:
+    one intra-op thread, the runtime's session options and token-budget batches, timed by
+    ONNX Runtime's own profiler (`SessionOptions.enable_profiling`)."""
+    import onnxruntime as ort
+
+    from marketpulse.inference import predictor as pred
+    from marketpulse.inference.batching import plan_batches
+
+    p = pred.Predictor(bundle, variant, "cpu", threads=1)
+    opts = pred.session_options()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(work / f"ort-profile-{variant}")
+    session = ort.InferenceSession(
+        str(p.bundle.variant_path(p.variant)),
+        sess_options=opts,
+        providers=[pred.CPU],
+        disabled_optimizers=pred.CPU_DISABLED_OPTIMIZERS,
+    )
+    p.session = session
+    encoded = p.encoder.encode(texts)
+    for idx in plan_batches(encoded.lengths, p.batch_tokens):
+        p.run(*encoded.batch(idx, p.encoder.pad_id))
+    events = json.loads(Path(session.end_profiling()).read_text())
+    micros: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            micros[op] = micros.get(op, 0.0) + e["dur"]
+    total = sum(micros.values()) or 1.0
+    return dict(sorted(((op, t / total) for op, t in micros.items()), key=lambda kv: -kv[1]))

@@ -74,6 +74,13 @@ def report(res: dict) -> str:
             f"GFLOP/s -> ceiling {f.get('fp32_ceiling_rows_per_s', 0):.0f} rows/s; (d) ran "
             f"{f.get('graph_d', 'int8')} and reaches {100 * f['fraction_d']:.1f}% of its ceiling"
         )
+    if f and "op_shares" in f:
+        top = ", ".join(f"{op} {100 * v:.1f}%" for op, v in list(f["op_shares"].items())[:8])
+        lines.append(
+            f"    where the {f['graph_d']} graph's time goes (ORT profiler, one thread): {top}; "
+            f"matrix multiplies {100 * f['matmul_share']:.1f}% in all, the only part the "
+            "ceiling counts"
+        )
     for s in res.get("scale", []):
         lines.append(
             f"scale: (d) on {s['rows']:,} rows: {s['rows_per_s']:.1f} rows/s, peak RSS "

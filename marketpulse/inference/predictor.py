@@ -152,7 +152,7 @@ def load_cuda_libraries() -> None:
             pass
 
 
-def _session_options():
+def session_options():
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -190,7 +190,7 @@ class Predictor:
         try:
             session = ort.InferenceSession(
                 str(path),
-                sess_options=_session_options(),
+                sess_options=session_options(),
                 providers=providers,
                 disabled_optimizers=CPU_DISABLED_OPTIMIZERS if placement.provider == CPU else None,
             )
@@ -216,7 +216,7 @@ class Predictor:
             variant_reason = f"CUDA failed to start; {fallback.variant}, the CPU preference"
             session = ort.InferenceSession(
                 str(self.bundle.variant_path(placement.variant)),
-                sess_options=_session_options(),
+                sess_options=session_options(),
                 providers=[CPU],
                 disabled_optimizers=CPU_DISABLED_OPTIMIZERS,
             )
