@@ -65,6 +65,8 @@ RUN_COLUMNS = {
     "canary_note": "VARCHAR",
 }
 # Run columns added after runs tables existed: an older runs table gets them by ALTER.
+# scores columns added after the first release: ALTERed into older tables, NULL there
+ADDED_SCORE_COLUMNS = {"run_id": "VARCHAR"}  # the run that scored the row (its variant)
 ADDED_RUN_COLUMNS = (
     "psi_label",
     "psi_confidence",

@@ -87,9 +87,8 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
     Predictor whose `run` returns zero logits, so the run costs the host work alone.
     """
     with checked_run(cfg) as run:
-        pending = run.matching - run.done if cfg.limit != 0 else 0
         choice = autovariant.choose(
-            run.bundle, cfg.device, cfg.variant, cfg.cache_dir, measure=pending > 0
+            run.bundle, cfg.device, cfg.variant, cfg.cache_dir, measure=run.pending > 0
         )
         threads = cfg.threads or available_cores()
         predictor = predictor_type(

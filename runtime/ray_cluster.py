@@ -3,10 +3,11 @@ read, and a progress watchdog so a run that stops making progress fails instead 
 hanging.
 
 `connect(ray, address, log)` joins (or starts) the cluster and sets Ray Data up for a
-scoring run; `plan_workers` sizes the actor pool from the cluster's resources.
-`check_nodes_read(ray, paths, gpus, timeout_s)` runs a zero-CPU probe on every node
-that can host a scorer and fails with one line naming a node that cannot read the
-stage dir or the bundle. `watched(batches, timeout_s, stopping)` yields the scored
+scoring run; `plan_workers` sizes the actor pool from a resources dict.
+`check_nodes_read(ray, paths, gpus, timeout_s, log)` runs a zero-CPU probe on every node
+that can host a scorer, fails with one line naming a node that cannot read the stage
+dir or the bundle, skips (and logs) a node that died but is still listed, and returns
+the resources of the nodes that answered: the pool is sized on those. `watched(batches, timeout_s, stopping)` yields the scored
 batches of a Ray Data iterator, and raises `Stalled` when none arrives for
 `timeout_s` seconds. None of this knows about DuckDB or the model.
 
@@ -112,7 +113,7 @@ def check_nodes_read(
     still listed (its heartbeat has not yet timed out) is skipped and logged. Returns the
     summed resources of the nodes that answered, to size the actor pool on.
     """
-    from ray.exceptions import TaskUnschedulableError
+    from ray.exceptions import NodeDiedError, TaskUnschedulableError, WorkerCrashedError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     expected = {flag: (str(path), fingerprint(path)) for flag, path in paths.items()}
@@ -135,7 +136,8 @@ def check_nodes_read(
     for node, ref in zip(nodes, refs, strict=True):
         try:
             where, wrong = ray.get(ref)
-        except TaskUnschedulableError:  # listed alive, but gone by the time the probe ran
+        # listed alive but gone by the time the probe ran, or died while it ran
+        except (TaskUnschedulableError, NodeDiedError, WorkerCrashedError):
             if log:
                 log(f"Ray node {node['NodeID'][:8]} left the cluster; not scoring on it")
             continue
@@ -147,15 +149,21 @@ def check_nodes_read(
             )
         for name, amount in node.get("Resources", {}).items():
             live[name] = live.get(name, 0) + amount
+    need = f"a GPU (--gpus-per-worker {gpus:g})" if gpus > 0 else "a CPU"
     if not live:
+        raise MarketpulseError(f"no live Ray node with {need} to score on; check `ray status`")
+    if gpus > 0 and live.get("CPU", 0) < 1:
+        # a GPU scorer actor also takes one CPU (ray_engine's actor options)
         raise MarketpulseError(
-            "no Ray node able to score answered the file check; check `ray status`"
+            "the live GPU node(s) of the Ray cluster have no CPU for a scorer actor; start "
+            "them with --num-cpus 1 or more, or pass --gpus-per-worker 0 to score on CPUs"
         )
     return live
 
 
 def plan_workers(resources: dict, workers: int | None, gpus_per_worker: float, threads: int) -> int:
-    """How many Scorer actors to start on a cluster with `resources` (ray.cluster_resources())."""
+    """How many Scorer actors to start on `resources` (summed per resource: the cluster's,
+    or the live nodes' that `check_nodes_read` returns)."""
     if workers is not None and workers < 1:
         raise MarketpulseError(f"--workers must be at least 1, got {workers}")
     if gpus_per_worker > 0:

@@ -122,9 +122,12 @@ def planned_placement(bundle, device: str, variant: str | None) -> tuple[str, st
     return placement.provider, placement.variant
 
 
-def planned_variant(bundle, device: str, cfg: ScoreConfig):
-    """`--variant auto` for the workers: timed on the driver's CPU (autovariant.py)."""
-    choice = autovariant.choose(bundle, device, cfg.variant, cfg.cache_dir, probe=False)
+def planned_variant(bundle, device: str, cfg: ScoreConfig, pending: int):
+    """`--variant auto` for the workers: timed on the driver's CPU (autovariant.py), not
+    at all when no row is pending."""
+    choice = autovariant.choose(
+        bundle, device, cfg.variant, cfg.cache_dir, probe=False, measure=pending > 0
+    )
     if cfg.variant == registry.AUTO and device == "cpu":
         return replace(choice, reason=f"{choice.reason} (timed on the driver's CPU)")
     return choice
@@ -291,7 +294,7 @@ def score_with_ray(
         )
     threads = 1 if device == "cuda" else (cfg.threads or 1)
     with checked_run(cfg) as run:
-        choice = planned_variant(run.bundle, device, cfg)
+        choice = planned_variant(run.bundle, device, cfg, run.pending)
         provider, variant = planned_placement(run.bundle, device, choice.variant)
         with run.record(
             provider=provider,
@@ -333,6 +336,7 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
         tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=cluster["stage_dir"])
     )
     try:
+        # sizes the shards; the pool is sized again below on the nodes that answer the check
         pool = plan_workers(ray.cluster_resources(), cluster["workers"], gpus_per_worker, threads)
         per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
         shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))

@@ -25,6 +25,7 @@ from marketpulse.bundle import Bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import (
     ADDED_RUN_COLUMNS,
+    ADDED_SCORE_COLUMNS,
     MODEL_COLUMNS,
     MODELS,
     RUN_COLUMNS,
@@ -112,18 +113,19 @@ def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[st
     have = check_tables(con, results_table, id_type)
     if have is None:
         probs = "".join(f", {quote_ident(c)} DOUBLE" for c in p_cols)
+        added = "".join(f", {quote_ident(c)} {t}" for c, t in ADDED_SCORE_COLUMNS.items())
         con.execute(
             f"CREATE TABLE {table} (id {id_type} NOT NULL, model_version VARCHAR NOT NULL, "
             f"label VARCHAR, confidence DOUBLE{probs}, reason VARCHAR, truncated BOOLEAN, "
-            "scored_at TIMESTAMP, run_id VARCHAR)"
+            f"scored_at TIMESTAMP{added})"
         )
     else:
-        # A model with new labels adds its probability columns; older rows read NULL there.
-        for col in p_cols:
+        # A model with new labels adds its probability columns, and a table from an older
+        # release the columns added since; older rows read NULL there.
+        new = {c: "DOUBLE" for c in p_cols} | ADDED_SCORE_COLUMNS
+        for col, sql_type in new.items():
             if col not in have:
-                con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} DOUBLE")
-        if "run_id" not in have:  # tables from before rows named their run: NULL there
-            con.execute(f"ALTER TABLE {table} ADD COLUMN run_id VARCHAR")
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {sql_type}")
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {quote_ident(MODELS)} "
         f"({', '.join(f'{quote_ident(k)} {v}' for k, v in MODEL_COLUMNS.items())})"

@@ -172,6 +172,12 @@ class Run:
     _held: list = field(default_factory=list)  # (rows, counts, reasons) not yet committed
     _last_commit: float = field(default_factory=time.monotonic)
 
+    @property
+    def pending(self) -> int:
+        """Rows this run will score: those matching and not yet scored, up to --limit."""
+        unscored = self.matching - self.done
+        return unscored if self.cfg.limit is None else min(unscored, self.cfg.limit)
+
     @contextmanager
     def record(
         self, *, provider: str, variant: str, reason: str, engine: str, variant_reason: str = ""
@@ -189,8 +195,7 @@ class Run:
             results.register_model(con, self.bundle)
             dead = results.close_dead_runs(con)
             self._start_row(con, run_id, provider, variant, engine, variant_reason)
-        unscored = self.matching - self.done
-        pending = unscored if cfg.limit is None else min(unscored, cfg.limit)
+        pending = self.pending
         stats = self.stats = RunStats(
             run_id=run_id,
             model_version=self.bundle.version,

@@ -194,25 +194,30 @@ def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(
     print(f"worker node killed mid-run: first run {outcome}")
 
 
-def test_the_node_check_skips_a_node_that_died_but_is_still_listed(cluster, tmp_path):
+def test_the_node_check_skips_a_node_that_died_but_is_still_listed(cluster, tmp_path, monkeypatch):
     """A SIGKILLed node stays listed alive until its heartbeat times out: the file check
-    must skip it (not raise Ray's own error) and size the pool on the nodes that answered."""
-    from marketpulse.runtime.ray_cluster import check_nodes_read
+    must skip it (not raise Ray's own error) and size the pool on the nodes that answered.
+    The node list is taken before the kill, so the check always sees the dead node."""
+    from marketpulse.runtime import ray_cluster
 
     doomed = cluster.add_node(num_cpus=1, **cluster.node_args)
     ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
     try:
         cluster.wait_for_nodes()
+        listed = ray_cluster.scoring_nodes(ray, 0)
+        assert len(listed) == 2
         cluster.remove_node(doomed, allow_graceful=False)
+        monkeypatch.setattr(ray_cluster, "scoring_nodes", lambda ray, gpus: listed)
         shared = tmp_path / "shared.txt"
         shared.write_text("seen by every node")
         lines = []
-        live = check_nodes_read(ray, {"--bundle": shared}, timeout_s=60, log=lines.append)
+        live = ray_cluster.check_nodes_read(
+            ray, {"--bundle": shared}, timeout_s=60, log=lines.append
+        )
     finally:
         ray.shutdown()
     assert live["CPU"] == 2  # the surviving worker node only; the head has none
-    assert all("left the cluster" in line for line in lines)
-    print(f"node check after a SIGKILL: {lines or 'the dead node was already unlisted'}")
+    assert len(lines) == 1 and "left the cluster; not scoring on it" in lines[0]
 
 
 def test_an_actor_process_killed_mid_run_loses_and_duplicates_nothing(

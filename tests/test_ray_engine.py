@@ -215,9 +215,13 @@ def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundl
     try:
         # Each Scorer call stamps its rows: the Ray rows came in chunk-sized batches.
         stamps = con.execute("SELECT count(DISTINCT scored_at) FROM scores").fetchone()[0]
+        by_run = con.execute(
+            "SELECT r.engine, count(*) FROM scores s JOIN runs r USING (run_id) GROUP BY ALL"
+        ).fetchall()
     finally:
         con.close()
     assert stamps >= 1 + (N - 1000) // 512
+    assert sorted(by_run) == [("local", 1000), ("ray", N - 1000)]  # each row names its run
 
     again = score_with_ray(config(ray_db, bundle))
     assert (again.status, again.rows_pending, again.rows_scored) == ("completed", 0, 0)

@@ -30,10 +30,13 @@ def cpu_only():
         pytest.skip("auto times CPU graphs; this machine has a CUDA provider (device auto)")
 
 
-def run(tmp_path, bundle_dir, cache, name="m", **cfg):
+def run(tmp_path, bundle_dir, cache, name="m", engine="local", **cfg):
     db = tmp_path / f"{name}.duckdb"
     make_source(db, N)
-    stats = score(
+    engine_score = score
+    if engine == "ray":
+        from marketpulse.runtime.ray_engine import score_with_ray as engine_score
+    stats = engine_score(
         ScoreConfig(
             db=db,
             table="posts",
@@ -117,9 +120,12 @@ def test_a_corrupt_or_stale_cache_is_measured_again(bundle, tmp_path, capfd):
         assert set(json.loads(path.read_text())["rows_per_s"]) == {"fp32", "int8"}
 
 
-def test_nothing_pending_times_no_graph(bundle, tmp_path, capfd):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_nothing_pending_times_no_graph(bundle, tmp_path, capfd, engine):
+    if engine == "ray":
+        pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
     cache = tmp_path / "cache"
-    stats, (variant, reason) = run(tmp_path, bundle.path, cache, limit=0)
+    stats, (variant, reason) = run(tmp_path, bundle.path, cache, limit=0, engine=engine)
     assert "auto: timed" not in capfd.readouterr().err
     assert not cache_file(bundle, cache).exists()
     assert stats.rows_scored == 0 and reason.startswith("auto: no rows pending")
