@@ -7,3 +7,9 @@ Every message says what is wrong *and* what to do about it, e.g.
 
 class MarketpulseError(Exception):
     """An expected failure caused by input, configuration or environment."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (DuckDB's run to several), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

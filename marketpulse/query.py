@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.sql import connect
 
 DEFAULT_TIMEOUT = 60.0
@@ -36,7 +36,7 @@ def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[lis
         con = connect(db, read_only=True, timeout=timeout, on_wait=waiting)
     except duckdb.Error as exc:
         raise MarketpulseError(
-            f"cannot open {db} as a DuckDB database ({str(exc).splitlines()[0]}); pass --db "
+            f"cannot open {db} as a DuckDB database ({first_line(exc)}); pass --db "
             "with a DuckDB file"
         ) from exc
     try:
@@ -46,7 +46,7 @@ def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[lis
         return [d[0] for d in relation.description], relation.fetchall()
     except duckdb.Error as exc:
         raise MarketpulseError(
-            f"query failed ({str(exc).splitlines()[0]}); the database is opened read-only, "
+            f"query failed ({first_line(exc)}); the database is opened read-only, "
             "so only queries that read work"
         ) from exc
     finally:

@@ -5,7 +5,8 @@ Shared by every stage that reads rows it did not write: train (labeled rows), ad
 sampling or models. `open_source` opens the source as one relation that SELECTs can
 read, checks that the columns the caller needs exist, and turns every failure into a
 one-line MarketpulseError that names the flag to fix. The database file is opened
-read-only, so a source is never changed by reading it.
+read-only through `marketpulse.sql.connect`, so a source is never changed by reading it
+and a read waits while a scoring run holds the file for a commit, as every stage does.
 
 The flags differ per command (`--db` for train, `--check-db` for export), so the caller
 passes the ones it has in `Flags`.
@@ -13,18 +14,25 @@ passes the ones it has in `Flags`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from marketpulse.errors import MarketpulseError
-from marketpulse.sql import quote_table
+# first_line lives in errors.py (sql.py uses it too); importing it here keeps
+# `from marketpulse.sources import first_line` working for the stages.
+from marketpulse.errors import MarketpulseError, first_line
+from marketpulse.sql import connect, quote_table, require_columns
 
 _VIEW = "__marketpulse_source"
 _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+# Seconds a read waits for a process that holds the database for writing. A scoring run
+# holds it only while it commits a chunk (see runtime/database.py), so the wait is short
+# unless something else keeps the file open.
+LOCK_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -42,31 +50,38 @@ class Relation:
     """An open source: `con.execute(f"SELECT ... FROM {name}")` reads its rows."""
 
     con: Any  # duckdb.DuckDBPyConnection, closed when `open_source` exits
-    name: str  # quoted table name, or the temp view over the query or file
+    name: str  # the quoted table, or the temp view over the query or file
     where: str  # "table 'news'", "the query" or the file path, for messages
     columns: dict[str, str]  # {column: DuckDB type}
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (DuckDB's run to several), else its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def connect_read_only(db: str | Path | None, flag: str = "--db", timeout: float = LOCK_TIMEOUT):
+    """A read-only connection to `db`, or an in-memory one when there is no database.
 
-
-def connect_read_only(db: str | Path | None, flag: str = "--db"):
-    """A read-only connection to `db`, or an in-memory one when there is no database."""
+    Waits up to `timeout` seconds while another process holds `db` for writing.
+    """
     import duckdb
 
     if not db:
         return duckdb.connect(":memory:")
     if not Path(db).is_file():
         raise MarketpulseError(f"database {db} not found; pass {flag} with an existing DuckDB file")
+
+    def waiting(seconds: float, error: str) -> None:
+        print(f"marketpulse: waiting for a writer to commit to {db} ({error})", file=sys.stderr)
+
     try:
-        return duckdb.connect(str(db), read_only=True)
+        return connect(
+            db,
+            read_only=True,
+            timeout=timeout,
+            on_wait=waiting,
+            fix=f"close the process that writes it, or pass a copy with {flag}",
+        )
     except duckdb.Error as exc:
         raise MarketpulseError(
-            f"cannot open {db} read-only ({first_line(exc)}); close the process that holds "
-            f"it for writing, or pass a copy with {flag}"
+            f"cannot open {db} as a DuckDB database ({first_line(exc)}); "
+            f"pass {flag} with a DuckDB file"
         ) from exc
 
 
@@ -85,38 +100,24 @@ def open_source(
     `require` maps flag -> column: each column must exist, else the error names the flag
     (`{"--text-col": "body"}`). The connection closes when the block exits.
     """
-    import duckdb
-
     con = connect_read_only(db, flags.db)
     try:
         name, where = _open_relation(con, table, query, input, flags)
-        try:
-            described = con.execute(f"DESCRIBE {name}").fetchall()
-        except duckdb.Error as exc:  # only a table can be missing: the views were just made
-            tables = ", ".join(r[0] for r in con.execute("SHOW TABLES").fetchall()) or "none"
-            in_db = f" in {db}" if db else ""
-            raise MarketpulseError(
-                f"table {table!r} not found{in_db} (tables: {tables}); "
-                f"pass {flags.table} with an existing table"
-            ) from exc
-        columns = {row[0]: row[1] for row in described}
-        for flag, column in (require or {}).items():
-            if column not in columns:
-                raise MarketpulseError(
-                    f"column {column!r} not found in {where} (columns: {', '.join(columns)}); "
-                    f"pass {flag} with one of them"
-                )
-        yield Relation(con, name, where, columns)
+        # only a table can be missing (the views were just made): that error names the table
+        columns = require_columns(
+            con, name, require or {}, where=where, db=db, table_flag=flags.table
+        )
+        yield Relation(con, quote_table(name), where, columns)
     finally:
         con.close()
 
 
 def _open_relation(con, table, query, input, flags: Flags) -> tuple[str, str]:
-    """Return (quoted relation name, description for messages) of the one source given."""
+    """Return (relation name, description for messages) of the one source given."""
     import duckdb
 
     if table:
-        return quote_table(table), f"table {table!r}"
+        return table, f"table {table!r}"
     if query:
         try:
             con.execute(f"CREATE TEMP VIEW {_VIEW} AS {query}")

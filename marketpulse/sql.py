@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
@@ -36,8 +37,12 @@ def quote_table(name: str) -> str:
     return ".".join(quote_ident(p) for p in parts)
 
 
-def table_columns(con, table: str) -> dict[str, str]:
-    """Return {column: type} of an existing table or view, or raise naming the fix."""
+def table_columns(con, table: str, *, db=None, table_flag: str = "--table") -> dict[str, str]:
+    """Return {column: type} of an existing table or view, or raise naming the fix.
+
+    `db` (the file the table should be in) goes into the message when given;
+    `table_flag` is the flag that names the table (`--check-table` for export).
+    """
     try:
         rows = con.execute(f"DESCRIBE {quote_table(table)}").fetchall()
     except MarketpulseError:
@@ -45,19 +50,34 @@ def table_columns(con, table: str) -> dict[str, str]:
     except Exception as exc:  # duckdb.CatalogException and friends
         tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
         listed = ", ".join(tables) if tables else "none"
+        in_db = f" in {db}" if db else ""
         raise MarketpulseError(
-            f"table {table!r} not found (tables: {listed}); pass --table with an existing table"
+            f"table {table!r} not found{in_db} (tables: {listed}); "
+            f"pass {table_flag} with an existing table"
         ) from exc
     return {r[0]: r[1] for r in rows}
 
 
-def require_columns(con, table: str, columns: dict[str, str]) -> dict[str, str]:
-    """Check that each column exists; `columns` maps flag name -> column name."""
-    have = table_columns(con, table)
+def require_columns(
+    con,
+    table: str,
+    columns: Mapping[str, str],
+    *,
+    where: str | None = None,
+    db=None,
+    table_flag: str = "--table",
+) -> dict[str, str]:
+    """Check that each column exists; `columns` maps flag name -> column name.
+
+    `where` names the relation in the message (default "table 'NAME'"); `db` and
+    `table_flag` are passed to `table_columns`.
+    """
+    have = table_columns(con, table, db=db, table_flag=table_flag)
+    where = where or f"table {table!r}"
     for flag, col in columns.items():
         if col not in have:
             raise MarketpulseError(
-                f"column {col!r} not found in table {table!r} (columns: {', '.join(have)}); "
+                f"column {col!r} not found in {where} (columns: {', '.join(have)}); "
                 f"pass {flag} with one of them"
             )
     return have
@@ -100,7 +120,7 @@ def create_database(path, storage_version: str = DEFAULT_STORAGE_VERSION) -> Non
     except duckdb.Error as exc:
         raise MarketpulseError(
             f"cannot create {path} with storage version {version} "
-            f"({str(exc).splitlines()[0][:200]}); pass another version or path"
+            f"({first_line(exc)[:200]}); pass another version or path"
         ) from exc
     finally:
         con.close()
@@ -112,11 +132,20 @@ def is_lock_conflict(exc: BaseException) -> bool:
     return "could not set lock" in text or "conflicting lock" in text
 
 
-def connect(path, *, read_only: bool, timeout: float, on_wait=None, config=None):
+def connect(
+    path,
+    *,
+    read_only: bool,
+    timeout: float,
+    on_wait=None,
+    config=None,
+    fix: str = "close the other connection or raise --lock-timeout",
+):
     """`duckdb.connect`, retried with backoff while another process holds the file.
 
     `on_wait(seconds_waited, first_error_line)` is called when the wait begins and then
-    every 30 s. Raises MarketpulseError once `timeout` seconds have passed.
+    every 30 s. Raises MarketpulseError ending in `fix` once `timeout` seconds have
+    passed; other DuckDB errors (not a database file, ...) are raised as they are.
     """
     import duckdb
 
@@ -133,11 +162,10 @@ def connect(path, *, read_only: bool, timeout: float, on_wait=None, config=None)
                 who = "a writer" if read_only else "another process (a reader or writer)"
                 raise MarketpulseError(
                     f"{path} stayed locked by {who} for {waited:.0f}s "
-                    f"({str(exc).splitlines()[0][:160]}); close the other connection or "
-                    "raise --lock-timeout"
+                    f"({first_line(exc)[:160]}); {fix}"
                 ) from exc
             if on_wait is not None and (told is None or waited - told >= 30):
                 told = waited
-                on_wait(waited, str(exc).splitlines()[0])
+                on_wait(waited, first_line(exc))
             time.sleep(min(delay, max(timeout - waited, 0.001)))
             delay = min(delay * 1.5, 0.5)

@@ -218,6 +218,24 @@ def test_bad_domain_flags_give_one_line_errors(extra, message, trained_checkpoin
     assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
 
 
+def test_a_missing_domain_file_or_bad_domain_sql_names_domain(
+    trained_checkpoint, domains_db, tmp_path
+):
+    model, _ = trained_checkpoint
+    missing = tmp_path / "missing_reviews.csv"
+    result = _run(*_base(model, domains_db), "--table", "news", "--domain", f"reviews={missing}")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: domain 'reviews': input file {missing} not found; "
+        "pass --domain with an existing file"
+    ]
+    bad_sql = "reviews=SELECT review AS body, stars AS tag FROM no_such_table"
+    result = _run(*_base(model, domains_db), "--table", "news", "--domain", bad_sql)
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "domain 'reviews': --domain failed: " in result.output and "--query" not in result.output
+
+
 def test_name_needs_a_table_query_or_input(trained_checkpoint, domains_db):
     model, _ = trained_checkpoint
     result = _run(*_base(model, domains_db), "--domain", REVIEWS_SQL, "--name", "x")

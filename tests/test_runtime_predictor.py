@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_runtime_support import spread_bundle
@@ -14,6 +17,7 @@ from marketpulse.inference.predictor import (
     Predictor,
     choose_placement,
     cuda_provider_available,
+    default_session_options,
 )
 
 TEXTS = [
@@ -37,6 +41,19 @@ def test_cpu_default_is_int8_and_probabilities_sum_to_one(bundle_dir):
     assert probs.dtype == np.float32 and probs.shape == (len(TEXTS), 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert "int8" in predictor.describe() and "--device cpu" in predictor.describe()
+
+
+def test_session_options_replace_the_runtime_defaults(bundle_dir, tmp_path):
+    opts = default_session_options()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "profile")
+    predictor = Predictor(bundle_dir, threads=1, session_options=opts)
+    predictor.predict_proba(TEXTS[:2])
+    profile = Path(predictor.session.end_profiling())  # "" when profiling is off
+    assert profile.parent == tmp_path and profile.name.startswith("profile")
+    events = json.loads(profile.read_text())
+    assert any(e.get("cat") == "Node" for e in events)  # the run's kernels were timed
+    assert Predictor(bundle_dir, threads=1).session.end_profiling() == ""
 
 
 def test_fp32_graph_matches_pytorch(bundle_dir, tiny_checkpoint):

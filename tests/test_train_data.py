@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import duckdb
 import pytest
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.sources import connect_read_only
 from marketpulse.train.data import DataSource, load_labeled, parse_label_names, require_trainable
 from marketpulse.train.split import parse_fractions, stratified_split
 
@@ -114,6 +118,54 @@ def test_missing_table_and_column_errors_name_the_fix(tmp_path):
         load_labeled(DataSource(db=db, table="posts", text_col="body"))
     with pytest.raises(MarketpulseError, match=r"database .* not found; pass --db"):
         load_labeled(DataSource(db=str(tmp_path / "nope.duckdb"), table="posts"))
+
+
+def hold_for_writing(db, seconds: float) -> subprocess.Popen:
+    """Another process that opens `db` read-write (as a committing run does) for `seconds`."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(float(sys.argv[2])); con.close()",
+            str(db),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "open"
+    return holder
+
+
+def test_reading_waits_while_another_process_writes_the_database(tmp_path):
+    db = make_db(tmp_path / "a.duckdb", [(1, "stocks up", "bullish"), (2, "crash", "bearish")])
+    holder = hold_for_writing(db, 1.5)
+    started = time.monotonic()
+    try:
+        rows = load_labeled(DataSource(db=db, table="posts", text_col="body", label_col="tag"))
+    finally:
+        holder.wait(timeout=30)
+    assert time.monotonic() - started >= 1.0  # it waited for the writer instead of failing
+    assert rows.texts == ["crash", "stocks up"] and rows.labels == ["bearish", "bullish"]
+
+    holder = hold_for_writing(db, 10)
+    try:
+        with pytest.raises(MarketpulseError) as err:
+            connect_read_only(db, "--check-db", timeout=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(err.value)
+    assert "stayed locked by a writer" in message and "pass a copy with --check-db" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_file_that_is_not_a_database_names_the_flag(tmp_path):
+    bogus = tmp_path / "notes.duckdb"
+    bogus.write_text("not a database\n" * 100)
+    with pytest.raises(MarketpulseError, match=r"cannot open .* as a DuckDB database .*--check-db"):
+        connect_read_only(str(bogus), "--check-db")
 
 
 def test_query_csv_and_parquet_sources_agree(tmp_path):

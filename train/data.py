@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from marketpulse.errors import MarketpulseError
-from marketpulse.sources import open_source
+from marketpulse.sources import Flags, open_source
 from marketpulse.sql import quote_ident
 from marketpulse.text import is_blank
 
@@ -124,8 +124,11 @@ def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
     return labels, list(names)
 
 
-def load_labeled(source: DataSource) -> LabeledRows:
-    """Read (text, label) rows, skipping and counting unusable ones."""
+def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
+    """Read (text, label) rows, skipping and counting unusable ones.
+
+    `flags` name the source in errors (default `--db`/`--table`/`--query`/`--input`;
+    evaluate's `--domain`)."""
     text, label = quote_ident(source.text_col), quote_ident(source.label_col)
     with open_source(
         db=source.db,
@@ -133,6 +136,7 @@ def load_labeled(source: DataSource) -> LabeledRows:
         query=source.query,
         input=source.input,
         require={"--text-col": source.text_col, "--label-col": source.label_col},
+        flags=flags or Flags(),
     ) as relation:
         rows = relation.con.execute(
             f"SELECT CAST({text} AS VARCHAR), {label} FROM {relation.name}"

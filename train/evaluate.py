@@ -25,6 +25,7 @@ from marketpulse.bundle import MANIFEST, read_manifest
 from marketpulse.checkpoint import CONFIG, METRICS, Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
+from marketpulse.sources import Flags
 from marketpulse.train.data import DataSource, LabeledRows, load_labeled
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -32,6 +33,8 @@ _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _SQL_START = re.compile(r"^\s*\(?\s*(select|with|from|values)\s", re.IGNORECASE)
 _FILE_SUFFIXES = (".gz", ".csv", ".tsv", ".txt", ".parquet", ".pq")
 _DOMAIN_EXAMPLE = '--domain reviews=reviews.csv or --domain "reviews=SELECT text, label FROM t"'
+# A --domain's file or SELECT comes from --domain, so its errors name that flag.
+_DOMAIN_FLAGS = Flags(table="--domain", query="--domain", input="--domain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Domain:
     name: str
     source: DataSource
     label_map: tuple[tuple[str, str], ...] = ()
+    flags: Flags = Flags()  # the flags that name `source`, for error messages
 
 
 def parse_domain(spec: str, *, db: str | None, text_col: str, label_col: str) -> Domain:
@@ -56,7 +60,7 @@ def parse_domain(spec: str, *, db: str | None, text_col: str, label_col: str) ->
         source = DataSource(db=db, query=where, text_col=text_col, label_col=label_col)
     else:
         source = DataSource(input=where, text_col=text_col, label_col=label_col)
-    return Domain(name, source)
+    return Domain(name, source, flags=_DOMAIN_FLAGS)
 
 
 def default_name(source: DataSource) -> str:
@@ -155,14 +159,16 @@ def _open_model(model: str | Path, variant: str | None):
     return model_dir, False, list(checkpoint.labels), checkpoint
 
 
-def _load_rows(source: DataSource, labels: list[str], label_map: dict[str, str]) -> LabeledRows:
+def _load_rows(
+    source: DataSource, labels: list[str], label_map: dict[str, str], flags: Flags | None = None
+) -> LabeledRows:
     """Read the rows with label names the model knows, mapped through `label_map`."""
     # Integer labels are named by the model's order unless --label-names names them.
     named = dataclasses.replace(source, label_names=source.label_names or tuple(labels))
     raw = bool(label_map) and source.label_names is None
-    rows = load_labeled(source if raw else named)  # raw: the table's own names, for the map
+    rows = load_labeled(source if raw else named, flags)  # raw: the table's own names, for the map
     if raw and not set(rows.labels) & set(label_map):
-        rows = load_labeled(named)  # a shared map that names none of this table's labels
+        rows = load_labeled(named, flags)  # a shared map that names none of this table's labels
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {rows.skipped}); "
@@ -313,7 +319,8 @@ def evaluate_domains(
     loaded = []
     for domain in domains:
         try:
-            loaded.append((domain, _load_rows(domain.source, labels, dict(domain.label_map))))
+            rows = _load_rows(domain.source, labels, dict(domain.label_map), domain.flags)
+            loaded.append((domain, rows))
         except MarketpulseError as exc:
             raise MarketpulseError(f"domain {domain.name!r}: {exc}") from exc
     scorer = _Scorer(model_dir, checkpoint, variant=variant, device=device, max_length=max_length)

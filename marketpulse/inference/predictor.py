@@ -38,7 +38,7 @@ import numpy as np
 from marketpulse import variants
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.cpu import available_cores
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.inference.batching import (
     DEFAULT_MAX_BATCH_ROWS,
     Encoded,
@@ -152,7 +152,8 @@ def load_cuda_libraries() -> None:
             pass
 
 
-def session_options():
+def default_session_options():
+    """The runtime's session options: every graph optimization, one thread per session."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -175,8 +176,15 @@ class Predictor:
         device: str = "cpu",
         threads: int | None = None,
         variant_reason: str | None = None,
+        session_options=None,
     ):
+        """`session_options`: an `onnxruntime.SessionOptions` to build the session with
+        instead of `default_session_options()` (a bench turns profiling on); the CUDA ->
+        CPU fallback session uses it too."""
         import onnxruntime as ort
+
+        if session_options is None:
+            session_options = default_session_options()
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         placement = choose_placement(self.bundle, device, variant, variant_reason=variant_reason)
@@ -190,13 +198,13 @@ class Predictor:
         try:
             session = ort.InferenceSession(
                 str(path),
-                sess_options=session_options(),
+                sess_options=session_options,
                 providers=providers,
                 disabled_optimizers=CPU_DISABLED_OPTIMIZERS if placement.provider == CPU else None,
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise MarketpulseError(
-                f"cannot load {path} ({str(exc).splitlines()[0][:200]}); re-export the bundle "
+                f"cannot load {path} ({first_line(exc)[:200]}); re-export the bundle "
                 "with `marketpulse export`"
             ) from exc
         if placement.provider == CUDA and session.get_providers()[0] != CUDA:
@@ -216,7 +224,7 @@ class Predictor:
             variant_reason = f"CUDA failed to start; {fallback.variant}, the CPU preference"
             session = ort.InferenceSession(
                 str(self.bundle.variant_path(placement.variant)),
-                sess_options=session_options(),
+                sess_options=session_options,
                 providers=[CPU],
                 disabled_optimizers=CPU_DISABLED_OPTIMIZERS,
             )
