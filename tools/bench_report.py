@@ -41,7 +41,7 @@ def agreement(labels: list, reference: list) -> float:
 def report(res: dict) -> str:
     alts, lines = res["alternatives"], []
     lines.append(f"bench: {res['rows']:,} rows of {res['texts']}, model {res['model']}")
-    lines.append(f"       {res['cpu']}, {res['cores']} cores")
+    lines.append(f"       {res['cpu']}")  # describe() names the cores too
     lines.append(f"{'':4}{'alternative':48}{'rows/s':>9}{'d/x':>7}{'agree(a)':>10}{'peak RSS':>11}")
     d = alts.get("d", {}).get("rows_per_s")
     for key, alt in alts.items():
