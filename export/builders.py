@@ -17,8 +17,8 @@ from marketpulse import cpu
 from marketpulse import variants as registry
 from marketpulse.export.outliers import (
     CALIBRATION_ROWS,
-    HIDDEN_OUTLIER_CHANNELS,
     OUTLIER_CHANNELS,
+    SMOOTH_ALPHA,
     Calibration,
 )
 
@@ -74,9 +74,9 @@ def build_int8(src: Sources) -> Built:
             "fused Attention and activation x activation MatMuls stay float32, and so do "
             f"the FFN output projection's {OUTLIER_CHANNELS} widest-ranged input channels "
             f"per layer (measured on the same up to {CALIBRATION_ROWS} calibration texts), "
-            "split into MatMuls named *_outliers, and each LayerNorm output's "
-            f"{HIDDEN_OUTLIER_CHANNELS} widest channels feeding Q, K, V and FFN1 (zeroed in "
-            "the int8 input, multiplied in float by MatMuls named *_hidden_outliers)",
+            "split into MatMuls named *_outliers; the LayerNorm outputs feeding Q, K, V and "
+            f"FFN1 are smoothed (SmoothQuant, alpha {SMOOTH_ALPHA}: divided per channel, "
+            "the weights multiplied back)",
         },
     }
     log = (

@@ -8,7 +8,6 @@ from onnx import numpy_helper
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.outliers import (
-    HIDDEN_SUFFIX,
     OUTLIER_SUFFIX,
     Calibration,
     channel_ranges,
@@ -52,11 +51,7 @@ def test_the_widest_channels_are_the_float_ones(tiny_bundle, tmp_path):
     before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
     graph = onnx.load(str(split)).graph
     after = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    outlier_nodes = [
-        n
-        for n in graph.node
-        if n.name.endswith(OUTLIER_SUFFIX) and not n.name.endswith(HIDDEN_SUFFIX)
-    ]
+    outlier_nodes = [n for n in graph.node if n.name.endswith(OUTLIER_SUFFIX)]
     assert len(outlier_nodes) == 2  # one per layer of the tiny model
     for node in outlier_nodes:
         main = next(n for n in graph.node if n.name == node.name.removesuffix(OUTLIER_SUFFIX))
@@ -74,23 +69,26 @@ def test_no_calibration_texts_is_a_clear_error(tiny_bundle, tmp_path):
         split_outlier_channels(tiny_bundle.variant_path("fp32"), tmp_path / "s", calibration)
 
 
-def test_the_widest_layernorm_channels_feed_their_matmuls_in_float(tiny_bundle, tmp_path):
+def test_layernorm_outputs_are_smoothed_into_the_weights(tiny_bundle, tmp_path):
+    """Each Q/K/V/FFN1 MatMul reads its LayerNorm output divided per channel, and its weight
+    rows carry the same factors back; the widest channels are the most divided."""
     fp32 = tiny_bundle.variant_path("fp32")
     calibration = Calibration(tiny_bundle.tokenizer_path, tiny_bundle.max_length, TEXTS)
     ranges = channel_ranges(fp32, calibration)
     split = split_outlier_channels(fp32, tmp_path / "split", calibration)
+    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
     graph = onnx.load(str(split)).graph
     after = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    float_parts = [n for n in graph.node if n.name.endswith(HIDDEN_SUFFIX)]
-    # the tiny model's 2 layers: Q, K, V read one LayerNorm output, FFN1 another
-    assert len(float_parts) == 2 * 4
-    for node in float_parts:
-        main = next(n for n in graph.node if n.name == node.name.removesuffix(HIDDEN_SUFFIX))
-        x = main.input[0].removesuffix("_main")
-        k = after[node.input[1]].shape[0]
-        widest = np.sort(np.argsort(ranges[x], kind="stable")[-k:])
-        np.testing.assert_array_equal(after[x + "_idx"], widest)
-        # the float part is exactly the main weight's rows of those channels (FFN1's
-        # columns may be permuted by the FFN split: compare with the weight as written)
-        np.testing.assert_array_equal(after[node.input[1]], after[main.input[1]][widest])
-        assert set(np.flatnonzero(after[x + "_keep"] == 0)) == set(widest)
+    smooths = [n for n in graph.node if n.name.endswith("_smooth")]
+    assert len(smooths) == 4  # 2 layers: Q/K/V read one LayerNorm output, FFN1 another
+    for mul in smooths:
+        x, inverse = mul.input
+        readers = [n for n in graph.node if n.op_type == "MatMul" and n.input[0] == mul.output[0]]
+        assert len(readers) in (1, 3)
+        for mm in readers:
+            if "/attention/self/" in mm.name:  # not permuted by the FFN split
+                np.testing.assert_allclose(
+                    after[mm.input[1]] * after[inverse][:, None], before[mm.input[1]], rtol=1e-5
+                )
+        shrunk = ranges[x] * after[inverse]
+        assert shrunk.max() / np.median(shrunk) < ranges[x].max() / np.median(ranges[x])
