@@ -19,7 +19,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.export.outliers import OUTLIER_SUFFIX, Calibration, split_outlier_channels
 
 OPTIMIZATION_LEVELS = ("none", "O1", "O2", "O3")
@@ -189,7 +189,7 @@ def infer_fused_shapes(model: Path, out_dir: Path) -> Path:
             )
     except Exception as exc:  # symbolic shape inference raises bare Exceptions
         raise MarketpulseError(
-            f"shape inference on the fused graph {model} failed ({str(exc).splitlines()[0]}); "
+            f"shape inference on the fused graph {model} failed ({first_line(exc)}); "
             "export with --optimization O1 or --int8-order quantize-then-optimize"
         ) from exc
     return out_dir / model.name
@@ -253,7 +253,7 @@ def quantize_int8(model: Path, out_dir: Path, isa: str, calibration: Calibration
             )
     except Exception as exc:  # onnx shape inference raises bare Exceptions
         raise MarketpulseError(
-            f"int8 quantization of {model} failed ({str(exc).splitlines()[0]}); "
+            f"int8 quantization of {model} failed ({first_line(exc)}); "
             "export with --optimization O1, or leave int8 out of --variants"
         ) from exc
     unround_other_consumers(out_dir / model.name, set(qc.nodes_to_quantize))

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.source import SOURCE_ALIAS, checked_size
 from marketpulse.sql import connect, create_database
 
@@ -113,7 +113,7 @@ class Database:
                     pass  # the error that got here is the one to report
 
     def _write_error(self, exc: BaseException) -> MarketpulseError:
-        first = str(exc).splitlines()[0][:240] if str(exc) else type(exc).__name__
+        first = first_line(exc)[:240]
         return MarketpulseError(
             f"cannot write to {self.target} ({first}); free disk space or make the file "
             "writable, then rerun: every chunk committed so far is kept and the rerun scores "
@@ -136,7 +136,7 @@ class Database:
         except MarketpulseError:
             raise
         except duckdb.Error as exc:
-            first = str(exc).splitlines()[0][:240]
+            first = first_line(exc)[:240]
             if read_only:
                 raise MarketpulseError(
                     f"cannot open {self.target} as a DuckDB database ({first}); pass --db "
@@ -157,7 +157,7 @@ class Database:
         except duckdb.Error as exc:
             con.close()
             raise MarketpulseError(
-                f"cannot open {self.db} as a DuckDB database ({str(exc).splitlines()[0]}); "
+                f"cannot open {self.db} as a DuckDB database ({first_line(exc)}); "
                 "pass --db with a DuckDB file"
             ) from exc
         return con

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from marketpulse import variants as registry
 from marketpulse.cpu import available_cores
+from marketpulse.errors import first_line
 from marketpulse.inference.predictor import Predictor
 from marketpulse.runtime import autovariant
 from marketpulse.runtime import canary as run_canary
@@ -130,7 +131,7 @@ def _finish_canary(
         return canary.finish(reference, run.cfg.batch_tokens)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types; any of them
         # Every row is committed by now: a check that cannot run must not fail the run.
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         return run_canary.CanaryResult(rows=None, note=f"canary not measured: {first}")
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 
 # Seconds without a scored batch coming back (start-up included) before a run fails,
 # and the most the node check may take. A chunk of 4,096 rows on one contended CPU
@@ -62,7 +62,7 @@ def connect(ray, address: str | None, log) -> bool:
             logging_level="warning",
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise MarketpulseError(
             f"cannot connect to Ray at {address or 'a new local cluster'} ({first[:200]}); "
             "start one with `ray start --head` and run on one of its nodes with "

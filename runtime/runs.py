@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from marketpulse.bundle import Bundle, load_bundle
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime import canary as run_canary
 from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
@@ -231,7 +231,7 @@ class Run:
             raise
         except BaseException as exc:
             stats.status = "failed"
-            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            error = first_line(exc)
             raise
         finally:
             progress.close()
@@ -368,7 +368,7 @@ def _count(con, run: Run, version: str) -> tuple[int, int]:
             raise
         raise MarketpulseError(
             f"--where {run.cfg.where!r} fails on the rows of {run.cfg.table!r} "
-            f"({str(exc).splitlines()[0][:200]}); fix the filter's values or types"
+            f"({first_line(exc)[:200]}); fix the filter's values or types"
         ) from exc
 
 

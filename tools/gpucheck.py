@@ -33,6 +33,7 @@ from pathlib import Path
 
 import click
 
+from marketpulse.errors import first_line
 from marketpulse.inference.predictor import CUDA
 
 MIN_AGREEMENT = 0.99
@@ -262,7 +263,7 @@ def main(bundle: Path, texts: Path, rows: int, min_agreement: float, work: Path,
     try:
         report["stages"] = _stage_rates(bundle, text)
     except Exception as exc:  # keep going: the end-to-end runs matter more
-        report["stages"] = {"error": str(exc).splitlines()[0]}
+        report["stages"] = {"error": first_line(exc)}
     save()
     print("stages:", json.dumps(report["stages"]), flush=True)
     report["runs"] = {}

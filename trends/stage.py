@@ -16,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.results_schema import MODELS, SCORES, sanitize
 from marketpulse.sql import connect, quote_ident, quote_table, require_columns, table_columns
 from marketpulse.trends import queries
@@ -116,7 +116,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         except duckdb.ConversionException as exc:
             raise MarketpulseError(
                 f"column {cfg.time_col!r} holds values that are not dates or timestamps "
-                f"({str(exc).splitlines()[0]}); pass --time-col with a DATE or TIMESTAMP column"
+                f"({first_line(exc)}); pass --time-col with a DATE or TIMESTAMP column"
             ) from exc
         f_table, b_table, skill = (
             ("", "", {})
