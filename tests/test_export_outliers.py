@@ -23,6 +23,19 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def rewritten(tiny_bundle, tmp_path_factory):
+    """(channel ranges, fp32 weights, the rewritten graph, its weights) of the tiny bundle."""
+    fp32 = tiny_bundle.variant_path("fp32")
+    calibration = Calibration(tiny_bundle.tokenizer_path, tiny_bundle.max_length, TEXTS)
+    ranges = channel_ranges(fp32, calibration)
+    split = split_outlier_channels(fp32, tmp_path_factory.mktemp("split"), calibration)
+    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
+    graph = onnx.load(str(split)).graph
+    after = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return ranges, before, graph, after
+
+
 def _logits(model, bundle, texts):
     encoder = TextEncoder(bundle.tokenizer_path, bundle.max_length)
     ids, mask = pad(encoder.encode(texts).ids, encoder.pad_id)
@@ -43,14 +56,8 @@ def test_split_graph_computes_the_same_logits(tiny_bundle, tmp_path):
     )
 
 
-def test_the_widest_channels_are_the_float_ones(tiny_bundle, tmp_path):
-    fp32 = tiny_bundle.variant_path("fp32")
-    calibration = Calibration(tiny_bundle.tokenizer_path, tiny_bundle.max_length, TEXTS)
-    ranges = channel_ranges(fp32, calibration)
-    split = split_outlier_channels(fp32, tmp_path / "split", calibration)
-    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
-    graph = onnx.load(str(split)).graph
-    after = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+def test_the_widest_channels_are_the_float_ones(rewritten):
+    ranges, before, graph, after = rewritten
     outlier_nodes = [n for n in graph.node if n.name.endswith(OUTLIER_SUFFIX)]
     assert len(outlier_nodes) == 2  # one per layer of the tiny model
     for node in outlier_nodes:
@@ -69,16 +76,10 @@ def test_no_calibration_texts_is_a_clear_error(tiny_bundle, tmp_path):
         split_outlier_channels(tiny_bundle.variant_path("fp32"), tmp_path / "s", calibration)
 
 
-def test_layernorm_outputs_are_smoothed_into_the_weights(tiny_bundle, tmp_path):
+def test_layernorm_outputs_are_smoothed_into_the_weights(rewritten):
     """Each Q/K/V/FFN1 MatMul reads its LayerNorm output divided per channel, and its weight
     rows carry the same factors back; the widest channels are the most divided."""
-    fp32 = tiny_bundle.variant_path("fp32")
-    calibration = Calibration(tiny_bundle.tokenizer_path, tiny_bundle.max_length, TEXTS)
-    ranges = channel_ranges(fp32, calibration)
-    split = split_outlier_channels(fp32, tmp_path / "split", calibration)
-    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
-    graph = onnx.load(str(split)).graph
-    after = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    ranges, before, graph, after = rewritten
     smooths = [n for n in graph.node if n.name.endswith("_smooth")]
     assert len(smooths) == 4  # 2 layers: Q/K/V read one LayerNorm output, FFN1 another
     for mul in smooths:
