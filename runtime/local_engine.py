@@ -9,7 +9,7 @@ Read top to bottom:
    ONNX Runtime all release the GIL:
        reader thread:  a range of pending rows (one short read-only session each)
                        -> `tokenize_window`, TOKENIZING windows at once, each
-                       on the tokenizer's own pool of one thread per core
+                       cut into one slice per thread (batching.TextEncoder)
        main thread:    `infer_window`: length-sorted token-budget batches -> ONNX
                        Runtime (on CPU, one batch per core at a time) -> softmax
        writer thread:  `results_table`, then `run.add`: committed in one transaction
@@ -59,7 +59,6 @@ from marketpulse.runtime.source import (
 from marketpulse.runtime.windows import (
     infer_window,
     results_table,
-    set_tokenizer_threads,
     tokenize_window,
 )
 
@@ -95,7 +94,6 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
         predictor = predictor_type(
             run.bundle, choice.variant, cfg.device, threads, variant_reason=choice.reason
         )
-        set_tokenizer_threads(predictor.threads)
         with run.record(
             provider=predictor.provider,
             variant=predictor.variant,

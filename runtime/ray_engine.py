@@ -150,7 +150,6 @@ class Scorer:
         batch_tokens: int,
     ):
         from marketpulse.inference.predictor import Predictor
-        from marketpulse.runtime.windows import set_tokenizer_threads
 
         bundle = load_bundle(Path(bundle_dir))
         if bundle.version != model_version:
@@ -159,7 +158,6 @@ class Scorer:
                 f"driver's is {model_version}; give every node the same bundle (a shared path)"
             )
         self.predictor = Predictor(bundle, variant, device, threads)
-        set_tokenizer_threads(self.predictor.threads)  # as in the local engine
         self.version = model_version
         self.batch_tokens = batch_tokens
         self.p_cols = probability_columns(bundle.labels)

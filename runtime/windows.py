@@ -24,7 +24,6 @@ error: the bundle or the device is broken, not one row.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,20 +59,6 @@ class Window:
         copies = np.ones(len(self.valid), dtype=bool)
         copies[np.unique(self.distinct, return_index=True)[1]] = False
         return copies & ~self.failed
-
-
-def set_tokenizer_threads(threads: int) -> None:
-    """Tokenize on `threads` cores (the Predictor's); call before the first encode.
-
-    A window is tokenized in one `encode_batch` call on the reader thread, ahead of the
-    window being inferred, and the tokenizer's thread pool spreads it over the cores.
-    On CPU tokenizing costs ~1/40 of inference per row, so its bursts take little from
-    the ONNX Runtime threads; where inference is cheap (a GPU, or the bench's
-    host-ceiling row) a single tokenizing thread would be the wall.
-    TOKENIZERS_PARALLELISM=false in the environment still turns the pool off.
-    """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    os.environ["RAYON_NUM_THREADS"] = str(max(1, int(threads)))
 
 
 def tokenize_window(ids, texts, predictor: Predictor) -> Window:

@@ -43,7 +43,7 @@ CONFIGS = [
     ("batch-tokens 65536", ["--batch-tokens", "65536"], {}),
     ("batch-tokens 16384", ["--batch-tokens", "16384"], {}),
     ("chunk-rows 16384", ["--chunk-rows", "16384"], {}),
-    ("serial tokenizer", [], {"TOKENIZERS_PARALLELISM": "false"}),
+    ("tokenizer on one thread", ["--threads", "1"], {}),
 ]
 
 

@@ -3,10 +3,13 @@
 Knows nothing about ONNX Runtime or DuckDB. The contract:
 
 - `TextEncoder.encode(texts)` tokenizes a whole window of texts (a list of str or an
-  Arrow string array without NULLs) in one call into the Rust `tokenizers` library,
-  which releases the GIL and runs on its own thread pool, truncating at the bundle's
-  max length and reporting which rows were truncated. The ids come back as one flat
-  int64 array with row offsets (`Encoded`), not one array per row.
+  Arrow string array without NULLs) with the Rust `tokenizers` library, truncating at
+  the bundle's max length and reporting which rows were truncated. The window is cut
+  into one slice per thread, each encoded serially in one call that releases the GIL
+  (measured faster than the library's own rayon pool, whose idle threads spin on the
+  cores DuckDB and Python need). Rows of plain ASCII skip the BERT normalizer (see
+  `TextEncoder`). The ids come back as one flat int64 array with row offsets
+  (`Encoded`), not one array per row.
 - `plan_batches(lengths, ...)` sorts a window by token length and cuts it into
   batches whose *padded* size (rows x longest row) stays under a token budget, so
   short texts run in wide batches and long texts in narrow ones, with almost no
@@ -18,6 +21,7 @@ Knows nothing about ONNX Runtime or DuckDB. The contract:
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -61,12 +65,24 @@ class Encoded:
 
 
 class TextEncoder:
-    """The bundle's tokenizer, set up for truncation at `max_length` and no padding."""
+    """The bundle's tokenizer, set up for truncation at `max_length` and no padding.
 
-    def __init__(self, tokenizer_path: Path, max_length: int):
+    `threads` > 1 encodes a window in that many slices at once, on threads of its own.
+
+    The fast path: BERT's normalizer (clean control characters, space out CJK, NFD and
+    strip accents, lowercase) costs about a third of tokenizing. On a row that is ASCII
+    without control characters its only effect is the lowercasing, so such rows are
+    lowercased by Arrow and encoded by a copy of the tokenizer without the normalizer:
+    the same ids (tests/test_text_encoder.py checks it on any text). Rows holding a
+    literal special token such as `[CLS]` take the full path: those are matched before
+    normalizing, on the original case. Any other normalizer: every row takes the full path.
+    """
+
+    def __init__(self, tokenizer_path: Path, max_length: int, threads: int = 1):
         from tokenizers import Tokenizer
 
         self.max_length = int(max_length)
+        self.threads = max(1, int(threads))
         self._tok = Tokenizer.from_file(str(tokenizer_path))
         padding = self._tok.padding or {}
         self.pad_id = int(padding.get("pad_id", 0))
@@ -75,26 +91,130 @@ class TextEncoder:
         self._tok.no_padding()
         self._tok.enable_truncation(self.max_length)
         self._clip = self.max_length * _CHARS_PER_TOKEN_CLIP
+        self._plain, self._lowercase, self._full_path_re = _plain_path(self._tok)
+        self._pool = None
+        # Slices are the parallelism: the library's own pool stays off (it is
+        # process-wide; tokenizers reads this variable at every call).
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     def encode(self, texts) -> Encoded:
         """Tokenize a list of str, or an Arrow string array without NULLs."""
+        import pyarrow as pa
+
         if isinstance(texts, list):
-            clipped = np.fromiter((len(t) > self._clip for t in texts), bool, len(texts))
-        else:  # Arrow: the lengths without a Python string per row
+            texts = pa.array(texts, pa.string())
+        elif isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        if pa.types.is_null(texts.type):  # an empty pa.array([])
+            texts = texts.cast(pa.string())
+        n = len(texts)
+        slices = min(self.threads, n // _MIN_SLICE_ROWS)
+        if slices < 2:
+            return self._encode_slice(texts)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tokenize")
+        bounds = np.linspace(0, n, slices + 1).astype(int)
+        parts = [texts.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
+        return _concat(list(self._pool.map(self._encode_slice, parts)))
+
+    def _encode_slice(self, texts) -> Encoded:
+        """One serial call per path: plain rows without the normalizer, the rest with it."""
+        import pyarrow.compute as pc
+
+        too_long = pc.greater(pc.utf8_length(texts), self._clip)
+        clipped = too_long.to_numpy(zero_copy_only=False)
+        if clipped.any():
+            texts = pc.if_else(too_long, pc.utf8_slice_codeunits(texts, 0, self._clip), texts)
+        if self._plain is None:
+            plain = np.zeros(len(texts), dtype=bool)
+        else:
+            plain = pc.and_(
+                pc.string_is_ascii(texts),
+                pc.invert(pc.match_substring_regex(texts, self._full_path_re)),
+            ).to_numpy(zero_copy_only=False)
+        if plain.all() or not plain.any():
+            encoded = self._encode_rows(texts, plain.all() and self._plain is not None)
+        else:
+            rows = [np.flatnonzero(~plain), np.flatnonzero(plain)]
+            parts = [self._encode_rows(texts.take(rows[0]), False)]
+            parts.append(self._encode_rows(texts.take(rows[1]), True))
+            encoded = _scatter(parts, rows, len(texts))
+        encoded.truncated |= clipped
+        return encoded
+
+    def _encode_rows(self, texts, plain: bool) -> Encoded:
+        if plain:
             import pyarrow.compute as pc
 
-            clipped = pc.greater(pc.utf8_length(texts), self._clip).to_numpy(zero_copy_only=False)
-            texts = texts.to_pylist()
-        if clipped.any():
-            texts = [t[: self._clip] if c else t for t, c in zip(texts, clipped, strict=True)]
+            tokenizer = self._plain
+            if self._lowercase:
+                texts = pc.ascii_lower(texts)
+        else:
+            tokenizer = self._tok
         # No char offsets: the runtime never maps tokens back to characters.
-        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=True)
+        encodings = tokenizer.encode_batch_fast(texts.to_pylist(), add_special_tokens=True)
         lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
         flat = np.fromiter(
             itertools.chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum())
         )
         overflow = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
-        return Encoded(flat=flat, lengths=lengths, truncated=overflow | clipped)
+        return Encoded(flat=flat, lengths=lengths, truncated=overflow)
+
+
+# Fewer rows than this are not worth a thread of their own.
+_MIN_SLICE_ROWS = 256
+# ASCII control characters: BERT's normalizer deletes them (tab, newline, carriage
+# return excepted, which it turns into spaces, where the pre-tokenizer splits anyway).
+_ASCII_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+
+
+def _plain_path(tokenizer):
+    """(tokenizer without normalizer, lowercase?, regex of rows that must take the full
+    path), or (None, False, "") when the normalizer is not BERT's."""
+    import json
+    import re
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.to_str())
+    normalizer = spec.get("normalizer") or {}
+    if normalizer.get("type") != "BertNormalizer":
+        return None, False, ""
+    # Added tokens matched on the raw text, before the normalizer ran, stay raw-only.
+    raw = [t["content"] for t in spec.get("added_tokens", []) if not t.get("normalized")]
+    full_path = "|".join([_ASCII_CONTROL, *(re.escape(t) for t in raw)])
+    spec["normalizer"] = None
+    # The spec carries the truncation and no padding set above.
+    plain = Tokenizer.from_str(json.dumps(spec))
+    return plain, bool(normalizer.get("lowercase", True)), full_path
+
+
+def _concat(parts: list[Encoded]) -> Encoded:
+    """Slices encoded apart, joined back in order."""
+    return Encoded(
+        flat=np.concatenate([p.flat for p in parts]),
+        lengths=np.concatenate([p.lengths for p in parts]),
+        truncated=np.concatenate([p.truncated for p in parts]),
+    )
+
+
+def _scatter(parts: list[Encoded], rows: list[np.ndarray], n: int) -> Encoded:
+    """Row groups encoded apart (`parts[k]` holds rows `rows[k]`), back in input order."""
+    joined = _concat(parts)
+    order = np.concatenate(rows)  # joined row j is input row order[j]
+    lengths = np.empty(n, dtype=np.int64)
+    lengths[order] = joined.lengths
+    truncated = np.empty(n, dtype=bool)
+    truncated[order] = joined.truncated
+    # Input row i's ids sit in `joined.flat` at the start joined row where(order == i) had.
+    source_start = np.empty(n, dtype=np.int64)
+    source_start[order] = joined.starts
+    starts = np.cumsum(lengths) - lengths
+    row_of_token = np.repeat(np.arange(n), lengths)
+    at = source_start[row_of_token] + (np.arange(len(joined.flat)) - starts[row_of_token])
+    return Encoded(flat=joined.flat[at], lengths=lengths, truncated=truncated)
 
 
 def plan_batches(

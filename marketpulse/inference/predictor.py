@@ -19,8 +19,8 @@ run at once, each on its own core; `InferenceSession.run` is thread-safe and rel
 the GIL. Small length-sorted batches then stay in each core's cache and no core waits
 at a per-operator barrier, which measured 1.7x more rows per CPU-second than one batch
 split over two intra-op threads on this project's 2-core machine. CUDA runs one batch
-at a time on one stream. Tokenizing is the caller's (`encoder`, batching.py); the
-runtime runs it ahead of inference on the tokenizer's own pool of `threads` threads.
+at a time on one stream. Tokenizing is the caller's (`encoder`, batching.py, in `threads`
+slices at once); the runtime runs it ahead of inference.
 
 Batch size: a budget of padded tokens, not rows (see batching.py); the default is
 small on CPU (cache-sized) and large on CUDA (occupancy).
@@ -238,7 +238,9 @@ class Predictor:
             f"--variant {variant}" if variant else f"the {self.device} preference"
         )
         self.labels = self.bundle.labels
-        self.encoder = TextEncoder(self.bundle.tokenizer_path, self.bundle.max_length)
+        self.encoder = TextEncoder(
+            self.bundle.tokenizer_path, self.bundle.max_length, threads=self.threads
+        )
         self._inputs = {i.name for i in session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:

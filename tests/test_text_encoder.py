@@ -1,0 +1,102 @@
+"""TextEncoder gives the tokenizer's own ids on any text, however it splits the work.
+
+The encoder takes two shortcuts (marketpulse/inference/batching.py): plain-ASCII rows
+skip the BERT normalizer (lowercased by Arrow instead), and a window is cut into
+slices encoded on several threads. Neither may change a single id: the reference here
+is the bundled tokenizer.json run the plain way, one `encode_batch` over all rows.
+"""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from marketpulse.inference import batching
+from marketpulse.inference.batching import TextEncoder
+from marketpulse.train.basemodel import default_base_model_dir
+
+MAX_LENGTH = 16  # short, so truncation is common
+
+# ASCII printable and control characters, the special tokens as they are spelled, and
+# characters the normalizer changes: accents, CJK, full-width, NBSP, U+FFFD, emoji.
+PIECES = st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12),
+    st.sampled_from(["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]", "[mask]", "[Cls"]),
+    st.text(alphabet="éÉñÑçÇ中文日本ＡＢ\u00a0\ufffd\u0301😀İß", max_size=4),
+)
+TEXTS = st.lists(st.lists(PIECES, max_size=5).map("".join), max_size=12)
+
+
+def _tokenizer_json(tmp_path_factory, name: str, edit=None):
+    spec = json.loads((default_base_model_dir() / "tokenizer.json").read_text())
+    if edit:
+        edit(spec)
+    path = tmp_path_factory.mktemp(name) / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _cased(spec):
+    spec["normalizer"]["lowercase"] = False
+    spec["normalizer"]["strip_accents"] = False
+
+
+def _not_bert(spec):
+    spec["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}],
+    }
+
+
+@pytest.fixture(scope="module", params=["uncased", "cased", "other normalizer"])
+def tokenizer_path(request, tmp_path_factory):
+    edit = {"uncased": None, "cased": _cased, "other normalizer": _not_bert}[request.param]
+    return _tokenizer_json(tmp_path_factory, request.param.replace(" ", "_"), edit)
+
+
+def _reference(path, texts: list[str], clip: int):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.enable_truncation(MAX_LENGTH)
+    encodings = tok.encode_batch([t[:clip] for t in texts], add_special_tokens=True)
+    return [e.ids for e in encodings], [
+        bool(e.overflowing) or len(t) > clip for e, t in zip(encodings, texts, strict=True)
+    ]
+
+
+def _check(path, texts: list[str], threads: int) -> None:
+    encoder = TextEncoder(path, MAX_LENGTH, threads=threads)
+    want_ids, want_truncated = _reference(path, texts, encoder._clip)
+    for encoded in (encoder.encode(texts), encoder.encode(__import__("pyarrow").array(texts))):
+        assert [row.tolist() for row in encoded.ids] == want_ids
+        assert encoded.truncated.tolist() == want_truncated
+        assert encoded.lengths.tolist() == [len(i) for i in want_ids]
+
+
+def test_the_plain_path_is_taken_only_where_the_normalizer_is_berts(tokenizer_path):
+    encoder = TextEncoder(tokenizer_path, MAX_LENGTH)
+    assert (encoder._plain is None) == ("other" in tokenizer_path.parent.name)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(texts=TEXTS, threads=st.sampled_from([1, 3]))
+@example(texts=["Tab\tNew\nline\rCR", "A\x0bB", "NUL\x00here", "DEL\x7fX"], threads=1)
+@example(texts=["Buy [MASK] now", "[CLS] [cls]", "UPPER lower"], threads=1)
+@example(texts=["Café Ünïcode", "中文 AAPL", "x" * 400, ""], threads=3)
+def test_any_text_gets_the_tokenizers_own_ids(tokenizer_path, texts, threads):
+    with mock.patch.object(batching, "_MIN_SLICE_ROWS", 1):  # slice even tiny windows
+        _check(tokenizer_path, texts, threads)
+
+
+def test_a_long_window_in_slices_matches_one_call(tokenizer_path):
+    rng = np.random.default_rng(0)
+    words = ["Stock", "rallies", "[SEP]", "déjà", "vu", "AAPL", "中", "\t", "!!", "up", "DOWN"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 30))) for _ in range(3000)]
+    _check(tokenizer_path, texts, threads=4)
