@@ -28,8 +28,9 @@ TRENDS_ARGS ?=
 BENCH_ARGS  ?=
 DEMO_ARGS   ?=
 SHIFT_EVAL_ARGS ?=
+ISA_CHECK_ARGS ?=
 
-.PHONY: setup setup-gpu gpu-check test test-fast lint fmt demo bench shift-eval forecast-eval train-speed train export score trends nightly clean
+.PHONY: setup setup-gpu gpu-check isa-check test test-fast lint fmt demo bench shift-eval forecast-eval train-speed train export score trends nightly clean
 
 setup: $(STAMP)
 
@@ -53,6 +54,12 @@ setup-gpu: setup
 GPU_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
 gpu-check: setup
 	$(BIN)/python -m marketpulse.tools.gpucheck --bundle $(BUNDLE) --texts $(GPU_TEXTS)
+
+# int8 on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell, Debian's qemu-user)
+# against fp32 run natively: is the bundle right where the scoring CPU lacks VNNI?
+ISA_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
+isa-check: setup
+	$(BIN)/python -m marketpulse.tools.isacheck --bundle $(BUNDLE) --input $(ISA_TEXTS) $(ISA_CHECK_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu" -q
