@@ -174,7 +174,6 @@ def _plain_path(tokenizer):
     """(tokenizer without normalizer, lowercase?, regex of rows that must take the full
     path), or (None, False, "") when the normalizer is not BERT's."""
     import json
-    import re
 
     from tokenizers import Tokenizer
 
@@ -184,11 +183,16 @@ def _plain_path(tokenizer):
         return None, False, ""
     # Added tokens matched on the raw text, before the normalizer ran, stay raw-only.
     raw = [t["content"] for t in spec.get("added_tokens", []) if not t.get("normalized")]
-    full_path = "|".join([_ASCII_CONTROL, *(re.escape(t) for t in raw)])
+    full_path = "|".join([_ASCII_CONTROL, *map(_re2_literal, raw)])
     spec["normalizer"] = None
     # The spec carries the truncation and no padding set above.
     plain = Tokenizer.from_str(json.dumps(spec))
     return plain, bool(normalizer.get("lowercase", True)), full_path
+
+
+def _re2_literal(text: str) -> str:
+    """An RE2 pattern matching `text` literally (every character as a \\x{...} escape)."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in text)
 
 
 def _concat(parts: list[Encoded]) -> Encoded:
