@@ -33,7 +33,7 @@ def test_no_qemu_is_a_one_line_error_that_names_the_package(tiny_bundle, monkeyp
 
 @pytest.mark.skipif(shutil.which(isacheck.QEMU) is None, reason="needs qemu-x86_64 (qemu-user)")
 def test_int8_on_emulated_avx2_is_as_close_to_fp32_as_natively(tiny_bundle):
-    result = isacheck.check(tiny_bundle.path, TEXTS)
+    result = isacheck.check(tiny_bundle.path, TEXTS, timeout=600)
     native, emulated = result["int8_native"], result["int8_emulated"]
     assert result["rows"] == len(TEXTS)
     # Saturating int16 sums would put the emulated run far off fp32 on some rows.

@@ -21,14 +21,30 @@ from marketpulse.inference.batching import TextEncoder
 from marketpulse.train.basemodel import default_base_model_dir
 
 MAX_LENGTH = 16  # short, so truncation is common
-# A user-added token matched on the raw text, with a space and a regex metacharacter.
+# User-added tokens, each with a space: one matched on the raw text (with a regex
+# metacharacter), one matched on normalized text (add_tokens' default).
 ADDED = "Big Deal+"
+ADDED_NORMALIZED = "New York"
 
 # ASCII printable and control characters, the special tokens as they are spelled, and
 # characters the normalizer changes: accents, CJK, full-width, NBSP, U+FFFD, emoji.
 PIECES = st.one_of(
     st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12),
-    st.sampled_from(["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]", "[mask]", "[Cls", ADDED]),
+    st.sampled_from(
+        [
+            "[CLS]",
+            "[SEP]",
+            "[MASK]",
+            "[UNK]",
+            "[PAD]",
+            "[mask]",
+            "[Cls",
+            ADDED,
+            ADDED_NORMALIZED,
+            "new\tyork",
+            "NEW YORK",
+        ]
+    ),
     st.text(alphabet="éÉñÑçÇ中文日本ＡＢ\u00a0\ufffd\u0301😀İß", max_size=4),
 )
 TEXTS = st.lists(st.lists(PIECES, max_size=5).map("".join), max_size=12)
@@ -38,7 +54,7 @@ def _tokenizer_json(tmp_path_factory, name: str, edit=None):
     from tokenizers import AddedToken, Tokenizer
 
     tok = Tokenizer.from_file(str(default_base_model_dir() / "tokenizer.json"))
-    tok.add_tokens([AddedToken(ADDED, normalized=False)])
+    tok.add_tokens([AddedToken(ADDED, normalized=False), AddedToken(ADDED_NORMALIZED)])
     spec = json.loads(tok.to_str())
     if edit:
         edit(spec)
@@ -95,6 +111,7 @@ def test_the_plain_path_is_taken_only_where_the_normalizer_is_berts(tokenizer_pa
 @given(texts=TEXTS, threads=st.sampled_from([1, 3]))
 @example(texts=["Tab\tNew\nline\rCR", "A\x0bB", "NUL\x00here", "DEL\x7fX"], threads=1)
 @example(texts=["Buy [MASK] now", "[CLS] [cls]", "UPPER lower", "a Big Deal+ b"], threads=1)
+@example(texts=["FooCorp in New York", "new\tyork rally", "new york", "NEW\nYORK"], threads=1)
 @example(texts=["Café Ünïcode", "中文 AAPL", "x" * 400, ""], threads=3)
 def test_any_text_gets_the_tokenizers_own_ids(tokenizer_path, texts, threads):
     with mock.patch.object(batching, "_MIN_SLICE_ROWS", 1):  # slice even tiny windows

@@ -48,13 +48,20 @@ def read_texts(input: Path, text_col: str, rows: int) -> list[str]:
     return texts
 
 
-def _score(variant: str, bundle: Path, texts: Path, out: Path, cpu_model: str | None) -> None:
+def _score(
+    variant: str, bundle: Path, texts: Path, out: Path, cpu_model: str | None, timeout: float
+) -> None:
     """Probabilities of `variant` on the texts, in a child process (emulated if cpu_model)."""
     cmd = [sys.executable, "-m", "marketpulse.tools.isacheck", "--worker", variant]
     cmd += ["--bundle", str(bundle), "--texts", str(texts), "--out", str(out)]
     if cpu_model:
         cmd = [QEMU, "-cpu", cpu_model, *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MarketpulseError(
+            f"scoring {variant} took over {timeout:.0f} s; check fewer texts (--rows)"
+        ) from None
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if "TCG doesn't support" not in line]
         where = f"under {QEMU} -cpu {cpu_model}" if cpu_model else "natively"
@@ -71,7 +78,9 @@ def compare(reference: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
-def check(bundle: Path, texts: list[str], cpu_model: str = "Haswell") -> dict:
+def check(
+    bundle: Path, texts: list[str], cpu_model: str = "Haswell", timeout: float = 3600
+) -> dict:
     """fp32 and int8 natively, int8 under the emulated CPU; each int8 against fp32."""
     if shutil.which(QEMU) is None:
         raise MarketpulseError(
@@ -88,7 +97,7 @@ def check(bundle: Path, texts: list[str], cpu_model: str = "Haswell") -> dict:
         }
         probs = {}
         for name, (variant, model) in runs.items():
-            _score(variant, bundle, work / "texts.json", work / f"{name}.npy", model)
+            _score(variant, bundle, work / "texts.json", work / f"{name}.npy", model, timeout)
             probs[name] = np.load(work / f"{name}.npy")
     return {
         "rows": len(texts),

@@ -33,6 +33,10 @@ import numpy as np
 _CHARS_PER_TOKEN_CLIP = 24
 
 DEFAULT_MAX_BATCH_ROWS = 256
+# Fewer rows than this are not worth a tokenizing thread of their own.
+_MIN_SLICE_ROWS = 256
+# A character outside printable ASCII (space to tilde): its row takes the full path.
+_NOT_PRINTABLE_ASCII = r"[^\x20-\x7e]"
 
 
 @dataclass
@@ -69,13 +73,17 @@ class TextEncoder:
 
     `threads` > 1 encodes a window in that many slices at once, on threads of its own.
 
-    The fast path: BERT's normalizer (clean control characters, space out CJK, NFD and
-    strip accents, lowercase) costs about a third of tokenizing. On a row that is ASCII
-    without control characters its only effect is the lowercasing, so such rows are
-    lowercased by Arrow and encoded by a copy of the tokenizer without the normalizer:
-    the same ids (tests/test_text_encoder.py checks it on any text). Rows holding a
-    literal special token such as `[CLS]` take the full path: those are matched before
-    normalizing, on the original case. Any other normalizer: every row takes the full path.
+    The fast path: BERT's normalizer (clean control characters and whitespace, space
+    out CJK, NFD and strip accents, lowercase) costs about a third of tokenizing. On a
+    row of printable ASCII (space to tilde) its only effect is the lowercasing, so such
+    rows are lowercased by Arrow and encoded by a copy of the tokenizer without the
+    normalizer, whose added tokens that match normalized text are stored normalized: the
+    same ids (tests/test_text_encoder.py checks it on any text). A row that spells out an
+    added token matched on the raw text (BERT's `[CLS]`, `[MASK]`, ...: the original case
+    counts) takes the full path. Any other normalizer: every row takes the full path.
+
+    Side effect: the `tokenizers` library's own thread pool is switched off for the whole
+    process (it reads only the environment), since the slices are the parallelism.
     """
 
     def __init__(self, tokenizer_path: Path, max_length: int, threads: int = 1):
@@ -93,9 +101,12 @@ class TextEncoder:
         self._clip = self.max_length * _CHARS_PER_TOKEN_CLIP
         self._plain, self._lowercase, self._full_path_re = _plain_path(self._tok)
         self._pool = None
-        # Slices are the parallelism: the library's own pool stays off (it is
-        # process-wide; tokenizers reads this variable at every call).
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        if self.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tokenize")
+        if os.environ.get("TOKENIZERS_PARALLELISM") != "false":  # read at every call
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     def encode(self, texts) -> Encoded:
         """Tokenize a list of str, or an Arrow string array without NULLs."""
@@ -107,14 +118,12 @@ class TextEncoder:
             texts = texts.combine_chunks()
         if pa.types.is_null(texts.type):  # an empty pa.array([])
             texts = texts.cast(pa.string())
+        if texts.null_count:
+            raise ValueError(f"{texts.null_count} NULL text(s): set NULL rows aside first")
         n = len(texts)
         slices = min(self.threads, n // _MIN_SLICE_ROWS)
         if slices < 2:
             return self._encode_slice(texts)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tokenize")
         bounds = np.linspace(0, n, slices + 1).astype(int)
         parts = [texts.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
         return _concat(list(self._pool.map(self._encode_slice, parts)))
@@ -130,16 +139,16 @@ class TextEncoder:
         if self._plain is None:
             plain = np.zeros(len(texts), dtype=bool)
         else:
-            plain = pc.and_(
-                pc.string_is_ascii(texts),
-                pc.invert(pc.match_substring_regex(texts, self._full_path_re)),
-            ).to_numpy(zero_copy_only=False)
+            full = pc.match_substring_regex(texts, self._full_path_re)
+            plain = np.logical_not(full.to_numpy(zero_copy_only=False))
         if plain.all() or not plain.any():
             encoded = self._encode_rows(texts, plain.all() and self._plain is not None)
         else:
             rows = [np.flatnonzero(~plain), np.flatnonzero(plain)]
-            parts = [self._encode_rows(texts.take(rows[0]), False)]
-            parts.append(self._encode_rows(texts.take(rows[1]), True))
+            parts = [
+                self._encode_rows(texts.take(r), p)
+                for r, p in zip(rows, (False, True), strict=True)
+            ]
             encoded = _scatter(parts, rows, len(texts))
         encoded.truncated |= clipped
         return encoded
@@ -163,13 +172,6 @@ class TextEncoder:
         return Encoded(flat=flat, lengths=lengths, truncated=overflow)
 
 
-# Fewer rows than this are not worth a thread of their own.
-_MIN_SLICE_ROWS = 256
-# ASCII control characters: BERT's normalizer deletes them (tab, newline, carriage
-# return excepted, which it turns into spaces, where the pre-tokenizer splits anyway).
-_ASCII_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
-
-
 def _plain_path(tokenizer):
     """(tokenizer without normalizer, lowercase?, regex of rows that must take the full
     path), or (None, False, "") when the normalizer is not BERT's."""
@@ -181,9 +183,15 @@ def _plain_path(tokenizer):
     normalizer = spec.get("normalizer") or {}
     if normalizer.get("type") != "BertNormalizer":
         return None, False, ""
-    # Added tokens matched on the raw text, before the normalizer ran, stay raw-only.
-    raw = [t["content"] for t in spec.get("added_tokens", []) if not t.get("normalized")]
-    full_path = "|".join([_ASCII_CONTROL, *map(_re2_literal, raw)])
+    added = spec.get("added_tokens", [])
+    # Added tokens matched on the raw text (before the normalizer ran): their rows take
+    # the full path. Those matched on normalized text: stored normalized, as the full
+    # tokenizer matches them.
+    raw = [t["content"] for t in added if not t.get("normalized")]
+    full_path = "|".join([_NOT_PRINTABLE_ASCII, *map(_re2_literal, raw)])
+    for token in added:
+        if token.get("normalized"):
+            token["content"] = tokenizer.normalizer.normalize_str(token["content"])
     spec["normalizer"] = None
     # The spec carries the truncation and no padding set above.
     plain = Tokenizer.from_str(json.dumps(spec))
