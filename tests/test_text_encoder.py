@@ -123,3 +123,23 @@ def test_a_long_window_in_slices_matches_one_call(tokenizer_path):
     words = ["Stock", "rallies", "[SEP]", "déjà", "vu", "AAPL", "中", "\t", "!!", "up", "DOWN"]
     texts = [" ".join(rng.choice(words, size=rng.integers(0, 30))) for _ in range(3000)]
     _check(tokenizer_path, texts, threads=4)
+
+
+@pytest.mark.parametrize(
+    "arrow_type",
+    ["large_string", "string_view", "dictionary"],
+)
+def test_other_arrow_string_types_encode_like_a_list(arrow_type):
+    import pyarrow as pa
+
+    path = default_base_model_dir() / "tokenizer.json"
+    texts = ["Stocks RALLY", "Café Ünïcode", "x" * 400, "", "Buy [MASK]"] * 120
+    array = {
+        "large_string": lambda: pa.array(texts, pa.large_string()),
+        "string_view": lambda: pa.array(texts, pa.string_view()),
+        "dictionary": lambda: pa.array(texts).dictionary_encode(),
+    }[arrow_type]()
+    encoder = TextEncoder(path, MAX_LENGTH, threads=2)
+    want, got = encoder.encode(texts), encoder.encode(array)
+    for name in ("flat", "lengths", "truncated"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist()

@@ -116,8 +116,8 @@ class TextEncoder:
             texts = pa.array(texts, pa.string())
         elif isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
-        if pa.types.is_null(texts.type):  # an empty pa.array([])
-            texts = texts.cast(pa.string())
+        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            texts = texts.cast(pa.string())  # string_view, dictionary, an empty pa.array([])
         if texts.null_count:
             raise ValueError(f"{texts.null_count} NULL text(s): set NULL rows aside first")
         n = len(texts)
