@@ -59,7 +59,7 @@ gpu-check: setup
 # against fp32 run natively: is the bundle right where the scoring CPU lacks VNNI?
 ISA_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
 isa-check: setup
-	$(BIN)/python -m marketpulse.tools.isacheck --bundle $(BUNDLE) --input $(ISA_TEXTS) $(ISA_CHECK_ARGS)
+	$(BIN)/python -m marketpulse.tools.isacheck --bundle $(BUNDLE) --check-input $(ISA_TEXTS) $(ISA_CHECK_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu" -q

@@ -12,6 +12,7 @@ import json
 from unittest import mock
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -96,7 +97,7 @@ def _reference(path, texts: list[str], clip: int):
 def _check(path, texts: list[str], threads: int) -> None:
     encoder = TextEncoder(path, MAX_LENGTH, threads=threads)
     want_ids, want_truncated = _reference(path, texts, encoder._clip)
-    for encoded in (encoder.encode(texts), encoder.encode(__import__("pyarrow").array(texts))):
+    for encoded in (encoder.encode(texts), encoder.encode(pa.array(texts))):
         assert [row.tolist() for row in encoded.ids] == want_ids
         assert encoded.truncated.tolist() == want_truncated
         assert encoded.lengths.tolist() == [len(i) for i in want_ids]
@@ -130,8 +131,6 @@ def test_a_long_window_in_slices_matches_one_call(tokenizer_path):
     ["large_string", "string_view", "dictionary"],
 )
 def test_other_arrow_string_types_encode_like_a_list(arrow_type):
-    import pyarrow as pa
-
     path = default_base_model_dir() / "tokenizer.json"
     texts = ["Stocks RALLY", "Café Ünïcode", "x" * 400, "", "Buy [MASK]"] * 120
     array = {

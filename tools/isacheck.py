@@ -1,7 +1,11 @@
 """`make isa-check`: does a bundle's int8 graph still agree with fp32 on an AVX2-only CPU?
 
-    python -m marketpulse.tools.isacheck --bundle BUNDLE --input texts.csv [--text-col text]
-        [--rows 300] [--cpu Haswell] [--min-agreement 0.99] [--out check.json]
+    python -m marketpulse.tools.isacheck --bundle BUNDLE --check-input texts.csv
+        [--check-text-col text] [--rows 300] [--cpu Haswell] [--min-agreement 0.99]
+        [--out check.json]
+
+The texts are sampled as `marketpulse export` samples its check texts, with the same
+flags (`--check-input FILE`, or `--check-db DB --check-table T`).
 
 ONNX Runtime picks its int8 kernels by the CPU it runs on: VNNI where the CPU has it,
 VPMADDUBSW on plain AVX2, whose int16 pair sums can saturate. Export gates int8 on the
@@ -31,21 +35,6 @@ from marketpulse import cpu
 from marketpulse.errors import MarketpulseError, first_line
 
 QEMU = "qemu-x86_64"
-
-
-def read_texts(input: Path, text_col: str, rows: int) -> list[str]:
-    """The first `rows` non-blank texts of a CSV/TSV/Parquet file."""
-    from marketpulse.sources import Flags, open_source
-    from marketpulse.sql import quote_ident
-    from marketpulse.text import blank_sql
-
-    with open_source(input=input, require={"--text-col": text_col}, flags=Flags()) as rel:
-        col = quote_ident(text_col)
-        sql = f"SELECT {col} FROM {rel.name} WHERE NOT {blank_sql(col)} LIMIT ?"
-        texts = [r[0] for r in rel.con.execute(sql, [rows]).fetchall()]
-    if not texts:
-        raise MarketpulseError(f"{input} has no non-blank text in column {text_col!r}")
-    return texts
 
 
 def _score(
@@ -119,21 +108,40 @@ def _worker(variant: str, bundle: Path, texts: Path, out: Path) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", type=click.Path(path_type=Path), help="The bundle to check.")
-@click.option("--input", "input_", type=click.Path(path_type=Path), help="CSV/TSV/Parquet texts.")
-@click.option("--text-col", default="text", show_default=True)
+@click.option("--check-input", type=click.Path(path_type=Path), help="CSV/TSV/Parquet texts.")
+@click.option(
+    "--check-db", type=click.Path(path_type=Path), help="A DuckDB file, with --check-table."
+)
+@click.option("--check-table", help="The table or view in --check-db.")
+@click.option("--check-text-col", default="text", show_default=True)
 @click.option("--rows", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--cpu", "cpu_model", default="Haswell", show_default=True, help="QEMU CPU model.")
 @click.option("--min-agreement", default=0.99, show_default=True, type=float)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
 @click.option("--worker", hidden=True)
 @click.option("--texts", type=click.Path(path_type=Path), hidden=True)
-def main(bundle, input_, text_col, rows, cpu_model, min_agreement, out, worker, texts) -> None:
+def main(
+    bundle,
+    check_input,
+    check_db,
+    check_table,
+    check_text_col,
+    rows,
+    cpu_model,
+    min_agreement,
+    out,
+    worker,
+    texts,
+) -> None:
+    from marketpulse.export.checks import CheckSource, read_check_sample
+
     try:
         if worker:
             return _worker(worker, bundle, texts, out)
-        if bundle is None or input_ is None:
-            raise MarketpulseError("pass --bundle BUNDLE and --input FILE (a text column)")
-        result = check(bundle, read_texts(input_, text_col, rows), cpu_model)
+        if bundle is None:
+            raise MarketpulseError("pass --bundle BUNDLE (a directory made by marketpulse export)")
+        source = CheckSource(check_input, check_db, check_table, check_text_col, rows)
+        result = check(bundle, read_check_sample(source).texts, cpu_model)
     except MarketpulseError as exc:
         raise click.ClickException(first_line(exc)) from None
     click.echo(f"isa-check: {result['rows']} rows, native {result['native_isa']}")

@@ -141,8 +141,10 @@ class TextEncoder:
         else:
             full = pc.match_substring_regex(texts, self._full_path_re)
             plain = np.logical_not(full.to_numpy(zero_copy_only=False))
-        if plain.all() or not plain.any():
-            encoded = self._encode_rows(texts, plain.all() and self._plain is not None)
+        if not plain.any():  # also every row when there is no plain path, and no rows
+            encoded = self._encode_rows(texts, False)
+        elif plain.all():
+            encoded = self._encode_rows(texts, True)
         else:
             rows = [np.flatnonzero(~plain), np.flatnonzero(plain)]
             parts = [
