@@ -217,49 +217,54 @@ class Run:
         start = time.perf_counter()
         self._last_commit = time.monotonic()
         error = None
-        try:
-            self.drift = RunDrift(self.bundle)  # inside: a bad reference fails the run row
-            with self._signals():
-                yield stats
-            if self.stop_signal is not None:
-                raise Interrupted(self.stop_signal)
-            stats.status = "completed"
-        except KeyboardInterrupt as exc:
-            stats.status = "interrupted"
-            if isinstance(exc, Interrupted):
-                exc.stats = stats
-            raise
-        except BaseException as exc:
-            stats.status = "failed"
-            error = first_line(exc)
-            raise
-        finally:
-            progress.close()
-            # the scoring's time: the canary's rescoring after it is reported on its own
-            spent_on_canary = self.canary.seconds if self.canary is not None else 0.0
-            stats.seconds = time.perf_counter() - start - spent_on_canary
-            stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-            measured = self.drift.finish() if self.drift is not None else None
-            if measured is not None:
-                stats.drift = measured.to_dict()
-                if line := drift_message(measured):
-                    progress.log(line)
-            if self.canary is not None:
-                stats.canary = self.canary.to_dict()
-                if line := run_canary.message(self.canary, variant):
-                    progress.log(line)
+        # A signal while the run row is closed is handled too: the row is written whole.
+        with self._signals():
             try:
-                with self.db.write(checkpoint=True) as con:
-                    results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
-                    if measured is not None:
-                        record_drift(con, stats.run_id, measured)
-                    if self.canary is not None:
-                        run_canary.record(con, stats.run_id, self.canary)
-            except MarketpulseError as exc:
-                # The run's own error matters more; the next run closes this row.
-                progress.log(f"could not close the run row: {exc}")
-                if stats.status == "completed":
-                    raise
+                self.drift = RunDrift(self.bundle)  # inside: a bad reference fails the run row
+                yield stats
+                if self.stop_signal is not None:
+                    raise Interrupted(self.stop_signal)
+                stats.status = "completed"
+            except KeyboardInterrupt as exc:
+                stats.status = "interrupted"
+                if isinstance(exc, Interrupted):
+                    exc.stats = stats
+                raise
+            except BaseException as exc:
+                stats.status = "failed"
+                error = first_line(exc)
+                raise
+            finally:
+                self._close(stats, start, variant, error)
+
+    def _close(self, stats: RunStats, start: float, variant: str, error: str | None) -> None:
+        """Report drift and the canary, and write the run row's end (one transaction)."""
+        self.progress.close()
+        # the scoring's time: the canary's rescoring after it is reported on its own
+        spent_on_canary = self.canary.seconds if self.canary is not None else 0.0
+        stats.seconds = time.perf_counter() - start - spent_on_canary
+        stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
+        measured = self.drift.finish() if self.drift is not None else None
+        if measured is not None:
+            stats.drift = measured.to_dict()
+            if line := drift_message(measured):
+                self.progress.log(line)
+        if self.canary is not None:
+            stats.canary = self.canary.to_dict()
+            if line := run_canary.message(self.canary, variant):
+                self.progress.log(line)
+        try:
+            with self.db.write(checkpoint=True) as con:
+                results.finish_run(con, stats.run_id, stats.status, stats.rows_per_s, error)
+                if measured is not None:
+                    record_drift(con, stats.run_id, measured)
+                if self.canary is not None:
+                    run_canary.record(con, stats.run_id, self.canary)
+        except MarketpulseError as exc:
+            # The run's own error matters more; the next run closes this row.
+            self.progress.log(f"could not close the run row: {exc}")
+            if stats.status == "completed":
+                raise
 
     def _start_row(
         self, con, run_id: str, provider: str, variant: str, engine: str, variant_reason: str

@@ -154,6 +154,32 @@ def test_readers_poll_through_a_run_that_first_waits_for_a_reader(tmp_path, bund
     assert longest < 10
 
 
+def signal_mid_run(proc, db, sig, past: int) -> None:
+    """Send `sig` to the run once more than `past` scores rows are committed.
+
+    The count is read, and the signal sent, while this test holds the file open: the
+    run cannot commit its next chunk meanwhile, so it cannot have finished (all rows
+    committed) between the count and the signal, however fast it scores.
+    """
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            con = duckdb.connect(str(db), read_only=True)
+        except duckdb.Error:
+            time.sleep(0.01)  # the run is committing
+            continue
+        try:
+            if con.execute("SELECT count(*) FROM scores").fetchone()[0] > past:
+                proc.send_signal(sig)
+                return
+        except duckdb.Error:
+            pass  # no scores table yet
+        finally:
+            con.close()
+        time.sleep(0.05)
+    pytest.fail(f"the run ended, or took 120 s, before it had committed {past} rows")
+
+
 @pytest.mark.slow
 def test_sigterm_and_sigint_commit_the_chunk_in_hand_then_a_rerun_finishes(tmp_path, bundle):
     n = 20_000
@@ -162,15 +188,7 @@ def test_sigterm_and_sigint_commit_the_chunk_in_hand_then_a_rerun_finishes(tmp_p
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         before = query(db, "SELECT count(*) FROM scores")[0][0] if sig == signal.SIGINT else 0
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)  # the file can be read while the run goes on
-            try:
-                if query(db, "SELECT count(*) FROM scores")[0][0] > before + 1000:
-                    break
-            except duckdb.Error:
-                pass  # not created yet, or a commit in progress
-        proc.send_signal(sig)
+        signal_mid_run(proc, db, sig, past=before + 1000)
         stderr = proc.communicate(timeout=120)[1]
         assert proc.returncode == code, stderr
         assert "Traceback" not in stderr and "stopping after the chunk in hand" in stderr
@@ -187,6 +205,34 @@ def test_sigterm_and_sigint_commit_the_chunk_in_hand_then_a_rerun_finishes(tmp_p
     assert_scored_once(db, n)
     statuses = [r[0] for r in query(db, "SELECT status FROM runs ORDER BY started_at")]
     assert statuses == ["interrupted", "interrupted", "completed"]
+
+
+def test_a_signal_while_the_run_row_is_closed_still_closes_it(tmp_path, bundle, monkeypatch):
+    """All rows are scored and the run is writing its row's end when SIGTERM comes:
+    the row is still written whole ('completed'), not left 'running' by a killed process."""
+    from marketpulse.runtime import ScoreConfig, results, score
+
+    finish_run = results.finish_run
+
+    def signalled_finish(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # handled now, in the main thread
+        return finish_run(*args, **kwargs)
+
+    def unhandled(signum, frame):  # stands in for the default, which would kill pytest
+        raise AssertionError("SIGTERM reached the default handler: the run's was not installed")
+
+    monkeypatch.setattr(results, "finish_run", signalled_finish)
+    db = new_source(tmp_path / "market.duckdb", 300)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        cfg = ScoreConfig(db, "posts", "id", "text", bundle.path, threads=1, progress=False)
+        stats = score(cfg)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # restored after the run
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stats.status == "completed"
+    assert_scored_once(db, 300)
+    assert query(db, "SELECT status, finished_at IS NOT NULL FROM runs") == [("completed", True)]
 
 
 @pytest.mark.slow
