@@ -154,8 +154,8 @@ def test_readers_poll_through_a_run_that_first_waits_for_a_reader(tmp_path, bund
     assert longest < 10
 
 
-def signal_mid_run(proc, db, sig, past: int) -> None:
-    """Send `sig` to the run once more than `past` scores rows are committed.
+def signal_mid_run(proc, db, sig, past: int, total: int) -> None:
+    """Send `sig` to the run once more than `past` of its `total` rows are committed.
 
     The count is read, and the signal sent, while this test holds the file open: the
     run cannot commit its next chunk meanwhile, so it cannot have finished (all rows
@@ -169,7 +169,9 @@ def signal_mid_run(proc, db, sig, past: int) -> None:
             time.sleep(0.01)  # the run is committing
             continue
         try:
-            if con.execute("SELECT count(*) FROM scores").fetchone()[0] > past:
+            scored = con.execute("SELECT count(*) FROM scores").fetchone()[0]
+            if scored > past:
+                assert scored < total, "the run scored every row between two counts"
                 proc.send_signal(sig)
                 return
         except duckdb.Error:
@@ -188,7 +190,7 @@ def test_sigterm_and_sigint_commit_the_chunk_in_hand_then_a_rerun_finishes(tmp_p
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         before = query(db, "SELECT count(*) FROM scores")[0][0] if sig == signal.SIGINT else 0
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        signal_mid_run(proc, db, sig, past=before + 1000)
+        signal_mid_run(proc, db, sig, past=before + 1000, total=n)
         stderr = proc.communicate(timeout=120)[1]
         assert proc.returncode == code, stderr
         assert "Traceback" not in stderr and "stopping after the chunk in hand" in stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,16 +15,27 @@ from test_runtime_support import make_source, spread_bundle
 
 N = 12_000
 
-# A real scoring process; progress_every=0 prints a line per committed chunk, which
-# tells the test how far the run got without opening the database; commit_seconds=0
-# commits every chunk as soon as it is scored.
+# A real scoring process; commit_seconds=0 commits every chunk as soon as it is scored.
+# With a third argument PAUSE > 0 it stops, alive, right after the commit that takes it
+# past PAUSE rows and says so on stderr: the test's SIGKILL then lands mid-run however
+# fast the machine scores (a run that finished first would prove nothing).
 SCORER = textwrap.dedent(
     """
     import sys
     from marketpulse.runtime import ScoreConfig, score
+    from marketpulse.runtime.runs import Run
+    pause = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    flush = Run.flush
+    def flush_then_pause(self, checkpoint=False):
+        flush(self, checkpoint)
+        done = self.stats.rows_scored + self.stats.rows_skipped
+        if pause and done >= pause:
+            print(f"paused after {done} rows", file=sys.stderr, flush=True)
+            sys.stdin.read()  # until killed
+    Run.flush = flush_then_pause
     score(ScoreConfig(db=sys.argv[1], table="posts", id_col="id", text_col="text",
                       bundle=sys.argv[2], device="cpu", threads=1, chunk_rows=256,
-                      progress_every=0, commit_seconds=0))
+                      commit_seconds=0))
     """
 )
 
@@ -35,10 +45,11 @@ def bundle(tiny_checkpoint, tmp_path_factory):
     return spread_bundle(tiny_checkpoint, tmp_path_factory)
 
 
-def start_scorer(db, bundle):
+def start_scorer(db, bundle, pause: int = 0):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-c", SCORER, str(db), str(bundle.path)],
+        [sys.executable, "-c", SCORER, str(db), str(bundle.path), str(pause)],
+        stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -57,11 +68,6 @@ def kill_when(proc, predicate) -> str:
     pytest.fail(f"scorer exited (code {proc.returncode}) before the kill point")
 
 
-def rows_done(line: str) -> int:
-    match = re.match(r"scoring: ([\d,]+)/", line)
-    return int(match.group(1).replace(",", "")) if match else -1
-
-
 def test_kill_9_at_any_point_then_rerun_scores_every_row_exactly_once(tmp_path, bundle):
     db = tmp_path / "market.duckdb"
     texts = make_source(db, N)
@@ -70,7 +76,8 @@ def test_kill_9_at_any_point_then_rerun_scores_every_row_exactly_once(tmp_path, 
     kill_when(start_scorer(db, bundle), lambda line: "CPUExecutionProvider" in line)
     # 2 and 3: killed mid-stream, after some chunks were committed.
     for at_least in (1_000, 5_000):
-        line = kill_when(start_scorer(db, bundle), lambda s, n=at_least: rows_done(s) >= n)
+        scorer = start_scorer(db, bundle, pause=at_least)
+        line = kill_when(scorer, lambda s: s.startswith("paused after"))
         con = duckdb.connect(str(db), read_only=True)
         scored, runs_done = con.execute(
             "SELECT (SELECT count(*) FROM scores), "
