@@ -235,7 +235,9 @@ def test_an_actor_process_killed_mid_run_loses_and_duplicates_nothing(
         return False
 
     db = tmp_path / "market.duckdb"
-    make_source(db, 2000)
+    # 10,000 rows: the actor still has work when the first commit calls kill(), even
+    # when the driver is slow to commit (2,000 left it little more than 0.2 s)
+    make_source(db, 10_000)
     killed = _kill_mid_run(monkeypatch, kill_an_actor)
     try:
         outcome = score_with_ray(
@@ -252,44 +254,39 @@ def test_an_actor_process_killed_mid_run_loses_and_duplicates_nothing(
         assert score_with_ray(config(db, bundle), ray_address=cluster.address).status == (
             "completed"
         )
-    assert scores_once(db) == 2000
+    assert scores_once(db) == 10_000
     print(f"actor process killed mid-run: first run {outcome}")
 
 
 def test_a_run_beside_two_busy_loops_completes(bundle, tmp_path):
     """The issue's stall: 500 rows, a fresh local cluster, two processes spinning on the
-    2 cores. It must complete (or fail with the watchdog's line), never hang."""
+    2 cores. It must complete, or fail with the watchdog's one line (a machine busier
+    still), never hang; after such a failure a rerun on the freed cores completes."""
     db = tmp_path / "market.duckdb"
     make_source(db, 500)
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="mpray-", dir="/tmp")}
-    spin = "import time\nend = time.time() + 240\nwhile time.time() < end: pass"
+    spin = "while True: pass"  # until killed below
     busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
     cli = Path(sys.executable).with_name("marketpulse")
     args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
+    cmd = [str(cli), *args, "--bundle", str(bundle.path), "--engine", "ray", "--ray-timeout", "150"]
     t0 = time.monotonic()
     try:
-        done = subprocess.run(
-            [
-                str(cli),
-                *args,
-                "--bundle",
-                str(bundle.path),
-                "--engine",
-                "ray",
-                "--ray-timeout",
-                "150",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=220,
-        )
+        # 400 s: the watchdog's 150 s, its grace, and Ray's start on two busy cores
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     finally:
         for proc in busy:
             proc.kill()
             proc.wait()
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     seconds = time.monotonic() - t0
-    assert done.returncode == 0, done.stderr[-2000:]
+    try:
+        if done.returncode != 0:
+            assert "Traceback" not in done.stderr, done.stderr[-2000:]
+            assert "no scored batch came back" in done.stderr, done.stderr[-2000:]
+            again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+            assert again.returncode == 0, again.stderr[-2000:]
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert scores_once(db) == 500
-    print(f"500 rows beside two busy loops: {seconds:.0f}s")
+    outcome = "completed" if done.returncode == 0 else "watchdog's line, then a rerun completed"
+    print(f"500 rows beside two busy loops: {seconds:.0f}s, {outcome}")
