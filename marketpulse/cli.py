@@ -655,7 +655,17 @@ def inspect_(bundle_dir, as_json):
     default=registry.AUTO,
     show_default=True,
     help="The graph to run. auto: on CPU the fastest graph that passed export's gate, "
-    "timed once per model and machine (cached in --cache-dir); on CUDA fp16.",
+    "timed once per model and machine (cached in --cache-dir), and fp32 instead if that "
+    "graph disagrees with fp32 on more than 1% of --auto-check-rows of the rows to score; "
+    "on CUDA fp16.",
+)
+@click.option(
+    "--auto-check-rows",
+    type=click.IntRange(min=0),
+    default=512,
+    show_default=True,
+    help="Rows to score (a hash sample) that --variant auto scores with its quantized pick "
+    "and with fp32 before the run; 0: off (export's gate alone decides).",
 )
 @click.option(
     "--cache-dir",
@@ -770,6 +780,7 @@ def score(
     variant,
     cache_dir,
     canary_rows,
+    auto_check_rows,
     limit,
     where,
     threads,
@@ -828,6 +839,7 @@ def score(
         variant=variant,
         cache_dir=Path(cache_dir) if cache_dir else None,
         canary_rows=canary_rows,
+        auto_check_rows=auto_check_rows,
         limit=limit,
         where=where,
         threads=threads,

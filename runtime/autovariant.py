@@ -17,6 +17,13 @@ A quantized graph must also beat the fp32 reference by MIN_SPEEDUP, or the exact
 runs. A cache file that cannot be parsed, lacks a graph, or was written for another
 key is ignored and rewritten; one that cannot be written costs only a re-measure.
 
+A quantized pick then meets the text itself (`checked_on_text`): before the run, up to
+CHECK_ROWS of the rows it will score (a hash sample, `--auto-check-rows`) are scored by
+that graph and by fp32, and fp32 runs when their labels differ on more than the canary's
+WARN_SHARE (1%). Export's gate saw the check texts; this sees tonight's. It costs one
+pass of each graph over the sample (about a second on CPU, not counted in the run's
+rows/s), and is not cached: the text changes from run to run.
+
 On CUDA auto keeps the device's preference (fp16): there is one graph made for it.
 """
 
@@ -27,7 +34,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +44,8 @@ from marketpulse.bundle import Bundle
 
 # A quantized graph runs under auto only when at least this much faster than fp32.
 MIN_SPEEDUP = 1.1
+# Rows of the text to score that a quantized pick is checked on against fp32.
+CHECK_ROWS = 512
 SAMPLE_TEXTS = 32
 SAMPLE_SEED = 0
 MAX_ROUNDS = 6
@@ -224,3 +233,41 @@ def pick(bundle: Bundle, names: list[str], rates: dict[str, float]) -> tuple[str
         others = ", ".join(f"{v} {speed(v)}" for v in names if v != ref)
         reason = f"auto: {ref}, fastest on {isa} ({others})"
     return fastest, f"{reason}; {failures}" if failures else reason
+
+
+def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
+    """`choice`, or fp32 when auto's quantized pick disagrees with fp32 on this run's text.
+
+    `run` is the `runs.Run` about to score; `load(variant)` returns a CPU Predictor on
+    that graph. Only `--variant auto` with a quantized pick and rows pending is checked.
+    """
+    from marketpulse.runtime.canary import WARN_SHARE
+    from marketpulse.runtime.source import sample_pending_texts
+
+    cfg, ref = run.cfg, registry.REFERENCE
+    if cfg.variant != registry.AUTO or choice.variant in (None, ref):
+        return choice
+    if not cfg.auto_check_rows or not run.pending:
+        return choice
+    with run.db.read() as con:
+        texts = sample_pending_texts(
+            con, run.source, cfg.results_table, run.bundle.version, cfg.auto_check_rows
+        )
+    if not texts:
+        return choice
+    graph, reference = load(choice.variant), load(ref)
+    encoded = graph.encoder.encode(texts)
+    got, got_failed, _ = graph.run_batches(encoded)
+    want, want_failed, _ = reference.run_batches(encoded)
+    ok = ~(got_failed | want_failed)
+    if not ok.any():
+        return choice
+    share = float((got.argmax(axis=1) != want.argmax(axis=1))[ok].mean())
+    figures = f"{share:.1%} of {int(ok.sum())} rows sampled from the rows to score"
+    if share > WARN_SHARE:
+        reason = (
+            f"auto: {ref}, {choice.variant} disagreed with it on {figures} (above "
+            f"{WARN_SHARE:.0%}); before that, {choice.reason}"
+        )
+        return AutoChoice(ref, reason, choice.detail)
+    return replace(choice, reason=f"{choice.reason}; disagreed with {ref} on {figures}")

@@ -91,6 +91,9 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
             run.bundle, cfg.device, cfg.variant, cfg.cache_dir, measure=run.pending > 0
         )
         threads = cfg.threads or available_cores()
+        choice = autovariant.checked_on_text(
+            run, choice, lambda variant: predictor_type(run.bundle, variant, "cpu", threads)
+        )
         predictor = predictor_type(
             run.bundle, choice.variant, cfg.device, threads, variant_reason=choice.reason
         )

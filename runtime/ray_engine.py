@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from marketpulse import variants as registry
@@ -131,6 +132,12 @@ def planned_variant(bundle, device: str, cfg: ScoreConfig, pending: int):
     if cfg.variant == registry.AUTO and device == "cpu":
         return replace(choice, reason=f"{choice.reason} (timed on the driver's CPU)")
     return choice
+
+
+def _cpu_predictor(bundle, variant: str):
+    from marketpulse.inference.predictor import Predictor
+
+    return Predictor(bundle, variant, "cpu", threads=1)
 
 
 class Scorer:
@@ -293,6 +300,8 @@ def score_with_ray(
     threads = 1 if device == "cuda" else (cfg.threads or 1)
     with checked_run(cfg) as run:
         choice = planned_variant(run.bundle, device, cfg, run.pending)
+        if device == "cpu":  # checked on the driver, as the timing is
+            choice = autovariant.checked_on_text(run, choice, partial(_cpu_predictor, run.bundle))
         provider, variant = planned_placement(run.bundle, device, choice.variant)
         with run.record(
             provider=provider,

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.errors import MarketpulseError, first_line
+from marketpulse.runtime import autovariant, results
 from marketpulse.runtime import canary as run_canary
-from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
 from marketpulse.runtime.drift import RunDrift
 from marketpulse.runtime.drift import message as drift_message
@@ -93,6 +93,7 @@ class ScoreConfig:
     progress_every: float = 10.0  # seconds between progress lines when stderr is not a TTY
     cache_dir: Path | None = None  # --variant auto's timings; None: ~/.cache/marketpulse
     canary_rows: int = run_canary.DEFAULT_ROWS  # rows rescored by fp32 (canary.py); 0: off
+    auto_check_rows: int = autovariant.CHECK_ROWS  # auto's pick checked on the text; 0: off
 
 
 @dataclass
@@ -146,6 +147,8 @@ def check_config(cfg: ScoreConfig) -> None:
         raise MarketpulseError(f"--threads must be at least 1, got {cfg.threads}")
     if cfg.canary_rows < 0:
         raise MarketpulseError(f"--canary-rows must be 0 or more, got {cfg.canary_rows}")
+    if cfg.auto_check_rows < 0:
+        raise MarketpulseError(f"--auto-check-rows must be 0 or more, got {cfg.auto_check_rows}")
     if cfg.lock_timeout < 0 or cfg.commit_seconds < 0:
         raise MarketpulseError("--lock-timeout and --commit-seconds must be 0 or more")
     checked_size(cfg.memory_limit)

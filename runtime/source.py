@@ -26,6 +26,7 @@ from pathlib import Path
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime.where import compile_where
 from marketpulse.sql import quote_ident, quote_table, table_columns
+from marketpulse.text import blank_sql
 
 SOURCE_ALIAS = "src"
 _TEXT_TYPES = ("VARCHAR",)
@@ -206,11 +207,17 @@ def pending_range(
     return sql, params
 
 
+def _has_table(con, name: str) -> bool:
+    try:
+        con.execute(f"SELECT 1 FROM {quote_table(name)} LIMIT 0").fetchall()
+    except Exception:  # duckdb.CatalogException
+        return False
+    return True
+
+
 def count_rows(con, source: Source, results_table: str, model_version: str) -> tuple[int, int]:
     """(rows passing the filter, of which already scored by this model version)."""
-    try:
-        con.execute(f"SELECT 1 FROM {quote_table(results_table)} LIMIT 0").fetchall()
-    except Exception:  # duckdb.CatalogException: no results table yet, nothing scored
+    if not _has_table(con, results_table):  # no results table yet, nothing scored
         matching = con.execute(
             f"SELECT count(*) FROM {source.table_sql} AS s WHERE {source.where_sql}",
             source.where_params,
@@ -223,6 +230,26 @@ def count_rows(con, source: Source, results_table: str, model_version: str) -> t
         [model_version, *source.where_params],
     ).fetchall()[0]
     return int(matching), int(done)
+
+
+def sample_pending_texts(
+    con, source: Source, results_table: str, model_version: str, rows: int
+) -> list[str]:
+    """Up to `rows` non-blank texts of the rows still to score, the same ones on a rerun
+    over the same data: a hash sample (ordered by md5 of the text), as export's check
+    texts are drawn. One top-N pass over the pending rows; nothing is held but the N."""
+    if _has_table(con, results_table):
+        sql, params = pending_query(source, results_table, model_version, None)
+    else:
+        sql = f"SELECT s.{quote_ident(source.text_col)} AS text FROM {source.table_sql} AS s "
+        sql += f"WHERE {source.where_sql}"
+        params = list(source.where_params)
+    texts = con.execute(
+        f"SELECT t FROM (SELECT CAST(text AS VARCHAR) AS t FROM ({sql})) "
+        f"WHERE NOT {blank_sql('t')} ORDER BY md5(t), t LIMIT ?",
+        [*params, int(rows)],
+    ).fetchall()
+    return [row[0] for row in texts]
 
 
 def record_batches(relation, rows: int):

@@ -13,7 +13,7 @@ from test_runtime_support import make_source, spread_bundle
 from marketpulse import cpu
 from marketpulse.bundle import MANIFEST, gate_results, load_bundle
 from marketpulse.cli import main
-from marketpulse.inference.predictor import cuda_provider_available
+from marketpulse.inference.predictor import Predictor, cuda_provider_available
 from marketpulse.runtime import ScoreConfig, autovariant, score
 
 N = 120
@@ -138,7 +138,8 @@ def test_auto_runs_the_faster_graph_that_passed_and_fp32_when_int8_failed(bundle
     assert passed.version == failed.version == bundle.version
     cache = tmp_path / "cache"
     forge_timings(bundle, cache, 3.0)
-    stats, row = run(tmp_path, passed.path, cache, name="passed")
+    # auto_check_rows=0: the timing and the gate alone (the check on the text is below)
+    stats, row = run(tmp_path, passed.path, cache, name="passed", auto_check_rows=0)
     assert row == ("int8", f"auto: int8 3.00x fp32 on {cpu.isa()}, passed gate")
     stats, row = run(tmp_path, failed.path, cache, name="failed")
     assert row == (
@@ -170,7 +171,16 @@ def test_cli_default_is_auto(bundle, tmp_path):
     args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
     result = CliRunner().invoke(
         main,
-        [*args, "--bundle", str(passed.path), "--device", "cpu", "--json"],
+        [
+            *args,
+            "--bundle",
+            str(passed.path),
+            "--device",
+            "cpu",
+            "--json",
+            "--auto-check-rows",
+            "0",
+        ],
         env={"MARKETPULSE_CACHE": str(tmp_path / "cache")},
     )
     assert result.exit_code == 0, result.output
@@ -178,6 +188,72 @@ def test_cli_default_is_auto(bundle, tmp_path):
     row = con.execute("SELECT variant, variant_reason FROM runs").fetchone()
     con.close()
     assert row == ("int8", f"auto: int8 2.00x fp32 on {cpu.isa()}, passed gate")
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_pick_that_disagrees_with_fp32_on_the_text_to_score_runs_fp32(bundle, tmp_path, engine):
+    """int8 passed export's gate and is 3x faster, but on this table's text its labels
+    differ from fp32's (this bundle's int8 is far off): auto checks and runs fp32."""
+    if engine == "ray":
+        pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 3.0)
+    passed = with_gate(bundle, tmp_path, True)
+    stats, (variant, reason) = run(tmp_path, passed.path, cache, engine=engine)
+    non_blank = N - len(
+        [t for t in make_source(tmp_path / "count.duckdb", N) if not (t or "").strip()]
+    )
+    assert variant == stats.variant == "fp32"
+    assert reason.startswith("auto: fp32, int8 disagreed with it on ")
+    assert f"% of {non_blank} rows sampled from the rows to score (above 1%)" in reason
+    assert f"; before that, auto: int8 3.00x fp32 on {cpu.isa()}, passed gate" in reason
+    assert stats.rows_scored == non_blank
+
+
+class AgreeingInt8(Predictor):
+    """An int8 graph that agrees with fp32 everywhere: the fp32 graph under int8's name."""
+
+    def __init__(self, bundle, variant=None, *args, **kwargs):
+        super().__init__(bundle, "fp32" if variant == "int8" else variant, *args, **kwargs)
+        if variant == "int8":
+            self.variant = "int8"
+
+
+def test_a_pick_that_agrees_with_fp32_on_the_text_keeps_its_speed(bundle, tmp_path):
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 3.0)
+    passed = with_gate(bundle, tmp_path, True)
+    db = tmp_path / "m.duckdb"
+    make_source(db, N)
+    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, where="lang = 'en'", auto_check_rows=20)  # fmt: skip
+    stats = score(cfg, predictor_type=AgreeingInt8)
+    assert stats.variant == "int8"
+    assert stats.variant_reason == (
+        f"auto: int8 3.00x fp32 on {cpu.isa()}, passed gate; disagreed with fp32 on 0.0% "
+        "of 20 rows sampled from the rows to score"
+    )
+
+
+def test_the_check_samples_the_rows_still_to_score(tmp_path):
+    """A hash sample of the non-blank texts that pass the filter and this model version
+    has not scored: the same rows whatever order DuckDB reads in."""
+    from marketpulse.runtime.source import check_source, sample_pending_texts
+
+    db = tmp_path / "m.duckdb"
+    texts = make_source(db, 300)
+    con = duckdb.connect(str(db))
+    source = check_source(con, "posts", "id", "text", "lang = 'en'", False)
+    sample = sample_pending_texts(con, source, "scores", "v1", 1000)  # no results table yet
+    english = [t for i, t in enumerate(texts) if i % 2 == 0 and t and t.strip()]
+    assert sorted(sample) == sorted(english)
+    con.execute("CREATE TABLE scores AS SELECT id, 'v1' AS model_version FROM posts WHERE id < 200")
+    con.execute("INSERT INTO scores SELECT id, 'v0' FROM posts")  # another version's rows
+    pending = sample_pending_texts(con, source, "scores", "v1", 1000)
+    assert sorted(pending) == sorted(t for t in english if int(t.split()[1].rstrip(":")) >= 200)
+    first = sample_pending_texts(con, source, "scores", "v1", 10)
+    assert len(first) == 10 and set(first) <= set(pending)
+    assert sample_pending_texts(con, source, "scores", "v1", 10) == first
+    con.close()
 
 
 def test_gate_results_infers_verdicts_for_older_bundles():
