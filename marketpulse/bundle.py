@@ -237,12 +237,38 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         raise MarketpulseError(
             f"{path} is unreadable ({exc}); re-export the bundle with `marketpulse export`"
         ) from exc
+    if not isinstance(manifest, dict):
+        raise MarketpulseError(f"{path} is not a JSON object; re-export the bundle")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise MarketpulseError(
             f"{bundle_dir} has bundle format {manifest.get('format_version')!r}, this "
             f"marketpulse reads format {FORMAT_VERSION}; re-export it with this version"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise MarketpulseError(
+            f"{path} is damaged ({problem}); re-export the bundle with `marketpulse export`"
+        )
     return manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """Why the keys every reader uses cannot be used as they are, or None."""
+    labels, max_length = manifest.get("labels"), manifest.get("max_length")
+    files, variants = manifest.get("files"), manifest.get("variants")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        return "'labels' is not a list of label names"
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        return "'max_length' is not a positive integer"
+    if not isinstance(files, dict) or not all(isinstance(h, str) for h in files.values()):
+        return "'files' is not a map of file names to hashes"
+    if not isinstance(manifest.get("model_version"), str):
+        return "'model_version' is not a string"
+    if not isinstance(variants, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("file"), str) for v in variants.values()
+    ):
+        return "'variants' does not name each graph's file"
+    return None
 
 
 def verify_bundle(bundle_dir: Path) -> list[str]:

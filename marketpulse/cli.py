@@ -901,9 +901,16 @@ def explain(bundle, texts, db, table, id_col, text_col, where, limit, top, devic
         from marketpulse.inference.explain import explain as explain_texts
         from marketpulse.inference.predictor import Predictor
         from marketpulse.runtime.explanations import masked_words
+        from marketpulse.text import is_blank
 
+        for text in texts:
+            if is_blank(text):
+                click.echo(f"{text!r}: blank text, skipped (nothing to label)", err=True)
+        texts = [t for t in texts if not is_blank(t)]
+        if not texts:
+            return
         predictor = Predictor(Path(bundle), device=device)
-        for e in explain_texts(predictor, list(texts)):
+        for e in explain_texts(predictor, texts):
             show(None, e, masked_words(e))
         return
     from marketpulse.runtime.explanations import ExplainConfig, explain_table

@@ -113,6 +113,11 @@ def create_database(path, storage_version: str = DEFAULT_STORAGE_VERSION) -> Non
     path = Path(path)
     if path.exists():
         return
+    if not path.parent.is_dir():
+        raise MarketpulseError(
+            f"cannot create {path}: folder {path.parent} does not exist; create it or pass "
+            "another path"
+        )
     version = check_storage_version(storage_version)
     con = duckdb.connect()
     try:

@@ -103,6 +103,35 @@ def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None
     return have
 
 
+def _table_key(name: str) -> str:
+    """How DuckDB resolves a table name here: case-insensitive, `main.` implied."""
+    name = name.lower()
+    return name[len("main.") :] if name.startswith("main.") else name
+
+
+def check_one_source(con, results_table: str, table: str) -> None:
+    """Refuse to add `table`'s scores to a results table that holds another table's.
+
+    Scores are matched to source rows by id alone, so another table's row 7 would pass
+    for this table's row 7 already scored, and its label would be reported as this one's.
+    """
+    if _columns(con, quote_ident(RUNS)) is None:
+        return
+    rows = con.execute(
+        f"SELECT DISTINCT source FROM {quote_ident(RUNS)} "
+        "WHERE lower(results_table) = lower(?) AND rows_scored + rows_skipped > 0",
+        [results_table],
+    ).fetchall()
+    others = sorted({r[0] for r in rows if _table_key(r[0]) != _table_key(table)})
+    if others:
+        suggestion = f"{_table_key(table).replace('.', '_')}_scores"
+        raise MarketpulseError(
+            f"results table {results_table!r} already holds the scores of table "
+            f"{others[0]!r}, and scores are matched to rows by id alone; pass "
+            f"--results-table with another name for {table!r} (e.g. {suggestion})"
+        )
+
+
 def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[str]:
     """Create or check the scores, models and runs tables; return the probability columns.
 

@@ -400,5 +400,6 @@ def checked_run(cfg: ScoreConfig) -> Iterator[Run]:
                 con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, db.attached
             )
             results.check_tables(con, cfg.results_table, run.source.id_type)
+            results.check_one_source(con, cfg.results_table, cfg.table)
             run.matching, run.done = _count(con, run, bundle.version)
         yield run

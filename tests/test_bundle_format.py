@@ -1,4 +1,5 @@
-"""A bundle written in another format version is refused before anything is written."""
+"""A bundle written in another format version, or with a damaged manifest, is refused
+before anything is written, in one line."""
 
 import json
 import shutil
@@ -45,3 +46,32 @@ def test_score_refuses_it_and_writes_nothing(tiny_bundle, tmp_path):
             r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
         }
     assert tables == {"posts"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("max_length", "abc", "'max_length' is not a positive integer"),
+        ("max_length", None, "'max_length' is not a positive integer"),
+        ("labels", "bearish", "'labels' is not a list of label names"),
+        ("model_version", 7, "'model_version' is not a string"),
+        ("files", ["model.onnx"], "'files' is not a map of file names to hashes"),
+        ("variants", {"fp32": "model.onnx"}, "'variants' does not name each graph's file"),
+    ],
+)
+def test_a_damaged_manifest_is_one_line_in_load_and_inspect(
+    tiny_bundle, tmp_path, key, value, problem
+):
+    out = Path(shutil.copytree(tiny_bundle.path, tmp_path / "bundle"))
+    manifest = json.loads((out / MANIFEST).read_text())
+    if value is None:
+        del manifest[key]
+    else:
+        manifest[key] = value
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(MarketpulseError) as err:
+        load_bundle(out)
+    assert problem in str(err.value) and "re-export" in str(err.value)
+    result = CliRunner().invoke(main, ["inspect", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert problem in result.output

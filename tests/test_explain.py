@@ -57,6 +57,15 @@ def test_explain_text_prints_label_and_masked_top_words(bundle):
     assert "<EMAIL>" in result.output and "dana@example.com" not in result.output
 
 
+def test_explain_text_skips_a_blank_text_as_score_does(bundle):
+    result = CliRunner().invoke(
+        main, ["explain", "--bundle", str(bundle.path), "--text", "   ", "--text", "oil jumps"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "'   ': blank text, skipped" in result.output
+    assert result.output.count("top words:") == 1  # the other text only
+
+
 def test_explain_rows_writes_one_row_per_word_with_personal_data_masked(bundle, tmp_path):
     pytest.importorskip("presidio_analyzer")
     db = tmp_path / "m.duckdb"

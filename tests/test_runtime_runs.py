@@ -272,3 +272,35 @@ def test_rows_the_planned_ranges_missed_get_another_pass(bundle, tmp_path, monke
     assert len(calls) == 2 and stats.status == "completed"
     assert stats.rows_scored + stats.rows_skipped == N
     assert query(db, "SELECT count(*), count(DISTINCT id) FROM scores") == [(N, N)]
+
+
+def test_a_results_table_holds_one_source_tables_scores(tiny_bundle, tmp_path):
+    """Scores match rows by id alone: a second table with the same ids scored into the
+    same results table would find its rows 'already scored' with the first table's
+    labels. Refused in one line, before anything is written; another name works."""
+
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "CREATE TABLE news AS SELECT range AS id, 'shares fall ' || range AS text FROM range(5)"
+        )
+        con.execute(
+            "CREATE TABLE tweets AS SELECT range AS id, 'oil jumps ' || range AS text FROM range(8)"
+        )
+
+    def run(table, **kw):
+        return score(ScoreConfig(db, table, "id", "text", tiny_bundle.path, progress=False, **kw))
+
+    assert run("news").rows_scored == 5
+    with pytest.raises(MarketpulseError) as err:
+        run("tweets")
+    assert str(err.value) == (
+        "results table 'scores' already holds the scores of table 'news', and scores are "
+        "matched to rows by id alone; pass --results-table with another name for 'tweets' "
+        "(e.g. tweets_scores)"
+    )
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    assert run("tweets", results_table="tweets_scores").rows_scored == 8
+    assert run("NEWS").rows_scored == 0  # the same table, as DuckDB resolves names
+    assert run("main.news").rows_scored == 0
