@@ -10,6 +10,7 @@ import pytest
 from trends_fixtures import build_db, insert_scores, register_model
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime import results
 from marketpulse.trends import TrendsConfig, format_report, run
 
 
@@ -174,6 +175,33 @@ def test_latest_view_uses_newest_registered_model_after_rescore(db):
     assert rows[("A", 1)]["net_index"] == -1.0
     assert rows[("B", 5)]["net_index"] == pytest.approx(1 / 3)
     assert result.latest_view == "latest_scores"
+
+
+def test_a_mix_of_label_schemes_is_refused_and_one_scheme_is_not(db):
+    """A newer model with other labels rescored part of the table: its rows would count
+    as volume but on neither side of positive - negative. Refused, naming the model."""
+    con = duckdb.connect(str(db))
+    market = ["bearish", "bullish", "neutral"]
+    id_type = con.execute("SELECT typeof(id) FROM scores LIMIT 1").fetchone()[0]
+    results.prepare(con, "scores", id_type, market)  # adds p_bearish, p_bullish as a run does
+    register_model(con, "market", datetime(2024, 3, 1), labels=market)
+    ids = [r[0] for r in con.execute("SELECT id FROM posts WHERE brand = 'A'").fetchall()]
+    insert_scores(con, "market", [(i, "bullish") for i in ids], labels=market)
+    con.close()
+    with pytest.raises(MarketpulseError) as err:
+        run(_cfg(db))
+    message = str(err.value)
+    assert f"{len(ids):,} rows come from model market (bearish, bullish, neutral)" in message
+    assert "score the whole table with one model (the newest, market" in message
+    assert "\n" not in message
+    # the same labels under a newer model (a retrained one) mix fine
+    con = duckdb.connect(str(db))
+    register_model(con, "retrained", datetime(2024, 4, 1))
+    insert_scores(con, "retrained", [(i, "positive") for i in ids])
+    con.close()
+    result = run(_cfg(db))
+    assert (result.positive, result.negative) == ("positive", "negative")
+    assert _rows(db)[("A", 1)]["net_index"] == 1.0
 
 
 def test_skipped_rows_do_not_count(db):

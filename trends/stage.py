@@ -90,13 +90,15 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         _check_source(con, cfg)
         view = queries.latest_view_name(cfg.scores_table)
         con.execute(queries.latest_scores_sql(view, cfg.scores_table))
-        labels = _model_labels(con, cfg, view)
+        models = _models(con, cfg, view)
+        labels = _union_labels(models)
         positive = _pick_label(cfg.positive, POSITIVE_DEFAULTS, labels, "--positive")
         negative = _pick_label(cfg.negative, NEGATIVE_DEFAULTS, labels, "--negative")
         if positive == negative:
             raise MarketpulseError(
                 f"--positive and --negative are both {positive!r}; pass two different labels"
             )
+        _check_one_scheme(cfg, models, positive, negative)
         _check_collisions(cfg.by, labels)
         table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
         sql = queries.trend_table_sql(
@@ -244,8 +246,8 @@ def _check_source(con, cfg: TrendsConfig) -> None:
         )
 
 
-def _model_labels(con, cfg: TrendsConfig, view: str) -> list[str]:
-    """Labels of the model versions behind the latest scores of this source, in model order."""
+def _models(con, cfg: TrendsConfig, view: str) -> list[tuple[str, list[str], int]]:
+    """(model version, its labels, rows) behind the latest scores of this source, newest first."""
     rows = con.execute(
         f"""
         SELECT ls.model_version, any_value(m.labels), count(*)
@@ -261,15 +263,41 @@ def _model_labels(con, cfg: TrendsConfig, view: str) -> list[str]:
             f"no row of {cfg.source!r} has a score in {cfg.scores_table!r}; score it first "
             f"with `marketpulse score --db {cfg.db} --table {cfg.source} ...` or check --id-col"
         )
-    labels: list[str] = []
     for version, model_labels, _ in rows:
         if model_labels is None:
             raise MarketpulseError(
                 f"model version {version} has scores but no row in the models table; "
                 "re-run `marketpulse score` so it registers the model"
             )
+    return [(version, list(model_labels), int(n)) for version, model_labels, n in rows]
+
+
+def _union_labels(models) -> list[str]:
+    """Every model's labels, newest model's first, each once."""
+    labels: list[str] = []
+    for _, model_labels, _ in models:
         labels += [lab for lab in model_labels if lab not in labels]
     return labels
+
+
+def _check_one_scheme(cfg: TrendsConfig, models, positive: str, negative: str) -> None:
+    """Refuse latest scores whose models do not all have both index labels.
+
+    A row from a model without them counts in `volume` but on neither side of the index,
+    which would quietly pull the index towards 0 (say bullish/bearish rows among
+    positive/negative ones, after a new model scored part of the table).
+    """
+    lacking = [(v, labels, n) for v, labels, n in models if not {positive, negative} <= set(labels)]
+    if not lacking:
+        return
+    version, labels, n = lacking[0]
+    newest = models[0][0]
+    raise MarketpulseError(
+        f"the latest scores of {cfg.source!r} mix label schemes: {n:,} rows come from model "
+        f"{version} ({', '.join(labels)}), without {positive!r}/{negative!r}; score the whole "
+        f"table with one model (the newest, {newest}, without --limit or --where), or pass "
+        "--positive/--negative labels every model has"
+    )
 
 
 def _pick_label(given: str | None, defaults: tuple[str, ...], labels: list[str], flag: str) -> str:
