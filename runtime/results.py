@@ -119,7 +119,8 @@ def check_one_source(con, results_table: str, table: str) -> None:
         return
     rows = con.execute(
         f"SELECT DISTINCT source FROM {quote_ident(RUNS)} "
-        "WHERE lower(results_table) = lower(?) AND rows_scored + rows_skipped > 0",
+        "WHERE lower(results_table) = lower(?) AND rows_scored + rows_skipped > 0 "
+        "AND source IS NOT NULL",
         [results_table],
     ).fetchall()
     others = sorted({r[0] for r in rows if _table_key(r[0]) != _table_key(table)})

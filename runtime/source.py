@@ -232,12 +232,17 @@ def count_rows(con, source: Source, results_table: str, model_version: str) -> t
     return int(matching), int(done)
 
 
+SAMPLE_SALT = "marketpulse auto check:"
+
+
 def sample_pending_texts(
     con, source: Source, results_table: str, model_version: str, rows: int
 ) -> list[str]:
     """Up to `rows` non-blank texts of the rows still to score, the same ones on a rerun
-    over the same data: a hash sample (ordered by md5 of the text), as export's check
-    texts are drawn. One top-N pass over the pending rows; nothing is held but the N."""
+    over the same data: a hash sample (ordered by md5 of a salted text). The salt makes it
+    independent of export's check texts, ordered by md5 of the text alone: a bundle gated
+    on this very table would otherwise be checked again on rows it already passed on.
+    One top-N pass over the pending rows; nothing is held but the N."""
     if _has_table(con, results_table):
         sql, params = pending_query(source, results_table, model_version, None)
     else:
@@ -246,8 +251,8 @@ def sample_pending_texts(
         params = list(source.where_params)
     texts = con.execute(
         f"SELECT t FROM (SELECT CAST(text AS VARCHAR) AS t FROM ({sql})) "
-        f"WHERE NOT {blank_sql('t')} ORDER BY md5(t), t LIMIT ?",
-        [*params, int(rows)],
+        f"WHERE NOT {blank_sql('t')} ORDER BY md5(? || t), t LIMIT ?",
+        [*params, SAMPLE_SALT, int(rows)],
     ).fetchall()
     return [row[0] for row in texts]
 
