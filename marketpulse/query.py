@@ -45,12 +45,9 @@ def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[lis
             return [], []
         return [d[0] for d in relation.description], relation.fetchall()
     except duckdb.Error as exc:
-        read_only = "read-only" in str(exc).lower()
-        fix = (
-            "the database is opened read-only, so only queries that read work"
-            if read_only
-            else "check the SQL"
-        )
+        fix = "check the SQL"
+        if "read-only" in str(exc).lower():
+            fix = "the database is opened read-only, so only queries that read work"
         raise MarketpulseError(f"query failed ({first_line(exc)}); {fix}") from exc
     finally:
         con.close()

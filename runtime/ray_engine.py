@@ -300,8 +300,8 @@ def score_with_ray(
     threads = 1 if device == "cuda" else (cfg.threads or 1)
     with checked_run(cfg) as run:
         choice = planned_variant(run.bundle, device, cfg, run.pending)
-        if device == "cpu":  # checked on the driver, as the timing is
-            choice = autovariant.checked_on_text(run, choice, partial(_cpu_predictor, run.bundle))
+        # on the driver, as the timing is (on CUDA auto picks no quantized graph: a no-op)
+        choice = autovariant.checked_on_text(run, choice, partial(_cpu_predictor, run.bundle))
         provider, variant = planned_placement(run.bundle, device, choice.variant)
         with run.record(
             provider=provider,

@@ -301,6 +301,7 @@ def test_a_results_table_holds_one_source_tables_scores(tiny_bundle, tmp_path):
     )
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM scores").fetchone() == (5,)  # news only
     assert run("tweets", results_table="tweets_scores").rows_scored == 8
     assert run("NEWS").rows_scored == 0  # the same table, as DuckDB resolves names
     assert run("main.news").rows_scored == 0

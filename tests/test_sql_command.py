@@ -18,6 +18,8 @@ def test_sql_names_read_only_only_when_that_is_the_cause(tmp_path):
     assert "read-only" not in typo.output
     write = CliRunner().invoke(main, ["sql", "DELETE FROM t", "--db", str(db)])
     assert write.exit_code == 1 and "only queries that read work" in write.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT x FROM t").fetchall() == [(1,)]  # nothing deleted
 
 
 def test_a_new_results_file_in_a_missing_folder_names_the_folder(tmp_path):

@@ -194,6 +194,8 @@ def test_a_mix_of_label_schemes_is_refused_and_one_scheme_is_not(db):
     assert f"{len(ids):,} rows come from model market (bearish, bullish, neutral)" in message
     assert "score the whole table with one model (the newest, market" in message
     assert "\n" not in message
+    with duckdb.connect(str(db), read_only=True) as con:  # no trend table was written
+        assert "trend_posts_day" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     # the same labels under a newer model (a retrained one) mix fine
     con = duckdb.connect(str(db))
     register_model(con, "retrained", datetime(2024, 4, 1))

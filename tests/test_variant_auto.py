@@ -15,6 +15,7 @@ from marketpulse.bundle import MANIFEST, gate_results, load_bundle
 from marketpulse.cli import main
 from marketpulse.inference.predictor import Predictor, cuda_provider_available
 from marketpulse.runtime import ScoreConfig, autovariant, score
+from marketpulse.text import is_blank
 
 N = 120
 
@@ -200,9 +201,9 @@ def test_a_pick_that_disagrees_with_fp32_on_the_text_to_score_runs_fp32(bundle, 
     forge_timings(bundle, cache, 3.0)
     passed = with_gate(bundle, tmp_path, True)
     stats, (variant, reason) = run(tmp_path, passed.path, cache, engine=engine)
-    non_blank = N - len(
-        [t for t in make_source(tmp_path / "count.duckdb", N) if not (t or "").strip()]
-    )
+    with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
+        texts = [r[0] for r in con.execute("SELECT text FROM posts").fetchall()]
+    non_blank = sum(1 for t in texts if t is not None and not is_blank(t))
     assert variant == stats.variant == "fp32"
     assert reason.startswith("auto: fp32, int8 disagreed with it on ")
     assert f"% of {non_blank} rows sampled from the rows to score (above 1%)" in reason
@@ -232,6 +233,9 @@ def test_a_pick_that_agrees_with_fp32_on_the_text_keeps_its_speed(bundle, tmp_pa
         f"auto: int8 3.00x fp32 on {cpu.isa()}, passed gate; disagreed with fp32 on 0.0% "
         "of 20 rows sampled from the rows to score"
     )
+    with duckdb.connect(str(db), read_only=True) as con:
+        row = con.execute("SELECT variant, variant_reason FROM runs").fetchone()
+    assert row == (stats.variant, stats.variant_reason)  # what the runs table says, too
 
 
 def test_the_check_samples_the_rows_still_to_score(tmp_path):
@@ -244,7 +248,7 @@ def test_the_check_samples_the_rows_still_to_score(tmp_path):
     con = duckdb.connect(str(db))
     source = check_source(con, "posts", "id", "text", "lang = 'en'", False)
     sample = sample_pending_texts(con, source, "scores", "v1", 1000)  # no results table yet
-    english = [t for i, t in enumerate(texts) if i % 2 == 0 and t and t.strip()]
+    english = [t for i, t in enumerate(texts) if i % 2 == 0 and t is not None and not is_blank(t)]
     assert sorted(sample) == sorted(english)
     con.execute("CREATE TABLE scores AS SELECT id, 'v1' AS model_version FROM posts WHERE id < 200")
     con.execute("INSERT INTO scores SELECT id, 'v0' FROM posts")  # another version's rows
