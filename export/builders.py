@@ -48,8 +48,8 @@ def builder_for(name: str):
 def build_int8(src: Sources) -> Built:
     from marketpulse.export import graphs
 
-    isa = cpu.isa()
     cfg = src.cfg
+    isa = cpu.isa() if cfg.int8_isa == "auto" else cfg.int8_isa
     path = graphs.make_int8(
         src.fp32, src.optimized, cfg.optimization, cfg.int8_order, isa, src.work, src.calibration
     )

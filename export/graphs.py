@@ -24,6 +24,8 @@ from marketpulse.export.outliers import OUTLIER_SUFFIX, Calibration, split_outli
 
 OPTIMIZATION_LEVELS = ("none", "O1", "O2", "O3")
 INT8_ORDERS = ("optimize-then-quantize", "quantize-then-optimize")
+# CPU kinds an int8 graph can be quantized for (`quantization_config`); auto: the exporting CPU's
+INT8_ISAS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 DEFAULT_OPSET = 18
 WEIGHT_OPS = ("MatMul", "Attention")
 INT8_OPS = ("MatMul",)

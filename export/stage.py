@@ -30,7 +30,12 @@ from marketpulse.checkpoint import Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.builders import Built, Sources, builder_for
 from marketpulse.export.checks import CheckSource, load_check_texts, read_check_sample
-from marketpulse.export.graphs import DEFAULT_OPSET, INT8_ORDERS, OPTIMIZATION_LEVELS
+from marketpulse.export.graphs import (
+    DEFAULT_OPSET,
+    INT8_ISAS,
+    INT8_ORDERS,
+    OPTIMIZATION_LEVELS,
+)
 from marketpulse.export.log import log
 from marketpulse.export.outliers import CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
@@ -70,12 +75,17 @@ class ExportConfig:
     max_length: int | None = None  # None: the checkpoint's (Checkpoint.max_length)
     test_rows: int | None = None  # cap on test-split rows checked; None: all
     check_source: CheckSource | None = None  # texts like those scored; None: test split only
+    int8_isa: str = "auto"  # the CPU kind int8 is quantized for; auto: this machine's (cpu.isa())
 
     def __post_init__(self):
         object.__setattr__(self, "variants", registry.parse(self.variants))
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise MarketpulseError(
                 f"unknown --optimization {self.optimization!r}; pass one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        if self.int8_isa not in INT8_ISAS:
+            raise MarketpulseError(
+                f"unknown --int8-isa {self.int8_isa!r}; pass one of {', '.join(INT8_ISAS)}"
             )
         if self.int8_order not in INT8_ORDERS:
             raise MarketpulseError(

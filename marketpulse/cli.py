@@ -517,6 +517,14 @@ def _check_source(check_input, check_db, check_table, check_text_col, check_rows
     help="Whether int8 is quantized from the optimized graph or optimized after.",
 )
 @click.option(
+    "--int8-isa",
+    type=click.Choice(["auto", "avx512_vnni", "avx512", "avx2", "arm64"]),
+    default="auto",
+    show_default=True,
+    help="CPU kind the int8 graph is quantized for; auto: this machine's. Pass the scoring "
+    "machines' kind when it differs (avx2 keeps 7-bit weights, right on every x86 CPU).",
+)
+@click.option(
     "--opset",
     default=18,
     show_default=True,
@@ -556,6 +564,7 @@ def export_(
     allow_accuracy_drop,
     optimization,
     int8_order,
+    int8_isa,
     opset,
     max_length,
     test_rows,
@@ -585,6 +594,7 @@ def export_(
         allow_accuracy_drop=allow_accuracy_drop,
         optimization=optimization,
         int8_order=int8_order,
+        int8_isa=int8_isa,
         opset=opset,
         max_length=max_length,
         test_rows=test_rows,

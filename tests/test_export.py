@@ -177,6 +177,21 @@ def test_cli_export_writes_requested_variants_only(tiny_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging left over
 
 
+@pytest.mark.parametrize(("isa", "reduce_range"), [("avx2", True), ("avx512_vnni", False)])
+def test_int8_isa_quantizes_for_the_named_cpu_not_this_one(
+    tiny_checkpoint, tmp_path, isa, reduce_range
+):
+    """The exporting machine need not be the scoring one: --int8-isa names the scoring CPU
+    kind, and the manifest records the config that was used, whatever this CPU is."""
+    out = tmp_path / "bundle"
+    args = ["export", "--model", str(tiny_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
+    result = CliRunner().invoke(main, [*args, "--int8-isa", isa, "--allow-accuracy-drop"])
+    assert result.exit_code == 0, result.output
+    quantization = read_manifest(out)["variants"]["int8"]["quantization"]
+    assert (quantization["cpu_isa"], quantization["reduce_range"]) == (isa, reduce_range)
+    assert f"static quantization for {isa}" in result.output
+
+
 @pytest.mark.parametrize("optimization", ["O1", "O2"])
 def test_export_writes_nothing_into_the_working_directory(
     tiny_checkpoint, tmp_path, monkeypatch, optimization
@@ -336,5 +351,5 @@ def test_cli_defaults_match_export_config():
     params = {p.name: p.default for p in main.commands["export"].params}
     defaults = ExportConfig(model=Path("m"), out=Path("o"))
     assert tuple(params["variants"].split(",")) == defaults.variants
-    for name in ("min_agreement", "max_f1_drop", "optimization", "int8_order", "opset"):
+    for name in ("min_agreement", "max_f1_drop", "optimization", "int8_order", "int8_isa", "opset"):
         assert params[name] == getattr(defaults, name), name

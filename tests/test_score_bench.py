@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import TWITTER, require_shared
 
+from marketpulse import cpu
 from marketpulse.errors import MarketpulseError
 from marketpulse.tools import bench, bench_floor, bench_report
 
@@ -30,8 +31,11 @@ def _figures(d=600.0, a=100.0, b=300.0, c=500.0, agree=0.995, rss=(440.0, 470.0)
     return {"alternatives": alts, "scale": scale}
 
 
+VNNI = bench_report.Targets(speedup=bench_report.speed_targets("avx512_vnni"))
+
+
 def test_judge_computes_each_check_from_the_figures():
-    checks = bench_report.judge(_figures(), bench_report.Targets())
+    checks = bench_report.judge(_figures(), VNNI)
     assert checks == {
         "d/a": {"value": "6.00", "target": ">= 4", "ok": True},
         "d/b": {"value": "2.00", "target": ">= 2", "ok": True},
@@ -48,7 +52,7 @@ def test_judge_computes_each_check_from_the_figures():
 
 def test_judge_flags_each_miss_and_only_checks_what_ran():
     res = _figures(d=350.0, agree=0.98, rss=(440.0, 1600.0))
-    res["checks"] = bench_report.judge(res, bench_report.Targets())
+    res["checks"] = bench_report.judge(res, VNNI)
     assert bench_report.missed_targets(res) == [
         "d/a 3.50 (target >= 4)",
         "d/b 1.17 (target >= 2)",
@@ -70,8 +74,23 @@ def test_judge_flags_each_miss_and_only_checks_what_ran():
     assert bench_report.judge(only_d, bench_report.Targets()) == {}
 
 
+def test_speed_targets_ask_less_of_int8_where_the_cpu_lacks_vnni():
+    assert bench_report.speed_targets("avx512_vnni") == {"d/a": 4.0, "d/b": 2.0, "d/c": 1.2}
+    assert bench_report.speed_targets("avx2") == {"d/a": 3.5, "d/b": 2.0, "d/c": 1.2}
+    avx2 = bench_report.Targets(speedup=bench_report.speed_targets("avx2"))
+    assert bench_report.judge(_figures(d=360.0), avx2)["d/a"]["ok"]
+    assert not bench_report.judge(_figures(d=360.0), VNNI)["d/a"]["ok"]
+
+
+def test_the_sorted_pytorch_alternative_is_named_by_the_precision_it_ran():
+    assert bench_report.label("c", {"precision": "fp32"}).startswith("PyTorch fp32, length-sorted")
+    assert bench_report.label("c", {"precision": "bf16"}).startswith("PyTorch bf16, length-sorted")
+    assert bench_report.label("a") == bench_report.ALTERNATIVES["a"]
+
+
 def test_parse_speedups_overrides_one_target_and_rejects_unknown_ratios():
-    assert bench_report.parse_speedups(("d/a=5",)) == {"d/a": 5.0, "d/b": 2.0, "d/c": 1.2}
+    default = bench_report.speed_targets(cpu.isa())
+    assert bench_report.parse_speedups(("d/a=5",)) == {**default, "d/a": 5.0}
     for bad in ("d/x=2", "d/a", "d/a=fast"):
         with pytest.raises(click.BadParameter, match="use RATIO=NUMBER"):
             bench_report.parse_speedups((bad,))
@@ -154,6 +173,8 @@ def test_bench_figures_follow_from_the_runs(tiny_checkpoint, tiny_bundle, tmp_pa
     assert set(alts) == {"a", "b", "c", "d"} and all(alt["rows"] == 96 for alt in alts.values())
     for key in "abc":  # the workers time the same texts they label
         assert alts[key]["rows_per_s"] == pytest.approx(96 / alts[key]["seconds"])
+    assert alts["c"]["precision"] == ("bf16" if cpu.native_bf16() else "fp32")
+    assert f"(c) PyTorch {alts['c']['precision']}, length-sorted" in run.stdout
     for key in "abc":
         ratio = alts["d"]["rows_per_s"] / alts[key]["rows_per_s"]
         target = bench_report.Targets().speedup[f"d/{key}"]

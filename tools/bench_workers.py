@@ -3,7 +3,7 @@
 `python -m marketpulse.tools.bench --worker ALT ...` lands here (the bench's click command
 dispatches on `--worker`). (a), (b) and (c) read the table's texts, label them the
 tutorial way (a transformers `pipeline` in fp32, optimum's ORTModel on the bundle's int8
-graph, PyTorch bf16 in length-sorted batches), time the labelling after a warm-up batch
+graph, PyTorch in length-sorted batches, bf16 where native), time the labelling after a warm-up batch
 and write rows/s, labels and their own peak RSS to `--out` as JSON. (h) is `marketpulse
 score` exactly as the CLI runs it, with `ZeroLogitsPredictor` in place of ONNX Runtime,
 so its time is everything `score` does but inference. torch, transformers and optimum
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from marketpulse import cpu
 from marketpulse.errors import MarketpulseError
 from marketpulse.inference.predictor import Predictor
 
@@ -99,22 +100,31 @@ def worker(alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path)
         return [p["label"] for p in preds]
 
     if alt == "c":
-        run = _bf16_sorted(model, tokenizer, max_length)
+        run = _sorted(model, tokenizer, max_length, c_precision())
     run(texts[:BATCH])  # warm-up: first-call allocations are not throughput
     start = time.perf_counter()
     labels = run(texts)
     seconds = time.perf_counter() - start
     result = {"rows": len(texts), "seconds": seconds, "rows_per_s": len(texts) / seconds}
+    if alt == "c":
+        result["precision"] = c_precision()
     result["labels"] = labels
     result["self_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(result))
 
 
-def _bf16_sorted(model: Path, tokenizer, max_length: int):
+def c_precision() -> str:
+    """(c)'s dtype: bf16 where the CPU multiplies it natively, else fp32, PyTorch's fastest
+    on this CPU (bf16 without AVX512-BF16 or AMX is emulated and slower than fp32)."""
+    return "bf16" if cpu.native_bf16() else "fp32"
+
+
+def _sorted(model: Path, tokenizer, max_length: int, precision: str):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    net = AutoModelForSequenceClassification.from_pretrained(model).eval().to(torch.bfloat16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    net = AutoModelForSequenceClassification.from_pretrained(model).eval().to(dtype)
     id2label = net.config.id2label
 
     def run(texts: list[str]) -> list[str]:
