@@ -130,6 +130,24 @@ def test_bench_refuses_bad_flags_before_any_work(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_c_runs_the_precision_asked_for_and_says_so(
+    tiny_checkpoint, tiny_bundle, tmp_path, precision
+):
+    """--c-precision bf16 on a CPU without native bf16 is the old, emulated (c): still
+    runnable side by side, named by what it ran."""
+    _twitter_csvs(tmp_path / "data", ["stocks rally", "shares slump", "flat", "guidance cut"])
+    out = tmp_path / "bench.json"
+    args = ["--only", "c", "--rows", "64", "--c-precision", precision]
+    args += ["--data", str(tmp_path / "data"), "--work", str(tmp_path / "work")]
+    args += ["--model", str(tiny_checkpoint), "--bundle", str(tiny_bundle.path), "--out", str(out)]
+    res = CliRunner().invoke(bench.main, args)
+    assert res.exit_code == 0, res.output
+    c = json.loads(out.read_text())["alternatives"]["c"]
+    assert c["precision"] == precision and c["rows"] == 64
+    assert f"(c) PyTorch {precision}, length-sorted" in res.output
+
+
 @pytest.mark.slow
 def test_bench_exits_1_when_a_target_is_missed(tiny_checkpoint, tiny_bundle, tmp_path):
     """(d) alone on small tables, with an RSS ceiling no process can meet."""

@@ -159,10 +159,13 @@ def run_process(cmd: list[str], stdout: Path) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def run_baseline(alt: str, db: Path, table: str, model: Path, bundle: Path, work: Path) -> dict:
+def run_baseline(
+    alt: str, db: Path, table: str, model: Path, bundle: Path, work: Path, c_precision="auto"
+) -> dict:
     out = work / f"{alt}.json"
     cmd = [sys.executable, "-m", "marketpulse.tools.bench", "--worker", alt, "--db", str(db)]
     cmd += ["--table", table, "--model", str(model), "--bundle", str(bundle), "--out", str(out)]
+    cmd += ["--c-precision", c_precision]
     wall, rss = run_process(cmd, work / f"{alt}.log")
     result = json.loads(out.read_text())
     result.update(wall_s=wall, peak_rss_mib=rss)
@@ -237,6 +240,13 @@ def run_marketpulse(
 @click.option("--only", default="abcdhr", show_default=True, help="Alternatives to run.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for (d) [default: all cores].")
 @click.option(
+    "--c-precision",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="(c)'s dtype; auto: bf16 where the CPU has it natively (AVX512-BF16, AMX), else fp32.",
+)
+@click.option(
     "--min-speedup",
     multiple=True,
     metavar="RATIO=X",
@@ -274,6 +284,7 @@ def main(
     data,
     only,
     threads,
+    c_precision,
     min_speedup,
     min_agreement,
     max_rss_mib,
@@ -292,7 +303,7 @@ def main(
             if worker == "h":
                 return bench_workers.host_worker(Path(db), table, Path(bundle), Path(out), threads)
             return bench_workers.worker(
-                worker, Path(db), table, Path(model), Path(bundle), Path(out)
+                worker, Path(db), table, Path(model), Path(bundle), Path(out), c_precision
             )
         except MarketpulseError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -308,9 +319,13 @@ def main(
             param_hint="--scale-rows",
         ) from None
     targets = Targets(parse_speedups(min_speedup), min_agreement, max_rss_mib)
+    if c_precision == "auto":
+        c_precision = bench_workers.c_precision()
     out_path = Path(out) if out else Path(work) / "bench.json"
     try:
-        res = _bench(rows, scale, model, bundle, data, only, threads, Path(work), targets)
+        res = _bench(
+            rows, scale, model, bundle, data, only, threads, Path(work), targets, c_precision
+        )
     except MarketpulseError as exc:
         raise click.ClickException(str(exc)) from exc
     out_path.write_text(json.dumps(res, indent=2) + "\n")
@@ -321,7 +336,9 @@ def main(
         raise click.ClickException(f"bench missed {len(misses)} target(s): " + "; ".join(misses))
 
 
-def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets: Targets) -> dict:
+def _bench(
+    rows, scale, model, bundle, data, only, threads, work: Path, targets: Targets, c_precision
+) -> dict:
     """Run the alternatives and the floor; the results, with `checks` judged on `targets`."""
     from marketpulse.bundle import load_bundle
     from marketpulse.cpu import available_cores
@@ -349,7 +366,7 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
         "checks": {},
     }
     for key in sorted(only):
-        click.echo(f"bench: ({key}) {label(key)} ...", err=True)
+        click.echo(f"bench: ({key}) {label(key, {'precision': c_precision})} ...", err=True)
         if key == "d":
             result = run_marketpulse(db, table, bundle_dir, work, threads)
         elif key == "h":
@@ -365,7 +382,7 @@ def _bench(rows, scale, model, bundle, data, only, threads, work: Path, targets:
                 continue
             result = run_marketpulse(db, table, bundle_dir, work, threads, engine="ray")
         else:
-            result = run_baseline(key, db, table, model_dir, bundle_dir, work)
+            result = run_baseline(key, db, table, model_dir, bundle_dir, work, c_precision)
         click.echo(f"bench: ({key}) {result['rows_per_s']:.1f} rows/s", err=True)
         res["alternatives"][key] = result
     alts = res["alternatives"]

@@ -72,7 +72,9 @@ def host_worker(db: Path, table: str, bundle: Path, results_db: Path, threads: i
     click.echo(json.dumps(stats.to_dict(), indent=2))
 
 
-def worker(alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path) -> None:
+def worker(
+    alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path, c_dtype: str = "auto"
+) -> None:
     from transformers import AutoTokenizer, pipeline
 
     from marketpulse.bundle import load_bundle
@@ -99,15 +101,16 @@ def worker(alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path)
         preds = pipe(xs, batch_size=BATCH, truncation=True, max_length=max_length)
         return [p["label"] for p in preds]
 
+    precision = c_precision() if c_dtype == "auto" else c_dtype
     if alt == "c":
-        run = _sorted(model, tokenizer, max_length, c_precision())
+        run = _sorted(model, tokenizer, max_length, precision)
     run(texts[:BATCH])  # warm-up: first-call allocations are not throughput
     start = time.perf_counter()
     labels = run(texts)
     seconds = time.perf_counter() - start
     result = {"rows": len(texts), "seconds": seconds, "rows_per_s": len(texts) / seconds}
     if alt == "c":
-        result["precision"] = c_precision()
+        result["precision"] = precision
     result["labels"] = labels
     result["self_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(result))
