@@ -112,6 +112,22 @@ def open_source(
         con.close()
 
 
+def _check_one_select(con, query: str, flag: str) -> None:
+    """Refuse a query that is not exactly one SELECT (DuckDB's parser says which it is)."""
+    import duckdb
+
+    try:
+        kinds = [statement.type.name for statement in con.extract_statements(query)]
+    except duckdb.Error as exc:
+        raise MarketpulseError(f"{flag} failed: {first_line(exc)}; fix the SQL") from exc
+    if kinds != ["SELECT"]:
+        got = f"{len(kinds)} statements" if len(kinds) != 1 else f"a {kinds[0]} statement"
+        raise MarketpulseError(
+            f"{flag} must be one SELECT statement (rows to read), not {got}; "
+            'pass e.g. "SELECT text, label FROM posts WHERE ..."'
+        )
+
+
 def _open_relation(con, table, query, input, flags: Flags) -> tuple[str, str]:
     """Return (relation name, description for messages) of the one source given."""
     import duckdb
@@ -119,6 +135,7 @@ def _open_relation(con, table, query, input, flags: Flags) -> tuple[str, str]:
     if table:
         return table, f"table {table!r}"
     if query:
+        _check_one_select(con, query, flags.query)
         try:
             con.execute(f"CREATE TEMP VIEW {_VIEW} AS {query}")
         except duckdb.Error as exc:

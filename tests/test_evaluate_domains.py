@@ -201,7 +201,11 @@ def test_label_map_without_domains_keeps_the_single_report(trained_checkpoint, d
         (["--domain", "my reviews=x.csv"], "is not NAME=SOURCE"),
         (["--domain", "news=SELECT 1"], "domain name 'news' is used twice"),
         (["--domain", "x=/nonexistent/x.csv"], "domain 'x': input file /nonexistent/x.csv not"),
-        (["--domain", REVIEWS_SQL], "domain 'reviews': label 'meh' in column 'tag' is not among"),
+        (
+            ["--domain", REVIEWS_SQL],  # the fix for a model's labels is a map, not --label-names
+            "domain 'reviews': label 'meh' in column 'tag' is not one of the model's labels "
+            "(bearish, bullish, neutral); map it with --label-map meh=LABEL",
+        ),
         (["--label-map", "positive"], "--label-map 'positive' is not [DOMAIN:]FROM=TO"),
         (["--label-map", "other:a=b"], "--label-map names domain 'other'"),
         (

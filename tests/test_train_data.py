@@ -188,6 +188,23 @@ def test_query_csv_and_parquet_sources_agree(tmp_path):
         load_labeled(DataSource(input=str(tmp_path / "rows.xlsx")))
 
 
+@pytest.mark.parametrize(
+    ("query", "got"),
+    [
+        ("DELETE FROM posts", "not a DELETE statement"),
+        ("SELECT text, label FROM posts; DROP TABLE posts", "not 2 statements"),
+    ],
+)
+def test_a_query_that_is_not_one_select_is_refused_before_it_runs(tmp_path, query, got):
+    db = tmp_path / "labeled.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts AS SELECT 'up' AS text, 'bullish' AS label")
+    with pytest.raises(MarketpulseError, match=f"--query must be one SELECT statement .*{got}"):
+        load_labeled(DataSource(db=str(db), query=query))
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM posts").fetchone() == (1,)
+
+
 def test_fingerprint_ignores_scan_order_but_not_content(tmp_path):
     rows = [(i, f"text {i}", "ab"[i % 2]) for i in range(20)]
     a = load_labeled(

@@ -173,4 +173,6 @@ def test_horizon_zero_skips_forecasts_and_the_report_still_reads(weekly_db):
             horizon=0,
         )
     )
-    assert result.forecast_table == "" and "not computed (--horizon 0)" in format_report(result)
+    report = format_report(result)
+    assert result.forecast_table == "" and "not computed (--horizon 0)" in report
+    assert "backtest: ;" not in report and "()" not in report  # no empty table names

@@ -25,6 +25,17 @@ from marketpulse.sql import quote_ident
 from marketpulse.text import is_blank
 
 
+class UnknownLabel(MarketpulseError):
+    """A label value that none of the given label names matches."""
+
+    def __init__(self, label: str, column: str, names: list[str]):
+        self.label, self.column, self.names = label, column, names
+        super().__init__(
+            f"label {label!r} in column {column!r} is not among the label names "
+            f"({', '.join(names)}); add it to --label-names or filter those rows with --query"
+        )
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where labeled rows come from: exactly one of `table`, `query`, `input`."""
@@ -117,10 +128,7 @@ def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
         return _name_labels([int(y) for y in labels], source)
     unknown = sorted(set(labels) - set(names))
     if unknown:
-        raise MarketpulseError(
-            f"label {unknown[0]!r} in column {source.label_col!r} is not among the label names "
-            f"({', '.join(names)}); add it to --label-names or filter those rows with --query"
-        )
+        raise UnknownLabel(unknown[0], source.label_col, list(names))
     return labels, list(names)
 
 

@@ -26,7 +26,7 @@ from marketpulse.checkpoint import CONFIG, METRICS, Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.sources import Flags
-from marketpulse.train.data import DataSource, LabeledRows, load_labeled
+from marketpulse.train.data import DataSource, LabeledRows, UnknownLabel, load_labeled
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # A --domain SOURCE starting with one of these is SQL; anything else is a file path.
@@ -166,9 +166,18 @@ def _load_rows(
     # Integer labels are named by the model's order unless --label-names names them.
     named = dataclasses.replace(source, label_names=source.label_names or tuple(labels))
     raw = bool(label_map) and source.label_names is None
-    rows = load_labeled(source if raw else named, flags)  # raw: the table's own names, for the map
-    if raw and not set(rows.labels) & set(label_map):
-        rows = load_labeled(named, flags)  # a shared map that names none of this table's labels
+    try:
+        rows = load_labeled(source if raw else named, flags)  # raw: the table's own names
+        if raw and not set(rows.labels) & set(label_map):
+            rows = load_labeled(named, flags)  # a shared map that names none of this table's
+    except UnknownLabel as exc:
+        if source.label_names is not None:  # the user's --label-names: train's advice fits
+            raise
+        raise MarketpulseError(
+            f"label {exc.label!r} in column {exc.column!r} is not one of the model's labels "
+            f"({', '.join(exc.names)}); map it with --label-map {exc.label}=LABEL, or filter "
+            "those rows with --query"
+        ) from None
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {rows.skipped}); "

@@ -43,8 +43,12 @@ def format_report(result, max_flagged: int = 20) -> str:
         f"{' x ' + str(len(result.latest)) + ' groups' if result.by else ''}), "
         f"index = ({result.positive} - {result.negative}) / volume; "
         f"latest scores per id in view {result.latest_view}",
-        f"{skill_line(result.skill)} (backtest: {result.backtest_table}; next buckets: "
-        f"{result.forecast_table})",
+        skill_line(result.skill)
+        + (
+            f" (backtest: {result.backtest_table}; next buckets: {result.forecast_table})"
+            if result.forecast_table
+            else ""
+        ),
         "",
         f"Latest {result.grain} per group:",
     ]
