@@ -237,6 +237,27 @@ def test_a_signal_while_the_run_row_is_closed_still_closes_it(tmp_path, bundle, 
     assert query(db, "SELECT status, finished_at IS NOT NULL FROM runs") == [("completed", True)]
 
 
+def test_a_signal_during_the_last_chunk_leaves_a_completed_run(tmp_path, bundle, monkeypatch):
+    """SIGTERM arrives while the last rows are being committed: nothing is left to stop,
+    so the run is 'completed' and score returns (exit 0), not 'interrupted'."""
+    from marketpulse.runtime import ScoreConfig, results, score
+
+    write_chunk = results.write_chunk
+
+    def signalled_write(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # the run's handler: stop after this chunk
+        return write_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(results, "write_chunk", signalled_write)
+    db = new_source(tmp_path / "market.duckdb", 300)  # one chunk: its commit is the last
+    cfg = ScoreConfig(db, "posts", "id", "text", bundle.path, threads=1, progress=False)
+    stats = score(cfg)
+    assert stats.status == "completed" and stats.rows_scored + stats.rows_skipped == 300
+    assert_scored_once(db, 300)
+    runs = query(db, "SELECT status, rows_scored + rows_skipped FROM runs")
+    assert runs == [("completed", 300)]
+
+
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_keeps_the_database_whole_and_a_rerun_finishes(tmp_path, bundle):
     n = 20_000
