@@ -272,3 +272,15 @@ def test_parse_fractions():
     for bad in ("0.8,0.2", "0.9,0.1,0", "a,b,c"):
         with pytest.raises(MarketpulseError, match="--split"):
             parse_fractions(bad)
+
+
+def test_count_phrase_reads_as_words_not_a_dict():
+    from marketpulse.train.data import count_phrase
+
+    assert count_phrase({"null_text": 2, "empty_text": 0, "null_label": 1}) == (
+        "2 null text, 1 null label"
+    )
+    assert count_phrase({"train": 7635, "validation": 954, "test": 954}) == (
+        "7,635 train, 954 validation, 954 test"
+    )
+    assert count_phrase({"null_text": 0}) == "none"

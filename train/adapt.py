@@ -40,7 +40,7 @@ from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
 from marketpulse.text import blank_sql
 from marketpulse.train.basemodel import resolve_base_model
-from marketpulse.train.data import DataSource
+from marketpulse.train.data import DataSource, count_phrase
 from marketpulse.train.hf_trainer import (
     WORK_DIR,
     library_versions,
@@ -275,7 +275,7 @@ def run(cfg: AdaptConfig) -> Path:
     heldout_texts, train_texts = data.texts[:n_heldout], data.texts[n_heldout:]
     log(
         f"read {data.rows_read} rows from {cfg.source.describe()}: {data.distinct} usable "
-        f"distinct texts, skipped {data.skipped}; using {len(data.texts)} "
+        f"distinct texts, skipped {count_phrase(data.skipped)}; using {len(data.texts)} "
         f"({len(train_texts)} train, {n_heldout} held out)"
     )
     log(f"device {device} ({precision}): {reason}")

@@ -36,6 +36,13 @@ class UnknownLabel(MarketpulseError):
         )
 
 
+def count_phrase(counts: dict[str, int]) -> str:
+    """`{"null_text": 2, "empty_text": 0, "null_label": 1}` -> "2 null text, 1 null label"
+    for a log line; "none" when every count is 0."""
+    parts = [f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items() if n]
+    return ", ".join(parts) or "none"
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where labeled rows come from: exactly one of `table`, `query`, `input`."""

@@ -26,7 +26,13 @@ from marketpulse.checkpoint import CONFIG, METRICS, Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.sources import Flags
-from marketpulse.train.data import DataSource, LabeledRows, UnknownLabel, load_labeled
+from marketpulse.train.data import (
+    DataSource,
+    LabeledRows,
+    UnknownLabel,
+    count_phrase,
+    load_labeled,
+)
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # A --domain SOURCE starting with one of these is SQL; anything else is a file path.
@@ -180,7 +186,7 @@ def _load_rows(
         ) from None
     if not rows.texts:
         raise MarketpulseError(
-            f"no usable rows in {source.describe()} (skipped {rows.skipped}); "
+            f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
             "pass a table with non-empty text and labels"
         )
     if label_map:

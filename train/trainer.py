@@ -41,7 +41,7 @@ from marketpulse.checkpoint import (
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
-from marketpulse.train.data import LabeledRows, load_labeled, require_trainable
+from marketpulse.train.data import LabeledRows, count_phrase, load_labeled, require_trainable
 from marketpulse.train.hf_trainer import (
     WORK_DIR,
     library_versions,
@@ -171,7 +171,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     skipped = sum(rows.skipped.values())
     log(
         f"read {rows.rows_read} rows from {cfg.source.describe()}: {len(rows.texts)} used, "
-        f"{skipped} skipped {rows.skipped}; split {split.sizes()}"
+        f"{skipped} skipped{f' ({count_phrase(rows.skipped)})' if skipped else ''}; "
+        f"split {count_phrase(split.sizes())}"
     )
     log(f"device {device} ({precision}): {reason}")
 
