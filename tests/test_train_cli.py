@@ -83,6 +83,11 @@ def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint
     first = duckdb.sql(f"SELECT * FROM '{out / 'test_split.parquet'}' ORDER BY ALL").fetchall()
     second = duckdb.sql(f"SELECT * FROM '{again / 'test_split.parquet'}' ORDER BY ALL").fetchall()
     assert first == second
+    # a rerun into an earlier training's --out replaces it, and says so
+    rerun = CliRunner().invoke(main, train_args(market_db, again, tiny_checkpoint, "--seed", "4"))
+    assert rerun.exit_code == 0, rerun.output
+    assert "holds an earlier training: its checkpoint will be replaced" in rerun.output
+    assert json.loads((again / "metrics.json").read_text())["hyperparameters"]["seed"] == 4
 
 
 def test_evaluate_on_the_test_split_reproduces_training_metrics(trained, tmp_path):
@@ -164,6 +169,27 @@ def test_train_errors_name_the_fix(extra, code, message, market_db, tiny_checkpo
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
     assert not out.exists()
+
+
+def test_train_refuses_an_out_that_holds_other_files(market_db, tiny_checkpoint, tmp_path):
+    """Train writes config.json, weights and tokenizer files into --out: a directory that
+    is not an earlier training's (a base model, a home folder) is refused before any work."""
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")  # e.g. another model's checkpoint
+    result = CliRunner().invoke(main, train_args(market_db, foreign, tiny_checkpoint))
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: --out {foreign} is not empty and holds no earlier `marketpulse train` output "
+        "(no metrics.json); pass a new or empty directory"
+    ]
+    assert [p.name for p in foreign.iterdir()] == ["config.json"]
+    assert (foreign / "config.json").read_text() == "{}"
+
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("x")
+    result = CliRunner().invoke(main, train_args(market_db, a_file, tiny_checkpoint))
+    assert result.exit_code != 0 and "model.txt" in result.output
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ from marketpulse.checkpoint import (
     write_metrics,
     write_test_split,
 )
+from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
@@ -160,8 +161,24 @@ class Fit:
         }
 
 
+def check_out(out: Path) -> None:
+    """Refuse an --out that holds anything but an earlier training's output (whose files
+    this one replaces, as export replaces a bundle), before any row is read."""
+    if out.exists() and not out.is_dir():
+        raise MarketpulseError(f"--out {out} is a file; pass a directory path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not ((out / METRICS).is_file() or (out / TEST_SPLIT).is_file()):
+        raise MarketpulseError(
+            f"--out {out} is not empty and holds no earlier `marketpulse train` output "
+            f"(no {METRICS}); pass a new or empty directory"
+        )
+    log(f"--out {out} holds an earlier training: its checkpoint will be replaced")
+
+
 def prepare(cfg: TrainConfig) -> Prepared:
     """Resolve the base model and device, read the rows and split them (nothing written)."""
+    check_out(Path(cfg.out))
     base_dir = resolve_base_model(cfg.base_model)
     device, precision, reason = resolve_device(cfg.device, cfg.precision)
 
