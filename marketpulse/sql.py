@@ -37,6 +37,20 @@ def quote_table(name: str) -> str:
     return ".".join(quote_ident(p) for p in parts)
 
 
+def table_names(con, database: str | None = None) -> list[str]:
+    """The tables and views of `database` (default: the current one) as a user names them:
+    `news` in the main schema, `raw.news` in another; for "not found" messages."""
+    rows = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() "
+        "WHERE database_name = coalesce(?, current_database()) "
+        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
+        "WHERE database_name = coalesce(?, current_database()) AND NOT internal "
+        "ORDER BY schema_name <> 'main', schema_name, table_name",
+        [database, database],
+    ).fetchall()
+    return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+
+
 def table_columns(con, table: str, *, db=None, table_flag: str = "--table") -> dict[str, str]:
     """Return {column: type} of an existing table or view, or raise naming the fix.
 
@@ -48,8 +62,7 @@ def table_columns(con, table: str, *, db=None, table_flag: str = "--table") -> d
     except MarketpulseError:
         raise
     except Exception as exc:  # duckdb.CatalogException and friends
-        tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
-        listed = ", ".join(tables) if tables else "none"
+        listed = ", ".join(table_names(con)) or "none"
         in_db = f" in {db}" if db else ""
         raise MarketpulseError(
             f"table {table!r} not found{in_db} (tables: {listed}); "

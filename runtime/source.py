@@ -25,7 +25,7 @@ from pathlib import Path
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime.where import compile_where
-from marketpulse.sql import quote_ident, quote_table, table_columns
+from marketpulse.sql import quote_ident, quote_table, table_columns, table_names
 from marketpulse.text import blank_sql
 
 SOURCE_ALIAS = "src"
@@ -117,14 +117,9 @@ def _attached_columns(con, table_sql: str, table: str) -> dict[str, str]:
     try:
         return {r[0]: r[1] for r in con.execute(f"DESCRIBE {table_sql}").fetchall()}
     except Exception as exc:  # duckdb.CatalogException
-        tables = [
-            r[0]
-            for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [SOURCE_ALIAS]
-            ).fetchall()
-        ]
+        tables = ", ".join(table_names(con, SOURCE_ALIAS)) or "none"
         raise MarketpulseError(
-            f"table {table!r} not found in --db (tables: {', '.join(tables) or 'none'}); "
+            f"table {table!r} not found in --db (tables: {tables}); "
             "pass --table with an existing table"
         ) from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import duckdb
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from test_runtime_support import make_source, spread_bundle
 
 from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
 from marketpulse.inference.predictor import cuda_provider_available
 from marketpulse.runtime import Predictor, ScoreConfig, score
 
@@ -320,3 +322,22 @@ def test_each_row_names_the_run_that_scored_it_and_old_tables_gain_the_column(so
     )
     assert first.run_id != second.run_id
     assert got == [(None, None, 10), (second.run_id, second.variant, 10)]
+
+
+def test_a_missing_table_lists_tables_of_every_schema_qualified(source, bundle, tmp_path):
+    """The table the user meant may sit in another schema: the list names it as they
+    would pass it (`raw.tweets`), in score's message and in train/evaluate's."""
+    from marketpulse.sql import table_columns
+
+    db, _ = source
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE SCHEMA raw; CREATE TABLE raw.tweets (id BIGINT, text VARCHAR)")
+        con.execute("CREATE VIEW english AS SELECT * FROM posts WHERE lang = 'en'")
+    listed = "(tables: english, posts, raw.tweets)"
+    for results in ([], ["--results-db", str(tmp_path / "results.duckdb")]):
+        result = run_cli(db, bundle.path, "--table", "tweets", *results)
+        assert result.exit_code == 1 and "table 'tweets' not found" in result.output
+        assert listed in result.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        with pytest.raises(MarketpulseError, match=re.escape(f"not found {listed}")):
+            table_columns(con, "tweets")
