@@ -58,7 +58,8 @@ def build_int8(src: Sources) -> Built:
         "quantization": {
             "mode": "static",
             "format": graphs.QUANT_FORMAT,
-            "cpu_isa": isa,
+            "cpu_isa": isa,  # the CPU kind the config is for (--int8-isa)
+            "exported_on": cpu.isa(),  # the CPU whose kernels ran the gate
             "per_channel": qc.per_channel,
             "reduce_range": qc.reduce_range,
             "weights": str(qc.weights_dtype.name),

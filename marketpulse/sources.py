@@ -121,7 +121,9 @@ def _check_one_select(con, query: str, flag: str) -> None:
     except duckdb.Error as exc:
         raise MarketpulseError(f"{flag} failed: {first_line(exc)}; fix the SQL") from exc
     if kinds != ["SELECT"]:
-        got = f"{len(kinds)} statements" if len(kinds) != 1 else f"a {kinds[0]} statement"
+        got = {1: f"a statement of type {kinds[0]}"}.get(len(kinds), f"{len(kinds)} statements")
+        if kinds == ["MULTI"]:  # PIVOT and friends expand to several statements
+            got = "a PIVOT or other multi-part statement (wrap it: SELECT * FROM (...))"
         raise MarketpulseError(
             f"{flag} must be one SELECT statement (rows to read), not {got}; "
             'pass e.g. "SELECT text, label FROM posts WHERE ..."'

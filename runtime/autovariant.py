@@ -223,9 +223,10 @@ def pick(bundle: Bundle, names: list[str], rates: dict[str, float]) -> tuple[str
         fastest = ref
     elif fastest != ref:
         reason = f"auto: {fastest} {speed(fastest)} on {isa}, passed gate"
-        gated_on = bundle.manifest.get("variants", {}).get(fastest, {})
-        gated_on = gated_on.get("quantization", {}).get("cpu_isa")
-        if gated_on and gated_on != isa:  # the gate ran the exporting CPU's int8 kernels
+        quantization = bundle.manifest.get("variants", {}).get(fastest, {}).get("quantization", {})
+        # the gate ran the exporting CPU's kernels; bundles before --int8-isa: cpu_isa is it
+        gated_on = quantization.get("exported_on", quantization.get("cpu_isa"))
+        if gated_on and gated_on != isa:
             reason += f" on {gated_on} (the run's canary checks it on this CPU)"
     elif failed:
         return ref, f"auto: {ref}, {failures}"

@@ -225,8 +225,11 @@ class Run:
             try:
                 self.drift = RunDrift(self.bundle)  # inside: a bad reference fails the run row
                 yield stats
-                if self.stop_signal is not None and not self._finished(stats):
-                    raise Interrupted(self.stop_signal)
+                if self.stop_signal is not None:
+                    if not self._all_committed(stats):
+                        raise Interrupted(self.stop_signal)
+                    name = signal.Signals(self.stop_signal).name
+                    self.progress.log(f"{name} came with the last chunk in hand: run completed")
                 stats.status = "completed"
             except KeyboardInterrupt as exc:
                 stats.status = "interrupted"
@@ -240,15 +243,11 @@ class Run:
             finally:
                 self._close(stats, start, variant, error)
 
-    def _finished(self, stats: RunStats) -> bool:
-        """Every row the run set out to score is committed: a signal that came during the
-        last chunk stopped nothing, so the run is complete, not interrupted."""
+    def _all_committed(self, stats: RunStats) -> bool:
+        """Every row the run set out to score is committed (a signal that came during the
+        last chunk stopped nothing: the run is complete, not interrupted)."""
         done = stats.rows_scored + stats.rows_skipped + stats.rows_failed
-        if self._held or done < stats.rows_pending:
-            return False
-        name = signal.Signals(self.stop_signal).name
-        self.progress.log(f"{name} came after the last chunk was in hand: the run completed")
-        return True
+        return not self._held and done >= stats.rows_pending
 
     def _close(self, stats: RunStats, start: float, variant: str, error: str | None) -> None:
         """Report drift and the canary, and write the run row's end (one transaction)."""

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY_LABELS
 
+from marketpulse import cpu
 from marketpulse.bundle import load_bundle, read_manifest
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
@@ -189,6 +190,7 @@ def test_int8_isa_quantizes_for_the_named_cpu_not_this_one(
     assert result.exit_code == 0, result.output
     quantization = read_manifest(out)["variants"]["int8"]["quantization"]
     assert (quantization["cpu_isa"], quantization["reduce_range"]) == (isa, reduce_range)
+    assert quantization["exported_on"] == cpu.isa()  # where the gate ran the int8 kernels
     assert f"static quantization for {isa}" in result.output
 
 

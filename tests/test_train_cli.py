@@ -11,6 +11,8 @@ from conftest import train_args
 
 from marketpulse.checkpoint import load_checkpoint, read_test_split
 from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
+from marketpulse.train.trainer import check_train_out
 
 pytest.importorskip("torch")
 
@@ -86,7 +88,7 @@ def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint
     # a rerun into an earlier training's --out replaces it, and says so
     rerun = CliRunner().invoke(main, train_args(market_db, again, tiny_checkpoint, "--seed", "4"))
     assert rerun.exit_code == 0, rerun.output
-    assert "holds an earlier training: its checkpoint will be replaced" in rerun.output
+    assert "holds an earlier training: this one replaces it" in rerun.output
     assert json.loads((again / "metrics.json").read_text())["hyperparameters"]["seed"] == 4
 
 
@@ -181,15 +183,15 @@ def test_train_refuses_an_out_that_holds_other_files(market_db, tiny_checkpoint,
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
         f"Error: --out {foreign} is not empty and holds no earlier `marketpulse train` output "
-        "(no metrics.json); pass a new or empty directory"
+        "(no metrics.json or test_split.parquet); pass a new or empty directory"
     ]
     assert [p.name for p in foreign.iterdir()] == ["config.json"]
     assert (foreign / "config.json").read_text() == "{}"
 
     a_file = tmp_path / "model.txt"
     a_file.write_text("x")
-    result = CliRunner().invoke(main, train_args(market_db, a_file, tiny_checkpoint))
-    assert result.exit_code != 0 and "model.txt" in result.output
+    with pytest.raises(MarketpulseError, match="model.txt is a file; pass a directory path"):
+        check_train_out(a_file)  # the Python API's check; the CLI's click.Path refuses first
 
 
 @pytest.mark.parametrize(

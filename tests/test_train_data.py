@@ -191,18 +191,18 @@ def test_query_csv_and_parquet_sources_agree(tmp_path):
 @pytest.mark.parametrize(
     ("query", "got"),
     [
-        ("DELETE FROM posts", "not a DELETE statement"),
-        ("SELECT text, label FROM posts; DROP TABLE posts", "not 2 statements"),
+        ("DELETE FROM posts", "not a statement of type DELETE"),
+        ("SELECT text, label FROM posts; COPY posts TO '{out}'", "not 2 statements"),
+        ("PIVOT posts ON label", "wrap it: SELECT"),
     ],
 )
 def test_a_query_that_is_not_one_select_is_refused_before_it_runs(tmp_path, query, got):
-    db = tmp_path / "labeled.duckdb"
+    db, out = tmp_path / "labeled.duckdb", tmp_path / "leak.csv"
     with duckdb.connect(str(db)) as con:
         con.execute("CREATE TABLE posts AS SELECT 'up' AS text, 'bullish' AS label")
     with pytest.raises(MarketpulseError, match=f"--query must be one SELECT statement .*{got}"):
-        load_labeled(DataSource(db=str(db), query=query))
-    with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM posts").fetchone() == (1,)
+        load_labeled(DataSource(db=str(db), query=query.format(out=out)))
+    assert not out.exists()  # a read-only connection allows COPY TO; it must not have run
 
 
 def test_fingerprint_ignores_scan_order_but_not_content(tmp_path):

@@ -305,7 +305,8 @@ def test_a_gate_measured_on_another_isa_is_named(bundle, tmp_path, monkeypatch):
     from marketpulse import cpu
 
     passed = with_gate(bundle, tmp_path, int8_passed=True)
-    exported_on = passed.manifest["variants"]["int8"]["quantization"]["cpu_isa"]
+    exported_on = passed.manifest["variants"]["int8"]["quantization"]["exported_on"]
+    assert exported_on == cpu.isa()
     rates = {"fp32": 100.0, "int8": 250.0}
     same = autovariant.pick(passed, ["fp32", "int8"], rates)
     monkeypatch.setattr(cpu, "isa", lambda: "generic")
@@ -317,3 +318,22 @@ def test_a_gate_measured_on_another_isa_is_named(bundle, tmp_path, monkeypatch):
             f"auto: int8 2.50x fp32 on generic, passed gate on {exported_on} "
             "(the run's canary checks it on this CPU)"
         )
+
+
+def test_the_gate_is_placed_where_it_ran_not_where_int8_was_aimed(bundle, tmp_path, monkeypatch):
+    """`export --int8-isa avx2` on a VNNI machine: the graph is for AVX2, but its gate ran
+    VNNI kernels, and scoring on AVX2 says so."""
+    from marketpulse import cpu
+
+    passed = with_gate(bundle, tmp_path, int8_passed=True)
+    quantization = passed.manifest["variants"]["int8"]["quantization"]
+    quantization.update(cpu_isa="avx2", exported_on="avx512_vnni")
+    monkeypatch.setattr(cpu, "isa", lambda: "avx2")
+    _, reason = autovariant.pick(passed, ["fp32", "int8"], {"fp32": 100.0, "int8": 130.0})
+    assert reason == (
+        "auto: int8 1.30x fp32 on avx2, passed gate on avx512_vnni "
+        "(the run's canary checks it on this CPU)"
+    )
+    del quantization["exported_on"]  # a bundle from before --int8-isa: cpu_isa is where it ran
+    _, reason = autovariant.pick(passed, ["fp32", "int8"], {"fp32": 100.0, "int8": 130.0})
+    assert reason == "auto: int8 1.30x fp32 on avx2, passed gate"

@@ -36,8 +36,8 @@ class Targets:
 
 
 def speed_targets(isa: str) -> dict[str, float]:
-    """The ratios (d) must reach on a CPU of kind `isa`: int8 buys less without VNNI, so
-    d/a is 3.5 on plain AVX2 against 4 elsewhere."""
+    """The ratios (d) must reach on a CPU of kind `isa`: d/a is 3.5 on plain AVX2 (int8
+    there multiplies through VPMADDUBSW, no VNNI), 4 elsewhere, as issue 14 sets them."""
     return {"d/a": 3.5 if isa == "avx2" else 4.0, "d/b": 2.0, "d/c": 1.2}
 
 

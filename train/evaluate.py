@@ -181,8 +181,8 @@ def _load_rows(
             raise
         raise MarketpulseError(
             f"label {exc.label!r} in column {exc.column!r} is not one of the model's labels "
-            f"({', '.join(exc.names)}); map it with --label-map {exc.label}=LABEL, or filter "
-            "those rows with --query"
+            f"({', '.join(exc.names)}); map it with --label-map {exc.label}=LABEL, or leave "
+            "those rows out of the source"
         ) from None
     if not rows.texts:
         raise MarketpulseError(

@@ -161,9 +161,9 @@ class Fit:
         }
 
 
-def check_out(out: Path) -> None:
-    """Refuse an --out that holds anything but an earlier training's output (whose files
-    this one replaces, as export replaces a bundle), before any row is read."""
+def check_train_out(out: Path) -> None:
+    """Refuse an --out that holds anything but an earlier training's output (which this
+    one replaces, as export replaces a bundle), before any row is read."""
     if out.exists() and not out.is_dir():
         raise MarketpulseError(f"--out {out} is a file; pass a directory path")
     if not out.is_dir() or not any(out.iterdir()):
@@ -171,14 +171,14 @@ def check_out(out: Path) -> None:
     if not ((out / METRICS).is_file() or (out / TEST_SPLIT).is_file()):
         raise MarketpulseError(
             f"--out {out} is not empty and holds no earlier `marketpulse train` output "
-            f"(no {METRICS}); pass a new or empty directory"
+            f"(no {METRICS} or {TEST_SPLIT}); pass a new or empty directory"
         )
-    log(f"--out {out} holds an earlier training: its checkpoint will be replaced")
+    log(f"--out {out} holds an earlier training: this one replaces it")
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Resolve the base model and device, read the rows and split them (nothing written)."""
-    check_out(Path(cfg.out))
+    check_train_out(Path(cfg.out))
     base_dir = resolve_base_model(cfg.base_model)
     device, precision, reason = resolve_device(cfg.device, cfg.precision)
 
@@ -387,6 +387,9 @@ def write_test_rows(cfg: TrainConfig, prepared: Prepared) -> None:
     """Create `cfg.out` and record the held-out test rows there (before any training)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # an earlier training's metrics go first: a crash from here on leaves no checkpoint
+    # that pairs its weights and metrics with this run's test split
+    (out / METRICS).unlink(missing_ok=True)
     write_test_split(out, prepared.test_texts, prepared.test_labels)
 
 
