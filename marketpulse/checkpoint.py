@@ -185,6 +185,14 @@ def read_test_split(checkpoint: Checkpoint) -> tuple[list[str], list[str]]:
 # Writer side: what `marketpulse train` calls.
 
 
+def out_in_use(out: Path) -> bool:
+    """Whether an --out directory already holds files (train and adapt decide what may be
+    replaced); a file there is refused."""
+    if out.exists() and not out.is_dir():
+        raise MarketpulseError(f"--out {out} is a file; pass a directory path")
+    return out.is_dir() and any(out.iterdir())
+
+
 def write_test_split(out: Path, texts: list[str], labels: list[str]) -> Path:
     """Write the held-out rows to OUT/TEST_SPLIT; return the file's path."""
     import pyarrow as pa

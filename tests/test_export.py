@@ -349,9 +349,14 @@ def test_checkpoint_without_weights_fails_cleanly(tiny_checkpoint, tmp_path):
 
 def test_cli_defaults_match_export_config():
     from marketpulse.export import ExportConfig
+    from marketpulse.export.graphs import INT8_ISAS
 
     params = {p.name: p.default for p in main.commands["export"].params}
     defaults = ExportConfig(model=Path("m"), out=Path("o"))
     assert tuple(params["variants"].split(",")) == defaults.variants
     for name in ("min_agreement", "max_f1_drop", "optimization", "int8_order", "int8_isa", "opset"):
         assert params[name] == getattr(defaults, name), name
+    choices = {
+        p.name: p.type.choices for p in main.commands["export"].params if p.name == "int8_isa"
+    }
+    assert tuple(choices["int8_isa"]) == INT8_ISAS  # the CLI offers what ExportConfig accepts

@@ -334,10 +334,13 @@ def test_a_missing_table_lists_tables_of_every_schema_qualified(source, bundle, 
         con.execute("CREATE SCHEMA raw; CREATE TABLE raw.tweets (id BIGINT, text VARCHAR)")
         con.execute("CREATE VIEW english AS SELECT * FROM posts WHERE lang = 'en'")
     listed = "(tables: english, posts, raw.tweets)"
-    for results in ([], ["--results-db", str(tmp_path / "results.duckdb")]):
+    results_db = tmp_path / "results.duckdb"
+    for results in ([], ["--results-db", str(results_db)]):
         result = run_cli(db, bundle.path, "--table", "tweets", *results)
         assert result.exit_code == 1 and "table 'tweets' not found" in result.output
         assert listed in result.output
+    assert tables(db) == {"posts", "english"}  # nothing written: no scores, runs or models
+    assert not results_db.exists() or tables(results_db) == set()
     with duckdb.connect(str(db), read_only=True) as con:
         with pytest.raises(MarketpulseError, match=re.escape(f"not found {listed}")):
             table_columns(con, "tweets")

@@ -176,3 +176,6 @@ def test_horizon_zero_skips_forecasts_and_the_report_still_reads(weekly_db):
     report = format_report(result)
     assert result.forecast_table == "" and "not computed (--horizon 0)" in report
     assert "backtest: ;" not in report and "()" not in report  # no empty table names
+    with duckdb.connect(str(weekly_db), read_only=True) as con:
+        written = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    assert result.trend_table in written and not {t for t in written if "forecast" in t}

@@ -160,7 +160,7 @@ def run_process(cmd: list[str], stdout: Path) -> tuple[float, float]:
 
 
 def run_baseline(
-    alt: str, db: Path, table: str, model: Path, bundle: Path, work: Path, c_precision="auto"
+    alt: str, db: Path, table: str, model: Path, bundle: Path, work: Path, c_precision: str
 ) -> dict:
     out = work / f"{alt}.json"
     cmd = [sys.executable, "-m", "marketpulse.tools.bench", "--worker", alt, "--db", str(db)]
@@ -298,6 +298,8 @@ def main(
 
     Example: python -m marketpulse.tools.bench --rows 3000 --scale-rows 100000,1000000
     """
+    if c_precision == "auto":  # resolved once, here: the workers get bf16 or fp32
+        c_precision = bench_workers.native_precision()
     if worker:
         try:
             if worker == "h":
@@ -319,8 +321,6 @@ def main(
             param_hint="--scale-rows",
         ) from None
     targets = Targets(parse_speedups(min_speedup), min_agreement, max_rss_mib)
-    if c_precision == "auto":
-        c_precision = bench_workers.c_precision()
     out_path = Path(out) if out else Path(work) / "bench.json"
     try:
         res = _bench(

@@ -73,8 +73,9 @@ def host_worker(db: Path, table: str, bundle: Path, results_db: Path, threads: i
 
 
 def worker(
-    alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path, c_dtype: str = "auto"
+    alt: str, db: Path, table: str, model: Path, bundle: Path, out: Path, c_precision: str
 ) -> None:
+    """One of (a), (b), (c); `c_precision` (bf16 or fp32) is (c)'s dtype."""
     from transformers import AutoTokenizer, pipeline
 
     from marketpulse.bundle import load_bundle
@@ -101,22 +102,21 @@ def worker(
         preds = pipe(xs, batch_size=BATCH, truncation=True, max_length=max_length)
         return [p["label"] for p in preds]
 
-    precision = c_precision() if c_dtype == "auto" else c_dtype
     if alt == "c":
-        run = _sorted(model, tokenizer, max_length, precision)
+        run = _sorted(model, tokenizer, max_length, c_precision)
     run(texts[:BATCH])  # warm-up: first-call allocations are not throughput
     start = time.perf_counter()
     labels = run(texts)
     seconds = time.perf_counter() - start
     result = {"rows": len(texts), "seconds": seconds, "rows_per_s": len(texts) / seconds}
     if alt == "c":
-        result["precision"] = precision
+        result["precision"] = c_precision
     result["labels"] = labels
     result["self_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(result))
 
 
-def c_precision() -> str:
+def native_precision() -> str:
     """(c)'s dtype: bf16 where the CPU multiplies it natively, else fp32, PyTorch's fastest
     on this CPU (bf16 without AVX512-BF16 or AMX is emulated and slower than fp32)."""
     return "bf16" if cpu.native_bf16() else "fp32"

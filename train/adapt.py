@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from marketpulse.checkpoint import out_in_use
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
@@ -151,9 +152,7 @@ def heldout_size(n: int) -> int:
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an --out that holds anything, unless --overwrite and it is a checkpoint."""
-    if out.exists() and not out.is_dir():
-        raise MarketpulseError(f"--out {out} is a file; pass a directory path")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out_in_use(out):
         return
     if not overwrite:
         raise MarketpulseError(

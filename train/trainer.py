@@ -35,6 +35,7 @@ from marketpulse.checkpoint import (
     METRICS,
     TEST_SPLIT,
     Checkpoint,
+    out_in_use,
     write_metrics,
     write_test_split,
 )
@@ -164,9 +165,7 @@ class Fit:
 def check_train_out(out: Path) -> None:
     """Refuse an --out that holds anything but an earlier training's output (which this
     one replaces, as export replaces a bundle), before any row is read."""
-    if out.exists() and not out.is_dir():
-        raise MarketpulseError(f"--out {out} is a file; pass a directory path")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out_in_use(out):
         return
     if not ((out / METRICS).is_file() or (out / TEST_SPLIT).is_file()):
         raise MarketpulseError(
