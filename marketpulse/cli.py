@@ -143,6 +143,11 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
 )
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option(
+    "--keep-urls",
+    is_flag=True,
+    help="Tokenize web addresses as written [default: the model reads each as one token].",
+)
+@click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
 @_precision_option
@@ -189,6 +194,7 @@ def train(
     split_,
     patience,
     class_weights,
+    keep_urls,
     device,
     precision,
     tune,
@@ -224,6 +230,7 @@ def train(
         split=parse_fractions(split_),
         early_stopping_patience=patience,
         class_weights=class_weights,
+        normalize_urls=not keep_urls,
         device=device,
         precision=precision,
     )

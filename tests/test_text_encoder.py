@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from marketpulse.inference import batching
 from marketpulse.inference.batching import TextEncoder
 from marketpulse.train.basemodel import default_base_model_dir
+from marketpulse.urls import URL_NORMALIZER, URL_TOKEN, add_url_normalizer
 
 MAX_LENGTH = 16  # short, so truncation is common
 # User-added tokens, each with a space: one matched on the raw text (with a regex
@@ -44,6 +45,15 @@ PIECES = st.one_of(
             ADDED_NORMALIZED,
             "new\tyork",
             "NEW YORK",
+            # Links, as the URL normalizer (marketpulse/urls.py) sees them.
+            "https://t.co/AbC1",
+            "HTTP://X.co/a)",
+            "http://",
+            "hTTps://",
+            "/x.",
+            ")",
+            "'",
+            ",",
         ]
     ),
     st.text(alphabet="éÉñÑçÇ中文日本ＡＢ\u00a0\ufffd\u0301😀İß", max_size=4),
@@ -76,9 +86,27 @@ def _not_bert(spec):
     }
 
 
-@pytest.fixture(scope="module", params=["uncased", "cased", "other normalizer"])
+def _urls(spec):
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [URL_NORMALIZER, spec["normalizer"]]}
+
+
+def _other_replace(spec):
+    other = {**URL_NORMALIZER, "pattern": {"Regex": r"https?://\S+"}}
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [other, spec["normalizer"]]}
+
+
+EDITS = {
+    "uncased": None,
+    "cased": _cased,
+    "urls": _urls,
+    "other normalizer": _not_bert,
+    "other replace": _other_replace,
+}
+
+
+@pytest.fixture(scope="module", params=list(EDITS))
 def tokenizer_path(request, tmp_path_factory):
-    edit = {"uncased": None, "cased": _cased, "other normalizer": _not_bert}[request.param]
+    edit = EDITS[request.param]
     return _tokenizer_json(tmp_path_factory, request.param.replace(" ", "_"), edit)
 
 
@@ -106,6 +134,28 @@ def _check(path, texts: list[str], threads: int) -> None:
 def test_the_plain_path_is_taken_only_where_the_normalizer_is_berts(tokenizer_path):
     encoder = TextEncoder(tokenizer_path, MAX_LENGTH)
     assert (encoder._plain is None) == ("other" in tokenizer_path.parent.name)
+    assert encoder._urls == (tokenizer_path.parent.name.startswith("urls"))
+
+
+def test_links_become_one_token_on_both_paths(tmp_path_factory):
+    path = _tokenizer_json(tmp_path_factory, "links", _urls)
+    encoder = TextEncoder(path, 64)
+    assert encoder._urls
+    texts = ["Stocks up https://t.co/AbC1.", "Stocks up http.", "Stocks up https://t.co/é1."]
+    ids = encoder.encode(texts).ids
+    assert ids[0].tolist() == ids[1].tolist() == ids[2].tolist()
+    assert encoder._plain.token_to_id(URL_TOKEN) in ids[0].tolist()
+
+
+def test_adding_the_url_normalizer_twice_adds_it_once():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(default_base_model_dir() / "tokenizer.json"))
+    assert add_url_normalizer(tok) is True
+    once = tok.to_str()
+    assert add_url_normalizer(tok) is False
+    assert tok.to_str() == once
+    assert tok.normalizer.normalize_str("See HTTPS://T.co/x, now") == "see http, now"
 
 
 @settings(max_examples=100, deadline=None, database=None)
@@ -114,6 +164,7 @@ def test_the_plain_path_is_taken_only_where_the_normalizer_is_berts(tokenizer_pa
 @example(texts=["Buy [MASK] now", "[CLS] [cls]", "UPPER lower", "a Big Deal+ b"], threads=1)
 @example(texts=["FooCorp in New York", "new\tyork rally", "new york", "NEW\nYORK"], threads=1)
 @example(texts=["Café Ünïcode", "中文 AAPL", "x" * 400, ""], threads=3)
+@example(texts=["see https://t.co/AbC1.", "(HTTP://x.co/a)", "http://", "é https://x"], threads=1)
 def test_any_text_gets_the_tokenizers_own_ids(tokenizer_path, texts, threads):
     with mock.patch.object(batching, "_MIN_SLICE_ROWS", 1):  # slice even tiny windows
         _check(tokenizer_path, texts, threads)

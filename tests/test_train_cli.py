@@ -13,6 +13,7 @@ from marketpulse.checkpoint import load_checkpoint, read_test_split
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.trainer import check_train_out
+from marketpulse.urls import normalizes_urls
 
 pytest.importorskip("torch")
 
@@ -48,6 +49,14 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
     assert m["hyperparameters"]["epochs"] == 1 and m["hyperparameters"]["seed"] == 3
     assert m["hyperparameters"]["max_length"] == 16 and m["max_length"] == 16
     assert m["base_model"] == str(tiny_checkpoint)
+    # Web addresses are one token in the saved tokenizer, so every later stage reads
+    # them the same way.
+    assert m["hyperparameters"]["normalize_urls"] is True
+    assert normalizes_urls(json.loads((out / "tokenizer.json").read_text())["normalizer"])
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(out).tokenize("Up 5% https://t.co/AbC1x.")
+    assert tokens[-2:] == ["http", "."]
     assert m["device"]["device"] == "cpu"
     assert 0 < m["train_time_s"] <= m["total_time_s"]
     test = m["test"]
@@ -254,7 +263,7 @@ def test_early_stopping_and_class_weights(market_db, tiny_checkpoint, tmp_path):
     out = tmp_path / "model"
     args = train_args(market_db, out, tiny_checkpoint)
     args[args.index("--epochs") + 1] = "5"
-    args += ["--patience", "1", "--learning-rate", "1e-12", "--class-weights"]
+    args += ["--patience", "1", "--learning-rate", "1e-12", "--class-weights", "--keep-urls"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     m = json.loads((out / "metrics.json").read_text())
@@ -266,6 +275,8 @@ def test_early_stopping_and_class_weights(market_db, tiny_checkpoint, tmp_path):
     assert "validation by epoch (stopped early; kept epoch 1)" in result.output
     assert m["hyperparameters"]["class_weights"] is True
     assert m["hyperparameters"]["early_stopping_patience"] == 1
+    assert m["hyperparameters"]["normalize_urls"] is False
+    assert not normalizes_urls(json.loads((out / "tokenizer.json").read_text())["normalizer"])
 
 
 def test_precision_follows_the_cpu(monkeypatch):

@@ -1,4 +1,5 @@
-"""Training rows/s on this machine: fp32 against bf16 autocast (and torch.compile), side by side.
+"""Training rows/s on this machine: fp32 against bf16 autocast, links as one token (and
+torch.compile), side by side.
 
 Each mode fine-tunes a fresh copy of the base model for the same steps on the same real
 texts (the twitter set in the shared data folder), batches of --batch-size padded to their
@@ -6,6 +7,8 @@ longest row, AdamW; the first two steps are warm-up and not timed. Modes run one
 another in this process and the whole set is repeated --repeats times, interleaved, so a
 noisy neighbour shows as spread rather than as a winner. The CPU (name, ISA, native bf16)
 is printed with the figures. `train --precision auto` picks bf16 where it is native.
+Mode `urls` is fp32 with the tokenizer reading web addresses as one token, as `train`
+does unless `--keep-urls` (marketpulse/urls.py); the other modes tokenize text as written.
 
 Example: python -m marketpulse.tools.train_speed --modes fp32,bf16 --steps 12
 """
@@ -21,8 +24,9 @@ import click
 
 from marketpulse import cpu
 from marketpulse.tools.options import data_option
+from marketpulse.urls import add_url_normalizer
 
-MODES = ("fp32", "bf16", "compile")
+MODES = ("fp32", "bf16", "urls", "compile")
 WARMUP_STEPS = 2
 
 
@@ -44,6 +48,8 @@ def steps_per_second(mode: str, texts: list[str], batch_size: int, steps: int) -
 
     base = resolve_base_model(None)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    if mode == "urls":
+        add_url_normalizer(tokenizer.backend_tokenizer)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
@@ -74,7 +80,9 @@ def steps_per_second(mode: str, texts: list[str], batch_size: int, steps: int) -
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_option("Shared data folder holding twitter_financial_news/train.csv.")
-@click.option("--modes", default="fp32,bf16", show_default=True, help=f"Any of {','.join(MODES)}.")
+@click.option(
+    "--modes", default="fp32,bf16,urls", show_default=True, help=f"Any of {','.join(MODES)}."
+)
 @click.option("--steps", default=12, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeats", default=2, show_default=True, type=click.IntRange(min=1))

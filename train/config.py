@@ -30,6 +30,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast where the CPU or GPU has native bf16
     group_by_length: bool = True
+    normalize_urls: bool = True  # the tokenizer reads web addresses as one token (urls.py)
 
     def hyperparameters(self) -> dict:
         """Flat, JSON-ready record of the run's settings (data source excluded)."""

@@ -1,6 +1,7 @@
 """Fine-tune a BERT-family encoder as a text classifier, read top to bottom by `run`.
 
-load rows -> stratified split (test rows saved) -> tokenize -> transformers Trainer
+load rows -> stratified split (test rows saved) -> tokenize (web addresses as one
+token, marketpulse/urls.py, unless --keep-urls) -> transformers Trainer
 (dynamic padding, length-grouped training batches, early stopping on validation
 macro-F1) -> save checkpoint -> score the test rows in order -> metrics.json.
 What lands in the output directory, and where each field sits, is defined by
@@ -55,6 +56,7 @@ from marketpulse.train.hf_trainer import (
 )
 from marketpulse.train.predict import predict_logits, resolve_device
 from marketpulse.train.split import Split, stratified_split
+from marketpulse.urls import URL_TOKEN, add_url_normalizer
 
 
 class _Encoded:
@@ -191,6 +193,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
         f"split {count_phrase(split.sizes())}"
     )
     log(f"device {device} ({precision}): {reason}")
+    if cfg.normalize_urls:
+        log(f"web addresses read as the token '{URL_TOKEN}' (--keep-urls keeps them)")
 
     def take(indices: list[int]) -> tuple[list[str], list[str]]:
         return [rows.texts[i] for i in indices], [rows.labels[i] for i in indices]
@@ -230,6 +234,8 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
     labels = data.labels
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(data.base_dir)
+    if cfg.normalize_urls:
+        _replace_urls(tokenizer, data.base_dir)
     label2id = {label: i for i, label in enumerate(labels)}
     with quiet_transformers():  # "newly initialized classifier" is expected
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -312,6 +318,17 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         train_time_s=train_time,
         train_rows_per_s=len(train_ds) * epochs_run / max(train_time, 1e-9),
     )
+
+
+def _replace_urls(tokenizer, base_dir: Path) -> None:
+    """Install the URL replacement (marketpulse/urls.py) in a fast tokenizer, in place."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise MarketpulseError(
+            f"the tokenizer in {base_dir} has no tokenizer.json (not a fast tokenizer), so "
+            "web addresses cannot be replaced in it; pass --keep-urls"
+        )
+    add_url_normalizer(backend)
 
 
 def save_and_score(

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from marketpulse.urls import URL_PATTERN, URL_TOKEN, normalizes_urls
+
 # A text this many characters per allowed token is truncated anyway; clipping it
 # before tokenizing keeps one pathological multi-megabyte row from stalling a window.
 _CHARS_PER_TOKEN_CLIP = 24
@@ -80,7 +82,9 @@ class TextEncoder:
     normalizer, whose added tokens that match normalized text are stored normalized: the
     same ids (tests/test_text_encoder.py checks it on any text). A row that spells out an
     added token matched on the raw text (BERT's `[CLS]`, `[MASK]`, ...: the original case
-    counts) takes the full path. Any other normalizer: every row takes the full path.
+    counts) takes the full path. A tokenizer trained with links replaced
+    (marketpulse/urls.py: that Replace, then BERT's normalizer) keeps the fast path, with
+    the links replaced by Arrow too. Any other normalizer: every row takes the full path.
 
     Side effect: the `tokenizers` library's own thread pool is switched off for the whole
     process (it reads only the environment), since the slices are the parallelism.
@@ -99,7 +103,7 @@ class TextEncoder:
         self._tok.no_padding()
         self._tok.enable_truncation(self.max_length)
         self._clip = self.max_length * _CHARS_PER_TOKEN_CLIP
-        self._plain, self._lowercase, self._full_path_re = _plain_path(self._tok)
+        self._plain, self._lowercase, self._full_path_re, self._urls = _plain_path(self._tok)
         self._pool = None
         if self.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -160,6 +164,8 @@ class TextEncoder:
             import pyarrow.compute as pc
 
             tokenizer = self._plain
+            if self._urls:
+                texts = pc.replace_substring_regex(texts, URL_PATTERN, URL_TOKEN)
             if self._lowercase:
                 texts = pc.ascii_lower(texts)
         else:
@@ -176,15 +182,19 @@ class TextEncoder:
 
 def _plain_path(tokenizer):
     """(tokenizer without normalizer, lowercase?, regex of rows that must take the full
-    path), or (None, False, "") when the normalizer is not BERT's."""
+    path, replace links?), or (None, False, "", False) when the normalizer is not BERT's,
+    alone or after the link replacement."""
     import json
 
     from tokenizers import Tokenizer
 
     spec = json.loads(tokenizer.to_str())
     normalizer = spec.get("normalizer") or {}
+    urls = normalizes_urls(normalizer)
+    if urls and len(normalizer["normalizers"]) == 2:
+        normalizer = normalizer["normalizers"][1]
     if normalizer.get("type") != "BertNormalizer":
-        return None, False, ""
+        return None, False, "", False
     added = spec.get("added_tokens", [])
     # Added tokens matched on the raw text (before the normalizer ran): their rows take
     # the full path. Those matched on normalized text: stored normalized, as the full
@@ -197,7 +207,7 @@ def _plain_path(tokenizer):
     spec["normalizer"] = None
     # The spec carries the truncation and no padding set above.
     plain = Tokenizer.from_str(json.dumps(spec))
-    return plain, bool(normalizer.get("lowercase", True)), full_path
+    return plain, bool(normalizer.get("lowercase", True)), full_path, urls
 
 
 def _re2_literal(text: str) -> str:
