@@ -82,6 +82,11 @@ _precision_option = click.option(
     type=click.Choice(["auto", "fp32", "bf16"]),
     help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU has native bf16.",
 )
+_keep_urls_option = click.option(
+    "--keep-urls",
+    is_flag=True,
+    help="Tokenize web addresses as written [default: the model reads each as one token].",
+)
 
 
 def _data_source(db, table, query, input_path, text_col, label_col, label_names):
@@ -142,11 +147,7 @@ def _data_source(db, table, query, input_path, text_col, label_col, label_names)
     help="Epochs without a better validation macro-F1 before stopping.",
 )
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
-@click.option(
-    "--keep-urls",
-    is_flag=True,
-    help="Tokenize web addresses as written [default: the model reads each as one token].",
-)
+@_keep_urls_option
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
@@ -393,6 +394,7 @@ def evaluate(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
 @_precision_option
+@_keep_urls_option
 @click.option("--json", "as_json", is_flag=True, help="Print adapt.json to stdout.")
 def adapt(
     db,
@@ -412,6 +414,7 @@ def adapt(
     seed,
     device,
     precision,
+    keep_urls,
     as_json,
 ):
     """Continue the encoder's masked-LM pre-training on the unlabeled text to be scored.
@@ -439,6 +442,7 @@ def adapt(
         seed=seed,
         device=device,
         precision=precision,
+        normalize_urls=not keep_urls,
         overwrite=overwrite,
     )
     record = read_record(run(cfg))

@@ -6,9 +6,10 @@ which BERT's WordPiece cuts into a dozen meaningless pieces (27.9 tokens per twe
 average, 20.3 with links replaced). A link says nothing about sentiment, and every
 token of it costs compute in training and in scoring.
 
-`train` (unless `--keep-urls`) puts a `Replace` normalizer in front of the base
-tokenizer's own normalizer, which turns every address matched by `URL_PATTERN` into
-`URL_TOKEN`. Because it lives in the saved tokenizer.json, every later consumer
+`train` and `adapt` put a `Replace` normalizer in front of the base tokenizer's own
+normalizer, which turns every address matched by `URL_PATTERN` into `URL_TOKEN`
+(`--keep-urls` leaves addresses as written, and takes the replacement out of a base
+model that has it). Because it lives in the saved tokenizer.json, every later consumer
 (evaluate, export, the ONNX runtime, the bench's pipelines) sees the same text without
 knowing about it. The pattern stops short of trailing punctuation, so "see
 https://x.co/a." keeps its full stop. It is written for both regex engines that run it,
@@ -20,6 +21,8 @@ checks the ids.
 from __future__ import annotations
 
 import json
+
+from marketpulse.errors import MarketpulseError
 
 URL_PATTERN = r"[Hh][Tt][Tt][Pp][Ss]?://\S*[^\s.,;:!?)\]}'\"]"
 URL_TOKEN = "http"
@@ -35,18 +38,33 @@ def normalizes_urls(normalizer: dict | None) -> bool:
     )
 
 
-def add_url_normalizer(tokenizer) -> bool:
-    """Put the URL replacement in front of a `tokenizers.Tokenizer`'s normalizer.
+def set_url_normalizer(tokenizer, on: bool) -> bool:
+    """Put the URL replacement in front of a tokenizer's normalizer (`on`), or take it out.
 
-    Does nothing when it is already there (a base model trained with it); returns
-    whether it added it.
+    `tokenizer` is a `tokenizers.Tokenizer` or a transformers fast tokenizer, changed in
+    place. Adding it twice, or taking out one that is not there, does nothing. Returns
+    whether anything changed.
     """
     from tokenizers import Regex, normalizers
 
-    spec = json.loads(tokenizer.to_str()).get("normalizer")
-    if normalizes_urls(spec):
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if not hasattr(backend, "normalizer"):
+        if not on:
+            return False
+        raise MarketpulseError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer (no tokenizer.json), so web "
+            "addresses cannot be replaced in it; pass --keep-urls"
+        )
+    present = normalizes_urls(json.loads(backend.to_str()).get("normalizer"))
+    if present == on:
         return False
-    replace = normalizers.Replace(Regex(URL_PATTERN), URL_TOKEN)
-    steps = [replace] if tokenizer.normalizer is None else [replace, tokenizer.normalizer]
-    tokenizer.normalizer = normalizers.Sequence(steps)
+    if on:
+        replace = normalizers.Replace(Regex(URL_PATTERN), URL_TOKEN)
+        rest = [] if backend.normalizer is None else [backend.normalizer]
+        backend.normalizer = normalizers.Sequence([replace, *rest])
+    else:
+        rest = [backend.normalizer[i] for i in range(1, len(backend.normalizer))]
+        backend.normalizer = (
+            rest[0] if len(rest) == 1 else normalizers.Sequence(rest) if rest else None
+        )
     return True

@@ -13,6 +13,7 @@ from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.adapt import HELDOUT_MIN, load_texts
 from marketpulse.train.data import DataSource
+from marketpulse.urls import normalizes_urls
 
 torch = pytest.importorskip("torch")
 
@@ -80,6 +81,9 @@ def test_adapt_writes_checkpoint_and_record(adapted, market_db):
     assert held["loss_after"] < held["loss_before"] - 0.5
     assert record["data"]["text_col"] == "body" and "posts" in record["data"]["source"]
     assert record["hyperparameters"]["epochs"] == 1.0
+    # web addresses were one token while adapting, and stay so for train
+    assert record["hyperparameters"]["normalize_urls"] is True
+    assert normalizes_urls(json.loads((out / "tokenizer.json").read_text())["normalizer"])
     assert "loss" in result.output and "fine-tune it with" in result.output
 
 
@@ -107,12 +111,15 @@ def test_train_starts_from_adapted_checkpoint(adapted, market_db, tiny_checkpoin
     out, _ = adapted
     model = tmp_path / "model"
     # A rate this small leaves every weight where training found it, so the saved model
-    # shows what `train` loaded.
-    args = train_args(market_db, model, out, "--learning-rate", "1e-12", "--precision", "fp32")
+    # shows what `train` loaded. --keep-urls takes out the link replacement adapt put in.
+    args = train_args(
+        market_db, model, out, "--learning-rate", "1e-12", "--precision", "fp32", "--keep-urls"
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["base_model"] == str(out)
+    assert not normalizes_urls(json.loads((model / "tokenizer.json").read_text())["normalizer"])
     base, adapted_weights, trained = _weights(tiny_checkpoint), _weights(out), _weights(model)
     # the pooler is the one adapt carried over from the base, not a fresh initialisation
     for key in ("bert.pooler.dense.weight", "bert.pooler.dense.bias"):

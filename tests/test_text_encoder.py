@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from marketpulse.inference import batching
 from marketpulse.inference.batching import TextEncoder
 from marketpulse.train.basemodel import default_base_model_dir
-from marketpulse.urls import URL_NORMALIZER, URL_TOKEN, add_url_normalizer
+from marketpulse.urls import URL_NORMALIZER, URL_TOKEN, set_url_normalizer
 
 MAX_LENGTH = 16  # short, so truncation is common
 # User-added tokens, each with a space: one matched on the raw text (with a regex
@@ -147,15 +147,19 @@ def test_links_become_one_token_on_both_paths(tmp_path_factory):
     assert encoder._plain.token_to_id(URL_TOKEN) in ids[0].tolist()
 
 
-def test_adding_the_url_normalizer_twice_adds_it_once():
+def test_the_url_normalizer_goes_in_once_and_comes_out_whole():
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(default_base_model_dir() / "tokenizer.json"))
-    assert add_url_normalizer(tok) is True
+    before = tok.to_str()
+    assert set_url_normalizer(tok, False) is False
+    assert set_url_normalizer(tok, True) is True
     once = tok.to_str()
-    assert add_url_normalizer(tok) is False
+    assert set_url_normalizer(tok, True) is False
     assert tok.to_str() == once
     assert tok.normalizer.normalize_str("See HTTPS://T.co/x, now") == "see http, now"
+    assert set_url_normalizer(tok, False) is True
+    assert json.loads(tok.to_str()) == json.loads(before)
 
 
 @settings(max_examples=100, deadline=None, database=None)

@@ -24,7 +24,7 @@ import click
 
 from marketpulse import cpu
 from marketpulse.tools.options import data_option
-from marketpulse.urls import add_url_normalizer
+from marketpulse.urls import set_url_normalizer
 
 MODES = ("fp32", "bf16", "urls", "compile")
 WARMUP_STEPS = 2
@@ -48,8 +48,7 @@ def steps_per_second(mode: str, texts: list[str], batch_size: int, steps: int) -
 
     base = resolve_base_model(None)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    if mode == "urls":
-        add_url_normalizer(tokenizer.backend_tokenizer)
+    set_url_normalizer(tokenizer, mode == "urls")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:

@@ -52,6 +52,7 @@ from marketpulse.train.hf_trainer import (
     training_arguments,
 )
 from marketpulse.train.predict import resolve_device
+from marketpulse.urls import URL_TOKEN, set_url_normalizer
 
 ADAPT_JSON = "adapt.json"
 HELDOUT_FRACTION = 0.05
@@ -81,6 +82,7 @@ class AdaptConfig:
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"
+    normalize_urls: bool = True  # web addresses as one token, as train reads them (urls.py)
     overwrite: bool = False
 
     def hyperparameters(self) -> dict:
@@ -165,11 +167,15 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def load_masked_lm(base_dir: Path):
-    """Return (model, tokenizer, newly initialised weight names) of the base checkpoint."""
+def load_masked_lm(base_dir: Path, normalize_urls: bool = True):
+    """Return (model, tokenizer, newly initialised weight names) of the base checkpoint.
+
+    The tokenizer reads web addresses as one token unless `normalize_urls` is false.
+    """
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    set_url_normalizer(tokenizer, normalize_urls)
     if tokenizer.mask_token is None:
         raise MarketpulseError(
             f"the tokenizer in {base_dir} has no mask token; pass --base-model with a "
@@ -278,11 +284,13 @@ def run(cfg: AdaptConfig) -> Path:
         f"({len(train_texts)} train, {n_heldout} held out)"
     )
     log(f"device {device} ({precision}): {reason}")
+    if cfg.normalize_urls:
+        log(f"web addresses read as the token '{URL_TOKEN}' (--keep-urls keeps them)")
 
     from transformers import DataCollatorForLanguageModeling, Trainer, set_seed
 
     set_seed(cfg.seed)  # before loading: the new head's random init depends on it
-    model, tokenizer, new_weights = load_masked_lm(base_dir)
+    model, tokenizer, new_weights = load_masked_lm(base_dir, cfg.normalize_urls)
     tied = model.config.tie_word_embeddings
     if new_weights:
         log(

@@ -56,7 +56,7 @@ from marketpulse.train.hf_trainer import (
 )
 from marketpulse.train.predict import predict_logits, resolve_device
 from marketpulse.train.split import Split, stratified_split
-from marketpulse.urls import URL_TOKEN, add_url_normalizer
+from marketpulse.urls import URL_TOKEN, set_url_normalizer
 
 
 class _Encoded:
@@ -234,8 +234,7 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
     labels = data.labels
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(data.base_dir)
-    if cfg.normalize_urls:
-        _replace_urls(tokenizer, data.base_dir)
+    set_url_normalizer(tokenizer, cfg.normalize_urls)
     label2id = {label: i for i, label in enumerate(labels)}
     with quiet_transformers():  # "newly initialized classifier" is expected
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -318,17 +317,6 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         train_time_s=train_time,
         train_rows_per_s=len(train_ds) * epochs_run / max(train_time, 1e-9),
     )
-
-
-def _replace_urls(tokenizer, base_dir: Path) -> None:
-    """Install the URL replacement (marketpulse/urls.py) in a fast tokenizer, in place."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise MarketpulseError(
-            f"the tokenizer in {base_dir} has no tokenizer.json (not a fast tokenizer), so "
-            "web addresses cannot be replaced in it; pass --keep-urls"
-        )
-    add_url_normalizer(backend)
 
 
 def save_and_score(
