@@ -28,14 +28,15 @@ URL_PATTERN = r"[Hh][Tt][Tt][Pp][Ss]?://\S*[^\s.,;:!?)\]}'\"]"
 URL_TOKEN = "http"
 # The normalizer as tokenizer.json spells it.
 URL_NORMALIZER = {"type": "Replace", "pattern": {"Regex": URL_PATTERN}, "content": URL_TOKEN}
+# What `train` and `adapt` log when they put it in.
+URL_LOG_LINE = f"web addresses read as the token '{URL_TOKEN}' (--keep-urls keeps them)"
 
 
 def normalizes_urls(normalizer: dict | None) -> bool:
     """True when a tokenizer.json `normalizer` starts with the URL replacement."""
-    steps = (normalizer or {}).get("normalizers") or []
-    return (
-        (normalizer or {}).get("type") == "Sequence" and bool(steps) and steps[0] == URL_NORMALIZER
-    )
+    normalizer = normalizer or {}
+    steps = normalizer.get("normalizers") or []
+    return normalizer.get("type") == "Sequence" and steps[:1] == [URL_NORMALIZER]
 
 
 def set_url_normalizer(tokenizer, on: bool) -> bool:
@@ -55,7 +56,8 @@ def set_url_normalizer(tokenizer, on: bool) -> bool:
             f"{type(tokenizer).__name__} is not a fast tokenizer (no tokenizer.json), so web "
             "addresses cannot be replaced in it; pass --keep-urls"
         )
-    present = normalizes_urls(json.loads(backend.to_str()).get("normalizer"))
+    current = backend.normalizer
+    present = current is not None and normalizes_urls(json.loads(current.__getstate__()))
     if present == on:
         return False
     if on:

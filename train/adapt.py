@@ -52,7 +52,7 @@ from marketpulse.train.hf_trainer import (
     training_arguments,
 )
 from marketpulse.train.predict import resolve_device
-from marketpulse.urls import URL_TOKEN, set_url_normalizer
+from marketpulse.urls import URL_LOG_LINE, set_url_normalizer
 
 ADAPT_JSON = "adapt.json"
 HELDOUT_FRACTION = 0.05
@@ -285,7 +285,7 @@ def run(cfg: AdaptConfig) -> Path:
     )
     log(f"device {device} ({precision}): {reason}")
     if cfg.normalize_urls:
-        log(f"web addresses read as the token '{URL_TOKEN}' (--keep-urls keeps them)")
+        log(URL_LOG_LINE)
 
     from transformers import DataCollatorForLanguageModeling, Trainer, set_seed
 

@@ -56,7 +56,7 @@ from marketpulse.train.hf_trainer import (
 )
 from marketpulse.train.predict import predict_logits, resolve_device
 from marketpulse.train.split import Split, stratified_split
-from marketpulse.urls import URL_TOKEN, set_url_normalizer
+from marketpulse.urls import URL_LOG_LINE, set_url_normalizer
 
 
 class _Encoded:
@@ -194,7 +194,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     )
     log(f"device {device} ({precision}): {reason}")
     if cfg.normalize_urls:
-        log(f"web addresses read as the token '{URL_TOKEN}' (--keep-urls keeps them)")
+        log(URL_LOG_LINE)
 
     def take(indices: list[int]) -> tuple[list[str], list[str]]:
         return [rows.texts[i] for i in indices], [rows.labels[i] for i in indices]
