@@ -1,8 +1,10 @@
-"""Every command has working, non-empty help with an example, and --help stays light."""
+"""Every command has working, non-empty help with an example, --help stays light, and
+the options' defaults are the stage configs' defaults."""
 
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from marketpulse.cli import main
@@ -31,3 +33,42 @@ def test_help_does_not_import_heavy_libraries():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# Each command's options are typed out in cli.py (so that `--help` stays light), and the
+# stage's config dataclass has its own defaults for callers from Python. They must agree.
+CONFIGS = {
+    "train": "marketpulse.train.config:TrainConfig",
+    "adapt": "marketpulse.train.adapt:AdaptConfig",
+    "export": "marketpulse.export.stage:ExportConfig",
+    "score": "marketpulse.runtime.runs:ScoreConfig",
+    "explain": "marketpulse.runtime.explanations:ExplainConfig",
+    "trends": "marketpulse.trends:TrendsConfig",
+}
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_cli_defaults_are_the_configs_defaults(command):
+    import dataclasses
+    import importlib
+
+    module, name = CONFIGS[command].split(":")
+    fields = dataclasses.fields(getattr(importlib.import_module(module), name))
+    config_defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    compared = []
+    for param in main.commands[command].params:
+        if param.name not in config_defaults or param.default in (None, click_unset()):
+            continue
+        cli, config = param.default, config_defaults[param.name]
+        if isinstance(config, tuple) and isinstance(cli, str):  # "a,b" on the command line
+            cli = tuple(part for part in cli.split(",") if part)
+        assert cli == config, f"{command} --{param.name}: cli {cli!r}, config {config!r}"
+        compared.append(param.name)
+    assert compared  # the test looked at something
+
+
+def click_unset():
+    """click's marker for an option without a default (click >= 8.3), else None."""
+    from click import core
+
+    return getattr(core, "UNSET", None)

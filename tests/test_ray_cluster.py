@@ -171,9 +171,13 @@ def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(
     doomed = cluster.add_node(num_cpus=1, **cluster.node_args)
     db = tmp_path / "market.duckdb"
     make_source(db, 2000)
-    killed = _kill_mid_run(
-        monkeypatch, lambda: cluster.remove_node(doomed, allow_graceful=False) or True
-    )
+    raylet = doomed.all_processes["raylet"][0].process
+
+    def kill_the_node():
+        cluster.remove_node(doomed, allow_graceful=False)
+        return raylet.poll() is not None  # True once the node's raylet is really gone
+
+    killed = _kill_mid_run(monkeypatch, kill_the_node)
     try:
         first = score_with_ray(
             config(db, bundle, chunk_rows=128, commit_seconds=0),
