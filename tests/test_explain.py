@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_runtime_support import spread_bundle
@@ -119,3 +120,52 @@ def test_explain_rows_writes_one_row_per_word_with_personal_data_masked(bundle, 
 def test_bad_flag_combinations_are_usage_errors(bundle, extra):
     result = CliRunner().invoke(main, ["explain", "--bundle", str(bundle.path), *extra])
     assert result.exit_code == 2, result.output
+
+
+def test_words_past_the_tokenizer_cut_are_not_scored_and_weigh_zero(predictor, monkeypatch):
+    # 45 one-token words fill [CLS] + 45 of the bundle's 48 tokens; "zxqvbrt" (5 word
+    # pieces) then straddles the cut, and the 20 words after it are cut off entirely.
+    fill = ["shares", "rise", "after", "strong", "earnings", "oil", "falls", "on", "weak"]
+    words = (fill * 5) + ["zxqvbrt"] + (fill * 3)[:20]
+    text = " ".join(words)
+    max_length = predictor.bundle.max_length
+    assert max_length == 48
+
+    # Word j reaches the model when the words before it leave room for one of its tokens.
+    def seen(j):
+        return predictor.encoder.encode([" ".join(words[:j])]).lengths[0] < max_length
+
+    cut = sum(seen(j) for j in range(len(words)))
+    assert cut == 46  # the straddling word is seen, the 20 after it are not
+    scored = []
+    real = predictor.predict_proba
+
+    def counting(texts, *args, **kwargs):
+        scored.extend(texts)
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(predictor, "predict_proba", counting)
+    (e,) = explain(predictor, [text])
+    occluded = [" ".join(words[:j] + words[j + 1 :]) for j in range(cut)]
+    assert scored == [text, *occluded]  # every seen word, the straddling one too, once
+    assert len(scored) < 1 + len(words)
+    assert e.occluded == cut
+    assert [w.weight for w in e.words[cut:]] == [0.0] * (len(words) - cut)
+    assert any(w.weight != 0.0 for w in e.words[:cut])
+    assert [(w.start, w.end) for w in e.words] == split_words(text)
+
+
+def test_a_predictor_without_an_encoder_counts_every_word_as_seen():
+    class Fake:  # "long" in proportion to the length: 0.8 for the full text
+        labels = ["long", "short"]
+        rows = 0
+
+        def predict_proba(self, texts):
+            Fake.rows += len(texts)
+            p = np.array([min(len(t) / 10, 1.0) for t in texts], np.float32)
+            return np.stack([p, 1 - p], axis=1)
+
+    (e,) = explain(Fake(), ["a bb ccc"], max_words=2)
+    assert Fake.rows == 1 + 2
+    assert e.occluded == 2
+    assert [w.weight for w in e.words] == pytest.approx([0.2, 0.3, 0.0])

@@ -132,6 +132,15 @@ class TextEncoder:
         parts = [texts.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
         return _concat(list(self._pool.map(self._encode_slice, parts)))
 
+    def seen_chars(self, texts: list[str]) -> list[int]:
+        """For each text, the character offset where the tokens the model sees end.
+
+        Text past it is truncated away (or clipped before tokenizing); offsets are the
+        tokenizer's own, in the text's characters even through a normalizer."""
+        encodings = self._tok.encode_batch([t[: self._clip] for t in texts])
+        # Special tokens sit at (0, 0), so the largest end is the last real token's.
+        return [max((end for _, end in e.offsets), default=0) for e in encodings]
+
     def _encode_slice(self, texts) -> Encoded:
         """One serial call per path: plain rows without the normalizer, the rest with it."""
         import pyarrow.compute as pc
