@@ -66,7 +66,7 @@ class Calibration:
         if not texts:
             raise MarketpulseError(
                 "no calibration texts for int8 (the check texts are all empty); re-run "
-                "`marketpulse train`, whose test split export calibrates on"
+                "`marketpulse train`, whose validation split export calibrates on"
             )
         return texts
 

@@ -1,6 +1,7 @@
 """The export stage, top to bottom: checkpoint -> ONNX graphs -> checked bundle.
 
-    graphs    optimum export (fp32), ORT optimization, int8 quantization, fp16 conversion
+    graphs    optimum export (fp32), ORT optimization, int8 quantization (calibrated on
+              rows the gate does not check: `calibration_source`), fp16 conversion
     staging   graphs + tokenizer.json + labels written to a hidden sibling of --out
     checks    fp32 parity with PyTorch, then agreement and macro-F1 per variant, on the
               test split and on the check texts (a sample of what will be scored)
@@ -26,10 +27,21 @@ from typing import Any
 
 from marketpulse import variants as registry
 from marketpulse.bundle import MANIFEST, TOKENIZER, Bundle
-from marketpulse.checkpoint import Checkpoint, load_checkpoint
+from marketpulse.checkpoint import (
+    VALIDATION_SPLIT,
+    Checkpoint,
+    load_checkpoint,
+    read_validation_split,
+)
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.builders import Built, Sources, builder_for
-from marketpulse.export.checks import CheckSource, load_check_texts, read_check_sample
+from marketpulse.export.checks import (
+    CheckSample,
+    CheckSource,
+    CheckTexts,
+    load_check_texts,
+    read_check_sample,
+)
 from marketpulse.export.graphs import (
     DEFAULT_OPSET,
     INT8_ISAS,
@@ -39,6 +51,7 @@ from marketpulse.export.graphs import (
 from marketpulse.export.log import log
 from marketpulse.export.outliers import CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
+from marketpulse.text import is_blank
 
 # From `python -m marketpulse.tools.export_measure CHECKPOINT --rows 477` (CHECKPOINT:
 # MiniLM-L6 fine-tuned on tweets, 2 shared AVX512-VNNI cores, ORT_ENABLE_ALL at load):
@@ -93,6 +106,32 @@ class ExportConfig:
             )
 
 
+def calibration_source(
+    trained: Checkpoint, texts: CheckTexts, sample: CheckSample | None
+) -> tuple[list[str], str]:
+    """The texts int8's outlier channels and static ranges are calibrated on, and a line
+    for the manifest saying which.
+
+    Rows the gate does not check, so its agreement is measured out of sample: the text
+    the bundle will score when it is known (further rows of the check source), else the
+    checkpoint's validation split. Only a checkpoint without one (from before train
+    saved it, or not from `marketpulse train`) calibrates on the gated texts.
+    """
+    if sample is not None and sample.calibration:
+        return sample.calibration, (
+            f"{len(sample.calibration)} further sampled rows of {sample.source} "
+            "(disjoint from the check texts)"
+        )
+    validation = read_validation_split(trained)
+    if validation is not None and any(not is_blank(t) for t in validation[0]):
+        return validation[0], (
+            f"{VALIDATION_SPLIT} ({len(validation[0])} rows, disjoint from the gated texts)"
+        )
+    if sample is not None:
+        return sample.texts, f"{sample.source} (also gated)"
+    return texts.texts, f"{texts.source} (also gated)"
+
+
 def run(cfg: ExportConfig) -> Bundle:
     """Export, check and publish a bundle; raise MarketpulseError when a check fails."""
     trained = load_checkpoint(Path(cfg.model).resolve())
@@ -107,18 +146,8 @@ def run(cfg: ExportConfig) -> Bundle:
             f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint}), "
             f"{len(sample.calibration)} more to calibrate int8"
         )
-    # Calibration (outlier channels, static int8 ranges) sees the text the bundle will
-    # score when it is known, rows the gate does not check; else the test split, which
-    # the gate then checks too (the manifest says which).
-    if sample is not None and sample.calibration:
-        calibration_texts = sample.calibration
-        calibrated_on = (
-            f"{len(sample.calibration)} further sampled rows of {sample.source} "
-            "(disjoint from the check texts)"
-        )
-    else:
-        calibration_texts = sample.texts if sample is not None else texts.texts
-        calibrated_on = f"{sample.source if sample is not None else texts.source} (also gated)"
+    calibration_texts, calibrated_on = calibration_source(trained, texts, sample)
+    log(f"int8 calibrates on {calibrated_on}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))

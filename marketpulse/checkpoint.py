@@ -7,6 +7,8 @@
       model.safetensors       the weights (any weights file transformers can load)
       tokenizer.json, ...     the tokenizer, saved with `save_pretrained`
       test_split.parquet      held-out rows: text VARCHAR, label VARCHAR (label name)
+      validation_split.parquet  the rows that picked the epoch, same columns: export
+                              calibrates int8 on them, so the gate's test rows stay unseen
       metrics.json            the run's record, with fixed top-level keys (below)
 
 Where each field lives, so no reader ever searches for it:
@@ -17,6 +19,7 @@ Where each field lives, so no reader ever searches for it:
     base_model    metrics.json `base_model` (directory or name it was fine-tuned from)
     format        metrics.json `format` (CHECKPOINT_FORMAT)
     test split    the file TEST_SPLIT in DIR, nothing else names it
+    validation    the file VALIDATION_SPLIT in DIR (checkpoints from before it have none)
     metrics       the rest of metrics.json: `test` scores, `validation`, `rows`, `data`,
                   `hyperparameters`, `device`, `versions`, timings
 
@@ -38,6 +41,7 @@ CHECKPOINT_FORMAT = 1
 CONFIG = "config.json"
 METRICS = "metrics.json"
 TEST_SPLIT = "test_split.parquet"
+VALIDATION_SPLIT = "validation_split.parquet"
 WEIGHTS = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -70,6 +74,12 @@ class Checkpoint:
     def test_split_path(self) -> Path | None:
         """The held-out test rows, or None when the directory has none."""
         path = self.path / TEST_SPLIT
+        return path if path.is_file() else None
+
+    @property
+    def validation_split_path(self) -> Path | None:
+        """The validation rows, or None when the directory has none."""
+        path = self.path / VALIDATION_SPLIT
         return path if path.is_file() else None
 
 
@@ -159,6 +169,16 @@ def read_test_split(checkpoint: Checkpoint) -> tuple[list[str], list[str]]:
     path = checkpoint.test_split_path
     if path is None:
         raise MarketpulseError(f"{checkpoint.path} has no {TEST_SPLIT}; {_RETRAIN}")
+    return _read_split(checkpoint, path)
+
+
+def read_validation_split(checkpoint: Checkpoint) -> tuple[list[str], list[str]] | None:
+    """(texts, label names) of the validation rows, or None for a checkpoint without."""
+    path = checkpoint.validation_split_path
+    return None if path is None else _read_split(checkpoint, path)
+
+
+def _read_split(checkpoint: Checkpoint, path: Path) -> tuple[list[str], list[str]]:
     import pyarrow.parquet as pq
 
     try:
@@ -195,10 +215,18 @@ def out_in_use(out: Path) -> bool:
 
 def write_test_split(out: Path, texts: list[str], labels: list[str]) -> Path:
     """Write the held-out rows to OUT/TEST_SPLIT; return the file's path."""
+    return _write_split(Path(out) / TEST_SPLIT, texts, labels)
+
+
+def write_validation_split(out: Path, texts: list[str], labels: list[str]) -> Path:
+    """Write the validation rows to OUT/VALIDATION_SPLIT; return the file's path."""
+    return _write_split(Path(out) / VALIDATION_SPLIT, texts, labels)
+
+
+def _write_split(path: Path, texts: list[str], labels: list[str]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(out) / TEST_SPLIT
     table = pa.table({"text": pa.array(texts, pa.string()), "label": pa.array(labels, pa.string())})
     pq.write_table(table, path)
     return path

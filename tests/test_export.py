@@ -294,6 +294,8 @@ def test_test_split_gives_macro_f1_and_metrics_json_settings(tiny_checkpoint, tm
     int8 = checks["variants"]["int8"]
     assert int8["f1_drop"] == pytest.approx(checks["pytorch"]["macro_f1"] - int8["macro_f1"])
     assert bundle.manifest["base_model"] == "tiny-test-bert"
+    # no validation split beside it (a checkpoint from before train saved one)
+    assert bundle.manifest["calibration_texts"] == "test_split.parquet (12 rows) (also gated)"
     assert bundle.max_length == 64
     assert (
         json.loads((bundle.path / "tokenizer.json").read_text())["truncation"]["max_length"] == 64
@@ -360,3 +362,25 @@ def test_cli_defaults_match_export_config():
         p.name: p.type.choices for p in main.commands["export"].params if p.name == "int8_isa"
     }
     assert tuple(choices["int8_isa"]) == INT8_ISAS  # the CLI offers what ExportConfig accepts
+
+
+def test_int8_calibrates_on_the_validation_split_not_the_gated_test_split(
+    tiny_checkpoint, tmp_path
+):
+    from marketpulse.checkpoint import write_validation_split
+    from marketpulse.export import ExportConfig, run
+
+    checkpoint = _labeled_checkpoint(tiny_checkpoint, tmp_path, ["bearish", "bullish"] * 3)
+    validation = [f"Validation headline number {i}" for i in range(9)] + ["   "]
+    write_validation_split(checkpoint, validation, ["neutral"] * len(validation))
+    bundle = run(
+        ExportConfig(
+            model=checkpoint, out=tmp_path / "b", variants=("fp32", "int8"), allow_accuracy_drop=True
+        )
+    )
+    assert bundle.manifest["checks"]["texts"] == "test_split.parquet (6 rows)"
+    assert bundle.manifest["calibration_texts"] == (
+        "validation_split.parquet (10 rows, disjoint from the gated texts)"
+    )
+    calibration = bundle.manifest["variants"]["int8"]["quantization"]["calibration"]
+    assert calibration["rows"] == 9  # the blank one is skipped

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import train_args
 
-from marketpulse.checkpoint import load_checkpoint, read_test_split
+from marketpulse.checkpoint import load_checkpoint, read_test_split, read_validation_split
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.trainer import check_train_out
@@ -34,6 +34,7 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
         "tokenizer.json",
         "metrics.json",
         "test_split.parquet",
+        "validation_split.parquet",
     ):
         assert (out / name).is_file(), name
     assert not (out / "_trainer").exists()  # Trainer's epoch checkpoints are cleaned up
@@ -84,6 +85,10 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
     assert checkpoint.metrics == m
     texts, labels = read_test_split(checkpoint)
     assert sorted(zip(texts, labels, strict=True)) == sorted((t, lab) for t, lab, _ in split)
+    # The validation rows (export calibrates int8 on them): the split's 9, none a test row.
+    val_texts, val_labels = read_validation_split(checkpoint)
+    assert len(val_texts) == 9 and sorted(val_labels) == sorted(labels)
+    assert not set(val_texts) & set(texts)
 
 
 def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint, tmp_path):

@@ -35,10 +35,12 @@ import numpy as np
 from marketpulse.checkpoint import (
     METRICS,
     TEST_SPLIT,
+    VALIDATION_SPLIT,
     Checkpoint,
     out_in_use,
     write_metrics,
     write_test_split,
+    write_validation_split,
 )
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
@@ -366,6 +368,7 @@ def save_and_score(
             "label_names": list(cfg.source.label_names) if cfg.source.label_names else None,
             "fingerprint": rows.fingerprint(),
             "test_split": TEST_SPLIT,
+            "validation_split": VALIDATION_SPLIT,
         },
         "hyperparameters": cfg.hyperparameters(),
         "device": {
@@ -383,18 +386,19 @@ def save_and_score(
         max_length=cfg.max_length,
         base_model=str(prepared.fit.base_dir),
     )
-    log(f"wrote checkpoint, {METRICS} and {TEST_SPLIT} to {out}")
+    log(f"wrote checkpoint, {METRICS}, {TEST_SPLIT} and {VALIDATION_SPLIT} to {out}")
     return checkpoint
 
 
 def write_test_rows(cfg: TrainConfig, prepared: Prepared) -> None:
-    """Create `cfg.out` and record the held-out test rows there (before any training)."""
+    """Create `cfg.out` and record the test and validation rows there (before training)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     # an earlier training's metrics go first: a crash from here on leaves no checkpoint
     # that pairs its weights and metrics with this run's test split
     (out / METRICS).unlink(missing_ok=True)
     write_test_split(out, prepared.test_texts, prepared.test_labels)
+    write_validation_split(out, prepared.fit.val_texts, prepared.fit.val_labels)
 
 
 def run(cfg: TrainConfig) -> Checkpoint:
