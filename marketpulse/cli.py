@@ -973,7 +973,13 @@ def _highlight(e, words: list[str]) -> str:
 @click.option(
     "--db", required=True, type=click.Path(dir_okay=False), help="DuckDB file, opened read-only."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list of objects.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the rows as a JSON list of objects (strict JSON: NaN and infinities null, "
+    "lists and structs nested, dates ISO 8601, BLOBs hex).",
+)
 @click.option("--csv", "as_csv", is_flag=True, help="Print the rows as CSV with a header.")
 @click.option(
     "--lock-timeout",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[lis
         ) from exc
     try:
         relation = con.execute(sql)
+        if relation is None:  # blank, ";" or only comments: DuckDB ran nothing
+            raise MarketpulseError(
+                'the query holds no SQL statement; pass one, e.g. "SELECT count(*) FROM scores"'
+            )
         if relation.description is None:  # a statement without a result set
             return [], []
         return [d[0] for d in relation.description], relation.fetchall()
@@ -59,11 +64,31 @@ def _plain(value) -> object:
     return str(value)
 
 
+def _json_value(value) -> object:
+    """A DuckDB value as strict JSON: lists and structs nested, NaN and infinities null,
+    dates and times ISO 8601, bytes as hex, anything else (DECIMAL, UUID, INTERVAL) text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if hasattr(value, "isoformat"):  # date, time, datetime
+        return value.isoformat()
+    return str(value)
+
+
 def format_rows(columns: list[str], rows: list, style: str) -> str:
     """Rows as 'table', 'json' or 'csv' text."""
     if style == "json":
         return json.dumps(
-            [{c: _plain(v) for c, v in zip(columns, r, strict=True)} for r in rows], indent=2
+            [{c: _json_value(v) for c, v in zip(columns, r, strict=True)} for r in rows],
+            indent=2,
+            allow_nan=False,
         )
     if style == "csv":
         out = io.StringIO()

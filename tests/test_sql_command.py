@@ -25,3 +25,39 @@ def test_sql_names_read_only_only_when_that_is_the_cause(tmp_path):
 def test_a_new_results_file_in_a_missing_folder_names_the_folder(tmp_path):
     with pytest.raises(MarketpulseError, match="folder .*nodir does not exist; create it"):
         create_database(tmp_path / "nodir" / "r.duckdb")
+
+
+@pytest.mark.parametrize("sql", ["", "   ", ";", "/* only a comment */"])
+def test_a_query_without_a_statement_is_one_line(tmp_path, sql):
+    db = tmp_path / "m.duckdb"
+    duckdb.connect(str(db)).close()
+    result = CliRunner().invoke(main, ["sql", sql, "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert "holds no SQL statement" in result.output and "Traceback" not in result.output
+
+
+def test_json_output_is_strict_json_with_nested_values(tmp_path):
+    import json
+
+    db = tmp_path / "m.duckdb"
+    duckdb.connect(str(db)).close()
+    sql = (
+        "SELECT 'nan'::DOUBLE AS n, 'inf'::DOUBLE AS i, 1.5::DOUBLE AS f, [1, 2] AS l, "
+        "{'a': 1, 'b': [true]} AS s, '\\x01\\xff'::BLOB AS b, DATE '2026-01-05' AS d, "
+        "TIMESTAMP '2026-01-05 12:30:00' AS t, 12.30::DECIMAL(5, 2) AS m, NULL AS z"
+    )
+    result = CliRunner().invoke(main, ["sql", sql, "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert row == {
+        "n": None,
+        "i": None,
+        "f": 1.5,
+        "l": [1, 2],
+        "s": {"a": 1, "b": [True]},
+        "b": "01ff",
+        "d": "2026-01-05",
+        "t": "2026-01-05T12:30:00",
+        "m": "12.30",
+        "z": None,
+    }
