@@ -14,18 +14,33 @@ import click
 
 from marketpulse import __version__
 from marketpulse import variants as registry
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.sql import DEFAULT_STORAGE_VERSION
 
 
 class _Group(click.Group):
-    """Turns MarketpulseError into a one-line `Error: ...` and exit code 1."""
+    """Turns MarketpulseError into a one-line `Error: ...` and exit code 1.
+
+    A DuckDB error that no stage turned into one (a view that fails when read, say) is
+    one line too, naming DuckDB's own message; MARKETPULSE_DEBUG=1 keeps the traceback.
+    """
 
     def invoke(self, ctx):
+        import os
+
         try:
             return super().invoke(ctx)
         except MarketpulseError as exc:
             raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
+                raise
+            if os.environ.get("MARKETPULSE_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"DuckDB failed: {first_line(exc)}; check the tables, columns and filter "
+                "named in the command (MARKETPULSE_DEBUG=1 shows where it failed)"
+            ) from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -72,3 +72,28 @@ def click_unset():
     from click import core
 
     return getattr(core, "UNSET", None)
+
+
+def test_a_duckdb_error_no_stage_caught_is_one_line(monkeypatch):
+    import click
+    import duckdb
+
+    from marketpulse.cli import _Group
+
+    @click.group(cls=_Group)
+    def group():
+        pass
+
+    @group.command()
+    def fails():
+        raise duckdb.ConversionException("Conversion Error: Could not convert string 'x'\nLINE 1")
+
+    result = CliRunner().invoke(group, ["fails"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: DuckDB failed: Conversion Error: Could not convert string 'x'; check the "
+        "tables, columns and filter named in the command (MARKETPULSE_DEBUG=1 shows where it "
+        "failed)"
+    ]
+    monkeypatch.setenv("MARKETPULSE_DEBUG", "1")
+    assert isinstance(CliRunner().invoke(group, ["fails"]).exception, duckdb.ConversionException)
