@@ -1028,7 +1028,12 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
 )
 @click.option("--source", required=True, help="Table (or view) holding the scored rows.")
 @click.option("--id-col", required=True, help="Id column of the source (matches scores.id).")
-@click.option("--time-col", required=True, help="DATE or TIMESTAMP column to bucket by.")
+@click.option(
+    "--time-col",
+    required=True,
+    help="DATE, TIMESTAMP, TIMESTAMPTZ or ISO-8601 text column to bucket by (buckets are UTC; "
+    "text with an offset counts at its UTC instant).",
+)
 @click.option(
     "--text-col",
     help="Text column of the source: explain each flagged shift by its over-represented "
@@ -1040,10 +1045,10 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
 )
 @click.option(
     "--window",
-    type=click.IntRange(2, 104),
+    type=click.IntRange(3, 104),
     default=8,
     show_default=True,
-    help="Buckets in the rolling/trailing window.",
+    help="Buckets in the rolling/trailing window (a z-score needs 3).",
 )
 @click.option(
     "--horizon",
@@ -1055,7 +1060,11 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
 @click.option("--positive", help="Label counted as positive (default: positive or bullish).")
 @click.option("--negative", help="Label counted as negative (default: negative or bearish).")
 @click.option("--scores-table", default="scores", show_default=True)
-@click.option("--trend-table", help="Name of the trend table (default trend_<source>_<grain>).")
+@click.option(
+    "--trend-table",
+    help="Name of the trend table (default trend_<source>_<grain>); its forecast, backtest and "
+    "drivers tables are named after it (forecast_<name without trend_>, ...).",
+)
 @click.option(
     "--alpha",
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),

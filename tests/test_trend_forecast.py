@@ -3,15 +3,27 @@ split-conformal bands, and the tables `marketpulse trends` writes from them."""
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from trends_fixtures import create_results_tables, insert_scores, register_model
 
 from marketpulse.trends import TrendsConfig, format_report, run
-from marketpulse.trends.forecast import AUTO, SHORT, forecast_series, min_points
+from marketpulse.trends.forecast import (
+    AUTO,
+    MIN_SCORED,
+    SHORT,
+    candidates,
+    forecast_series,
+    min_points,
+    skill_line,
+)
+from marketpulse.trends.report import summary
 
 pytest.importorskip("statsforecast")
 
@@ -179,3 +191,121 @@ def test_horizon_zero_skips_forecasts_and_the_report_still_reads(weekly_db):
     with duckdb.connect(str(weekly_db), read_only=True) as con:
         written = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     assert result.trend_table in written and not {t for t in written if "forecast" in t}
+
+
+def _posts_db(path, weeks: int, every: dict[str, int]):
+    """Brands posting 20 times in every `every[brand]`-th week of `weeks`, labels drawn
+    around an index that wanders (so no model is exact)."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE posts (id BIGINT, brand VARCHAR, posted_at TIMESTAMP, text VARCHAR)")
+    create_results_tables(con, id_type="BIGINT")
+    register_model(con, "v1", datetime(2024, 9, 1))
+    rng = np.random.default_rng(6)
+    posts, scores = [], []
+    for brand, k in every.items():
+        for week in range(0, weeks, k):
+            p_pos = 0.35 + 0.15 * np.sin(week / 4)
+            for hour in range(20):
+                u = rng.random()
+                label = "positive" if u < p_pos else ("negative" if u > 0.7 else "neutral")
+                at = datetime(2024, 1, 1) + timedelta(weeks=week, hours=hour)
+                posts.append([len(posts) + 1, brand, at, "x"])
+                scores.append((len(posts), label))
+    con.executemany("INSERT INTO posts VALUES (?, ?, ?, ?)", posts)
+    insert_scores(con, "v1", scores)
+    con.close()
+    return path
+
+
+def _cfg(db, **kw):
+    return TrendsConfig(
+        db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",), **kw
+    )
+
+
+def test_backtest_scores_only_buckets_that_had_rows(tmp_path):
+    """An empty week carries the last index forward as model input, where naive is exact
+    for free: it must not count as a target (MAE, coverage), and a brand with too few
+    non-empty targets gets no MAE at all."""
+    db = _posts_db(tmp_path / "sparse.duckdb", 60, {"A": 1, "S": 2, "T": 3})
+    result = run(_cfg(db, horizon=4))
+    with duckdb.connect(str(db), read_only=True) as con:
+        index = {
+            b: np.array([np.nan if v is None else v for (v,) in rows], float)
+            for b in "AST"
+            for rows in [
+                con.execute(
+                    "SELECT net_index FROM trend_posts_week WHERE brand = ? ORDER BY bucket", [b]
+                ).fetchall()
+            ]
+        }
+        rows = con.execute(
+            "SELECT brand, model, mae, points, coverage_points FROM forecast_backtest_posts_week "
+            "WHERE step = 1"
+        ).fetchall()
+    naive = {b: (mae, points) for b, m, mae, points, _ in rows if m == "Naive"}
+    # 24 origins; the last training bucket of the first is 60 - 24 - 4 = 32
+    cutoffs = np.arange(32, 56)
+    for brand in "AS":
+        y = index[brand]
+        filled = pd.Series(y).ffill().to_numpy()
+        scored = [abs(y[c + 1] - filled[c]) for c in cutoffs if not np.isnan(y[c + 1])]
+        assert naive[brand] == (pytest.approx(np.mean(scored)), len(scored))
+    assert naive["S"][1] == 12 and naive["T"][1] == 8 < MIN_SCORED
+    assert all(mae is None for b, _, mae, *_ in rows if b == "T")  # too few to judge
+    assert all(cov <= points for *_, points, cov in rows)
+    assert (result.skill["backtested"], result.skill["judged"]) == (3, 2)
+    assert "1 more backtested with fewer than 10 non-empty target buckets" in format_report(result)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_window_longer_than_the_first_fit_is_left_out_and_said(weekly_db):
+    """30 weeks, horizon 3: the first backtest fit sees 8 weeks, too few for a 12-week
+    average, which therefore has no forecast at the first origins."""
+    result = run(_cfg(weekly_db, horizon=3, window=12))
+    with duckdb.connect(str(weekly_db), read_only=True) as con:
+        models = {
+            r[0] for r in con.execute("SELECT model FROM forecast_backtest_posts_week").fetchall()
+        }
+        maes = [
+            r[0] for r in con.execute("SELECT mae FROM forecast_backtest_posts_week").fetchall()
+        ]
+    assert "WindowAverage" not in models and AUTO in models
+    assert all(math.isfinite(m) for m in maes)
+    assert result.skill["no_window"] == 2 and result.skill["mae_ratio_naive"] is not None
+    report = format_report(result)
+    assert "window average was left out on 2 series (--window 12 is longer" in report
+    assert "nan" not in report and "inf" not in report
+
+
+def test_the_shipped_forecast_is_the_backtested_model():
+    """The fitted candidates are backtested as one fit on the buckets before the first
+    origin, then only updated (refit=False). The forecast must come from that same fit: a
+    refit on all the data picks another ARIMA order here (a mean-reverting stretch after a
+    flat one), which the backtest never measured."""
+    rng = np.random.default_rng(0)
+    e = rng.normal(0, 0.15, 40)
+    y = np.empty(40)
+    y[:12] = 0.1 + 0.02 * rng.normal(size=12)
+    for t in range(12, 40):
+        y[t] = 0.1 - 0.8 * (y[t - 1] - 0.1) + e[t]
+    result = forecast_series({"s": y}, None, 4, 4)
+    chosen = set(result.future["model"])
+    assert chosen == {"AutoARIMA"}
+    model = next(m for m in candidates(None, 4, True) if repr(m) in chosen)
+    first = 40 - 24 - 4 + 1  # buckets before the first of the 24 origins
+    backtested = model.new().fit(y=y[:first]).forward(y=y, h=4)["mean"]
+    refit = model.new().forecast(y=y, h=4)["mean"]
+    assert np.abs(backtested - refit).max() > 0.05  # the two really differ
+    assert result.future.sort_values("step")["forecast"].to_numpy() == pytest.approx(backtested)
+
+
+def test_unknown_figures_are_none_so_the_json_summary_is_valid(weekly_db):
+    """30 weeks, horizon 4: 19 origins, and the 95% band needs 19 past errors, so its
+    coverage is unknown: None, not NaN (which is not JSON)."""
+    result = run(_cfg(weekly_db, horizon=4))
+    assert result.skill["coverage_95"] is None and result.skill["coverage_80"] is not None
+    json.dumps(summary(result), allow_nan=False)
+    assert "the 95% band not measured yet (needs 19 past errors)" in format_report(result)
+    unknown = {**result.skill, "mae_ratio_naive": None, "coverage_80": None}
+    assert "nan" not in skill_line(unknown)

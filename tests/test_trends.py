@@ -265,3 +265,160 @@ def test_identifiers_are_quoted(tmp_path):
     )
     assert result.trend_table == "trend_my_posts_day"
     assert [(r["group"], r["bucket"].day) for r in result.flagged] == [("A", 8)]
+
+
+def _thin_counts():
+    """Brand A: ten days of ~40 posts, then a day with one negative post."""
+    counts = {("A", d): (16 + d % 3, 10 - d % 2, 14) for d in range(1, 11)}
+    counts[("A", 11)] = (0, 0, 1)
+    return counts
+
+
+def test_one_post_is_not_a_shift(tmp_path):
+    """A bucket whose few rows all carry one label has a sampling variance of 0 at its own
+    shares; under "no shift" it is drawn at the trailing rate, so that rate's variance
+    over its volume is what its index may stray by."""
+    path = build_db(tmp_path / "thin.duckdb", counts=_thin_counts())
+    result = run(_cfg(path, window=8, horizon=0))
+    rows = _rows(path)
+    last = rows[("A", 11)]
+    assert last["volume"] == 1 and last["net_index"] == -1.0
+    # by hand: trailing days 3-10, pooled shares, extra = s2 x (1/1 - mean(1/volume))
+    trail = [_thin_counts()[("A", d)] for d in range(3, 11)]
+    index = [(p - n) / (p + u + n) for p, u, n in trail]
+    mean = sum(index) / 8
+    var = sum((x - mean) ** 2 for x in index) / 7
+    total = sum(sum(c) for c in trail)
+    p_pos, p_neg = sum(c[0] for c in trail) / total, sum(c[2] for c in trail) / total
+    s2 = p_pos + p_neg - (p_pos - p_neg) ** 2
+    extra = s2 * (1 - sum(1 / sum(c) for c in trail) / 8)
+    own = [((p + n) / sum(c) - ((p - n) / sum(c)) ** 2) / sum(c) for c in trail for p, _, n in [c]]
+    spread = max(var, 0.04 * sum(own) / 8)  # the floor: 0.2**2 x the days' own variance
+    z = (-1 - mean) / math.sqrt(spread * (1 + 1 / 8) + extra)
+    assert last["z_score"] == pytest.approx(z)
+    assert abs(last["z_score"]) < 2 and not last["is_shift"] and result.flagged == []
+
+
+def test_window_below_three_is_refused(db):
+    with pytest.raises(MarketpulseError, match=r"needs 3 trailing buckets\); pass --window 3"):
+        run(_cfg(db, window=2))
+
+
+def test_null_times_are_counted_and_reported(db):
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE posts SET posted_at = NULL WHERE brand = 'B' AND day(posted_at) = 1")
+    con.close()
+    result = run(_cfg(db, horizon=0))
+    assert result.null_time_rows == 2
+    assert sum(r["volume"] for r in _rows(db).values()) == 35  # 37 - 2
+    assert "left out: 2 scored rows with a NULL posted_at" in format_report(result)
+    from marketpulse.trends import summary
+
+    assert summary(result)["null_time_rows"] == 2
+
+
+def test_no_row_with_a_time_is_an_error_before_writing(db):
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE posts SET posted_at = NULL")
+    con.close()
+    with pytest.raises(MarketpulseError) as err:
+        run(_cfg(db))
+    assert "no scored row of 'posts' has a 'posted_at' (37 have it NULL" in str(err.value)
+    assert "pass --time-col" in str(err.value) and "\n" not in str(err.value)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert not [r for r in con.execute("SHOW TABLES").fetchall() if "trend" in r[0]]
+
+
+def _tables(db) -> set[str]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+
+
+def _brands(db, table) -> list[str]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(f"SELECT list(DISTINCT brand ORDER BY brand) FROM {table}").fetchone()[0]
+
+
+def _drop_brand_b(db) -> None:
+    with duckdb.connect(str(db)) as con:
+        con.execute("DELETE FROM posts WHERE brand = 'B'")
+
+
+def test_bad_text_column_is_refused_before_anything_is_written(db):
+    run(_cfg(db, horizon=0))
+    _drop_brand_b(db)
+    for text_col, message in (("nope", "column 'nope' not found"), ("id", "is INTEGER, not text")):
+        with pytest.raises(MarketpulseError, match=message):
+            run(_cfg(db, horizon=0, text_col=text_col))
+        assert _brands(db, "trend_posts_day") == ["A", "B"]  # the earlier run's table
+
+
+def test_rerun_drops_the_tables_it_did_not_rebuild(db):
+    run(_cfg(db, text_col="text", alpha=0.1))
+    assert {"forecast_posts_day", "forecast_backtest_posts_day", "trend_drivers_posts_day"} <= (
+        _tables(db)
+    )
+    run(_cfg(db, horizon=0))
+    written = _tables(db)
+    assert "trend_posts_day" in written and not {
+        t for t in written if t != "trend_posts_day" and "posts_day" in t
+    }
+    # the documented columns stay, NULL when not computed, so saved queries still run
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute(
+            "SELECT count(*), count(forecast_next), count(forecast_low), count(forecast_high) "
+            "FROM trend_posts_day"
+        ).fetchone() == (16, 0, 0, 0)
+
+
+def test_a_named_trend_table_gets_its_own_dependent_tables(db):
+    run(_cfg(db, text_col="text", alpha=0.1))
+    _drop_brand_b(db)
+    named = run(_cfg(db, text_col="text", alpha=0.1, trend_table="daily"))
+    assert (named.forecast_table, named.backtest_table, named.drivers_table) == (
+        "forecast_daily",
+        "forecast_backtest_daily",
+        "trend_drivers_daily",
+    )
+    assert _brands(db, "daily") == _brands(db, "forecast_daily") == ["A"]
+    # the default trend table's set is untouched (8 days: too short for backtest rows)
+    assert _brands(db, "trend_posts_day") == _brands(db, "forecast_posts_day") == ["A", "B"]
+    assert {"forecast_backtest_daily", "forecast_backtest_posts_day"} <= _tables(db)
+    assert {"trend_drivers_daily", "trend_drivers_posts_day"} <= _tables(db)
+    prefixed = run(_cfg(db, trend_table="trend_posts_day_v2"))
+    assert prefixed.forecast_table == "forecast_posts_day_v2"
+    # the default name in other case is the same table to DuckDB, and so are its forecasts
+    cased = run(_cfg(db, trend_table="Trend_Posts_Day"))
+    assert cased.forecast_table == "forecast_Posts_Day"
+    assert _brands(db, "trend_posts_day") == _brands(db, "forecast_posts_day") == ["A"]
+
+
+def test_a_run_that_fails_half_way_leaves_the_old_set(db, monkeypatch):
+    """Every table of a run commits together: a failure after the trend table (here the
+    forecasting extra missing) leaves the earlier run's trend and forecast tables."""
+    import sys
+
+    run(_cfg(db))
+    _drop_brand_b(db)
+    monkeypatch.setitem(sys.modules, "marketpulse.trends.forecast_tables", None)
+    with pytest.raises(MarketpulseError, match="trends forecasts need statsforecast"):
+        run(_cfg(db))
+    assert _brands(db, "trend_posts_day") == _brands(db, "forecast_posts_day") == ["A", "B"]
+
+
+def test_null_and_empty_groups_print_as_such(db):
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE posts SET brand = NULL WHERE brand = 'B'")
+        con.execute("UPDATE posts SET brand = '' WHERE brand = 'A'")
+    report = format_report(run(_cfg(db, horizon=0)))
+    latest = report.split("Latest day per group:")[1].splitlines()
+    assert [line.split()[0] for line in latest[3:5]] == ["(empty)", "(null)"]
+    assert "None" not in report
+
+
+def test_plot_titles_an_empty_group_apart_from_the_total():
+    from marketpulse.trends.plot import _key
+
+    assert _key({"brand": ""}, ("brand",)) == "(empty)"
+    assert _key({"brand": None}, ("brand",)) == "(null)"
+    assert _key({"bucket": date(2024, 1, 1)}, ()) == "all"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -120,10 +121,12 @@ def test_bad_choices_are_usage_errors(db):
     assert _invoke(db, "--alpha", "1").exit_code == 2
 
 
-@pytest.mark.parametrize("column", ["volume", "label", "share_positive"])
+@pytest.mark.parametrize(
+    "column", ["volume", "label", "share_positive", "Volume", "Bucket", "Label", "N_Positive"]
+)
 def test_by_column_that_clashes_with_a_trend_column(db, column):
     con = duckdb.connect(str(db))
-    con.execute(f"ALTER TABLE posts ADD COLUMN {column} INTEGER")
+    con.execute(f'ALTER TABLE posts ADD COLUMN "{column}" INTEGER')
     con.close()
     res = _invoke(db, "--by", column)
     assert res.exit_code == 1 and f"--by column '{column}' clashes" in res.output
@@ -171,3 +174,63 @@ def test_text_time_column_with_bad_values(db):
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT sum(volume) FROM trend_iso_day").fetchone()[0] == 37
     con.close()
+
+
+def test_missing_source_names_the_source_flag(db):
+    res = CliRunner().invoke(
+        main,
+        ["trends", "--db", str(db), "--source", "nope", "--id-col", "id", "--time-col", "x"],
+    )
+    assert res.exit_code == 1
+    assert "table 'nope' not found" in res.output and "pass --source with" in res.output
+
+
+def test_id_column_of_another_type_than_scores_id(db):
+    res = CliRunner().invoke(
+        main,
+        ["trends", "--db", str(db), "--source", "posts", "--id-col", "text"]
+        + ["--time-col", "posted_at"],
+    )
+    assert res.exit_code == 1, res.output
+    assert "column 'text' of 'posts' is VARCHAR but scores.id is INTEGER" in res.output
+    assert "pass --id-col" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_window_two_is_refused(db):
+    res = _invoke(db, "--window", "2")
+    assert res.exit_code == 2 and "2 is not in the range 3<=x<=104" in res.output
+
+
+def test_buckets_are_utc_whatever_the_machine_zone(db):
+    """A TIMESTAMPTZ and ISO text with an offset land in the week of their UTC instant,
+    also on a machine in Tokyo (where Sunday 20:00 UTC is already Monday)."""
+    con = duckdb.connect(str(db))
+    con.execute(
+        "CREATE TABLE zoned AS SELECT id, "
+        "CASE WHEN id <= 10 THEN TIMESTAMPTZ '2024-01-07 20:00:00+00' "
+        "ELSE TIMESTAMPTZ '2024-01-08 10:00:00+00' END AS at_tz, "
+        "CASE WHEN id <= 10 THEN '2024-01-08T05:00:00+09:00' "
+        "ELSE '2024-01-08T10:00:00+00:00' END AS at_text FROM posts"
+    )
+    con.close()
+    code = "from marketpulse.cli import main; main()"
+    for column in ("at_tz", "at_text"):
+        args = ["trends", "--db", str(db), "--source", "zoned", "--id-col", "id"]
+        args += ["--time-col", column, "--horizon", "0", "--trend-table", "t_" + column]
+        env = {**os.environ, "TZ": "Asia/Tokyo"}
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        with duckdb.connect(str(db), read_only=True) as con:
+            weeks = con.execute(f"SELECT bucket, volume FROM t_{column} ORDER BY 1").fetchall()
+        assert [(str(b), v) for b, v in weeks] == [("2024-01-01", 10), ("2024-01-08", 27)]
+
+
+@pytest.mark.parametrize("name", ["posts", "SCORES", "latest_scores"])
+def test_trend_table_never_replaces_an_input(db, name):
+    res = _invoke(db, "--trend-table", name)
+    assert res.exit_code == 1 and "over its input" in res.output, res.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM posts").fetchone()[0] == 37

@@ -73,6 +73,8 @@ def demo_series(data: Path, weeks: int = 104) -> dict[str, np.ndarray]:
 
 
 def evaluate(origins: int, horizon: int, window: int, data: Path | None = None) -> dict:
+    import pandas as pd
+
     from marketpulse.trends.forecast import AUTO, forecast_series
 
     sets = real_series()
@@ -84,14 +86,16 @@ def evaluate(origins: int, horizon: int, window: int, data: Path | None = None) 
         result = forecast_series(series, season, window, horizon, max_origins=origins)
         bt = result.backtest
         one = bt[bt["step"] == 1].pivot(index="unique_id", columns="model", values="mae")
-        window_col = next(c for c in one.columns if c.startswith("WindowAverage"))
+        # the window average is left out of series shorter than --window before the backtest
+        window_col = next((c for c in one.columns if c.startswith("WindowAverage")), None)
+        window_mae = one[window_col] if window_col else pd.Series(np.nan, index=one.index)
         auto = bt[bt["model"] == AUTO]
         out[name] = {
             "series": len(series),
             "auto_mae": float(one[AUTO].mean()),
             "naive_mae": float(one["Naive"].mean()),
-            "window_mae": float(one[window_col].mean()),
-            "auto_le_window": int((one[AUTO] <= one[window_col] * (1 + 1e-9)).sum()),
+            "window_mae": float(window_mae.mean()),
+            "auto_le_window": int((one[AUTO] <= window_mae * (1 + 1e-9)).sum()),
             "auto_vs_naive": (one[AUTO] / one["Naive"] - 1).round(4).to_dict(),
             "worse_than_naive_se": _paired_t(result.history, series),
             "chosen": bt[bt["chosen"] & (bt["step"] == 1)]

@@ -1,31 +1,44 @@
 """Forecasts of each group's index with statsforecast, chosen and checked out of sample.
 
-For every series (one group's `net_index` per bucket; empty buckets carry the last
-value forward, buckets before the group's first row are left out):
+For every series (one group's `net_index` per bucket, NaN for an empty bucket; buckets
+before the group's first row are left out):
 
-1. **Candidates.** Naive, WindowAverage(--window), AutoETS, AutoTheta, SeasonalNaive
-   when the series holds three seasons (7 days, 12 months, 52 weeks), and AutoARIMA
-   when there are at most `ARIMA_MAX_SERIES` series: statsforecast's AutoARIMA costs
-   about 0.25 s a fit on a 133-bucket series (2 cores), against ~0.02 s for AutoETS,
-   and on the series measured it was no better than AutoETS/AutoTheta.
+0. **Empty buckets.** The models need a value in every bucket, so an empty bucket
+   carries the last value forward as model input. It is never a target: errors, the
+   choice, MAE and band coverage count only buckets that had rows (a carried value is
+   what naive predicts, so scoring it would flatter naive and shrink the bands).
+1. **Candidates.** Naive, WindowAverage(--window) when the first backtest fit sees at
+   least --window buckets (before that it has no forecast), AutoETS, AutoTheta,
+   SeasonalNaive when that fit sees two seasons (7 days, 12 months, 52 weeks), and
+   AutoARIMA when there are at most `ARIMA_MAX_SERIES` series: statsforecast's AutoARIMA
+   costs about 0.25 s a fit on a 133-bucket series (2 cores), against ~0.02 s for
+   AutoETS, and on the series measured it was no better than AutoETS/AutoTheta.
 2. **Rolling-origin backtest** (`StatsForecast.cross_validation`): every candidate
-   forecasts 1..H buckets ahead from each of the last origins. The models are fitted
-   once on the data before the first origin and then only updated with the new
-   observations (`refit=False`; Naive and WindowAverage refit, which costs nothing),
-   so no forecast ever sees its own target.
+   forecasts 1..H buckets ahead from each of the last origins. Naive, WindowAverage and
+   SeasonalNaive refit at every origin (it costs nothing). The others are fitted once, on
+   the buckets before the first origin, and then only take in the later buckets with
+   their orders and parameters fixed (`refit=False`, the models' `forward`): AutoARIMA
+   picks its order once, there. So no forecast ever sees its own target, and what is
+   measured is that one fitted model, not the whole Auto* search redone at each origin
+   (that costs ~10x for AutoETS/AutoTheta and ~20x for AutoARIMA).
 3. **Choice, evaluated honestly.** At each origin the product uses the candidate with
-   the lowest one-step MAE on the origins before it (online selection), so the skill
-   reported for "auto" is what following the product would have given, selection
-   included. The forecast for the future uses the candidate with the lowest one-step
-   MAE over all origins.
+   the lowest one-step MAE on the scored origins before it (online selection; before any
+   is scored, the window average, or naive without one), so the skill reported for
+   "auto" is what following the product would have given, selection included. The
+   forecast for the future uses the candidate with the lowest one-step MAE over all
+   origins, made the way the backtest made its forecasts (`_ship`): the shipped model is
+   the one whose errors were measured. A candidate that failed to forecast an origin is
+   left out of the choice.
 4. **Bands by split conformal prediction.** The band for step s is the forecast +/- the
    empirical 80% / 95% quantile of the chosen model's past |errors| at step s. Coverage
    is measured the same way online: each origin's band uses only errors known by then.
 5. **Short series** (too few buckets for `MIN_ORIGINS` backtest origins after
    `MIN_TRAIN` training buckets: `min_points(horizon)`) get WindowAverage without a
-   backtest, and the result says so.
+   backtest, and the result says so. A backtest row with fewer than `MIN_SCORED` scored
+   origins (a sparse series) reports its MAE as unknown (NaN, NULL in the tables).
 
-Indexes live in [-1, 1]; forecasts and bands are clamped to it.
+Indexes live in [-1, 1]; forecasts and bands are clamped to it. Unknown figures in
+`Forecasts.skill` are None, so it stays valid JSON.
 """
 
 from __future__ import annotations
@@ -45,23 +58,28 @@ LEVELS = (80, 95)
 MIN_ORIGINS = 10
 MAX_ORIGINS = 24  # backtest origins per series (the most recent ones)
 MIN_TRAIN = 8  # buckets before the first origin
+# scored origins (non-empty target buckets) an MAE needs to count: as many as a fully
+# observed series needs origins to be backtested at all
+MIN_SCORED = MIN_ORIGINS
 ARIMA_MAX_SERIES = 20
 CONFORMAL_WINDOW = 20  # most recent errors a band is calibrated on
 MIN_ERRORS = 10  # past errors needed before a conformal band (and its coverage) counts
 AUTO = "auto"
 SHORT = "WindowAverage (short series)"
+WINDOW = "WindowAverage"
+NAIVE = "Naive"
+# refit at every backtest origin, which costs nothing; the others are fitted once
+CHEAP = ("Naive", "WindowAverage", "SeasonalNaive")
 
 
 @dataclass(frozen=True)
 class Forecasts:
     future: pd.DataFrame  # unique_id, step, model, forecast, lo_80, hi_80, lo_95, hi_95
-    backtest: (
-        pd.DataFrame
-    )  # unique_id, model, step, mae, mase, coverage_80, coverage_95, points, chosen
+    backtest: pd.DataFrame  # unique_id, model, step, mae, mase, coverage_80, coverage_95, points, coverage_points, chosen
     history: (
         pd.DataFrame
     )  # unique_id, t (index of the bucket forecast from), forecast_next, low, high
-    skill: dict  # series, beat_naive, median MASE ratio (see skill_line)
+    skill: dict  # series, judged, beat_naive, median MAE ratio, ... (see _skill, skill_line)
 
 
 def min_points(horizon: int) -> int:
@@ -81,7 +99,9 @@ def require_statsforecast():
     return statsforecast
 
 
-def candidates(season: int | None, window: int, arima: bool) -> list:
+def candidates(season: int | None, window: int | None, arima: bool) -> list:
+    """The candidate models; `season` / `window` None leave SeasonalNaive / WindowAverage
+    out."""
     from statsforecast.models import (
         AutoARIMA,
         AutoETS,
@@ -91,7 +111,10 @@ def candidates(season: int | None, window: int, arima: bool) -> list:
         WindowAverage,
     )
 
-    models = [Naive(), WindowAverage(window_size=window), AutoETS(), AutoTheta()]
+    models = [Naive()]
+    if window:
+        models.append(WindowAverage(window_size=window))
+    models += [AutoETS(), AutoTheta()]
     if season:
         models.append(SeasonalNaive(season_length=season))
     if arima:
@@ -106,22 +129,31 @@ def forecast_series(
     horizon: int,
     max_origins: int = MAX_ORIGINS,
 ) -> Forecasts:
-    """Forecast every series (`{unique_id: values in bucket order}`) `horizon` buckets ahead.
+    """Forecast every series (`{unique_id: values in bucket order}`, NaN for an empty
+    bucket, the first bucket not empty) `horizon` buckets ahead.
 
     `season`: buckets per seasonal cycle (SEASONS[grain]), None for none."""
     require_statsforecast()
     futures, backtests, histories = [], [], []
-    by_origins: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
+    by_origins: dict[tuple[int, bool, bool], dict[str, np.ndarray]] = {}
     for uid, y in series.items():
+        if len(y) and np.isnan(y[0]):
+            raise ValueError(f"series {uid!r} starts with an empty bucket")
         if len(y) < min_points(horizon):
-            futures.append(_short_future(uid, y, window, horizon))
+            futures.append(_short_future(uid, _filled(y), window, horizon))
             continue
         origins = min(max_origins, len(y) - MIN_TRAIN - horizon + 1)
-        # the first backtest fit sees len - origins - horizon + 1 buckets
-        seasonal = bool(season) and len(y) - origins - horizon + 1 >= 2 * season
-        by_origins.setdefault((origins, seasonal), {})[uid] = y
-    for (origins, seasonal), group in by_origins.items():
-        models = candidates(season if seasonal else None, window, len(series) <= ARIMA_MAX_SERIES)
+        first = _first_fit(len(y), origins, horizon)
+        # a candidate joins only where it can forecast every origin
+        seasonal = bool(season) and first >= 2 * season
+        windowed = first >= window
+        by_origins.setdefault((origins, seasonal, windowed), {})[uid] = y
+    for (origins, seasonal, windowed), group in by_origins.items():
+        models = candidates(
+            season if seasonal else None,
+            window if windowed else None,
+            len(series) <= ARIMA_MAX_SERIES,
+        )
         f, b, h = _backtest_and_forecast(group, models, origins, horizon)
         futures.append(f)
         backtests.append(b)
@@ -129,8 +161,19 @@ def forecast_series(
     future = pd.concat(futures, ignore_index=True) if futures else _empty_future()
     backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame()
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-    skill = {**_skill(backtest, len(series)), "min_points": min_points(horizon)}
+    skill = {**_skill(backtest, len(series), window), "min_points": min_points(horizon)}
     return Forecasts(future, backtest, history, skill)
+
+
+def _first_fit(n: int, origins: int, horizon: int) -> int:
+    """Buckets before the first backtest origin: what the once-fitted models see."""
+    return n - origins - horizon + 1
+
+
+def _filled(y: np.ndarray) -> np.ndarray:
+    """Model input: empty buckets carry the last value forward (the models need a value
+    in every bucket; a bucket without rows says nothing new about the index)."""
+    return pd.Series(y, dtype=float).ffill().to_numpy(float)
 
 
 def _frame(group: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -145,7 +188,7 @@ def _frame(group: dict[str, np.ndarray]) -> pd.DataFrame:
 
 def _cross_validate(sf_cls, models, df, h: int, origins: int) -> pd.DataFrame:
     """One frame of backtest forecasts: the cheap models refit, the others update."""
-    cheap = [m for m in models if type(m).__name__ in ("Naive", "WindowAverage", "SeasonalNaive")]
+    cheap = [m for m in models if repr(m) in CHEAP]
     fitted = [m for m in models if m not in cheap]
     kwargs = {"df": df, "h": h, "n_windows": origins, "step_size": 1}
     out = sf_cls(models=cheap, freq=1, n_jobs=1).cross_validation(**kwargs, refit=True)
@@ -156,30 +199,31 @@ def _cross_validate(sf_cls, models, df, h: int, origins: int) -> pd.DataFrame:
     return out
 
 
+def _ship(model, y: np.ndarray, first: int, horizon: int) -> np.ndarray:
+    """`model`'s forecast of the next `horizon` buckets, made as `_cross_validate` made
+    its backtest forecasts, so what ships is what was measured: a cheap model refits on
+    the whole series; the others are fitted on the `first` buckets before the first origin
+    (AutoARIMA's order included) and take in the rest with `forward`. A full refit here
+    could pick another model (another ARIMA order) than the one backtested."""
+    if repr(model) in CHEAP:
+        return model.forecast(y=y, h=horizon)["mean"]
+    return model.new().fit(y=y[:first]).forward(y=y, h=horizon)["mean"]
+
+
 def _backtest_and_forecast(group, models, origins: int, horizon: int):
     from statsforecast import StatsForecast
 
-    names = [repr(m) for m in models]
-    df = _frame(group)
+    filled = {uid: _filled(y) for uid, y in group.items()}
+    df = _frame(filled)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from the Auto* searches
         one = _cross_validate(StatsForecast, models, df, 1, origins + horizon - 1)
         many = _cross_validate(StatsForecast, models, df, horizon, origins)
-        future = StatsForecast(models=models, freq=1, n_jobs=1).forecast(df=df, h=horizon)
-    future["step"] = (
-        future["ds"] - df.groupby("unique_id")["ds"].max().reindex(future["unique_id"]).to_numpy()
-    )
-    futures, backtests, histories = [], [], []
-    for uid, y in group.items():
-        scale = np.mean(np.abs(np.diff(y[: len(y) - origins - horizon + 1]))) or np.nan
-        cv1 = one[one["unique_id"] == uid].sort_values("cutoff")
-        errors1 = {m: _errors(cv1[m], cv1["y"]) for m in names}
-        best = min(names, key=lambda m: errors1[m].mean())
-        online = _online_choice(errors1, names)
-        histories.append(_history(uid, cv1, online, errors1))
-        cvh = many[many["unique_id"] == uid]
-        backtests.append(_metrics(uid, cvh, names, best, online, cv1, scale, horizon))
-        futures.append(_future(uid, future[future["unique_id"] == uid], best, cvh))
+        parts = [
+            _one_series(uid, y, filled[uid], models, one, many, origins, horizon)
+            for uid, y in group.items()
+        ]
+    futures, backtests, histories = zip(*parts, strict=True)
     return (
         pd.concat(futures, ignore_index=True),
         pd.concat(backtests, ignore_index=True),
@@ -187,32 +231,79 @@ def _backtest_and_forecast(group, models, origins: int, horizon: int):
     )
 
 
-def _errors(pred, actual) -> np.ndarray:
-    """Absolute errors; a missing (NaN) forecast counts as infinitely wrong, so a model
-    that could not forecast an origin is never chosen on it."""
-    err = np.abs(np.asarray(pred, float) - np.asarray(actual, float))
-    return np.where(np.isnan(err), np.inf, err)
+def _one_series(uid, y, filled, models, one, many, origins: int, horizon: int):
+    """One series' shipped forecast, backtest rows and one-step history."""
+    names = [repr(m) for m in models]
+    observed = ~np.isnan(y)
+    first = _first_fit(len(y), origins, horizon)
+    cv1 = one[one["unique_id"] == uid].sort_values("cutoff")
+    errors1 = {m: _errors(cv1, m, observed) for m in names}
+    # a candidate that failed to forecast an origin is left out of the choice
+    eligible = [m for m in names if np.isfinite(cv1[m].to_numpy(float)).all()]
+    default = WINDOW if WINDOW in eligible else NAIVE
+    online = _online_choice(errors1, eligible, default)
+    best = _pick(errors1, eligible, len(cv1), default)
+    cvh = many[many["unique_id"] == uid]
+    scale = _naive_scale(y, filled, first)
+    forecast = _ship(models[names.index(best)], filled, first, horizon)
+    return (
+        _future(uid, forecast, best, cvh, observed),
+        _metrics(
+            uid,
+            cvh,
+            names,
+            best,
+            dict(zip(cv1["cutoff"], online, strict=True)),
+            observed,
+            scale,
+            horizon,
+        ),
+        _history(uid, cv1, online, errors1),
+    )
 
 
-def _online_choice(errors: dict[str, np.ndarray], names: list[str]) -> list[str]:
-    """Per origin, the model with the lowest mean one-step error on the origins before it
-    (the first origin, with no past, takes the window average)."""
-    stacked = np.vstack([errors[m] for m in names])  # (models, origins)
-    past = np.cumsum(stacked, axis=1) - stacked
-    choice = [names[int(np.argmin(past[:, k]))] if k else names[1] for k in range(stacked.shape[1])]
-    return choice
+def _errors(cv: pd.DataFrame, model: str, observed: np.ndarray) -> np.ndarray:
+    """|forecast - actual| per backtest row, NaN (not scored) where the target bucket was
+    empty: its value is only the previous one carried forward, which naive predicts for
+    free; or where the model gave no forecast."""
+    err = np.abs(cv[model].to_numpy(float) - cv["y"].to_numpy(float))
+    return np.where(observed[cv["ds"].to_numpy(int)], err, np.nan)
+
+
+def _pick(errors: dict[str, np.ndarray], eligible: list[str], k: int, default: str) -> str:
+    """The eligible model with the lowest mean error over the scored origins before `k`
+    (all eligible models forecast every origin, so they are compared on the same ones);
+    `default` before any origin is scored."""
+    past = np.vstack([errors[m][:k] for m in eligible])
+    past = past[:, ~np.isnan(past).any(axis=0)]
+    return eligible[int(np.argmin(past.mean(axis=1)))] if past.shape[1] else default
+
+
+def _online_choice(errors: dict[str, np.ndarray], eligible: list[str], default: str) -> list[str]:
+    """Per origin, the model `_pick` chooses from the origins before it."""
+    n = len(errors[eligible[0]])
+    return [_pick(errors, eligible, k, default) for k in range(n)]
 
 
 def _quantile(errors: np.ndarray, level: int) -> float:
-    """Split-conformal quantile of the last CONFORMAL_WINDOW |errors|: the ceil((n+1) p)-th
-    smallest (inf when there are too few). Recent errors only, because a series' error
-    scale drifts (and early origins' choices are the least informed)."""
-    errors = errors[-CONFORMAL_WINDOW:]
+    """Split-conformal quantile of the last CONFORMAL_WINDOW scored |errors| (NaN ones are
+    skipped): the ceil((n+1) p)-th smallest (inf when there are too few). Recent errors
+    only, because a series' error scale drifts (and early origins' choices are the least
+    informed)."""
+    errors = errors[~np.isnan(errors)][-CONFORMAL_WINDOW:]
     n = len(errors)
     k = int(np.ceil((n + 1) * level / 100))
     if n < MIN_ERRORS or k > n:
         return np.inf
     return float(np.sort(errors)[k - 1])
+
+
+def _naive_scale(y: np.ndarray, filled: np.ndarray, first: int) -> float:
+    """MASE's denominator: naive's in-sample one-step MAE before the first origin, on
+    non-empty target buckets; NaN when there is none, or it is 0."""
+    err = np.abs(y[1:first] - filled[: first - 1])
+    err = err[~np.isnan(err)]
+    return float(err.mean()) if len(err) and err.mean() > 0 else np.nan
 
 
 def _history(uid, cv1, online, errors1) -> pd.DataFrame:
@@ -227,37 +318,30 @@ def _history(uid, cv1, online, errors1) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["unique_id", "t", "forecast_next", "low", "high"])
 
 
-def _metrics(uid, cvh, names, best, online, cv1, scale, horizon) -> pd.DataFrame:
-    """MAE, MASE and online conformal coverage per model and step; `auto` is the product."""
+def _metrics(uid, cvh, names, best, auto_by_cutoff, observed, scale, horizon) -> pd.DataFrame:
+    """MAE, MASE and online conformal coverage per model and step, on scored origins
+    only; `auto` is the product (its pick per cutoff: `auto_by_cutoff`)."""
     cutoffs = sorted(cvh["cutoff"].unique())
-    one_cut = cv1["cutoff"].to_numpy()
-    auto_by_cutoff = dict(zip(one_cut, online, strict=True))
     rows = []
-    for model in [*names, AUTO]:
-        for step in range(1, horizon + 1):
-            at = cvh[cvh["step"] == step].set_index("cutoff").loc[cutoffs]
-            errs = {m: _errors(at[m], at["y"]) for m in names}
+    for step in range(1, horizon + 1):
+        at = cvh[cvh["step"] == step].set_index("cutoff").loc[cutoffs]
+        errs = {m: _errors(at, m, observed) for m in names}
+        for model in [*names, AUTO]:
             pick = [auto_by_cutoff[c] for c in cutoffs] if model == AUTO else [model] * len(cutoffs)
             err = np.array([errs[m][k] for k, m in enumerate(pick)])
-            covered = {level: [] for level in LEVELS}
-            for k, m in enumerate(pick):
-                # the band shipped at origin k: model m's errors at this step whose
-                # targets were known by then
-                known = errs[m][: max(0, k - step + 1)]
-                for level in LEVELS:
-                    q = _quantile(known, level)
-                    if np.isfinite(q):
-                        covered[level].append(err[k] <= q)
+            covered = _coverage(errs, pick, err, step)
+            scored = err[~np.isnan(err)]
+            mae = float(scored.mean()) if len(scored) >= MIN_SCORED else np.nan
             rows.append(
                 {
                     "unique_id": uid,
                     "model": model,
                     "step": step,
-                    "mae": float(err.mean()),
-                    "mase": float(err.mean() / scale) if scale == scale else np.nan,
+                    "mae": mae,
+                    "mase": mae / scale,  # NaN when either is unknown
                     "coverage_80": float(np.mean(covered[80])) if covered[80] else np.nan,
                     "coverage_95": float(np.mean(covered[95])) if covered[95] else np.nan,
-                    "points": len(err),
+                    "points": len(scored),
                     "coverage_points": len(covered[80]),
                     "chosen": model == best,
                 }
@@ -265,14 +349,27 @@ def _metrics(uid, cvh, names, best, online, cv1, scale, horizon) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _future(uid, fc, best, cvh) -> pd.DataFrame:
+def _coverage(errs, pick, err, step: int) -> dict[int, list[bool]]:
+    """Per level, whether each scored origin's actual fell inside the band shipped there:
+    model m's errors at this step whose targets were known by then."""
+    covered: dict[int, list[bool]] = {level: [] for level in LEVELS}
+    for k, m in enumerate(pick):
+        if np.isnan(err[k]):
+            continue  # an empty target bucket: nothing to check
+        known = errs[m][: max(0, k - step + 1)]
+        for level in LEVELS:
+            q = _quantile(known, level)
+            if np.isfinite(q):
+                covered[level].append(bool(err[k] <= q))
+    return covered
+
+
+def _future(uid, forecast: np.ndarray, best: str, cvh, observed) -> pd.DataFrame:
     rows = []
-    for _, row in fc.sort_values("step").iterrows():
-        step = int(row["step"])
+    for step, f in enumerate(np.asarray(forecast, float), start=1):
         at = cvh[cvh["step"] == step].sort_values("cutoff")
-        err = _errors(at[best], at["y"])
-        f = float(row[best])
-        out = {"unique_id": uid, "step": step, "model": best, "forecast": f}
+        err = _errors(at, best, observed)
+        out = {"unique_id": uid, "step": step, "model": best, "forecast": float(f)}
         for level in LEVELS:
             q = _quantile(err, level)
             out[f"lo_{level}"] = f - q if np.isfinite(q) else np.nan
@@ -306,32 +403,40 @@ def _clamp(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _skill(backtest: pd.DataFrame, n_series: int) -> dict:
-    """How the product's one-step forecasts ("auto") compare with naive, per series."""
+def _skill(backtest: pd.DataFrame, n_series: int, window: int) -> dict:
+    """How the product's one-step forecasts ("auto") compare with naive and the window
+    average, per series with enough scored origins to judge ("judged"). Unknown figures
+    are None (this dict goes out as JSON, where NaN is not allowed)."""
     if backtest.empty:
         return {"series": n_series, "backtested": 0}
     one = backtest[backtest["step"] == 1].pivot(index="unique_id", columns="model", values="mae")
-    naive, auto = one["Naive"], one[AUTO]
-    window = one[[c for c in one.columns if c.startswith("WindowAverage")][0]]
+    judged = one[one[AUTO].notna() & one[NAIVE].notna()]
+    naive, auto = judged[NAIVE], judged[AUTO]
+    # series whose first backtest fit saw fewer than --window buckets have no window average
+    window_mae = judged[WINDOW] if WINDOW in judged else pd.Series(np.nan, index=judged.index)
+    with_window = window_mae.notna()
     ratio = (auto / naive).replace([np.inf, -np.inf], np.nan).dropna()
-    auto_cov = backtest[(backtest["model"] == AUTO)]
-    checks = auto_cov["coverage_points"]
-
-    def pooled(col: str) -> float:  # weighted by the checks each rate rests on
-        ok = auto_cov[col].notna()
-        return (
-            float((auto_cov[col][ok] * checks[ok]).sum() / checks[ok].sum()) if ok.any() else np.nan
-        )
-
+    auto_rows = backtest[backtest["model"] == AUTO]
     return {
         "series": n_series,
         "backtested": len(one),
+        "judged": len(judged),
         "beat_naive": int((auto < naive).sum()),
-        "beat_window": int((auto <= window).sum()),
+        "with_window": int(with_window.sum()),
+        "beat_window": int((auto[with_window] <= window_mae[with_window]).sum()),
+        "no_window": len(one) - backtest.loc[backtest["model"] == WINDOW, "unique_id"].nunique(),
+        "window": window,
         "mae_ratio_naive": float(ratio.median()) if len(ratio) else None,
-        "coverage_80": pooled("coverage_80"),
-        "coverage_95": pooled("coverage_95"),
+        "coverage_80": _pooled(auto_rows, "coverage_80"),
+        "coverage_95": _pooled(auto_rows, "coverage_95"),
     }
+
+
+def _pooled(rows: pd.DataFrame, col: str) -> float | None:
+    """A coverage rate over all series and steps, weighted by the checks each rests on."""
+    ok = rows[col].notna()
+    checks = rows["coverage_points"][ok]
+    return float((rows[col][ok] * checks).sum() / checks.sum()) if ok.any() else None
 
 
 def skill_line(skill: dict) -> str:
@@ -343,21 +448,57 @@ def skill_line(skill: dict) -> str:
             f"forecasts: no series has {skill['min_points']} buckets yet, so none was backtested; "
             "the forecast is the window average and its skill is unknown"
         )
-    ratio = skill["mae_ratio_naive"]
-    better = (1 - ratio) * 100 if ratio is not None else float("nan")
-    verdict = (
-        f"beat naive by {better:.0f}% (median one-step MAE ratio)"
-        if better > 0
-        else f"do not beat naive (median one-step MAE {-better:.0f}% worse)"
-    )
-    cov80, cov95 = skill["coverage_80"], skill["coverage_95"]
-    bands = (
-        f"bands covered {cov80:.0%} (80%) and {cov95:.0%} (95%) out of sample"
-        if cov80 == cov80 and cov95 == cov95  # not NaN
-        else f"band coverage not measured yet (needs {MIN_ERRORS} past errors before an origin)"
-    )
-    return (
-        f"forecasts {verdict}; better than naive on {skill['beat_naive']} of "
-        f"{skill['backtested']} backtested series, at or below the window average on "
-        f"{skill['beat_window']}; {bands}"
-    )
+    if not skill["judged"]:
+        return (
+            f"forecasts: skill unknown; none of the {skill['backtested']} backtested series has "
+            f"{MIN_SCORED} non-empty buckets among its backtest targets"
+        )
+    return f"forecasts {_verdict(skill['mae_ratio_naive'])}; {_counts(skill)}; {_bands(skill)}"
+
+
+def _verdict(ratio: float | None) -> str:
+    if ratio is None:  # naive was exact on every judged series
+        return "cannot be compared with naive (its one-step MAE is 0)"
+    better = (1 - ratio) * 100
+    if better > 0:
+        return f"beat naive by {better:.0f}% (median one-step MAE ratio)"
+    return f"do not beat naive (median one-step MAE {-better:.0f}% worse)"
+
+
+def _counts(skill: dict) -> str:
+    out = f"better than naive on {skill['beat_naive']} of {skill['judged']} judged series"
+    unjudged = skill["backtested"] - skill["judged"]
+    if unjudged:
+        out += (
+            f" ({unjudged} more backtested with fewer than {MIN_SCORED} non-empty target "
+            "buckets: skill unknown)"
+        )
+    if skill["with_window"]:
+        out += (
+            f", at or below the window average on {skill['beat_window']} of {skill['with_window']}"
+        )
+    if skill["no_window"]:
+        out += (
+            f"; the window average was left out on {skill['no_window']} series (--window "
+            f"{skill['window']} is longer than the buckets before their first backtest origin)"
+        )
+    return out
+
+
+def _bands(skill: dict) -> str:
+    known = {lv: skill[f"coverage_{lv}"] for lv in LEVELS if skill[f"coverage_{lv}"] is not None}
+    if not known:
+        return f"band coverage not measured yet (needs {MIN_ERRORS} past errors before an origin)"
+    rates = " and ".join(f"{rate:.0%} ({lv}%)" for lv, rate in known.items())
+    out = f"bands covered {rates} out of sample"
+    for lv in sorted(set(LEVELS) - set(known)):
+        out += f"; the {lv}% band not measured yet (needs {_errors_needed(lv)} past errors)"
+    return out
+
+
+def _errors_needed(level: int) -> int:
+    """Past errors a `level`% band needs (`_quantile`)."""
+    n = MIN_ERRORS
+    while np.ceil((n + 1) * level / 100) > n:
+        n += 1
+    return n

@@ -23,21 +23,22 @@ import pandas as pd
 
 from marketpulse.sql import quote_ident
 from marketpulse.trends import forecast
-from marketpulse.trends.queries import steps_sql, table_name
-
-
-def forecast_table_name(source: str, grain: str) -> str:
-    return table_name("forecast", source, grain)
-
-
-def backtest_table_name(source: str, grain: str) -> str:
-    return table_name("forecast_backtest", source, grain)
+from marketpulse.trends.queries import steps_sql
 
 
 def write_forecasts(
-    con, *, table: str, source: str, by: tuple[str, ...], grain: str, window: int, horizon: int
-) -> tuple[str, str, dict]:
-    """Forecast every group of `table`; return (forecast table, backtest table, skill)."""
+    con,
+    *,
+    table: str,
+    forecast_table: str,
+    backtest_table: str,
+    by: tuple[str, ...],
+    grain: str,
+    window: int,
+    horizon: int,
+) -> dict:
+    """Forecast every group of `table` into `forecast_table` and `backtest_table`; fill
+    the trend table's forecast columns; return the skill summary."""
     groups = [quote_ident(c) for c in by]
     t = quote_ident(table)
     match = " AND ".join(f"t.{g} IS NOT DISTINCT FROM k.{g}" for g in groups) or "true"
@@ -61,9 +62,8 @@ def write_forecasts(
         f"FROM {t} AS t JOIN _trend_groups AS k ON {match} GROUP BY k._gid"
     )
     k_cols = "".join(f"k.{g}, " for g in groups)
-    f_name = forecast_table_name(source, grain)
     con.execute(
-        f"CREATE OR REPLACE TABLE {quote_ident(f_name)} AS SELECT {k_cols}"
+        f"CREATE OR REPLACE TABLE {quote_ident(forecast_table)} AS SELECT {k_cols}"
         f"CAST(l.last_bucket + {steps_sql(grain, 'CAST(f.step AS INTEGER)')} AS DATE) AS bucket, "
         "CAST(f.step AS INTEGER) AS step, f.model, f.forecast, f.lo_80, f.hi_80, f.lo_95, f.hi_95 "
         "FROM _future AS f JOIN _trend_groups AS k USING (_gid) JOIN _last AS l USING (_gid) "
@@ -71,7 +71,6 @@ def write_forecasts(
     )
     con.unregister("_future")
 
-    b_name = backtest_table_name(source, grain)
     backtest = result.backtest
     if backtest.empty:
         backtest = pd.DataFrame(
@@ -80,7 +79,7 @@ def write_forecasts(
     backtest = backtest.assign(_gid=backtest["unique_id"].astype(int)).drop(columns="unique_id")
     con.register("_backtest", backtest)
     con.execute(
-        f"CREATE OR REPLACE TABLE {quote_ident(b_name)} AS SELECT {k_cols}b.model, "
+        f"CREATE OR REPLACE TABLE {quote_ident(backtest_table)} AS SELECT {k_cols}b.model, "
         "CAST(b.step AS INTEGER) AS step, b.mae, b.mase, b.coverage_80, b.coverage_95, "
         "CAST(b.points AS INTEGER) AS points, CAST(b.coverage_points AS INTEGER) AS "
         "coverage_points, b.chosen "
@@ -98,7 +97,7 @@ def write_forecasts(
         f"ORDER BY {''.join(f't.{g}, ' for g in groups)}t.bucket"
     )
     con.unregister("_history")
-    return f_name, b_name, result.skill
+    return result.skill
 
 
 _FORECAST_COLUMNS = ("forecast_next", "forecast_low", "forecast_high")
@@ -121,8 +120,9 @@ def _has_forecast(con, table: str) -> bool:
 
 
 def _series(rows) -> tuple[dict[str, np.ndarray], dict[str, list[date]]]:
-    """Per group: its index from its first non-empty bucket on, empty buckets carrying the
-    last value forward (a bucket without posts says nothing new about the index)."""
+    """Per group: its index from its first non-empty bucket on, NaN for an empty bucket.
+    Left NaN here so that `forecast` can tell them apart: it carries the last value
+    forward as model input, but scores forecasts only on buckets that had rows."""
     values: dict[str, list] = {}
     dates: dict[str, list] = {}
     for gid, bucket, index in rows:
@@ -131,7 +131,7 @@ def _series(rows) -> tuple[dict[str, np.ndarray], dict[str, list[date]]]:
             continue  # before the group's first row
         values.setdefault(uid, []).append(np.nan if index is None else index)
         dates.setdefault(uid, []).append(bucket)
-    series = {uid: pd.Series(v).ffill().to_numpy(float) for uid, v in values.items()}
+    series = {uid: np.array(v, dtype=float) for uid, v in values.items()}
     return series, dates
 
 

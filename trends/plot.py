@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.trends.report import group_text
 
 MAX_PANELS = 12
 COLUMNS = 3
@@ -93,7 +94,8 @@ def plot_trends(
 
 
 def _key(row: dict[str, Any], by: tuple[str, ...]) -> str:
-    return " / ".join(str(row[c]) for c in by) or "all"
+    """The panel title: "all" only for a table without groups, never for an empty value."""
+    return " / ".join(group_text(row[c]) for c in by) if by else "all"
 
 
 def _panel(ax, key: str, points: list[dict[str, Any]], fan: list[dict[str, Any]]) -> None:

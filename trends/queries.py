@@ -7,6 +7,10 @@ Two objects are built, both queryable from any SQL client:
 - `trend_<source>_<grain>` (a TABLE, rebuilt on each run): one row per group x time
   bucket, every bucket from the first to the last one present, empty ones included.
 
+Buckets are cut at UTC: `bucket_sql` expects the connection's TimeZone to be 'UTC'
+(the stage sets it), so a TIMESTAMPTZ or an ISO text with an offset lands in the bucket
+of its UTC instant on every machine.
+
 This module only builds SQL text. Identifiers pass through `marketpulse.sql`; label
 values travel as bound parameters.
 """
@@ -21,6 +25,9 @@ from marketpulse.sql import quote_ident, quote_table
 
 GRAINS = ("day", "week", "month")
 MAX_WINDOW = 104  # the p-value SQL grows with the window (one branch per degree of freedom)
+# Non-empty trailing buckets a z-score needs: with 2, t has 1 degree of freedom and a flag
+# at alpha 0.01 would need |z| >= 64, so a shorter window could never flag anything.
+MIN_HISTORY = 3
 
 # Columns the trend table adds; a --by column with one of these names would collide.
 TREND_COLUMNS = (
@@ -63,11 +70,31 @@ def trend_table_name(source: str, grain: str) -> str:
     return table_name("trend", source, grain)
 
 
+# The tables that depend on a trend table, named after it.
+DEPENDENT_KINDS = ("forecast", "forecast_backtest", "trend_drivers")
+
+
+def dependent_tables(trend_table: str) -> dict[str, str]:
+    """{kind: table} of the tables explaining `trend_table`: `<kind>_<rest>`, where rest is
+    the trend table's name without its `trend_` prefix. The default trend_posts_week gives
+    forecast_posts_week, forecast_backtest_posts_week and trend_drivers_posts_week, and a
+    second --trend-table gets its own set instead of overwriting the first one's."""
+    rest = trend_table[len("trend_") :] if trend_table.lower().startswith("trend_") else ""
+    return {kind: f"{kind}_{rest or trend_table}" for kind in DEPENDENT_KINDS}
+
+
 def bucket_sql(grain: str, column_sql: str) -> str:
-    """The bucket (a DATE) of a date/timestamp expression: start of its day/week/month."""
+    """The bucket (a DATE) of a date/timestamp expression: start of its UTC day/week/month.
+
+    Everything goes through TIMESTAMPTZ, read with the connection's TimeZone set to 'UTC':
+    a TIMESTAMPTZ keeps its instant, ISO text with an offset ('...T12:00+14:00') is read
+    at its instant (a plain cast to TIMESTAMP would drop the offset), and a DATE, a
+    TIMESTAMP or text without an offset is taken as UTC wall-clock time, unchanged.
+    """
     if grain not in GRAINS:
         raise ValueError(f"grain must be one of {GRAINS}")
-    return f"CAST(date_trunc('{grain}', CAST({column_sql} AS TIMESTAMP)) AS DATE)"
+    utc = f"CAST(CAST({column_sql} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"CAST(date_trunc('{grain}', {utc}) AS DATE)"
 
 
 def steps_sql(grain: str, n_sql: str) -> str:
@@ -146,11 +173,20 @@ def trend_table_sql(
 
     Parameters, in order: one label per `labels` entry (the n_<label> counts), then the
     positive label and the negative label.
+
+    z_score = (net_index - trailing_mean) / sqrt(V), with V = the trailing variance of
+    net_index (floored, below) x (1 + 1/n) + the extra sampling variance of this bucket
+    over a trailing one. Under "no shift" this bucket is drawn at the trailing rate, so
+    its sampling variance is the per-row variance at the trailing window's pooled label
+    shares, s2 = (p_pos + p_neg) - (p_pos - p_neg)^2, over its volume; the extra is
+    s2 x (1/volume - mean(1/volume) of the trailing buckets), never below 0. The bucket's
+    own shares would give a one-post bucket (every row one label) a variance of 0.
+    The forecast_* columns are NULL here; `forecast_tables.write_forecasts` fills them.
     """
     if grain not in GRAINS:
         raise ValueError(f"grain must be one of {GRAINS}")
-    if not 2 <= window <= MAX_WINDOW:
-        raise ValueError(f"window must be 2 to {MAX_WINDOW}")
+    if not MIN_HISTORY <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be {MIN_HISTORY} to {MAX_WINDOW}")
     step = f"INTERVAL 1 {grain.upper()}"
     groups = [quote_ident(c) for c in by]
     g_sel = "".join(f"src.{g} AS {g}, " for g in groups)
@@ -171,7 +207,6 @@ def trend_table_sql(
         f"AS {quote_ident('share_' + sanitize(lab))}, "
         for lab in labels
     )
-    min_history = min(3, window)
     w_roll = f"({part}ORDER BY bucket ROWS BETWEEN {window - 1} PRECEDING AND CURRENT ROW)"
     w_trail = f"({part}ORDER BY bucket ROWS BETWEEN {window} PRECEDING AND 1 PRECEDING)"
     w_prev = f"({part}ORDER BY bucket)"
@@ -213,7 +248,8 @@ indexed AS (
            (_pos - _neg) / nullif(volume, 0) AS net_index,
            -- standard error of this bucket's index: each row scores +1, 0 or -1
            sqrt(((_pos + _neg) / nullif(volume, 0)
-                 - ((_pos - _neg) / nullif(volume, 0)) ** 2) / nullif(volume, 0)) AS _se
+                 - ((_pos - _neg) / nullif(volume, 0)) ** 2) / nullif(volume, 0)) AS _se,
+           1.0 / nullif(volume, 0) AS _inv_volume
     FROM filled
 ),
 windowed AS (
@@ -223,25 +259,38 @@ windowed AS (
            avg(net_index) OVER {w_trail} AS trailing_mean,
            var_samp(net_index) OVER {w_trail} AS _trail_var,
            avg(_se * _se) OVER {w_trail} AS _trail_sv,
-           count(net_index) OVER {w_trail} AS _trail_n
+           count(net_index) OVER {w_trail} AS _trail_n,
+           sum(_pos) OVER {w_trail} / nullif(sum(volume) OVER {w_trail}, 0) AS _trail_pos,
+           sum(_neg) OVER {w_trail} / nullif(sum(volume) OVER {w_trail}, 0) AS _trail_neg,
+           avg(_inv_volume) OVER {w_trail} AS _trail_inv_volume
     FROM indexed
+),
+pooled AS (
+    -- per-row variance of the score (+1, 0, -1) at the trailing window's pooled shares
+    SELECT *, _trail_pos + _trail_neg - (_trail_pos - _trail_neg) ** 2 AS _trail_row_var
+    FROM windowed
 ),
 scored AS (
     SELECT *,
-           CASE WHEN _trail_n >= {min_history} THEN
+           CASE WHEN _trail_n >= {MIN_HISTORY} THEN
                -- prediction error over its standard error: the trailing spread (with the
-               -- mean's own error) plus the extra sampling error of a thinner bucket
+               -- mean's own error) plus the extra sampling error of a thinner bucket, at
+               -- the trailing rate (the null), not at this bucket's own shares
                (net_index - trailing_mean) / nullif(sqrt(
                    greatest(_trail_var, {SPREAD_FLOOR**2!r} * _trail_sv) * (1 + 1.0 / _trail_n)
-                   + greatest(_se * _se - _trail_sv, 0)), 0)
+                   + greatest(_trail_row_var * (_inv_volume - _trail_inv_volume), 0)), 0)
            END AS z_score
-    FROM windowed
+    FROM pooled
 )
 SELECT {g_list}bucket, volume, {", ".join(quote_ident("n_" + sanitize(lab)) for lab in labels)},
        {", ".join(quote_ident("share_" + sanitize(lab)) for lab in labels)},
        net_index, index_rolling, index_change, trailing_mean, z_score,
-       {t_p_value_sql("z_score", "_trail_n - 1", range(min_history - 1, window))} AS p_value,
-       coalesce(p_value <= {float(alpha)!r}, false) AS is_shift
+       {t_p_value_sql("z_score", "_trail_n - 1", range(MIN_HISTORY - 1, window))} AS p_value,
+       coalesce(p_value <= {float(alpha)!r}, false) AS is_shift,
+       -- documented columns even without forecasts (--horizon 0), so queries keep working
+       CAST(NULL AS DOUBLE) AS forecast_next,
+       CAST(NULL AS DOUBLE) AS forecast_low,
+       CAST(NULL AS DOUBLE) AS forecast_high
 FROM scored
 ORDER BY {g_list}bucket
 """

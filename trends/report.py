@@ -23,6 +23,7 @@ def summary(result) -> dict[str, Any]:
         "negative": result.negative,
         "rows": result.n_rows,
         "buckets": result.n_buckets,
+        "null_time_rows": result.null_time_rows,
         "latest": [plain(r) for r in result.latest],
         "flagged": [plain(r) for r in result.flagged],
         "outputs": {k: str(v) for k, v in result.outputs.items()},
@@ -49,13 +50,17 @@ def format_report(result, max_flagged: int = 20) -> str:
             if result.forecast_table
             else ""
         ),
-        "",
-        f"Latest {result.grain} per group:",
     ]
+    if result.null_time_rows:
+        lines.append(
+            f"left out: {result.null_time_rows:,} scored rows with a NULL "
+            f"{result.time_col or 'time column'}"
+        )
+    lines += ["", f"Latest {result.grain} per group:"]
     head = [*result.by, "bucket", "volume", "index", "rolling", "change", "z", "next [interval]"]
     rows = [
         [
-            *(str(r[c]) for c in result.by),
+            *(group_text(r[c]) for c in result.by),
             str(r["bucket"]),
             str(r["volume"]),
             _num(r["net_index"]),
@@ -76,7 +81,7 @@ def format_report(result, max_flagged: int = 20) -> str:
     head = [*result.by, "bucket", "volume", "index", "trailing mean", "z"]
     rows = [
         [
-            *(str(r[c]) for c in result.by),
+            *(group_text(r[c]) for c in result.by),
             str(r["bucket"]),
             str(r["volume"]),
             _num(r["net_index"]),
@@ -108,7 +113,7 @@ def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]
             for r in result.drivers
             if r["bucket"] == shift["bucket"] and tuple(r[c] for c in result.by) == group
         ]
-        where = " / ".join(map(str, group)) + (" " if group else "") + str(shift["bucket"])
+        where = " / ".join(map(group_text, group)) + (" " if group else "") + str(shift["bucket"])
         if not rows:
             lines.append(f"  {where}: no term stands out")
             continue
@@ -120,6 +125,14 @@ def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]
             text = text if len(text) <= MAX_EXAMPLE else text[: MAX_EXAMPLE - 3] + "..."
             lines.append(f'    e.g. "{text}"')
     return lines
+
+
+def group_text(value) -> str:
+    """A --by value as printed: NULL and the empty string must not read as a value
+    (`None`) or as nothing, and neither as the total of a table without groups."""
+    if value is None:
+        return "(null)"
+    return "(empty)" if value == "" else str(value)
 
 
 def _num(value, signed: bool = False) -> str:

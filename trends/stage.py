@@ -2,8 +2,10 @@
 
 `run(TrendsConfig)` reads the results tables the scorer writes (`scores`, `models`),
 creates or refreshes the `latest_<scores>` view and the `trend_<source>_<grain>` table
-(see `queries.py`), and returns a `TrendsResult` with the latest bucket per group and
-the flagged shifts. It needs duckdb and pyarrow only; matplotlib is imported by
+(see `queries.py`) with the tables that depend on it (forecasts, backtest, drivers: named
+after it by `queries.dependent_tables`, dropped when the run does not build them), all in
+one transaction, and returns a `TrendsResult` with the latest bucket per group and the
+flagged shifts. It needs duckdb and pyarrow only; matplotlib is imported by
 `plot.py` when a picture is asked for.
 """
 
@@ -17,13 +19,18 @@ from typing import Any
 import duckdb
 
 from marketpulse.errors import MarketpulseError, first_line
-from marketpulse.results_schema import MODELS, SCORES, sanitize
+from marketpulse.results_schema import MODELS, RUNS, SCORES, sanitize
 from marketpulse.sql import connect, quote_ident, quote_table, require_columns, table_columns
 from marketpulse.trends import queries
 
 POSITIVE_DEFAULTS = ("positive", "bullish")
 NEGATIVE_DEFAULTS = ("negative", "bearish")
-TIME_TYPES = ("DATE", "TIMESTAMP", "VARCHAR")
+TIME_TYPES = ("DATE", "TIMESTAMP", "VARCHAR")  # VARCHAR: ISO-8601 text, cast at its UTC instant
+TIME_KINDS = "DATE, TIMESTAMP, TIMESTAMPTZ or ISO-8601 text"  # what --time-col takes, for messages
+# scores.id joins a source id of the same family; across families DuckDB casts every value
+# (text to a number) and fails on the first that does not convert
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                 "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class TrendsConfig:
     trend_table: str | None = None  # default trend_<source>_<grain>
     horizon: int = 4  # buckets ahead in forecast_<source>_<grain>; 0: no forecast tables
     text_col: str | None = None  # set: write trend_drivers_<source>_<grain> (why a shift happened)
+    # (with trend_table T, the forecast and drivers tables are named after T instead:
+    # queries.dependent_tables)
     top_words: int = 10  # drivers per flagged bucket
     lock_timeout: float = 600.0  # seconds to wait while a scoring run commits
     csv: Path | None = None
@@ -70,6 +79,8 @@ class TrendsResult:
     skill: dict[str, Any] = field(default_factory=dict)
     drivers_table: str = ""
     drivers: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    null_time_rows: int = 0  # scored rows left out because their time column is NULL
+    time_col: str = ""
 
 
 def run(cfg: TrendsConfig) -> TrendsResult:
@@ -87,10 +98,17 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         ),
     )
     try:
-        _check_source(con, cfg)
+        # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
+        con.execute("SET TimeZone = 'UTC'")
+        table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
+        dependents = queries.dependent_tables(table)
+        _check_source(con, cfg, [table, *dependents.values()])
+        # one transaction for every table of the run: a reader (or a run killed half way)
+        # sees the old set or the new set, never a new trend table with old forecasts
+        con.execute("BEGIN TRANSACTION")
         view = queries.latest_view_name(cfg.scores_table)
         con.execute(queries.latest_scores_sql(view, cfg.scores_table))
-        models = _models(con, cfg, view)
+        models, null_times = _models(con, cfg, view)
         labels = _union_labels(models)
         positive = _pick_label(cfg.positive, POSITIVE_DEFAULTS, labels, "--positive")
         negative = _pick_label(cfg.negative, NEGATIVE_DEFAULTS, labels, "--negative")
@@ -100,46 +118,25 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             )
         _check_one_scheme(cfg, models, positive, negative)
         _check_collisions(cfg.by, labels)
-        table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
-        sql = queries.trend_table_sql(
-            table=table,
-            view=view,
-            source=cfg.source,
-            id_col=cfg.id_col,
-            time_col=cfg.time_col,
-            by=cfg.by,
-            grain=cfg.grain,
-            window=cfg.window,
-            labels=labels,
-            alpha=cfg.alpha,
-        )
-        try:
-            con.execute(sql, [*labels, positive, negative])
-        except duckdb.ConversionException as exc:
-            raise MarketpulseError(
-                f"column {cfg.time_col!r} holds values that are not dates or timestamps "
-                f"({first_line(exc)}); pass --time-col with a DATE or TIMESTAMP column"
-            ) from exc
-        f_table, b_table, skill = (
-            ("", "", {})
-            if not cfg.horizon
-            else _forecast_tables()(
-                con,
-                table=table,
-                source=cfg.source,
-                by=cfg.by,
-                grain=cfg.grain,
-                window=cfg.window,
-                horizon=cfg.horizon,
-            )
-        )
+        _write_trend_table(con, cfg, table, view, labels, positive, negative)
+        f_table, b_table, skill = _forecasts(con, cfg, table, dependents)
         result = _collect(con, cfg, table, view, labels, positive, negative)
-        result = replace(result, forecast_table=f_table, backtest_table=b_table, skill=skill)
+        result = replace(
+            result,
+            forecast_table=f_table,
+            backtest_table=b_table,
+            skill=skill,
+            null_time_rows=null_times,
+            time_col=cfg.time_col,
+        )
         if cfg.text_col:
-            result = _drivers(con, cfg, result, table, view)
+            result = _drivers(con, cfg, result, table, view, dependents["trend_drivers"])
+        else:  # drivers of an earlier run would explain shifts this table may not have
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(dependents['trend_drivers'])}")
+        con.execute("COMMIT")
         outputs = _export(con, table, cfg)
     finally:
-        con.close()
+        con.close()  # without COMMIT (an error), DuckDB rolls the whole run back
     if cfg.plot:
         from marketpulse.trends.plot import plot_trends
 
@@ -153,11 +150,54 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     return replace(result, outputs=outputs)
 
 
-def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str):
+def _write_trend_table(con, cfg: TrendsConfig, table, view, labels, positive, negative) -> None:
+    sql = queries.trend_table_sql(
+        table=table,
+        view=view,
+        source=cfg.source,
+        id_col=cfg.id_col,
+        time_col=cfg.time_col,
+        by=cfg.by,
+        grain=cfg.grain,
+        window=cfg.window,
+        labels=labels,
+        alpha=cfg.alpha,
+    )
+    try:
+        con.execute(sql, [*labels, positive, negative])
+    except duckdb.ConversionException as exc:
+        raise MarketpulseError(
+            f"column {cfg.time_col!r} holds values that are not dates or timestamps "
+            f"({first_line(exc)}); pass --time-col with a {TIME_KINDS} column"
+        ) from exc
+
+
+def _forecasts(con, cfg: TrendsConfig, table: str, dependents: dict[str, str]):
+    """(forecast table, backtest table, skill); without forecasts (--horizon 0) the tables
+    of an earlier run are dropped, since they would forecast from another trend table."""
+    wanted = (dependents["forecast"], dependents["forecast_backtest"])
+    if not cfg.horizon:
+        for name in wanted:
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+        return "", "", {}
+    write_forecasts = _forecast_step()
+    skill = write_forecasts(
+        con,
+        table=table,
+        forecast_table=wanted[0],
+        backtest_table=wanted[1],
+        by=cfg.by,
+        grain=cfg.grain,
+        window=cfg.window,
+        horizon=cfg.horizon,
+    )
+    return wanted[0], wanted[1], skill
+
+
+def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str, name: str):
     """Write the drivers table for the flagged buckets; keep its rows for the report."""
     from marketpulse.trends.drivers import write_drivers
 
-    name = queries.table_name("trend_drivers", cfg.source, cfg.grain)
     write_drivers(
         con,
         trend_table=table,
@@ -179,8 +219,9 @@ def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str
     return replace(result, drivers_table=name, drivers=rows)
 
 
-def _forecast_tables():
-    """The forecasting step, imported when used: it needs the `trends` extra."""
+def _forecast_step():
+    """The forecasting step (`write_forecasts`), imported when used: it needs the `trends`
+    extra."""
     try:
         from marketpulse.trends.forecast_tables import write_forecasts
     except ImportError as exc:
@@ -200,9 +241,10 @@ def _check_config(cfg: TrendsConfig) -> None:
         raise MarketpulseError(
             f"horizon {cfg.horizon} is out of range; pass --horizon 1 to 52 (0: no forecasts)"
         )
-    if not 2 <= cfg.window <= queries.MAX_WINDOW:
+    if not queries.MIN_HISTORY <= cfg.window <= queries.MAX_WINDOW:
         raise MarketpulseError(
-            f"window {cfg.window} is out of range; pass --window 2 to {queries.MAX_WINDOW}"
+            f"window {cfg.window} is out of range (a z-score needs {queries.MIN_HISTORY} "
+            f"trailing buckets); pass --window {queries.MIN_HISTORY} to {queries.MAX_WINDOW}"
         )
     if not 0 < cfg.alpha < 1:
         raise MarketpulseError(f"alpha {cfg.alpha} must be between 0 and 1; pass e.g. 0.01")
@@ -218,16 +260,19 @@ def _check_config(cfg: TrendsConfig) -> None:
             )
 
 
-def _check_source(con, cfg: TrendsConfig) -> None:
+def _check_source(con, cfg: TrendsConfig, outputs: list[str]) -> None:
+    """Every input, checked before anything is written."""
     cols = {"--id-col": cfg.id_col, "--time-col": cfg.time_col}
-    have = require_columns(con, cfg.source, cols)
+    have = require_columns(con, cfg.source, cols, table_flag="--source")
     for col in cfg.by:
-        require_columns(con, cfg.source, {"--by": col})
+        require_columns(con, cfg.source, {"--by": col}, table_flag="--source")
+    if cfg.text_col:
+        _check_text_col(con, cfg)
     time_type = have[cfg.time_col].upper()
     if not time_type.startswith(TIME_TYPES):
         raise MarketpulseError(
             f"column {cfg.time_col!r} is {have[cfg.time_col]}, not a date or timestamp; "
-            "pass --time-col with a DATE or TIMESTAMP column"
+            f"pass --time-col with a {TIME_KINDS} column"
         )
     for table, hint in ((cfg.scores_table, "--scores-table"), (MODELS, None)):
         try:
@@ -244,13 +289,64 @@ def _check_source(con, cfg: TrendsConfig) -> None:
             f"table {cfg.scores_table!r} has no id column, so it is not a marketpulse scores "
             "table; pass --scores-table with the table `marketpulse score` wrote"
         )
+    _check_id_types(cfg, have[cfg.id_col], s_type)
+    _check_outputs(cfg, outputs)
 
 
-def _models(con, cfg: TrendsConfig, view: str) -> list[tuple[str, list[str], int]]:
-    """(model version, its labels, rows) behind the latest scores of this source, newest first."""
+def _check_text_col(con, cfg: TrendsConfig) -> None:
+    """What the drivers step would refuse, refused before the trend table is written."""
+    from marketpulse.trends.drivers import DRIVER_COLUMNS
+
+    have = require_columns(con, cfg.source, {"--text-col": cfg.text_col}, table_flag="--source")
+    if not have[cfg.text_col].upper().startswith("VARCHAR"):
+        raise MarketpulseError(
+            f"column {cfg.text_col!r} is {have[cfg.text_col]}, not text; pass --text-col "
+            "with a VARCHAR column"
+        )
+    for col in cfg.by:
+        if col.lower() in DRIVER_COLUMNS:
+            raise MarketpulseError(
+                f"--by column {col!r} clashes with a drivers column; rename it in a view "
+                "and pass that view as --source"
+            )
+
+
+def _check_id_types(cfg: TrendsConfig, id_type: str, scores_type: str) -> None:
+    def family(t: str) -> str:
+        t = t.upper()
+        return "integer" if t in INTEGER_TYPES else "text" if t.startswith("VARCHAR") else t
+
+    if family(id_type) != family(scores_type):
+        raise MarketpulseError(
+            f"column {cfg.id_col!r} of {cfg.source!r} is {id_type} but "
+            f"{cfg.scores_table}.id is {scores_type}, so they cannot be matched; pass --id-col "
+            "with the column `marketpulse score` read as --id-col"
+        )
+
+
+def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
+    """Refuse a trend (or dependent) table name that would replace an input."""
+    source = cfg.source.split(".")[-1]
+    scores = cfg.scores_table.split(".")[-1]
+    inputs = {source, scores, MODELS, RUNS, queries.latest_view_name(cfg.scores_table)}
+    taken = {t.lower(): t for t in inputs}
+    for name in outputs:
+        if name.lower() in taken:
+            raise MarketpulseError(
+                f"trends would write table {name!r} over its input {taken[name.lower()]!r}; "
+                "pass --trend-table with another name"
+            )
+
+
+def _models(con, cfg: TrendsConfig, view: str) -> tuple[list[tuple[str, list[str], int]], int]:
+    """(model version, its labels, rows) behind the latest scores of this source, newest
+    first; and how many scored rows have a NULL time (left out of the trend)."""
+    t = f"src.{quote_ident(cfg.time_col)}"
     rows = con.execute(
         f"""
-        SELECT ls.model_version, any_value(m.labels), count(*)
+        SELECT ls.model_version, any_value(m.labels), count(*),
+               count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NULL),
+               count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NOT NULL)
         FROM {quote_table(cfg.source)} AS src
         JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)}
         LEFT JOIN {quote_ident(MODELS)} AS m ON m.model_version = ls.model_version
@@ -263,13 +359,19 @@ def _models(con, cfg: TrendsConfig, view: str) -> list[tuple[str, list[str], int
             f"no row of {cfg.source!r} has a score in {cfg.scores_table!r}; score it first "
             f"with `marketpulse score --db {cfg.db} --table {cfg.source} ...` or check --id-col"
         )
-    for version, model_labels, _ in rows:
+    for version, model_labels, *_ in rows:
         if model_labels is None:
             raise MarketpulseError(
                 f"model version {version} has scores but no row in the models table; "
                 "re-run `marketpulse score` so it registers the model"
             )
-    return [(version, list(model_labels), int(n)) for version, model_labels, n in rows]
+    null_times = sum(r[3] for r in rows)
+    if not sum(r[4] for r in rows):
+        raise MarketpulseError(
+            f"no scored row of {cfg.source!r} has a {cfg.time_col!r} ({null_times:,} have it "
+            f"NULL, the rest were skipped by the scorer); pass --time-col with a filled column"
+        )
+    return [(version, list(labels), int(n)) for version, labels, n, *_ in rows], int(null_times)
 
 
 def _union_labels(models) -> list[str]:
@@ -318,15 +420,23 @@ def _pick_label(given: str | None, defaults: tuple[str, ...], labels: list[str],
 
 
 def _check_collisions(by: tuple[str, ...], labels: list[str]) -> None:
+    # DuckDB identifiers ignore case: `--by Volume` would collide with `volume`
     made = {*queries.TREND_COLUMNS, "label"}  # label: the joined score column
     for lab in labels:
         made |= {"n_" + sanitize(lab), "share_" + sanitize(lab)}
+    made = {m.lower() for m in made}
+    seen: set[str] = set()
     for col in by:
-        if col in made or col.startswith("_"):
+        if col.lower() in made or col.startswith("_"):
             raise MarketpulseError(
                 f"--by column {col!r} clashes with a trend column; rename it in a view "
                 "and pass that view as --source"
             )
+        if col.lower() in seen:
+            raise MarketpulseError(
+                f"--by names column {col!r} twice (names ignore case); pass each column once"
+            )
+        seen.add(col.lower())
 
 
 def _collect(con, cfg, table, view, labels, positive, negative) -> TrendsResult:
