@@ -375,7 +375,10 @@ def test_int8_calibrates_on_the_validation_split_not_the_gated_test_split(
     write_validation_split(checkpoint, validation, ["neutral"] * len(validation))
     bundle = run(
         ExportConfig(
-            model=checkpoint, out=tmp_path / "b", variants=("fp32", "int8"), allow_accuracy_drop=True
+            model=checkpoint,
+            out=tmp_path / "b",
+            variants=("fp32", "int8"),
+            allow_accuracy_drop=True,
         )
     )
     assert bundle.manifest["checks"]["texts"] == "test_split.parquet (6 rows)"

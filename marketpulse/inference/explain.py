@@ -119,9 +119,7 @@ def explain(predictor, texts: list[str], max_words: int = MAX_WORDS) -> list[Exp
         best = int(full[i].argmax())
         words = [Word(text[s:e], s, e, j, drops[i].get(j, 0.0)) for j, (s, e) in enumerate(sp)]
         occluded = min(seen[i], max_words)
-        out.append(
-            Explanation(text, predictor.labels[best], float(full[i][best]), words, occluded)
-        )
+        out.append(Explanation(text, predictor.labels[best], float(full[i][best]), words, occluded))
     return out
 
 
