@@ -912,7 +912,38 @@ def score(
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
 )
-def explain(bundle, texts, db, table, id_col, text_col, where, limit, top, device):
+@click.option(
+    "--variant",
+    type=click.Choice(registry.NAMES),
+    help="Graph to explain with [default: per row, the graph that scored it (runs.variant), "
+    "else the CPU preference].",
+)
+@click.option(
+    "--results-db",
+    type=click.Path(dir_okay=False),
+    help="File score wrote the rows' scores to [default: --db].",
+)
+@click.option(
+    "--results-table",
+    default="scores",
+    show_default=True,
+    help="Scores table that says which graph scored each row.",
+)
+def explain(
+    bundle,
+    texts,
+    db,
+    table,
+    id_col,
+    text_col,
+    where,
+    limit,
+    top,
+    device,
+    variant,
+    results_db,
+    results_table,
+):
     """Show which words decided each label (leave-one-word-out on the ONNX graph).
 
     Example: marketpulse explain --bundle bundle/ --text "Apple beats estimates, shares jump"
@@ -924,8 +955,8 @@ def explain(bundle, texts, db, table, id_col, text_col, where, limit, top, devic
         raise click.UsageError("pass --text, or --db --table --id-col --text-col, not both")
     if not texts and not all(table_flags):
         raise click.UsageError("pass --text, or all of --db --table --id-col --text-col")
-    if where and texts:
-        raise click.UsageError("--where needs --db --table --id-col --text-col")
+    if texts and (where or results_db):
+        raise click.UsageError("--where and --results-db need --db --table --id-col --text-col")
 
     def show(row_id, e, words):
         label = f"{row_id}: " if row_id is not None else ""
@@ -945,7 +976,7 @@ def explain(bundle, texts, db, table, id_col, text_col, where, limit, top, devic
         texts = [t for t in texts if not is_blank(t)]
         if not texts:
             return
-        predictor = Predictor(Path(bundle), device=device)
+        predictor = Predictor(Path(bundle), variant=variant, device=device)
         for e in explain_texts(predictor, texts):
             show(None, e, masked_words(e))
         return
@@ -960,13 +991,12 @@ def explain(bundle, texts, db, table, id_col, text_col, where, limit, top, devic
         where=where,
         limit=limit,
         device=device,
+        variant=variant,
+        results_db=Path(results_db) if results_db else None,
+        results_table=results_table,
     )
     stats = explain_table(cfg, on_row=show)
-    click.echo(
-        f"explained {stats.rows:,} rows ({stats.words:,} words) -> {stats.table} in {db} "
-        f"(model {stats.model_version})",
-        err=True,
-    )
+    click.echo(stats.summary(db), err=True)
 
 
 def _highlight(e, words: list[str]) -> str:

@@ -5,9 +5,17 @@
     models(model_version, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
     runs(run_id, model_version, source, rows_scored, ... status, engine, error,
          psi_label, psi_confidence, unknown_heavy_share, drift_note, rows_duplicate,
-         variant_reason, canary_rows, canary_disagree_share, canary_note)
-    explanations(id <source id type>, model_version, label, word, position, weight,
-                 explained_at)   -- one row per word, written by `marketpulse explain`
+         variant_reason, canary_rows, canary_disagree_share, canary_note, results_db)
+    explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
+                 source, variant)   -- one row per word weighed, by `marketpulse explain`
+
+A results table holds the scores of one source table of one database file: `runs.source`
+and `runs.source_db` (the source file's resolved path; it equals `runs.results_db` when
+the results went into the source file itself) say which. `explanations.id` is the source
+id cast to VARCHAR (`CAST(id AS VARCHAR)`), so tables with any id type share it;
+`explanations.source` names the table as `runs.source` does (NULL in rows from before
+it was recorded). The names in RESERVED_TABLES are marketpulse's own tables and are
+never a `--results-table`.
 
 `run_id` joins a row to the run that scored it, so `runs.variant` says which graph
 (fp32 or int8: `--variant auto` picks per machine) produced it; NULL in rows written
@@ -63,6 +71,8 @@ RUN_COLUMNS = {
     "canary_rows": "BIGINT",
     "canary_disagree_share": "DOUBLE",
     "canary_note": "VARCHAR",
+    # the results file's resolved path; NULL in runs recorded before it was
+    "results_db": "VARCHAR",
 }
 # Run columns added after runs tables existed: an older runs table gets them by ALTER.
 # scores columns added after the first release: ALTERed into older tables, NULL there
@@ -77,9 +87,22 @@ ADDED_RUN_COLUMNS = (
     "canary_rows",
     "canary_disagree_share",
     "canary_note",
+    "results_db",
 )
 EXPLANATIONS = "explanations"
-EXPLANATION_COLUMNS = ("id", "model_version", "label", "word", "position", "weight", "explained_at")
+EXPLANATION_COLUMNS = {
+    "id": "VARCHAR NOT NULL",  # the source id, CAST(id AS VARCHAR): any id type fits
+    "model_version": "VARCHAR NOT NULL",
+    "label": "VARCHAR",
+    "word": "VARCHAR",
+    "position": "INTEGER",
+    "weight": "DOUBLE",
+    "explained_at": "TIMESTAMP",
+    "source": "VARCHAR",  # the source table as given (runs.source); NULL in older rows
+    "variant": "VARCHAR",  # the graph explained (fp32, int8); NULL in older rows
+}
+# marketpulse's own tables: a scores table under one of these names would take its place
+RESERVED_TABLES = (RUNS, MODELS, EXPLANATIONS)
 MODEL_COLUMNS = {
     "model_version": "VARCHAR PRIMARY KEY",
     "labels": "VARCHAR[]",

@@ -51,7 +51,31 @@ def table_names(con, database: str | None = None) -> list[str]:
     return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
 
 
-def table_columns(con, table: str, *, db=None, table_flag: str = "--table") -> dict[str, str]:
+class Columns(dict):
+    """{column: type} that finds a column in any letter case, as DuckDB does (it resolves
+    identifiers case-insensitively, quoted or not, and allows no two columns that differ
+    in case only): `"id" in cols` and `cols["id"]` find a column named ID. Iterating
+    gives the names as the table spells them."""
+
+    def _actual(self, name):
+        if isinstance(name, str) and not dict.__contains__(self, name):
+            folded = name.casefold()
+            for actual in self:
+                if actual.casefold() == folded:
+                    return actual
+        return name
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, self._actual(name))
+
+    def __getitem__(self, name):
+        return dict.__getitem__(self, self._actual(name))
+
+    def get(self, name, default=None):
+        return dict.get(self, self._actual(name), default)
+
+
+def table_columns(con, table: str, *, db=None, table_flag: str = "--table") -> Columns:
     """Return {column: type} of an existing table or view, or raise naming the fix.
 
     `db` (the file the table should be in) goes into the message when given;
@@ -68,7 +92,7 @@ def table_columns(con, table: str, *, db=None, table_flag: str = "--table") -> d
             f"table {table!r} not found{in_db} (tables: {listed}); "
             f"pass {table_flag} with an existing table"
         ) from exc
-    return {r[0]: r[1] for r in rows}
+    return Columns((r[0], r[1]) for r in rows)
 
 
 def require_columns(

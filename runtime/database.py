@@ -26,6 +26,7 @@ read-write connection to one file in the same process at once.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +42,23 @@ from marketpulse.sql import connect, create_database
 # under one segment's results, which would end row groups early); readers replay the log
 # on open, so it is bounded all the same.
 WAL_AUTOCHECKPOINT = "64MB"
+
+
+# DuckDB's words for a file it could not write (disk full, a read-only file or folder);
+# a failed COMMIT reports them as a TransactionException.
+_IO_WORDS = re.compile(
+    r"could not write|could not open|cannot open file|no space left|file too large|"
+    r"permission denied|read-only|disk quota|i/o error|input/output error",
+    re.IGNORECASE,
+)
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """The error is the file system's: full, read-only, or gone (its fix is the disk's)."""
+    import duckdb
+
+    io_types = (duckdb.IOException, duckdb.PermissionException, duckdb.FatalException)
+    return isinstance(exc, io_types) or bool(_IO_WORDS.search(str(exc)))
 
 
 def _stderr(message: str) -> None:
@@ -113,12 +131,33 @@ class Database:
                     pass  # the error that got here is the one to report
 
     def _write_error(self, exc: BaseException) -> MarketpulseError:
+        """A DuckDB error while writing, as one line whose fix fits its kind."""
         first = first_line(exc)[:240]
-        return MarketpulseError(
-            f"cannot write to {self.target} ({first}); free disk space or make the file "
-            "writable, then rerun: every chunk committed so far is kept and the rerun scores "
-            "the rest"
-        )
+        kept = "every chunk committed so far is kept and a rerun scores the rest"
+        if _is_io_error(exc):
+            return MarketpulseError(
+                f"cannot write to {self.target} ({first}); free disk space or make the file "
+                f"writable, then rerun: {kept}"
+            )
+        import duckdb
+
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            fix = "DuckDB ran out of memory: raise --memory-limit or free memory, then rerun"
+        elif isinstance(exc, duckdb.ConstraintException):
+            fix = (
+                "a constraint on the results tables refused the rows: drop that constraint, "
+                "or pass --results-table with another name (or --results-db with another file)"
+            )
+        elif isinstance(exc, (duckdb.ProgrammingError, duckdb.DataError)):
+            # binder, catalog, conversion: the tables are not (or no longer) as checked
+            fix = (
+                "the results tables are not the shape marketpulse writes (changed by another "
+                "program?): pass --results-table with another name or --results-db with "
+                "another file"
+            )
+        else:
+            fix = "rerun, and report it if it happens again"
+        return MarketpulseError(f"cannot write to {self.target} ({first}); {fix}: {kept}")
 
     def _waiting(self, seconds: float, error: str) -> None:
         self.log(

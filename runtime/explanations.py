@@ -1,33 +1,50 @@
 """`explain_table(ExplainConfig) -> ExplainStats`: per-word weights for table rows, stored.
 
 The rows (`--where`, `--limit`) are read on one read-only session, explained by
-`marketpulse.inference.explain` (leave-one-word-out occlusion on the bundle's graph)
-and written to the `explanations` table of the same database, one row per word:
+`marketpulse.inference.explain` (leave-one-word-out occlusion on a bundle graph) and
+written to the `explanations` table of the same database, one row per word weighed:
 
-    explanations(id, model_version, label, word, position, weight, explained_at)
+    explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
+                 source, variant)
 
-`label` is the label the weights explain (the predicted one); `position` is the word's
-0-based index in the text. Words that are personal data are stored as their placeholder
-(`<EMAIL>`, marketpulse.privacy), never as written. A rerun replaces the rows of the ids
-it explains for this model version.
+`id` is the source id as DuckDB casts it to text (`CAST(id AS VARCHAR)`), so tables
+with any id type share the table; join it back with `e.id = CAST(p.id AS VARCHAR)`.
+`source` is the table as named (`runs.source` spells it the same way), `variant` the
+graph that was explained. `label` is the label the weights explain (the predicted one);
+`position` is the word's 0-based index in the text. Only the words that were deleted in
+turn are stored (`Explanation.occluded`: the first 96 the model sees); the rest weigh 0
+and get no row. Words that are personal data are stored as their placeholder
+(`<EMAIL>`, marketpulse.privacy), never as written. A rerun replaces the rows of the
+ids it explains for this source table and model version; rows from before `source` was
+recorded (NULL there) are kept as they are. An `explanations` table from before gets
+the columns added (NULL in its rows) and its `id` turned to VARCHAR.
+
+The graph: `variant` names one; by default each row is explained by the graph that
+scored it for this model version (`runs.variant` of its row in the results table, via
+`run_id`), so the explanation is of the label the row has, and rows without a recorded
+score by the CPU preference (int8 where the bundle has a passing one). A CUDA graph
+(fp16) that scored a row is replaced by fp32 on the CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from marketpulse import variants as registry
 from marketpulse.bundle import load_bundle
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.inference.explain import Explanation, explain
-from marketpulse.results_schema import EXPLANATIONS
+from marketpulse.results_schema import EXPLANATION_COLUMNS, EXPLANATIONS, RUNS, SCORES
+from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
 from marketpulse.runtime.results import utcnow
-from marketpulse.runtime.source import check_source, low_memory
-from marketpulse.sql import DEFAULT_STORAGE_VERSION, quote_ident
+from marketpulse.runtime.source import check_source, low_memory, reading
+from marketpulse.sql import DEFAULT_STORAGE_VERSION, quote_ident, quote_table
 from marketpulse.text import blank_sql
 
 DEFAULT_LIMIT = 20  # rows explained per call (the CLI's --limit default)
+SCORED = None  # ExplainConfig.variant: the graph that scored each row
 
 
 @dataclass(frozen=True)
@@ -42,14 +59,28 @@ class ExplainConfig:
     device: str = "cpu"
     memory_limit: str = "512MB"
     lock_timeout: float = 60.0
+    # None: per row, the graph that scored it (runs.variant), else the CPU preference
+    variant: str | None = SCORED
+    # where the rows' scores are looked up (as `score` wrote them); None: in `db`
+    results_db: Path | None = None
+    results_table: str = SCORES
 
 
 @dataclass
 class ExplainStats:
     rows: int
-    words: int
+    words: int  # words weighed (deleted in turn) and stored
     model_version: str
     table: str = EXPLANATIONS
+    variants: dict[str, int] = field(default_factory=dict)  # rows explained per graph
+
+    def summary(self, db) -> str:
+        graphs = ", ".join(f"{n:,} by {v}" for v, n in sorted(self.variants.items()))
+        graphs = f"; {graphs}" if graphs else ""
+        return (
+            f"explained {self.rows:,} rows ({self.words:,} words weighed{graphs}) -> "
+            f"{self.table} in {db} (model {self.model_version})"
+        )
 
 
 def masked_words(e: Explanation) -> list[str]:
@@ -64,53 +95,184 @@ def masked_words(e: Explanation) -> list[str]:
     return out
 
 
+def _check_explanations(con) -> dict[str, str] | None:
+    """The existing explanations table's {column: type} (None: none yet); refuse one
+    that is not marketpulse's, before any inference runs."""
+    kind = results._kind(con, EXPLANATIONS)
+    if kind not in (None, "BASE TABLE"):
+        raise MarketpulseError(
+            f"{EXPLANATIONS!r} in {_path(con)} is a {kind.lower()}, not the table explain "
+            "writes to; rename or drop it"
+        )
+    have = results._columns(con, quote_ident(EXPLANATIONS))
+    first = ("id", "model_version", "label", "word", "position", "weight", "explained_at")
+    if have is not None and not set(first) <= set(have):
+        missing = ", ".join(c for c in first if c not in have)
+        raise MarketpulseError(
+            f"table {EXPLANATIONS!r} in {_path(con)} is not marketpulse's explanations "
+            f"table (lacks {missing}); rename or drop it"
+        )
+    return have
+
+
+def _path(con) -> str:
+    row = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return row[0] if row and row[0] else "the database"
+
+
+def _prepare_explanations(con, have: dict[str, str] | None) -> None:
+    """Create the table, or bring one from before up to date (columns added, NULL in
+    its rows; `id` turned to VARCHAR so ids of any type fit)."""
+    table = quote_ident(EXPLANATIONS)
+    if have is None:
+        cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in EXPLANATION_COLUMNS.items())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        return
+    if have["id"] != "VARCHAR":
+        con.execute(f"ALTER TABLE {table} ALTER id TYPE VARCHAR")
+    for col, sql_type in EXPLANATION_COLUMNS.items():
+        if col not in have:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {sql_type}")
+
+
+def _scored_variants(
+    cfg: ExplainConfig, raw_ids: list, id_type: str, version: str
+) -> dict[str, str]:
+    """{id as text: the variant that scored it for `version`} for the ids with a score
+    recorded by a run over this table (scores.run_id -> runs.variant)."""
+    results_db = Path(cfg.results_db) if cfg.results_db else Path(cfg.db)
+    if not raw_ids or not results_db.is_file():
+        return {}
+    db = Database(results_db, None, cfg.memory_limit, cfg.lock_timeout, DEFAULT_STORAGE_VERSION)
+    with db.read() as con:
+        scores = results._columns(con, quote_table(cfg.results_table))
+        runs = results._columns(con, quote_ident(RUNS))
+        if not scores or not runs or "run_id" not in scores or scores.get("id") != id_type:
+            return {}  # nothing recorded, or another table's scores (ids of another type)
+        results_col = "r.results_db" if "results_db" in runs else "NULL"
+        rows = con.execute(
+            f"SELECT CAST(s.id AS VARCHAR), r.variant, r.source, r.source_db, {results_col} "
+            f"FROM {quote_table(cfg.results_table)} AS s JOIN {quote_ident(RUNS)} AS r "
+            "ON r.run_id = s.run_id WHERE s.model_version = ? AND s.id IN (SELECT unnest(?))",
+            [version, raw_ids],
+        ).fetchall()
+    source_db, here = str(Path(cfg.db).resolve()), str(results_db.resolve())
+    return {
+        row_id: variant
+        for row_id, variant, *run_row in rows
+        if variant and results.scored_this_source(tuple(run_row), cfg.table, source_db, here)
+    }
+
+
+def _graph_for(variant: str | None, device: str, bundle) -> str | None:
+    """The graph to explain a row scored by `variant` with (None: the device preference)."""
+    if variant is None or variant not in registry.VARIANTS:
+        return None
+    if device == "cpu" and registry.get(variant).device == "cuda":
+        variant = registry.REFERENCE  # fp16 runs on CUDA only; fp32 is what it approximates
+    try:
+        bundle.variant_path(variant)
+    except MarketpulseError:
+        return None
+    return variant
+
+
 def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
     """Explain up to `cfg.limit` rows; `on_row(id, explanation, words)` sees each one."""
+    import duckdb
+
     from marketpulse import privacy
     from marketpulse.inference.predictor import Predictor
 
     if cfg.limit < 1:
         raise MarketpulseError(f"--limit must be at least 1, got {cfg.limit}")
+    if cfg.variant is not None:
+        registry.get(cfg.variant)  # an unknown name: say so before anything runs
     privacy.find("")  # the masking extra is missing: say so before any inference runs
     bundle = load_bundle(Path(cfg.bundle))
     db = Database(Path(cfg.db), None, cfg.memory_limit, cfg.lock_timeout, DEFAULT_STORAGE_VERSION)
     db.prepare()
     with db.read() as con, low_memory(con, cfg.memory_limit):
         source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, False)
-        rows = con.execute(
-            f"SELECT s.{quote_ident(source.id_col)}, s.{quote_ident(source.text_col)} "
-            f"FROM {source.table_sql} AS s WHERE {source.where_sql} "
-            f"AND NOT {blank_sql('s.' + quote_ident(source.text_col))} "
-            f"ORDER BY s.{quote_ident(source.id_col)} LIMIT ?",
-            [*source.where_params, int(cfg.limit)],
-        ).fetchall()
-    predictor = Predictor(bundle, device=cfg.device)
-    ids = [r[0] for r in rows]
-    explanations = explain(predictor, [r[1] for r in rows])
-    records = []
+        have = _check_explanations(con)
+        ident, text = quote_ident(source.id_col), quote_ident(source.text_col)
+        with reading(cfg.table, cfg.where):
+            rows = con.execute(
+                f"SELECT s.{ident}, CAST(s.{ident} AS VARCHAR), s.{text} "
+                f"FROM {source.table_sql} AS s WHERE {source.where_sql} "
+                f"AND NOT {blank_sql('s.' + text)} ORDER BY s.{ident} LIMIT ?",
+                [*source.where_params, int(cfg.limit)],
+            ).fetchall()
+    ids = [r[1] for r in rows]
+    if cfg.variant is None:
+        try:
+            scored = _scored_variants(cfg, [r[0] for r in rows], source.id_type, bundle.version)
+        except duckdb.Error as exc:  # a results table of another shape
+            raise MarketpulseError(
+                f"cannot read which graph scored the rows from {cfg.results_table!r} "
+                f"({first_line(exc)[:200]}); pass --variant to name the graph"
+            ) from exc
+        graphs = [_graph_for(scored.get(i), cfg.device, bundle) for i in ids]
+    else:
+        graphs = [cfg.variant] * len(ids)
+    explanations: list[Explanation | None] = [None] * len(ids)
+    used: dict[str, int] = {}
+    for graph in dict.fromkeys(graphs):  # one Predictor per graph, in first-use order
+        index = [i for i, g in enumerate(graphs) if g == graph]
+        predictor = Predictor(bundle, variant=graph, device=cfg.device)
+        for i, e in zip(index, explain(predictor, [rows[i][2] for i in index]), strict=True):
+            explanations[i] = e
+        used[predictor.variant] = used.get(predictor.variant, 0) + len(index)
+        for i in index:
+            graphs[i] = predictor.variant
+    records: list[tuple] = []
     now = utcnow()
-    for row_id, e in zip(ids, explanations, strict=True):
+    for row_id, e, graph in zip(ids, explanations, graphs, strict=True):
         words = masked_words(e)
         if on_row is not None:
             on_row(row_id, e, words)
+        # the occluded words only: the rest were not weighed (weight 0 by definition)
         records += [
-            (row_id, bundle.version, e.label, word, w.position, w.weight, now)
-            for word, w in zip(words, e.words, strict=True)
+            (row_id, bundle.version, e.label, word, w.position, w.weight, now, cfg.table, graph)
+            for word, w in zip(words[: e.occluded], e.words[: e.occluded], strict=True)
         ]
+    _write(db, have, records, ids, bundle.version, cfg.table)
+    return ExplainStats(
+        rows=len(ids),
+        words=len(records),
+        model_version=bundle.version,
+        variants=used,
+    )
+
+
+def _write(db: Database, have, records: list[tuple], ids: list[str], version: str, table: str):
+    """Replace this table's rows for `ids` and `version` by `records`, in one transaction."""
+    import pyarrow as pa
+
+    types = {"position": pa.int32(), "weight": pa.float64(), "explained_at": pa.timestamp("us")}
+    columns = list(zip(*records, strict=True)) if records else [()] * len(EXPLANATION_COLUMNS)
+    chunk = pa.table(
+        {
+            c: pa.array(values, types.get(c, pa.string()))
+            for c, values in zip(EXPLANATION_COLUMNS, columns, strict=True)
+        }
+    )
     with db.write() as con:
-        table = quote_ident(EXPLANATIONS)
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} (id {source.id_type} NOT NULL, "
-            "model_version VARCHAR NOT NULL, label VARCHAR, word VARCHAR, position INTEGER, "
-            "weight DOUBLE, explained_at TIMESTAMP)"
-        )
+        _prepare_explanations(con, have)
+        name = quote_ident(EXPLANATIONS)
         con.execute("BEGIN TRANSACTION")
         if ids:
+            # the table as DuckDB resolves its name: `posts`, `POSTS` and `main.posts` are one
             con.execute(
-                f"DELETE FROM {table} WHERE model_version = ? AND id IN (SELECT unnest(?))",
-                [bundle.version, ids],
+                f"DELETE FROM {name} WHERE model_version = ? AND id IN (SELECT unnest(?)) "
+                "AND regexp_replace(lower(source), '^main[.]', '') = ?",
+                [version, ids, results.table_key(table)],
             )
-        if records:
-            con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)", records)
+        con.register("_marketpulse_explanations", chunk)
+        try:
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _marketpulse_explanations")
+        finally:
+            con.unregister("_marketpulse_explanations")
         con.execute("COMMIT")
-    return ExplainStats(rows=len(ids), words=len(records), model_version=bundle.version)

@@ -54,6 +54,7 @@ from marketpulse.runtime.source import (
     export_pending,
     pending_query,
     pending_range,
+    reading,
     rowid_span,
 )
 from marketpulse.runtime.windows import (
@@ -169,7 +170,7 @@ def _segments(run: Run, stage_dir):
         span = rowid_span(con, source)
         if span is None:  # a view: staged whole, then read from Parquet, one segment
             sql, params = pending_query(source, cfg.results_table, version, cfg.limit)
-            shards = export_pending(con, sql, params, stage_dir(), STAGE_ROWS)
+            shards = export_pending(con, sql, params, stage_dir(), STAGE_ROWS, source)
             return [[("parquet", path) for path in shards]]
     segments = []
     for seg in range(0, span, SEGMENT_ROWIDS):
@@ -225,7 +226,7 @@ def _stream(run: Run, predictor: Predictor, canary: run_canary.Canary) -> None:
 
 def _still_pending(run: Run) -> int:
     """Pending rows this run did not try: rows it counted failed stay for the next run."""
-    with run.db.read() as con:
+    with run.db.read() as con, reading(run.cfg.table, run.cfg.where):
         matching, done = count_rows(con, run.source, run.cfg.results_table, run.bundle.version)
     return max(0, matching - done - run.stats.rows_failed)
 
@@ -239,7 +240,8 @@ def _read(run: Run, kind: str, what, remaining: list):
         with pq.ParquetFile(what) as shard:
             yield from shard.iter_batches(batch_size=chunk)
         return
-    with run.db.read() as con:  # a short query, fetched whole: the session ends at once
+    # a short query, fetched whole: the session ends at once
+    with run.db.read() as con, reading(run.cfg.table, run.cfg.where):
         query = what(con, remaining[0])
         table = None if query is None else arrow_table(con.sql(query[0], params=query[1]))
     if table is not None:

@@ -349,7 +349,7 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
         shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
         sql, params = pending_query(run.source, cfg.results_table, stats.model_version, cfg.limit)
         with run.db.read() as con:
-            shards = export_pending(con, sql, params, staging, shard_rows)
+            shards = export_pending(con, sql, params, staging, shard_rows, run.source)
         bundle_dir = Path(run.bundle.path).resolve()
         live = check_nodes_read(
             ray,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,10 +29,12 @@ from marketpulse.results_schema import (
     ADDED_SCORE_COLUMNS,
     MODEL_COLUMNS,
     MODELS,
+    RESERVED_TABLES,
     RUN_COLUMNS,
     RUNS,
     SCORE_COLUMNS,
     probability_columns,
+    sanitize,
 )
 from marketpulse.sql import quote_ident, quote_table
 
@@ -60,13 +63,27 @@ def _kind(con, name: str) -> str | None:
     return row[0] if row else None
 
 
+def check_results_table_name(results_table: str) -> None:
+    """Refuse a results table named like one of marketpulse's own tables (runs, models,
+    explanations), as DuckDB resolves names: case-insensitive, `main.` implied. A scores
+    table there would take that table's place for every later run."""
+    quote_table(results_table)  # refuses names that would need quoting
+    if table_key(results_table) in RESERVED_TABLES:
+        raise MarketpulseError(
+            f"--results-table {results_table!r} is the name of marketpulse's own "
+            f"{table_key(results_table)} table; pass --results-table with another name "
+            "(e.g. scores)"
+        )
+
+
 def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None:
     """Refuse, before any query touches them, results tables that cannot take these results.
 
     Returns the existing scores table's {column: type}, or None when it is still to create.
     Runs on a read-only connection: it only looks.
     """
-    table = quote_table(results_table)  # refuses names that would need quoting
+    check_results_table_name(results_table)
+    table = quote_table(results_table)
     for name, flag in (
         (results_table, "--results-table"),
         (RUNS, "--results-db"),
@@ -103,34 +120,116 @@ def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None
     return have
 
 
-def _table_key(name: str) -> str:
+def table_key(name: str) -> str:
     """How DuckDB resolves a table name here: case-insensitive, `main.` implied."""
     name = name.lower()
     return name[len("main.") :] if name.startswith("main.") else name
 
 
-def check_one_source(con, results_table: str, table: str) -> None:
-    """Refuse to add `table`'s scores to a results table that holds another table's.
+# A run's source file when it was the results file itself (wherever that file is now).
+_SELF = "<the results file>"
 
-    Scores are matched to source rows by id alone, so another table's row 7 would pass
-    for this table's row 7 already scored, and its label would be reported as this one's.
+
+def _source_files(con, results_table: str, results_db: str | None, apart: bool) -> set[tuple]:
+    """(table key, file, table as spelled) of the runs that wrote into `results_table`.
+
+    The file is _SELF when the run scored a table of the results file itself, its
+    resolved path when the table lived in another file, None when unknown: a row without
+    `source_db`, or one from before `runs.results_db` whose source file is not the
+    results file's current path while this run's source is the results file (that row's
+    source may be this very file before it moved). `apart`: this run's source is
+    another file than the results.
     """
-    if _columns(con, quote_ident(RUNS)) is None:
-        return
+    cols = _columns(con, quote_ident(RUNS)) or {}
+    if "source_db" not in cols:
+        return set()
+    results_col = "results_db" if "results_db" in cols else "NULL"
     rows = con.execute(
-        f"SELECT DISTINCT source FROM {quote_ident(RUNS)} "
+        f"SELECT DISTINCT source, source_db, {results_col} FROM {quote_ident(RUNS)} "
         "WHERE lower(results_table) = lower(?) AND rows_scored + rows_skipped > 0 "
         "AND source IS NOT NULL",
         [results_table],
     ).fetchall()
-    others = sorted({r[0] for r in rows if _table_key(r[0]) != _table_key(table)})
-    if others:
-        suggestion = f"{_table_key(table).replace('.', '_')}_scores"
+    return {
+        (table_key(source), _file_of(source_db, then_results_db, results_db, apart), source)
+        for source, source_db, then_results_db in rows
+    }
+
+
+def _file_of(
+    source_db: str | None, then_results_db: str | None, results_db: str | None, apart: bool
+) -> str | None:
+    """A runs row's source file: _SELF, a path, or None (unknown); see `_source_files`."""
+    if source_db is None:
+        return None
+    if then_results_db is not None:
+        return _SELF if source_db == then_results_db else source_db
+    if source_db == results_db:
+        return _SELF
+    return source_db if apart else None
+
+
+def scored_this_source(run_row: tuple, table: str, source_db: str, results_db: str) -> bool:
+    """Whether a runs row's (source, source_db, results_db) may be a run over `table` of
+    the file `source_db`, its results in `results_db` (resolved paths): the same table
+    name as DuckDB resolves it, and the same file or one not recorded."""
+    source, then_source_db, then_results_db = run_row
+    if source is None or table_key(source) != table_key(table):
+        return False
+    apart = source_db != results_db
+    where = _file_of(then_source_db, then_results_db, results_db, apart)
+    return where is None or where == (source_db if apart else _SELF)
+
+
+def check_one_source(
+    con,
+    results_table: str,
+    table: str,
+    source_db: str | None = None,
+    results_db: str | None = None,
+) -> None:
+    """Refuse to add `table`'s scores to a results table that holds another table's.
+
+    Scores are matched to source rows by id alone, so another table's row 7 would pass
+    for this table's row 7 already scored, and its label would be reported as this one's.
+    Another table is one with another name, or the same name in another database file:
+    `source_db` and `results_db` are the resolved paths of this run's source and results
+    files (None: compare names only).
+    """
+    if _columns(con, quote_ident(RUNS)) is None:
+        return
+    apart = source_db is not None and source_db != results_db
+    mine = None if source_db is None else source_db if apart else _SELF
+    others = []
+    for key, where, spelled in sorted(
+        _source_files(con, results_table, results_db, apart), key=str
+    ):
+        if key != table_key(table):
+            others.append((spelled, None))
+        elif mine is not None and where is not None and where != mine:
+            others.append((spelled, where))
+    if not others:
+        return
+    suggestion = f"{table_key(table).replace('.', '_')}_scores"
+    named = [o for o in others if o[1] is None]
+    if named:
         raise MarketpulseError(
             f"results table {results_table!r} already holds the scores of table "
-            f"{others[0]!r}, and scores are matched to rows by id alone; pass "
+            f"{named[0][0]!r}, and scores are matched to rows by id alone; pass "
             f"--results-table with another name for {table!r} (e.g. {suggestion})"
         )
+    spelled, where = others[0]
+
+    def file(path):
+        return f"the results file {results_db}" if path == _SELF else path
+
+    stem = sanitize(Path(source_db).stem)
+    raise MarketpulseError(
+        f"results table {results_table!r} already holds the scores of table {spelled!r} "
+        f"of {file(where)}, and scores are matched to rows by id alone; pass "
+        f"--results-table with another name for {table!r} of {file(mine)} (e.g. "
+        f"{stem}_{suggestion}), or --results-db with another file"
+    )
 
 
 def prepare(con, results_table: str, id_type: str, labels: list[str]) -> list[str]:

@@ -43,7 +43,14 @@ from marketpulse.runtime.drift import RunDrift
 from marketpulse.runtime.drift import message as drift_message
 from marketpulse.runtime.drift import record as record_drift
 from marketpulse.runtime.progress import Progress, format_duration
-from marketpulse.runtime.source import Source, check_source, checked_size, count_rows, low_memory
+from marketpulse.runtime.source import (
+    Source,
+    check_source,
+    checked_size,
+    count_rows,
+    low_memory,
+    reading,
+)
 from marketpulse.sql import DEFAULT_STORAGE_VERSION, check_storage_version
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -153,6 +160,7 @@ def check_config(cfg: ScoreConfig) -> None:
         raise MarketpulseError("--lock-timeout and --commit-seconds must be 0 or more")
     checked_size(cfg.memory_limit)
     check_storage_version(cfg.storage_version)
+    results.check_results_table_name(cfg.results_table)  # before a results file is made
 
 
 @dataclass
@@ -297,6 +305,7 @@ class Run:
                 "status": "running",
                 "results_table": cfg.results_table,
                 "source_db": str(Path(cfg.db).resolve()),
+                "results_db": str(self.db.target.resolve()),
                 "filter": cfg.where,
                 "row_limit": cfg.limit,
                 "provider": provider,
@@ -371,22 +380,13 @@ class Run:
 
 
 def _count(con, run: Run, version: str) -> tuple[int, int]:
-    """count_rows, with a filter that fails on the table's values as a one-line error.
+    """count_rows, with a read that fails on the table's values as a one-line error.
 
     The count evaluates the filter on every row, so a value it cannot cast (`id = ''`)
     fails here, before anything is written, and not later while scoring.
     """
-    import duckdb
-
-    try:
+    with reading(run.cfg.table, run.cfg.where):
         return count_rows(con, run.source, run.cfg.results_table, version)
-    except duckdb.Error as exc:
-        if not run.cfg.where:
-            raise
-        raise MarketpulseError(
-            f"--where {run.cfg.where!r} fails on the rows of {run.cfg.table!r} "
-            f"({first_line(exc)[:200]}); fix the filter's values or types"
-        ) from exc
 
 
 @contextmanager
@@ -409,6 +409,12 @@ def checked_run(cfg: ScoreConfig) -> Iterator[Run]:
                 con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, db.attached
             )
             results.check_tables(con, cfg.results_table, run.source.id_type)
-            results.check_one_source(con, cfg.results_table, cfg.table)
+            results.check_one_source(
+                con,
+                cfg.results_table,
+                cfg.table,
+                str(Path(cfg.db).resolve()),
+                str(db.target.resolve()),
+            )
             run.matching, run.done = _count(con, run, bundle.version)
         yield run

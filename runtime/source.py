@@ -5,7 +5,9 @@ the source attached as `src` when it lives in another file than the results).
 
 `check_source` turns every input problem into a one-line error before anything is
 written: missing table or column, an id column that is not a plain scalar or holds
-NULLs or duplicates, a text column that is not text.
+NULLs or duplicates, a text column that is not text. A DuckDB error while the rows are
+read (a view that fails on some rows, a filter that cannot cast a value) is one line
+too, naming the table and the fix (`reading`), wherever the read happens.
 
 Work is the source rows that pass the filter and that this model version has not
 scored yet: an anti-join against the results table inside DuckDB. For a base table
@@ -23,9 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.where import compile_where
-from marketpulse.sql import quote_ident, quote_table, table_columns, table_names
+from marketpulse.sql import Columns, quote_ident, quote_table, table_columns, table_names
 from marketpulse.text import blank_sql
 
 SOURCE_ALIAS = "src"
@@ -41,6 +43,49 @@ class Source:
     id_type: str
     where_sql: str
     where_params: list
+    table: str = ""  # as the user named it, for messages
+    where: str | None = None  # the filter as the user wrote it, for messages
+
+
+def read_error(exc: BaseException, table: str, where: str | None = None) -> MarketpulseError:
+    """A DuckDB error raised while reading the rows of `table`, as one line with the fix."""
+    first = first_line(exc)[:200]
+    if where:
+        return MarketpulseError(
+            f"--where {where!r} fails on the rows of {table!r} ({first}); fix the filter's "
+            "values or types (or, for a view, the view)"
+        )
+    return MarketpulseError(
+        f"reading the rows of {table!r} failed ({first}); fix the table or view so that "
+        f"`SELECT * FROM {table}` runs, or pass --where to leave the failing rows out"
+    )
+
+
+@contextmanager
+def reading(table: str, where: str | None = None):
+    """Turn DuckDB errors inside the block (reads of the source rows) into `read_error`.
+
+    Only DuckDB's own reads belong inside: an Arrow stream over a DuckDB query raises the
+    query's error as an OSError, so OSError counts as a read error too."""
+    import duckdb
+
+    try:
+        yield
+    except (duckdb.Error, OSError) as exc:
+        raise read_error(exc, table, where) from exc
+
+
+def read_batches(relation, rows: int, source: Source):
+    """The relation's rows as Arrow record batches of at most `rows`, streamed; a DuckDB
+    error on the way (raised by the stream, mid-table) becomes `read_error`."""
+    with reading(source.table, source.where):
+        stream = iter(record_batches(relation, rows))
+    while True:
+        with reading(source.table, source.where):
+            batch = next(stream, None)
+        if batch is None:
+            return
+        yield batch
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|KiB|MiB|GiB)\s*", re.I)
@@ -92,7 +137,7 @@ def check_source(
                 f"column {col!r} not found in table {table!r} (columns: {', '.join(cols)}); "
                 f"pass {flag} with one of them"
             )
-    if id_col == text_col:
+    if id_col.casefold() == text_col.casefold():  # DuckDB's names ignore case
         raise MarketpulseError(
             "--id-col and --text-col name the same column; pass distinct columns"
         )
@@ -108,14 +153,15 @@ def check_source(
             "a text column"
         )
     where_sql, params = compile_where(con, where or "", list(cols))
-    source = Source(table_sql, id_col, text_col, id_type, where_sql, params)
-    _check_ids(con, source, table)
+    source = Source(table_sql, id_col, text_col, id_type, where_sql, params, table, where)
+    with reading(table):  # a view whose id column fails to compute
+        _check_ids(con, source, table)
     return source
 
 
-def _attached_columns(con, table_sql: str, table: str) -> dict[str, str]:
+def _attached_columns(con, table_sql: str, table: str) -> Columns:
     try:
-        return {r[0]: r[1] for r in con.execute(f"DESCRIBE {table_sql}").fetchall()}
+        return Columns((r[0], r[1]) for r in con.execute(f"DESCRIBE {table_sql}").fetchall())
     except Exception as exc:  # duckdb.CatalogException
         tables = ", ".join(table_names(con, SOURCE_ALIAS)) or "none"
         raise MarketpulseError(
@@ -244,11 +290,12 @@ def sample_pending_texts(
         sql = f"SELECT s.{quote_ident(source.text_col)} AS text FROM {source.table_sql} AS s "
         sql += f"WHERE {source.where_sql}"
         params = list(source.where_params)
-    texts = con.execute(
-        f"SELECT t FROM (SELECT CAST(text AS VARCHAR) AS t FROM ({sql})) "
-        f"WHERE NOT {blank_sql('t')} ORDER BY md5(? || t), t LIMIT ?",
-        [*params, SAMPLE_SALT, int(rows)],
-    ).fetchall()
+    with reading(source.table, source.where):
+        texts = con.execute(
+            f"SELECT t FROM (SELECT CAST(text AS VARCHAR) AS t FROM ({sql})) "
+            f"WHERE NOT {blank_sql('t')} ORDER BY md5(? || t), t LIMIT ?",
+            [*params, SAMPLE_SALT, int(rows)],
+        ).fetchall()
     return [row[0] for row in texts]
 
 
@@ -266,17 +313,23 @@ def arrow_table(relation):
     return relation.fetch_arrow_table()
 
 
-def export_pending(con, sql: str, params: list, out_dir: Path, shard_rows: int) -> list[str]:
-    """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows."""
+def export_pending(
+    con, sql: str, params: list, out_dir: Path, shard_rows: int, source: Source
+) -> list[str]:
+    """Stream the pending-rows query into Parquet shards of at most `shard_rows` rows.
+
+    `source` (the query's table) names the table in the one-line error a failing read
+    becomes."""
     import pyarrow.parquet as pq
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    reader = record_batches(con.sql(sql, params=params), min(shard_rows, 65536))
     paths: list[str] = []
     writer = None
     rows_in_shard = 0
     try:
-        for batch in reader:
+        with reading(source.table, source.where):
+            relation = con.sql(sql, params=params)
+        for batch in read_batches(relation, min(shard_rows, 65536), source):
             if writer is None or rows_in_shard >= shard_rows:
                 if writer is not None:
                     writer.close()

@@ -91,14 +91,14 @@ def test_explain_rows_writes_one_row_per_word_with_personal_data_masked(bundle, 
         "SELECT id, word, position, model_version FROM explanations ORDER BY id, position"
     ).fetchall()
     con.close()
-    assert [(r[0], r[1]) for r in rows if r[0] == 1] == [
-        (1, "Oil"),
-        (1, "slides"),
-        (1, "on"),
-        (1, "weak"),
-        (1, "demand"),
+    assert [(r[0], r[1]) for r in rows if r[0] == "1"] == [  # ids as text (any id type)
+        ("1", "Oil"),
+        ("1", "slides"),
+        ("1", "on"),
+        ("1", "weak"),
+        ("1", "demand"),
     ]
-    assert [r[1] for r in rows if r[0] == 2] == [
+    assert [r[1] for r in rows if r[0] == "2"] == [
         "Call",
         "<PHONE>",
         "<PHONE>",
@@ -169,3 +169,131 @@ def test_a_predictor_without_an_encoder_counts_every_word_as_seen():
     assert Fake.rows == 1 + 2
     assert e.occluded == 2
     assert [w.weight for w in e.words] == pytest.approx([0.2, 0.3, 0.0])
+
+
+def _explain_rows(bundle, db, table, **kw):
+    from marketpulse.runtime.explanations import ExplainConfig, explain_table
+
+    cfg = ExplainConfig(db=db, table=table, id_col="id", text_col="text", bundle=bundle.path, **kw)
+    return explain_table(cfg)
+
+
+def _rows(db, sql):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_tables_with_the_same_ids_or_other_id_types_keep_their_own_explanations(bundle, tmp_path):
+    """A rerun replaces (source, id, model version): explaining `UPPER` leaves `o`'s rows
+    for the same ids alone, and a UUID-id table explained after a BIGINT one fits."""
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE o AS SELECT range AS id, 'oil slides ' || range AS text FROM range(3)")  # fmt: skip
+        con.execute("CREATE TABLE UPPER AS SELECT range AS id, 'gold jumps on demand' AS text FROM range(3)")  # fmt: skip
+        con.execute("CREATE TABLE u AS SELECT uuid() AS id, 'rates rise' AS text FROM range(2)")
+    assert _explain_rows(bundle, db, "o").rows == 3
+    assert _explain_rows(bundle, db, "UPPER").rows == 3
+    assert _explain_rows(bundle, db, "main.upper").rows == 3  # the same table: replaced
+    assert _explain_rows(bundle, db, "u").rows == 2
+    counts = _rows(db, "SELECT source, count(DISTINCT id), count(*) FROM explanations GROUP BY ALL ORDER BY 1")  # fmt: skip
+    assert counts == [("main.upper", 3, 12), ("o", 3, 9), ("u", 2, 4)]
+    words = _rows(db, "SELECT word FROM explanations WHERE source = 'o' AND id = '1' ORDER BY position")  # fmt: skip
+    assert words == [("oil",), ("slides",), ("1",)]
+    # joined back to its table by the documented cast
+    joined = _rows(db, "SELECT count(*) FROM explanations e JOIN u ON e.source = 'u' AND e.id = CAST(u.id AS VARCHAR)")  # fmt: skip
+    assert joined == [(4,)]
+
+
+def test_an_explanations_table_from_before_is_migrated_not_refused(bundle, tmp_path):
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts AS SELECT range AS id, 'oil slides' AS text FROM range(2)")
+        con.execute("CREATE TABLE explanations (id BIGINT NOT NULL, model_version VARCHAR NOT NULL, label VARCHAR, word VARCHAR, position INTEGER, weight DOUBLE, explained_at TIMESTAMP)")  # fmt: skip
+        con.execute("INSERT INTO explanations VALUES (0, 'old', 'neutral', 'oil', 0, 0.5, now())")
+    stats = _explain_rows(bundle, db, "posts")
+    assert (stats.rows, stats.words) == (2, 4)
+    rows = _rows(db, "SELECT id, model_version, source, word FROM explanations ORDER BY model_version = 'old' DESC, id, position")  # fmt: skip
+    assert rows == [
+        ("0", "old", None, "oil"),  # kept, its source unknown
+        ("0", bundle.version, "posts", "oil"),
+        ("0", bundle.version, "posts", "slides"),
+        ("1", bundle.version, "posts", "oil"),
+        ("1", bundle.version, "posts", "slides"),
+    ]
+
+
+def test_only_the_words_weighed_are_stored(bundle, tmp_path):
+    """A text far longer than the model sees: only its occluded words get rows."""
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    long_text = " ".join(["shares", "rise", "after", "earnings"] * 500)  # 2,000 words
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts (id INTEGER, text VARCHAR)")
+        con.execute("INSERT INTO posts VALUES (1, ?), (2, 'oil slides')", [long_text])
+    stats = _explain_rows(bundle, db, "posts")
+    (e,) = explain(Predictor(bundle, device="cpu"), [long_text])
+    assert e.occluded < 48  # the bundle's max length cuts it
+    assert stats.words == e.occluded + 2
+    assert _rows(
+        db, "SELECT id, count(*), max(position) FROM explanations GROUP BY ALL ORDER BY 1"
+    ) == [  # fmt: skip
+        ("1", e.occluded, e.occluded - 1),
+        ("2", 2, 1),
+    ]
+    assert "(2 rows" not in stats.summary("m.duckdb")
+    assert f"explained 2 rows ({e.occluded + 2:,} words weighed" in stats.summary("m.duckdb")
+
+
+def test_a_view_that_fails_when_read_is_one_line_and_nothing_is_written(bundle, tmp_path):
+    from marketpulse.errors import MarketpulseError
+
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts AS SELECT range AS id, CASE WHEN range = 3 THEN 'abc' ELSE range::VARCHAR END AS text FROM range(10)")  # fmt: skip
+        con.execute("CREATE VIEW badv AS SELECT id, CAST(CAST(text AS INTEGER) AS VARCHAR) AS text FROM posts")  # fmt: skip
+    with pytest.raises(MarketpulseError) as err:
+        _explain_rows(bundle, db, "badv")
+    assert str(err.value).startswith("reading the rows of 'badv' failed (Conversion Error: ")
+    assert "fix the table or view" in str(err.value) and "\n" not in str(err.value)
+    assert _rows(db, "SELECT table_name FROM information_schema.tables ORDER BY 1") == [
+        ("badv",),
+        ("posts",),
+    ]
+
+
+def test_a_row_is_explained_by_the_graph_that_scored_it(bundle, tmp_path):
+    """Scored by int8 (forced), explained by int8 with the label it has; rows without a
+    score by the CPU preference; --variant names one graph for all."""
+    from marketpulse.inference.predictor import choose_placement
+    from marketpulse.runtime import ScoreConfig, score
+
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts (id INTEGER, text VARCHAR)")
+        con.executemany("INSERT INTO posts VALUES (?, ?)", list(enumerate(MARKET_SENTENCES)))
+    n = len(MARKET_SENTENCES)
+    scored = n - 2
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", variant="int8", limit=None, where=f"id < {scored}", progress=False)  # fmt: skip
+    assert score(cfg).rows_scored == scored
+    preference = choose_placement(bundle, "cpu").variant
+    stats = _explain_rows(bundle, db, "posts", limit=n)
+    assert stats.variants == {"int8": scored} | (
+        {preference: 2} if preference != "int8" else {"int8": n}
+    )
+    graphs = dict(_rows(db, "SELECT DISTINCT CAST(id AS INTEGER), variant FROM explanations"))
+    assert graphs == {i: "int8" if i < scored else preference for i in range(n)}
+    mismatched = _rows(db, "SELECT count(*) FROM explanations e JOIN scores s ON e.id = CAST(s.id AS VARCHAR) WHERE e.label <> s.label")  # fmt: skip
+    assert mismatched == [(0,)]
+    # another table, ids of another type: nothing of it in `scores`, the preference
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE u AS SELECT uuid() AS id, 'rates rise' AS text FROM range(2)")
+    assert _explain_rows(bundle, db, "u").variants == {preference: 2}
+    forced = _explain_rows(bundle, db, "posts", limit=n, variant="fp32")
+    assert forced.variants == {"fp32": n}
+    assert _rows(db, "SELECT DISTINCT variant FROM explanations WHERE source = 'posts'") == [
+        ("fp32",)
+    ]

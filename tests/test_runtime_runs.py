@@ -305,3 +305,132 @@ def test_a_results_table_holds_one_source_tables_scores(tiny_bundle, tmp_path):
     assert run("tweets", results_table="tweets_scores").rows_scored == 8
     assert run("NEWS").rows_scored == 0  # the same table, as DuckDB resolves names
     assert run("main.news").rows_scored == 0
+
+
+def test_a_results_table_holds_one_source_files_table(tiny_bundle, tmp_path):
+    """Two database files with a table of the same name are two tables: the second file's
+    `tweets` scored into the first's results would find every row 'already scored'."""
+
+    def make(path, word, n):
+        with duckdb.connect(str(path)) as con:
+            con.execute(
+                f"CREATE TABLE tweets AS SELECT range AS id, '{word} ' || range AS text "
+                f"FROM range({n})"
+            )
+        return path
+
+    first, other = (
+        make(tmp_path / "r.duckdb", "oil jumps", 5),
+        make(tmp_path / "o.duckdb", "gold", 7),
+    )
+    res = tmp_path / "res.duckdb"
+
+    def run(db, **kw):
+        cfg = ScoreConfig(db, "tweets", "id", "text", tiny_bundle.path, progress=False, **kw)
+        return score(cfg)
+
+    assert run(first, results_db=res).rows_scored == 5
+    with pytest.raises(MarketpulseError) as err:
+        run(other, results_db=res)
+    assert str(err.value) == (
+        f"results table 'scores' already holds the scores of table 'tweets' of "
+        f"{first.resolve()}, and scores are matched to rows by id alone; pass "
+        f"--results-table with another name for 'tweets' of {other.resolve()} (e.g. "
+        "o_tweets_scores), or --results-db with another file"
+    )
+    assert query(res, "SELECT count(*) FROM runs") == [(1,)]
+    assert run(other, results_db=res, results_table="o_tweets_scores").rows_scored == 7
+    assert run(first, results_db=res).rows_already_scored == 5  # the same file still runs
+    # the results file's own `tweets` is a third table for `scores` of res.duckdb
+    make(res, "copper", 3)
+    with pytest.raises(MarketpulseError, match=r"for 'tweets' of the results file .*res\.duckdb"):
+        run(res)
+
+    # Scores in the source file itself follow the file when it moves (or is copied).
+    assert run(other).rows_scored == 7
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(other, moved / "o.duckdb")
+    assert run(moved / "o.duckdb").rows_already_scored == 7
+    # ... and another file's `tweets` is refused there too
+    with pytest.raises(MarketpulseError, match="of the results file"):
+        run(first, results_db=moved / "o.duckdb")
+
+    # A runs row from before runs.results_db whose source file is not the results file:
+    # it may be this file before a move, so it refuses nothing for the file itself...
+    with duckdb.connect(str(moved / "o.duckdb")) as con:
+        con.execute("ALTER TABLE runs DROP COLUMN results_db")
+        con.execute("UPDATE runs SET source_db = '/gone/o.duckdb'")
+    assert run(moved / "o.duckdb").rows_already_scored == 7
+    # ... but is another file for a source kept apart from the results
+    with pytest.raises(MarketpulseError, match="of /gone/o.duckdb"):
+        run(first, results_db=moved / "o.duckdb")
+    # and a row without source_db is unknown: names alone are compared
+    with duckdb.connect(str(moved / "o.duckdb")) as con:
+        con.execute("UPDATE runs SET source_db = NULL")
+    assert run(first, results_db=moved / "o.duckdb").rows_scored == 0
+
+
+@pytest.mark.parametrize("name", ["runs", "RUNS", "models", "main.Explanations"])
+def test_marketpulse_own_table_names_are_no_results_table(tiny_bundle, tmp_path, name):
+    db, res = tmp_path / "m.duckdb", tmp_path / "res.duckdb"
+    make_source(db, 10)
+    for results_db in (None, res):
+        cfg = config(db, tiny_bundle, results_table=name, results_db=results_db)
+        with pytest.raises(MarketpulseError) as err:
+            score(cfg)
+        key = name.lower().removeprefix("main.")
+        assert str(err.value) == (
+            f"--results-table {name!r} is the name of marketpulse's own {key} table; pass "
+            "--results-table with another name (e.g. scores)"
+        )
+    assert query(db, "SELECT table_name FROM information_schema.tables") == [("posts",)]
+    assert not res.exists()  # nothing written, not even an empty results file
+
+
+def test_a_write_error_says_the_fix_that_fits_it(bundle, tmp_path):
+    """Only a file-system error (disk full, a file that cannot be written) asks for disk
+    space; a constraint on the results table names DuckDB's message and that fix."""
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "market.duckdb"
+    make_source(db, 50)
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "CREATE TABLE scores (id BIGINT NOT NULL, model_version VARCHAR NOT NULL, "
+            "label VARCHAR, confidence DOUBLE CHECK (confidence < 0), reason VARCHAR, "
+            "truncated BOOLEAN, scored_at TIMESTAMP)"
+        )
+    with pytest.raises(MarketpulseError) as err:
+        score(config(db, bundle))
+    message = str(err.value)
+    assert message.startswith(f"cannot write to {db} (Constraint Error: CHECK constraint failed")
+    assert "drop that constraint, or pass --results-table with another name" in message
+    assert "free disk space" not in message
+    assert query(db, "SELECT status, error FROM runs") == [("failed", message)]
+    assert query(db, "SELECT count(*) FROM scores") == [(0,)]
+
+    # a full disk (here: a file-size limit) still says so
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from pathlib import Path
+        from marketpulse.errors import MarketpulseError
+        from marketpulse.runtime.database import Database
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        db = Database(Path({str(db)!r}), None, "512MB", 5, "v1.0.0")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))
+        try:
+            with db.write() as con:
+                con.execute("CREATE TABLE filler AS SELECT repeat('x', 200) || range AS t FROM range(100000)")
+        except MarketpulseError as exc:
+            print(exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.startswith(f"cannot write to {db} ("), out.stdout + out.stderr
+    assert "free disk space or make the file writable, then rerun" in out.stdout

@@ -344,3 +344,70 @@ def test_a_missing_table_lists_tables_of_every_schema_qualified(source, bundle, 
     with duckdb.connect(str(db), read_only=True) as con:
         with pytest.raises(MarketpulseError, match=re.escape(f"not found {listed}")):
             table_columns(con, "tweets")
+
+
+BAD_VIEW = (
+    "CREATE VIEW badv AS SELECT id, CASE WHEN id = {bad} THEN CAST(CAST(lang AS INTEGER) "
+    "AS VARCHAR) ELSE text END AS text, lang FROM posts"
+)
+READ_FAILED = "reading the rows of 'badv' failed (Conversion Error: Could not convert string 'en'"
+
+
+def test_a_view_that_fails_when_read_is_one_line_and_the_run_row_says_so(source, bundle):
+    db, _ = source
+    with duckdb.connect(str(db)) as con:
+        con.execute(BAD_VIEW.format(bad=300))
+    result = run_cli(db, bundle.path, "--table", "badv", "--variant", "fp32")
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert line.startswith(f"Error: {READ_FAILED}")
+    assert line.endswith("fix the table or view so that `SELECT * FROM badv` runs, or pass --where to leave the failing rows out")  # fmt: skip
+    assert "Traceback" not in result.output and "DuckDB failed" not in result.output
+    (status, error, scored), *_ = query(db, "SELECT status, error, rows_scored FROM runs")
+    assert (status, scored) == ("failed", 0)
+    assert error == line.removeprefix("Error: ")
+    # the same error from Python, with a filter named in it
+    cfg = ScoreConfig(db=db, table="badv", id_col="id", text_col="text", bundle=bundle.path, device="cpu", variant="fp32", where="lang = 'en'", progress=False)  # fmt: skip
+    with pytest.raises(MarketpulseError, match=r"^--where \"lang = 'en'\" fails on the rows of 'badv' \(Conversion Error"):  # fmt: skip
+        score(cfg)
+
+
+def test_reading_a_failing_view_for_the_auto_check_or_staging_is_one_line(source, tmp_path):
+    """The two other reads of a view's rows: auto's sample of the pending texts, and the
+    staging stream, where DuckDB's error comes mid-stream through Arrow (as an OSError)."""
+    from marketpulse.runtime.source import check_source, export_pending, sample_pending_texts
+
+    db, _ = source
+    with duckdb.connect(str(db)) as con:
+        con.execute(BAD_VIEW.format(bad=N - 2))  # 'en'
+        con.execute("CREATE TABLE big AS SELECT range AS id, 'en' AS lang, 'x' AS text FROM range(200000)")  # fmt: skip
+        con.execute("CREATE VIEW bigv AS SELECT id, CASE WHEN id = 150000 THEN CAST(CAST(lang AS INTEGER) AS VARCHAR) ELSE text END AS text FROM big")  # fmt: skip
+    with duckdb.connect(str(db), read_only=True) as con:
+        src = check_source(con, "badv", "id", "text", None, False)
+        with pytest.raises(MarketpulseError, match=re.escape(READ_FAILED)):
+            sample_pending_texts(con, src, "scores", "v1", 64)
+    with duckdb.connect(str(db), read_only=True) as con:
+        big = check_source(con, "bigv", "id", "text", None, False)
+    with duckdb.connect(str(db), read_only=True) as con:
+        con.execute("SET threads = 1")  # row 150,000 comes after the first batches
+        sql = f"SELECT id, text FROM {big.table_sql}"
+        with pytest.raises(MarketpulseError, match=r"^reading the rows of 'bigv' failed \(Conversion"):  # fmt: skip
+            export_pending(con, sql, [], tmp_path / "stage", 1000, big)
+    assert len(list((tmp_path / "stage").iterdir())) > 1  # it failed mid-stream
+
+
+def test_column_names_match_in_any_letter_case_as_duckdb_does(tmp_path, bundle):
+    """DuckDB resolves identifiers case-insensitively; so do --id-col and --text-col."""
+    db = tmp_path / "upper.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "CREATE TABLE Posts AS SELECT i AS ID, 'headline ' || i AS Body FROM range(40) t(i)"
+        )
+    args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "BODY"]
+    result = CliRunner().invoke(main, [*args, "--bundle", str(bundle.path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert query(db, "SELECT count(DISTINCT id), count(label) FROM scores") == [(40, 40)]
+    same = CliRunner().invoke(
+        main, [*args[:-4], "--id-col", "ID", "--text-col", "id", "--bundle", str(bundle.path)]
+    )
+    assert same.exit_code == 1 and "name the same column" in same.output
