@@ -251,9 +251,9 @@ def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
     if not cfg.auto_check_rows or not run.pending:
         return choice
     with run.db.read() as con:
-        texts = sample_pending_texts(
-            con, run.source, cfg.results_table, run.bundle.version, cfg.auto_check_rows
-        )
+        # never more rows than the run will score (--limit)
+        rows = min(cfg.auto_check_rows, run.pending)
+        texts = sample_pending_texts(con, run.source, cfg.results_table, run.bundle.version, rows)
     if not texts:
         return choice
     graph, reference = load(choice.variant), load(ref)

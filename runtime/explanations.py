@@ -78,7 +78,8 @@ class ExplainStats:
         graphs = ", ".join(f"{n:,} by {v}" for v, n in sorted(self.variants.items()))
         graphs = f"; {graphs}" if graphs else ""
         return (
-            f"explained {self.rows:,} rows ({self.words:,} words weighed{graphs}) -> "
+            f"explained {self.rows:,} row{'s' * (self.rows != 1)} "
+            f"({self.words:,} word{'s' * (self.words != 1)} weighed{graphs}) -> "
             f"{self.table} in {db} (model {self.model_version})"
         )
 

@@ -238,6 +238,17 @@ def test_a_pick_that_agrees_with_fp32_on_the_text_keeps_its_speed(bundle, tmp_pa
     assert row == (stats.variant, stats.variant_reason)  # what the runs table says, too
 
 
+def test_the_check_samples_no_more_rows_than_the_run_scores(bundle, tmp_path):
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 3.0)
+    passed = with_gate(bundle, tmp_path, True)
+    db = tmp_path / "m.duckdb"
+    make_source(db, N)
+    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, limit=5, auto_check_rows=20)  # fmt: skip
+    stats = score(cfg, predictor_type=AgreeingInt8)
+    assert stats.variant_reason.endswith("of 5 rows sampled from the rows to score")
+
+
 def test_the_check_samples_the_rows_still_to_score(tmp_path):
     """A hash sample of the non-blank texts that pass the filter and this model version
     has not scored: the same rows whatever order DuckDB reads in."""
