@@ -27,6 +27,7 @@ import numpy as np
 
 from marketpulse.checkpoint import TEST_SPLIT, Checkpoint, read_test_split
 from marketpulse.errors import MarketpulseError
+from marketpulse.export.log import log
 from marketpulse.sources import Flags, first_line, open_source
 from marketpulse.sql import quote_ident
 from marketpulse.text import blank_sql
@@ -82,6 +83,13 @@ class CheckTexts:
 def load_check_texts(checkpoint: Checkpoint, limit: int | None) -> CheckTexts:
     """The checkpoint's held-out test split, else the built-in market sentences."""
     if checkpoint.test_split_path is None:
+        if checkpoint.trained_here:  # train wrote one: it was deleted or never copied
+            log(
+                f"warning: {checkpoint.path} was written by `marketpulse train` but its "
+                f"{TEST_SPLIT} is missing, so the graphs are checked on "
+                f"{len(MARKET_SENTENCES)} built-in sentences only; copy the file back, or "
+                "pass --check-input/--check-table with texts like those to be scored"
+            )
         return CheckTexts(list(MARKET_SENTENCES), None, "built-in market sentences")
     texts, labels = read_test_split(checkpoint)
     if limit is not None:
@@ -153,7 +161,8 @@ def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSa
 
     Ordering by md5(text) is a hash sample: every text is equally likely to be picked,
     duplicates in proportion, and a rerun on the same data picks the same rows. When the
-    source holds fewer than both together, the calibration takes at most half of it.
+    source holds fewer than both together, the calibration takes at most half of it and
+    the gated texts never more than `source.rows`.
     """
     import duckdb
 
@@ -189,10 +198,9 @@ def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSa
             f"no non-blank texts in {source.describe()} ({rows_read} rows read); "
             "pass --check-text-col with the column that holds the text"
         )
-    held = min(calibration_rows, len(texts) - source.rows)
-    if held < calibration_rows:  # too few for both: split what there is
-        held = min(calibration_rows, len(texts) // 2)
-    gated, calibration = texts[: len(texts) - held], texts[len(texts) - held :]
+    # at most source.rows gated; a source too small for both keeps half for calibration
+    gated_n = min(source.rows, len(texts) - min(calibration_rows, len(texts) // 2))
+    gated, calibration = texts[:gated_n], texts[gated_n : gated_n + calibration_rows]
     skipped = {"null_text": nulls, "empty_text": blanks}
     return CheckSample(gated, source.describe(), rows_read, skipped, calibration)
 

@@ -51,6 +51,7 @@ from marketpulse.export.graphs import (
 from marketpulse.export.log import log
 from marketpulse.export.outliers import CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
+from marketpulse.staging import publishable
 from marketpulse.text import is_blank
 
 # From `python -m marketpulse.tools.export_measure CHECKPOINT --rows 477` (CHECKPOINT:
@@ -160,6 +161,7 @@ def run(cfg: ExportConfig) -> Bundle:
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
         manifest["calibration_texts"] = calibrated_on
+        publishable(staging)  # mkdtemp made it private; a bundle is read by other users
         return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -354,6 +354,10 @@ def evaluate(
 
     from marketpulse.train import evaluate as stage
 
+    if out and not Path(out).resolve().parent.is_dir():  # before minutes of scoring
+        raise click.UsageError(
+            f"--out {out}: folder {Path(out).resolve().parent} does not exist; create it first"
+        )
     source = None
     if not domain_specs or any(x is not None for x in (table, query, input_path)):
         source = _data_source(db, table, query, input_path, text_col, label_col, label_names)

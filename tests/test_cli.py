@@ -97,3 +97,10 @@ def test_a_duckdb_error_no_stage_caught_is_one_line(monkeypatch):
     ]
     monkeypatch.setenv("MARKETPULSE_DEBUG", "1")
     assert isinstance(CliRunner().invoke(group, ["fails"]).exception, duckdb.ConversionException)
+
+
+def test_evaluate_refuses_an_out_file_in_a_missing_folder_before_scoring(tmp_path):
+    args = ["evaluate", "--model", str(tmp_path), "--input", str(tmp_path / "rows.csv")]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "nodir" / "m.json")])
+    assert result.exit_code == 2, result.output
+    assert "nodir does not exist; create it first" in result.output

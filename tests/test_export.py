@@ -74,6 +74,20 @@ def test_bundle_has_every_file_and_manifest_field(tiny_bundle, tiny_checkpoint):
     assert load_bundle(tiny_bundle.path).version == manifest["model_version"]
 
 
+def test_a_bundle_is_readable_like_a_folder_made_with_mkdir(tiny_bundle, tmp_path):
+    """The staging folder comes from mkdtemp (0700); a scoring service running as another
+    user must still read the published bundle: modes as the umask gives new files."""
+    import stat
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "f").write_text("x")
+    mode = stat.S_IMODE
+    assert mode(tiny_bundle.path.stat().st_mode) == mode(plain.stat().st_mode)
+    for path in tiny_bundle.path.iterdir():
+        assert mode(path.stat().st_mode) == mode((plain / "f").stat().st_mode), path.name
+
+
 def test_graphs_have_dynamic_axes_and_expected_types(tiny_bundle):
     import onnx
 
@@ -387,3 +401,20 @@ def test_int8_calibrates_on_the_validation_split_not_the_gated_test_split(
     )
     calibration = bundle.manifest["variants"]["int8"]["quantization"]["calibration"]
     assert calibration["rows"] == 9  # the blank one is skipped
+
+
+def test_a_trained_checkpoint_without_its_test_split_is_checked_with_a_warning(
+    tiny_checkpoint, tmp_path, capsys
+):
+    from marketpulse.checkpoint import load_checkpoint
+    from marketpulse.export.checks import load_check_texts
+
+    checkpoint = _labeled_checkpoint(tiny_checkpoint, tmp_path, ["bearish", "bullish"])
+    (checkpoint / "test_split.parquet").unlink()
+    texts = load_check_texts(load_checkpoint(checkpoint), None)
+    assert texts.source == "built-in market sentences" and texts.labels is None
+    err = capsys.readouterr().err
+    assert "test_split.parquet is missing" in err and "pass --check-input" in err
+    # a plain Hugging Face directory never had one: no warning
+    load_check_texts(load_checkpoint(tiny_checkpoint), None)
+    assert capsys.readouterr().err == ""

@@ -62,6 +62,12 @@ def test_check_sample_is_reproducible_whatever_the_row_order(tmp_path):
     )
     assert len(short.texts) == len(short.calibration) == len(TEXTS) // 2
     assert sorted(short.texts + short.calibration) == sorted(TEXTS)
+    # never more gated texts than asked for: the rest calibrates
+    few = read_check_sample(
+        CheckSource(db=db, table="news", text_col="body text", rows=3), calibration_rows=512
+    )
+    assert few.texts == samples[0].texts[:3]
+    assert sorted(few.texts + few.calibration) == sorted(TEXTS)
 
 
 def test_export_gates_on_check_texts_from_a_csv(tiny_checkpoint, tmp_path):

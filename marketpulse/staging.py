@@ -1,0 +1,35 @@
+"""Output folders built beside their destination and renamed into place, readable like any.
+
+`train`, `adapt` and `export` write their output into a hidden sibling of `--out` and
+rename it into place only when everything succeeded, so a failure never leaves a
+half-written output or destroys the previous one. `tempfile.mkdtemp` creates that
+sibling private (0700), and some writers (safetensors) create their files 0600: once
+renamed, a scoring service running as another user could not read the bundle. So
+`publishable` gives the folder and its files the modes a plain `mkdir` and `open` would
+have had under the process's umask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def publishable(folder: Path) -> Path:
+    """Give `folder`, its subfolders and files the modes the umask would give new ones."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    return Path(folder)
