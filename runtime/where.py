@@ -18,7 +18,7 @@ parameter. User text therefore never reaches the SQL that runs.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.sql import quote_ident
@@ -151,7 +151,10 @@ class _Compiler:
         elif kind in ("INTEGER", "BIGINT", "HUGEINT"):
             self.params.append(int(text))
         elif kind in ("NUMERIC", "DECIMAL"):
-            self.params.append(Decimal(text))
+            try:
+                self.params.append(Decimal(text))
+            except InvalidOperation:  # DuckDB's parser takes "0E" for a number; Python not
+                self.reject(f"the number {text!r}")
         elif kind in ("DOUBLE", "FLOAT"):
             self.params.append(float(text))
         elif kind in ("STRING", "VARCHAR"):
