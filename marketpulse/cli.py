@@ -227,11 +227,14 @@ def train(
     from pathlib import Path
 
     from marketpulse.train import TrainConfig, run
-    from marketpulse.train.split import parse_fractions
+    from marketpulse.train.split import parse_fractions, rescale_note
     from marketpulse.train.trainer import format_summary
 
     _check_tune_flags(tune)
     source = _data_source(db, table, query, input_path, text_col, label_col, label_names)
+    note = rescale_note(split_)
+    if note:
+        click.echo(note, err=True)
     cfg = TrainConfig(
         source=source,
         out=Path(out),

@@ -210,7 +210,8 @@ def test_label_map_without_domains_keeps_the_single_report(trained_checkpoint, d
         (["--label-map", "other:a=b"], "--label-map names domain 'other'"),
         (
             ["--domain", REVIEWS_SQL, "--label-map", "positive=bullish,negative=bearish"],
-            "domain 'reviews': labels meh are not among the model's labels",
+            "domain 'reviews': labels meh are not among the model's labels (bearish, bullish, "
+            "neutral) after --label-map; map them with --label-map meh=LABEL",
         ),
     ],
 )
@@ -275,3 +276,86 @@ def test_twitter_against_amazon_reviews(tiny_checkpoint, tmp_path):
         supports = {k: v["support"] for k, v in domain["metrics"]["per_class"].items()}
         assert supports == {k: truth.count(k) for k in TINY_LABELS}
         assert row["baseline_accuracy"] == pytest.approx(majority_baseline(truth)[0])
+
+
+def checkpoint_with_labels(tiny_checkpoint, out, labels: list[str]):
+    """The tiny checkpoint with its three classes named `labels`, as train names them."""
+    shutil.copytree(tiny_checkpoint, out)
+    config = json.loads((out / "config.json").read_text())
+    config["id2label"] = dict(enumerate(labels))
+    config["label2id"] = {label: i for i, label in enumerate(labels)}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def write_csv(path, labels) -> str:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows((f"market post number {i}", y) for i, y in enumerate(labels))
+    return str(path)
+
+
+def supports_of(saved: dict) -> dict[str, int]:
+    return {k: v["support"] for k, v in saved["metrics"]["per_class"].items()}
+
+
+@pytest.mark.parametrize(
+    ("model_labels", "table"),
+    [
+        (["1", "2", "3"], [1, 1, 2, 2, 2]),  # a table with the model's first two values only
+        (["-1", "0", "1"], [-1, 0, 0, 1, 1, 1]),
+        (["1", "2", "3"], [3, 3, 1]),
+    ],
+)
+def test_integer_labels_match_a_model_named_by_its_integers_by_value(
+    tiny_checkpoint, tmp_path, model_labels, table
+):
+    model = checkpoint_with_labels(tiny_checkpoint, tmp_path / "model", model_labels)
+    data = write_csv(tmp_path / "valid.csv", table)
+    result = _run("--model", str(model), "--input", data, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    saved = json.loads(result.stdout)
+    truth = [str(y) for y in table]
+    assert supports_of(saved) == {label: truth.count(label) for label in model_labels}
+    # digits stored as text are their values too
+    text = tmp_path / "text.parquet"
+    duckdb.sql(
+        f"COPY (SELECT text, CAST(label AS VARCHAR) AS label FROM read_csv('{data}')) "
+        f"TO '{text}' (FORMAT parquet)"
+    )
+    result = _run("--model", str(model), "--input", str(text), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    assert supports_of(json.loads(result.stdout)) == supports_of(saved)
+
+
+def test_an_integer_the_model_does_not_know_is_an_error_naming_it(tiny_checkpoint, tmp_path):
+    model = checkpoint_with_labels(tiny_checkpoint, tmp_path / "model", ["1", "2", "3"])
+    data = write_csv(tmp_path / "valid.csv", [0, 1, 2])  # 0 is no class of this model
+    result = _run("--model", str(model), "--input", data, "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: label '0' in column 'label' is not one of the model's labels (1, 2, 3); "
+        "map it with --label-map 0=LABEL, or leave those rows out of the source"
+    ]
+    # --label-map onto the model's names, and --label-names by position, still work
+    result = _run("--model", str(model), "--input", data, "--label-map", "0=3", "--json")
+    assert result.exit_code == 0, result.output
+    assert supports_of(json.loads(result.stdout)) == {"1": 1, "2": 1, "3": 1}
+    result = _run("--model", str(model), "--input", data, "--label-names", "1,2,3", "--json")
+    assert result.exit_code == 0, result.output
+    assert supports_of(json.loads(result.stdout)) == {"1": 1, "2": 1, "3": 1}
+
+
+def test_nan_labels_in_parquet_are_skipped(trained_checkpoint, tmp_path):
+    model, _ = trained_checkpoint
+    data = tmp_path / "gaps.parquet"  # pandas writes an int column with a gap as DOUBLE + NaN
+    duckdb.sql(
+        "COPY (SELECT * FROM (VALUES ('a', 0.0), ('b', 2.0), ('c', 'nan'::DOUBLE), ('d', 1.0)) "
+        f"t(text, label)) TO '{data}' (FORMAT parquet)"
+    )
+    result = _run("--model", str(model), "--input", str(data), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    saved = json.loads(result.stdout)
+    assert saved["rows"]["used"] == 3 and saved["rows"]["skipped"]["null_label"] == 1
+    assert supports_of(saved) == {"bearish": 1, "bullish": 1, "neutral": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -253,6 +254,37 @@ def test_trainability_checks(tmp_path):
         require_trainable(tiny_class, DataSource(label_col="tag"), 3)
 
 
+def test_too_few_rows_advice_is_a_fix_that_works(tmp_path):
+    rows = [(i, f"t{i}", "big") for i in range(10)] + [(20, "s1", "it's rare")]
+    db = make_db(tmp_path / "a.duckdb", rows)
+    source = DataSource(db=db, table="posts", text_col="body", label_col="tag")
+    with pytest.raises(MarketpulseError) as err:
+        require_trainable(load_labeled(source), source, 3)
+    message = str(err.value)
+    assert "--label-names" not in message  # leaving it out there fails: not among the names
+    assert """--query "SELECT ... WHERE tag <> 'it''s rare'\"""" in message
+    # the filter it suggests leaves those rows out
+    query = "SELECT * FROM posts WHERE tag <> 'it''s rare'"
+    filtered = load_labeled(DataSource(db=db, query=query, text_col="body", label_col="tag"))
+    assert filtered.label_names == ["big"]
+
+    ints_rows = [(i, f"t{i}", 0) for i in range(10)] + [(20, "s1", 1)]
+    ints = make_db(tmp_path / "c.duckdb", ints_rows, "INTEGER")
+    source = DataSource(db=ints, table="posts", text_col="body", label_col="tag")
+    with pytest.raises(MarketpulseError, match=r'--query "SELECT \.\.\. WHERE tag <> 1"'):
+        require_trainable(load_labeled(source), source, 3)
+
+    # a --label-names name without rows: leaving it out of --label-names is the fix
+    named = dataclasses.replace(
+        DataSource(db=db, table="posts", text_col="body", label_col="tag"),
+        label_names=("big", "it's rare", "empty"),
+    )
+    with pytest.raises(MarketpulseError) as err:
+        require_trainable(load_labeled(named), named, 1)
+    assert "label 'empty' has only 0 usable rows" in str(err.value)
+    assert "leave it out of --label-names" in str(err.value)
+
+
 def test_stratified_split_is_reproducible_and_covers_every_class():
     labels = ["neutral"] * 600 + ["bullish"] * 190 + ["bearish"] * 140 + ["rare"] * 3
     split = stratified_split(labels, (0.8, 0.1, 0.1), seed=1)
@@ -272,6 +304,62 @@ def test_parse_fractions():
     for bad in ("0.8,0.2", "0.9,0.1,0", "a,b,c"):
         with pytest.raises(MarketpulseError, match="--split"):
             parse_fractions(bad)
+
+
+@pytest.mark.parametrize("bad", ["nan,0.1,0.1", "inf,1,1", "0.8,0.1,-inf", "1e308,1e308,1"])
+def test_parse_fractions_refuses_non_finite_numbers(bad):
+    with pytest.raises(MarketpulseError) as err:
+        parse_fractions(bad)
+    message = str(err.value)
+    assert "positive finite numbers" in message and "such as 0.8,0.1,0.1" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_split_that_does_not_sum_to_one_is_rescaled_visibly():
+    from marketpulse.train.split import rescale_note
+
+    assert rescale_note("0.8,0.1,0.1") is None and rescale_note("0.7,0.2,0.1") is None
+    assert rescale_note("80,10,10") == (
+        "--split 80,10,10 sums to 100, not 1: using 0.8,0.1,0.1 (train, validation, test)"
+    )
+    assert parse_fractions("1,1,2") == pytest.approx((0.25, 0.25, 0.5))
+    assert rescale_note("1,1,2") == (
+        "--split 1,1,2 sums to 4, not 1: using 0.25,0.25,0.5 (train, validation, test)"
+    )
+
+
+def write_parquet(path, rows, label_type):
+    """A Parquet file with a `label_type` label column, as pandas and others write them."""
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE t (text VARCHAR, label {label_type})")
+    con.executemany("INSERT INTO t VALUES (?, ?)", rows)
+    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
+    con.close()
+    return str(path)
+
+
+def test_nan_labels_are_skipped_and_whole_floats_are_integers(tmp_path):
+    # pandas writes an integer column with a gap as DOUBLE, the gap as NaN
+    rows = [(f"t{i}", float(i % 3)) for i in range(9)] + [("gap", float("nan")), ("none", None)]
+    path = write_parquet(tmp_path / "gaps.parquet", rows, "DOUBLE")
+    plain = load_labeled(DataSource(input=path))
+    assert plain.label_names == ["0", "1", "2"] and set(plain.labels) == {"0", "1", "2"}
+    assert plain.skipped == {"null_text": 0, "empty_text": 0, "null_label": 2}
+    assert plain.rows_read == 11 and len(plain.texts) == 9
+    named = load_labeled(DataSource(input=path, label_names=("bearish", "bullish", "neutral")))
+    assert dict(zip(named.texts, named.labels, strict=True))["t4"] == "bullish"
+    assert named.skipped["null_label"] == 2
+
+
+@pytest.mark.parametrize("label_type", ["DOUBLE", "DECIMAL(4,1)"])
+def test_a_label_that_is_not_a_whole_number_is_an_error(tmp_path, label_type):
+    rows = [("a", 1.0), ("b", 2.5)]
+    path = write_parquet(tmp_path / "scores.parquet", rows, label_type)
+    with pytest.raises(MarketpulseError) as err:
+        load_labeled(DataSource(input=path))
+    message = str(err.value)
+    assert "label 2.5 in column 'label' is not a whole number" in message
+    assert "--query" in message and len(message.splitlines()) == 1
 
 
 def test_count_phrase_reads_as_words_not_a_dict():

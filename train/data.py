@@ -4,11 +4,12 @@
 knows nothing about models or splits. It returns every usable row as a (text, label
 name) pair in a canonical order (sorted), so the same data gives the same fingerprint
 and the same split however DuckDB happened to scan it. Rows with
-NULL/empty text or a NULL/empty label are skipped and counted, never dropped silently.
+NULL/empty text or a NULL/empty/NaN label are skipped and counted, never dropped silently.
 
 Labels may be strings or integers. Integer labels, and digits stored as text, are named
 by `label_names` (`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by
-their digits.
+their digits. Float labels that are whole numbers (pandas writes an integer column with
+gaps as DOUBLE with NaN) are those integers; any other number is an error.
 Given string labels, `label_names` is the allowed set (and fixes the label order).
 """
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import Flags, open_source
@@ -73,6 +76,9 @@ class LabeledRows:
     label_names: list[str]
     rows_read: int
     skipped: dict[str, int] = field(default_factory=dict)
+    # each present label's value as a SQL literal (`'rare'`, `3`), for advice on filtering
+    literals: dict[str, str] = field(default_factory=dict)
+    integer_labels: bool = False  # the column held integers (or whole-number floats)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -101,20 +107,44 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _as_int(value) -> int | None:
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _as_int(value, column: str) -> int | None:
+    """An integer label's value (1.0 -> 1), or None for a label that is not a number."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float | Decimal):
+        if math.isfinite(value) and value == int(value):
+            return int(value)
+        raise MarketpulseError(
+            f"label {value} in column {column!r} is not a whole number; labels are classes: "
+            "pass a --label-col of class names or integers, or make classes with --query, "
+            f"e.g. --query \"SELECT ..., CASE WHEN {column} > 0 THEN 'up' ELSE 'down' END AS label\""
+        )
     return None
+
+
+def _is_integer(value) -> bool:
+    """An integer label, or digits stored as text: both are named by position."""
+    return _as_int(value, "") is not None or (isinstance(value, str) and value.strip().isdigit())
+
+
+def _literal(value) -> str:
+    """A label value as SQL writes it: `'rare'`, `3` (1.0 -> `1`)."""
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    number = _as_int(value, "")
+    return str(number) if number is not None else "'" + str(value).replace("'", "''") + "'"
 
 
 def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
     """Map raw label values to names; return (names per row, label order)."""
     names = source.label_names
-    ints = [_as_int(v) for v in raw]
+    ints = [_as_int(v, source.label_col) for v in raw]
     if raw and all(i is not None for i in ints):
         if names is None:
             order = [str(i) for i in sorted(set(ints))]
@@ -164,7 +194,7 @@ def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
             skipped["null_text"] += 1
         elif is_blank(t):
             skipped["empty_text"] += 1
-        elif y is None or (isinstance(y, str) and not y.strip()):
+        elif y is None or _is_nan(y) or (isinstance(y, str) and not y.strip()):
             skipped["null_label"] += 1
         else:
             texts.append(t)
@@ -177,6 +207,8 @@ def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
         label_names=order,
         rows_read=len(rows),
         skipped=skipped,
+        literals={name: _literal(y) for y, name in zip(raw, labels, strict=True)},
+        integer_labels=bool(raw) and all(_is_integer(y) for y in raw),
     )
 
 
@@ -191,10 +223,24 @@ def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int)
             f"column {source.label_col!r} has {len(present)} distinct label(s){note} "
             f"(found: {found}); training needs at least two classes, pass a different --label-col"
         )
+    column = source.label_col
     for name, n in rows.counts.items():
-        if n < min_per_class:
-            raise MarketpulseError(
-                f"label {name!r} has only {n} usable rows{note}; each class needs at least "
-                f"{min_per_class} to appear in train, validation and test; add rows or drop "
-                "that label (with --query, or leave it out of --label-names)"
+        if n >= min_per_class:
+            continue
+        if n and name in rows.literals:  # filtering the rows out works for any label
+            fix = (
+                f"add rows or leave that label out with --query, e.g. "
+                f'--query "SELECT ... WHERE {column} <> {rows.literals[name]}"'
             )
+        elif not rows.integer_labels:  # a name only --label-names gave: leaving it out works
+            fix = "add rows with that label or leave it out of --label-names"
+        else:  # --label-names names integers by position: a name cannot just be left out
+            value = source.label_names.index(name) if source.label_names else name
+            fix = (
+                f"add rows with {column} = {value}, or pass --label-names with one name per "
+                f"value {column} holds"
+            )
+        raise MarketpulseError(
+            f"label {name!r} has only {n} usable rows{note}; each class needs at least "
+            f"{min_per_class} to appear in train, validation and test; {fix}"
+        )

@@ -4,7 +4,9 @@ The model is either a `marketpulse train` checkpoint (scored with PyTorch throug
 `predict.predict_logits`) or an exported bundle (a directory with manifest.json,
 scored with the shared ONNX `Predictor`, so no torch is needed for that path).
 Integer labels in the table are named by the model's own label order unless
-`--label-names` says otherwise; `--label-map` renames a table's labels onto the model's.
+`--label-names` says otherwise, except for a model whose labels are integers' own names
+("1", "2", "3": train without --label-names), which knows each integer by its value;
+`--label-map` renames a table's labels onto the model's.
 
 `evaluate` scores one table. `evaluate_domains` scores several named tables (domains)
 with the model loaded once, and sets each beside the training domain: the checkpoint's
@@ -34,6 +36,7 @@ from marketpulse.train.data import (
     load_labeled,
 )
 
+_INTEGER = re.compile(r"^-?[0-9]+$")
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # A --domain SOURCE starting with one of these is SQL; anything else is a file path.
 _SQL_START = re.compile(r"^\s*\(?\s*(select|with|from|values)\s", re.IGNORECASE)
@@ -165,12 +168,32 @@ def _open_model(model: str | Path, variant: str | None):
     return model_dir, False, list(checkpoint.labels), checkpoint
 
 
+def _integer_names(labels: list[str]) -> bool:
+    """Labels such as "1", "2", "3" or "-1", "0", "1": how train names integer labels
+    without --label-names (str of each value)."""
+    return all(_INTEGER.match(y) and str(int(y)) == y for y in labels)
+
+
+def _unknown_label(label: str, column: str, labels: list[str]) -> MarketpulseError:
+    return MarketpulseError(
+        f"label {label!r} in column {column!r} is not one of the model's labels "
+        f"({', '.join(labels)}); map it with --label-map {label}=LABEL, or leave "
+        "those rows out of the source"
+    )
+
+
 def _load_rows(
     source: DataSource, labels: list[str], label_map: dict[str, str], flags: Flags | None = None
 ) -> LabeledRows:
     """Read the rows with label names the model knows, mapped through `label_map`."""
-    # Integer labels are named by the model's order unless --label-names names them.
-    named = dataclasses.replace(source, label_names=source.label_names or tuple(labels))
+    # Integer labels are named by the model's order unless --label-names names them, or
+    # the model's labels are the integers' own names: then 2 is "2", whatever its position.
+    by_value = source.label_names is None and _integer_names(labels)
+    named = (
+        source
+        if by_value
+        else dataclasses.replace(source, label_names=source.label_names or tuple(labels))
+    )
     raw = bool(label_map) and source.label_names is None
     try:
         rows = load_labeled(source if raw else named, flags)  # raw: the table's own names
@@ -179,11 +202,11 @@ def _load_rows(
     except UnknownLabel as exc:
         if source.label_names is not None:  # the user's --label-names: train's advice fits
             raise
-        raise MarketpulseError(
-            f"label {exc.label!r} in column {exc.column!r} is not one of the model's labels "
-            f"({', '.join(exc.names)}); map it with --label-map {exc.label}=LABEL, or leave "
-            "those rows out of the source"
-        ) from None
+        raise _unknown_label(exc.label, exc.column, exc.names) from None
+    if by_value and not label_map:
+        unknown = sorted(set(rows.labels) - set(labels))
+        if unknown:  # never silently another class: a value the model does not know
+            raise _unknown_label(unknown[0], source.label_col, labels)
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
@@ -195,7 +218,8 @@ def _load_rows(
         if unknown:
             raise MarketpulseError(
                 f"labels {', '.join(unknown)} are not among the model's labels "
-                f"({', '.join(labels)}) after --label-map; map them with FROM=TO onto those names"
+                f"({', '.join(labels)}) after --label-map; map them with --label-map "
+                f"{unknown[0]}=LABEL onto those names"
             )
         rows.label_names = list(labels)
     return rows

@@ -10,6 +10,7 @@ the rows training never saw.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,19 +30,40 @@ class Split:
         return {part: len(getattr(self, part)) for part in PARTS}
 
 
-def parse_fractions(value: str | tuple[float, ...]) -> tuple[float, float, float]:
-    """`"0.8,0.1,0.1"` or `"80,10,10"` -> (0.8, 0.1, 0.1)."""
+def _parts(value: str | tuple[float, ...]) -> list[float]:
     try:
         parts = [float(p) for p in value.split(",")] if isinstance(value, str) else list(value)
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p <= 0 for p in parts):
+    finite = all(math.isfinite(p) and p > 0 for p in parts) and math.isfinite(sum(parts))
+    if len(parts) != 3 or not finite:
         raise MarketpulseError(
-            f"--split {value!r} is not three positive numbers; pass TRAIN,VALIDATION,TEST "
+            f"--split {value!r} is not three positive finite numbers; pass TRAIN,VALIDATION,TEST "
             "such as 0.8,0.1,0.1"
         )
+    return parts
+
+
+def parse_fractions(value: str | tuple[float, ...]) -> tuple[float, float, float]:
+    """`"0.8,0.1,0.1"` or `"80,10,10"` -> (0.8, 0.1, 0.1): rescaled to sum to 1
+    (`rescale_note` says when that changed them)."""
+    parts = _parts(value)
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def rescale_note(value: str | tuple[float, ...]) -> str | None:
+    """The log line for a --split that does not sum to 1 (it is rescaled), else None.
+
+    `"80,10,10"` -> "--split 80,10,10 sums to 100, not 1: using 0.8,0.1,0.1
+    (train, validation, test)"."""
+    parts = _parts(value)
+    total = sum(parts)
+    if math.isclose(total, 1.0, rel_tol=1e-9, abs_tol=1e-9):
+        return None
+    shown = value if isinstance(value, str) else ",".join(f"{p:g}" for p in parts)
+    using = ",".join(f"{p / total:.4g}" for p in parts)
+    return f"--split {shown} sums to {total:g}, not 1: using {using} (train, validation, test)"
 
 
 def _label_seed(seed: int, label: str) -> int:
