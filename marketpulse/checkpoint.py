@@ -213,6 +213,16 @@ def out_in_use(out: Path) -> bool:
     return out.is_dir() and any(out.iterdir())
 
 
+def holds_training(out: Path) -> bool:
+    """Whether `out` holds what `marketpulse train` writes: a metrics.json that reads as a
+    JSON object with the contract's `format` key (train may replace only such a directory)."""
+    try:
+        metrics = json.loads((Path(out) / METRICS).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "format" in metrics
+
+
 def write_test_split(out: Path, texts: list[str], labels: list[str]) -> Path:
     """Write the held-out rows to OUT/TEST_SPLIT; return the file's path."""
     return _write_split(Path(out) / TEST_SPLIT, texts, labels)

@@ -65,6 +65,14 @@ def test_adapt_writes_checkpoint_and_record(adapted, market_db):
         assert (out / name).is_file(), name
     # the temp dir was renamed into place, nothing is left beside it
     assert [p.name for p in out.parent.iterdir()] == ["adapted"]
+    # readable like files made with open (safetensors writes 0600, mkdtemp makes 0700)
+    import stat
+
+    plain = out.parent.parent / "plain_file"
+    plain.write_text("x")
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {stat.S_IMODE(plain.stat().st_mode)}
+    plain.unlink()
     record = json.loads((out / "adapt.json").read_text())
     assert record["rows"] == {
         "read": 93,

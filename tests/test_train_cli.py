@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 
 import duckdb
 import pytest
 from click.testing import CliRunner
 from conftest import train_args
 
-from marketpulse.checkpoint import load_checkpoint, read_test_split, read_validation_split
+from marketpulse.checkpoint import (
+    WEIGHTS,
+    load_checkpoint,
+    read_test_split,
+    read_validation_split,
+)
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.trainer import check_train_out
@@ -99,11 +107,73 @@ def test_same_seed_gives_the_same_test_split(trained, market_db, tiny_checkpoint
     first = duckdb.sql(f"SELECT * FROM '{out / 'test_split.parquet'}' ORDER BY ALL").fetchall()
     second = duckdb.sql(f"SELECT * FROM '{again / 'test_split.parquet'}' ORDER BY ALL").fetchall()
     assert first == second
-    # a rerun into an earlier training's --out replaces it, and says so
+    # a rerun into an earlier training's --out replaces it whole, and says so once done
+    (again / "pytorch_model.bin").write_bytes(b"an earlier save's weights")
     rerun = CliRunner().invoke(main, train_args(market_db, again, tiny_checkpoint, "--seed", "4"))
     assert rerun.exit_code == 0, rerun.output
-    assert "holds an earlier training: this one replaces it" in rerun.output
+    lines = rerun.output.splitlines()
+    replaced = lines.index(f"--out {again} holds an earlier training: this one replaces it")
+    assert replaced > next(i for i, line in enumerate(lines) if line.startswith("read 93 rows"))
     assert json.loads((again / "metrics.json").read_text())["hyperparameters"]["seed"] == 4
+    assert not (again / "pytorch_model.bin").exists()  # nothing of the earlier run is mixed in
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no staging directory left
+    # published like a directory made with mkdir, not with mkdtemp's 0700
+    os.mkdir(tmp_path / "plain")
+    assert stat.S_IMODE(again.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    (tmp_path / "plain" / "f").write_text("x")  # and its files like a file made with open
+    file_mode = stat.S_IMODE((tmp_path / "plain" / "f").stat().st_mode)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in again.iterdir()} == {file_mode}
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("failure", ["base-model-without-weights", "interrupted", "tune-fails"])
+def test_a_failed_run_leaves_the_earlier_training_untouched(
+    failure, trained, market_db, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """A run that fails, even after its splits were written, or is interrupted leaves
+    --out's earlier training byte for byte as it was, and nothing beside it."""
+    from marketpulse.train import trainer, tune
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = runs / "model"
+    shutil.copytree(trained[0], out)
+    before = _snapshot(out)
+    base, extra = tiny_checkpoint, []
+    if failure == "base-model-without-weights":
+        base = tmp_path / "noweights"
+        shutil.copytree(tiny_checkpoint, base, ignore=shutil.ignore_patterns(*WEIGHTS))
+    else:
+
+        def failing_fine_tune(cfg, data, work, callbacks=()):
+            assert (work.parent / "test_split.parquet").is_file()  # the splits are written
+            if failure == "interrupted":
+                raise KeyboardInterrupt
+            raise MarketpulseError("the trial failed")
+
+        monkeypatch.setattr(trainer, "fine_tune", failing_fine_tune)
+        monkeypatch.setattr(tune, "fine_tune", failing_fine_tune)
+        if failure == "tune-fails":
+            pytest.importorskip("optuna")
+            extra = ["--tune", "--tune-trials", "1", "--tune-max-epochs", "1"]
+    args = train_args(market_db, out, base, *extra, small=failure != "tune-fails")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert _snapshot(out) == before
+    assert [p.name for p in runs.iterdir()] == ["model"]  # no staging directory left
+    load_checkpoint(out)  # still the earlier, whole checkpoint
+    assert "holds an earlier training" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    if failure == "base-model-without-weights":
+        assert result.output.strip().splitlines() == [last]  # one line, no traceback
+        assert "has no model weights" in last and "save_pretrained(DIR)" in last
+    elif failure == "interrupted":
+        assert last == "Aborted!"
+    else:
+        assert last == "Error: the trial failed"
 
 
 def test_evaluate_on_the_test_split_reproduces_training_metrics(trained, tmp_path):
@@ -168,8 +238,8 @@ def test_evaluate_scores_a_bundle_variant(tiny_bundle, market_db, tmp_path):
         (["--text-col", "txt"], 1, "column 'txt' not found in table 'posts'"),
         (["--label-col", "tagg"], 1, "pass --label-col with one of them"),
         (["--label-names", "bearish,bullish"], 1, "label 'neutral' in column 'tag' is not among"),
-        (["--split", "0.8,0.2"], 1, "--split '0.8,0.2' is not three positive numbers"),
-        (["--base-model", "/nonexistent"], 1, "is not a Hugging Face checkpoint"),
+        (["--split", "0.8,0.2"], 1, "--split '0.8,0.2' is not three positive"),
+        (["--base-model", "/nonexistent"], 1, "base model directory /nonexistent not found"),
     ],
 )
 def test_train_errors_name_the_fix(extra, code, message, market_db, tiny_checkpoint, tmp_path):
@@ -197,7 +267,7 @@ def test_train_refuses_an_out_that_holds_other_files(market_db, tiny_checkpoint,
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
         f"Error: --out {foreign} is not empty and holds no earlier `marketpulse train` output "
-        "(no metrics.json or test_split.parquet); pass a new or empty directory"
+        "(no metrics.json with a checkpoint format); pass a new or empty directory"
     ]
     assert [p.name for p in foreign.iterdir()] == ["config.json"]
     assert (foreign / "config.json").read_text() == "{}"
@@ -206,6 +276,32 @@ def test_train_refuses_an_out_that_holds_other_files(market_db, tiny_checkpoint,
     a_file.write_text("x")
     with pytest.raises(MarketpulseError, match="model.txt is a file; pass a directory path"):
         check_train_out(a_file)  # the Python API's check; the CLI's click.Path refuses first
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"test_split.parquet": b"PAR1 rows", "thesis.docx": b"a user's own file"},
+        {"metrics.json": b"not json", "thesis.docx": b"a user's own file"},
+        {"metrics.json": b'{"test": {}}', "thesis.docx": b"a user's own file"},
+    ],
+)
+def test_train_refuses_a_folder_that_only_looks_trained(
+    files, market_db, tiny_checkpoint, tmp_path
+):
+    """What train writes (metrics.json with the checkpoint format), not one file of it,
+    marks an earlier training that a new one may replace."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    result = CliRunner().invoke(main, train_args(market_db, folder, tiny_checkpoint))
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: --out {folder} is not empty and holds no earlier `marketpulse train` "
+        "output (no metrics.json with a checkpoint format); pass a new or empty directory"
+    ]
+    assert _snapshot(folder) == files
 
 
 @pytest.mark.parametrize(

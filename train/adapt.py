@@ -39,6 +39,7 @@ from marketpulse.checkpoint import out_in_use
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
+from marketpulse.staging import publishable
 from marketpulse.text import blank_sql
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.data import DataSource, count_phrase
@@ -389,6 +390,7 @@ def run(cfg: AdaptConfig) -> Path:
         }
         (tmp / ADAPT_JSON).write_text(json.dumps(record, indent=2) + "\n")
         resolve_base_model(tmp)  # the contract `train --base-model` checks, before publishing
+        publishable(tmp)  # not mkdtemp's 0700 nor safetensors' 0600: readable by others
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

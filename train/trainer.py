@@ -7,6 +7,10 @@ macro-F1) -> save checkpoint -> score the test rows in order -> metrics.json.
 What lands in the output directory, and where each field sits, is defined by
 `marketpulse.checkpoint`; `run` writes through it and returns the `Checkpoint`.
 
+Everything is written to a staging directory beside --out (`staged_out`), which
+replaces --out only once the checkpoint is complete: a failed or interrupted run
+leaves an earlier training in --out as it was, never mixed with this run's files.
+
 `run` is three calls that `tune.py` shares: `prepare` (read and split once),
 `fine_tune` (one Trainer run on the train and validation rows only, returning the
 best-epoch model in memory; a tuning trial is one call), `save_and_score` (save the
@@ -24,7 +28,10 @@ its own text.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +44,8 @@ from marketpulse.checkpoint import (
     TEST_SPLIT,
     VALIDATION_SPLIT,
     Checkpoint,
+    holds_training,
+    load_checkpoint,
     out_in_use,
     write_metrics,
     write_test_split,
@@ -44,6 +53,7 @@ from marketpulse.checkpoint import (
 )
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
+from marketpulse.staging import publishable
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
 from marketpulse.train.data import LabeledRows, count_phrase, load_labeled, require_trainable
@@ -168,15 +178,49 @@ class Fit:
 
 def check_train_out(out: Path) -> None:
     """Refuse an --out that holds anything but an earlier training's output (which this
-    one replaces, as export replaces a bundle), before any row is read."""
-    if not out_in_use(out):
-        return
-    if not ((out / METRICS).is_file() or (out / TEST_SPLIT).is_file()):
+    one replaces once it has succeeded, as export replaces a bundle), before any row is read."""
+    if out_in_use(out) and not holds_training(out):
         raise MarketpulseError(
             f"--out {out} is not empty and holds no earlier `marketpulse train` output "
-            f"(no {METRICS} or {TEST_SPLIT}); pass a new or empty directory"
+            f"(no {METRICS} with a checkpoint format); pass a new or empty directory"
         )
-    log(f"--out {out} holds an earlier training: this one replaces it")
+
+
+@contextmanager
+def staged_out(out: Path) -> Iterator[Path]:
+    """Yield a new directory beside `out` to build the checkpoint in; it replaces `out`
+    when the block succeeds. On any failure (Ctrl-C too) it is deleted and `out` keeps
+    what it held."""
+    target = out.resolve()  # a symlinked --out: stage and swap beside the real directory
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.train-", dir=target.parent))
+    try:
+        yield stage
+        publishable(stage)  # not mkdtemp's 0700 nor safetensors' 0600: readable by others
+        _publish(stage, target, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: Path, target: Path, out: Path) -> None:
+    """Put `stage` at `target`; an earlier training there is swapped out, then deleted."""
+    check_train_out(target)  # nothing else landed there while this run trained
+    if not target.exists():
+        stage.rename(target)
+    else:
+        earlier = out_in_use(target)
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+        try:
+            stage.rename(target)
+        except BaseException:
+            old.rename(target)
+            raise
+        if earlier:
+            log(f"--out {out} holds an earlier training: this one replaces it")
+        shutil.rmtree(old, ignore_errors=True)
+    log(f"wrote checkpoint, {METRICS}, {TEST_SPLIT} and {VALIDATION_SPLIT} to {out}")
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
@@ -322,14 +366,19 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
 
 
 def save_and_score(
-    cfg: TrainConfig, prepared: Prepared, fit: Fit, started: float, extra: dict | None = None
+    cfg: TrainConfig,
+    prepared: Prepared,
+    fit: Fit,
+    started: float,
+    out: Path,
+    extra: dict | None = None,
 ) -> Checkpoint:
-    """Save `fit`'s model to `cfg.out`, score the test rows once, write metrics.json.
+    """Save `fit`'s model to `out` (the staging directory), score the test rows once,
+    write metrics.json.
 
     `started` is the run's perf_counter start (for total_time_s); `extra` adds top-level
     metrics.json keys (tuning adds `tuning`).
     """
-    out = Path(cfg.out)
     rows, split, labels = prepared.rows, prepared.split, prepared.fit.labels
     model = fit.model
     model.save_pretrained(out, safe_serialization=True)
@@ -379,24 +428,17 @@ def save_and_score(
         "versions": library_versions(),
         **(extra or {}),
     }
-    checkpoint = write_metrics(
+    return write_metrics(
         out,
         metrics,
         labels=labels,
         max_length=cfg.max_length,
         base_model=str(prepared.fit.base_dir),
     )
-    log(f"wrote checkpoint, {METRICS}, {TEST_SPLIT} and {VALIDATION_SPLIT} to {out}")
-    return checkpoint
 
 
-def write_test_rows(cfg: TrainConfig, prepared: Prepared) -> None:
-    """Create `cfg.out` and record the test and validation rows there (before training)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # an earlier training's metrics go first: a crash from here on leaves no checkpoint
-    # that pairs its weights and metrics with this run's test split
-    (out / METRICS).unlink(missing_ok=True)
+def write_test_rows(out: Path, prepared: Prepared) -> None:
+    """Record the test and validation rows in `out` (the staging directory, before training)."""
     write_test_split(out, prepared.test_texts, prepared.test_labels)
     write_validation_split(out, prepared.fit.val_texts, prepared.fit.val_labels)
 
@@ -405,9 +447,11 @@ def run(cfg: TrainConfig) -> Checkpoint:
     """Fine-tune, save the checkpoint and metrics.json in `cfg.out`, return the checkpoint."""
     t0 = time.perf_counter()
     prepared = prepare(cfg)
-    write_test_rows(cfg, prepared)
-    fit = fine_tune(cfg, prepared.fit, Path(cfg.out) / WORK_DIR)
-    return save_and_score(cfg, prepared, fit, t0)
+    with staged_out(Path(cfg.out)) as stage:
+        write_test_rows(stage, prepared)
+        fit = fine_tune(cfg, prepared.fit, stage / WORK_DIR)
+        save_and_score(cfg, prepared, fit, t0, stage)
+    return load_checkpoint(cfg.out)
 
 
 def format_summary(metrics: dict) -> str:

@@ -11,7 +11,8 @@ the same epoch (never at epoch 1, never before three trials have completed).
 The final checkpoint is the best completed trial's model, kept in memory: it is not
 retrained. Its test rows are scored once, by that model, when the study is over.
 metrics.json is what a plain run writes, with that trial's hyperparameters and
-validation record, plus a `tuning` block listing every trial.
+validation record, plus a `tuning` block listing every trial. As in a plain run, it
+is all built beside --out and replaces it only when complete (`trainer.staged_out`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ import dataclasses
 import time
 from pathlib import Path
 
-from marketpulse.checkpoint import Checkpoint
+from marketpulse.checkpoint import Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.config import TrainConfig, TuneConfig
 from marketpulse.train.hf_trainer import WORK_DIR, log
-from marketpulse.train.trainer import fine_tune, prepare, save_and_score, write_test_rows
+from marketpulse.train.trainer import (
+    Prepared,
+    fine_tune,
+    prepare,
+    save_and_score,
+    staged_out,
+    write_test_rows,
+)
 
 PRUNER = {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2}  # steps are epochs
 
@@ -81,8 +89,17 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
     optuna = _import_optuna()
     t0 = time.perf_counter()
     prepared = prepare(cfg)
-    write_test_rows(cfg, prepared)
-    work = Path(cfg.out) / WORK_DIR
+    with staged_out(Path(cfg.out)) as stage:
+        write_test_rows(stage, prepared)
+        _search(cfg, tune, optuna, prepared, stage, t0)
+    return load_checkpoint(cfg.out)
+
+
+def _search(
+    cfg: TrainConfig, tune: TuneConfig, optuna, prepared: Prepared, stage: Path, t0: float
+) -> None:
+    """Run the study, then save the best trial's model and metrics.json in `stage`."""
+    work = stage / WORK_DIR
     trials: list[dict] = []
     best: dict = {}  # the best completed trial so far: number, cfg, fit
 
@@ -160,7 +177,7 @@ def run(cfg: TrainConfig, tune: TuneConfig) -> Checkpoint:
         f"tuning done: {len(trials)} trials in {tune_seconds:.0f}s; keeping trial "
         f"{chosen['number'] + 1} ({_describe(chosen['params'])})"
     )
-    return save_and_score(best["cfg"], prepared, best["fit"], t0, extra={"tuning": tuning})
+    save_and_score(best["cfg"], prepared, best["fit"], t0, stage, extra={"tuning": tuning})
 
 
 def format_tuning(tuning: dict) -> list[str]:
