@@ -19,8 +19,6 @@ The gate, on the test split (or the built-in sentences) and on the check texts:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from marketpulse.bundle import DRIFT_REFERENCE, Bundle, load_bundle, write_manif
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckSample, CheckTexts
 from marketpulse.export.log import log
+from marketpulse.staging import replace_dir
 
 
 def on_cpu(variant: str) -> str:
@@ -108,7 +107,7 @@ def check_and_publish(
     )
     manifest.pop("invalid_reason")
     write_manifest(staging, manifest)
-    _replace_dir(staging, out)
+    replace_dir(staging, out)
     bundle = load_bundle(out)
     log(f"wrote bundle {out} (model version {bundle.version})")
     return bundle
@@ -280,19 +279,3 @@ def _verdicts(cfg, checks: dict, drops: dict, marked: dict) -> dict[str, dict]:
             "check_rows": sampled.get("rows"),
         }
     return verdicts
-
-
-def _replace_dir(staging: Path, out: Path) -> None:
-    """Put `staging` at `out`; an existing bundle there is swapped out, then deleted."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    out.rename(old)
-    try:
-        staging.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

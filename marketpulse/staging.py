@@ -6,12 +6,14 @@ half-written output or destroys the previous one. `tempfile.mkdtemp` creates tha
 sibling private (0700), and some writers (safetensors) create their files 0600: once
 renamed, a scoring service running as another user could not read the bundle. So
 `publishable` gives the folder and its files the modes a plain `mkdir` and `open` would
-have had under the process's umask.
+have had under the process's umask; `replace_dir` swaps the finished folder into place.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -33,3 +35,20 @@ def publishable(folder: Path) -> Path:
         for name in dirs:
             os.chmod(os.path.join(root, name), 0o777 & ~mask)
     return Path(folder)
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`; an existing folder there is swapped out, then deleted (if
+    the swap fails, it is put back)."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

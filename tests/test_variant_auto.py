@@ -247,6 +247,10 @@ def test_the_check_samples_no_more_rows_than_the_run_scores(bundle, tmp_path):
     cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, limit=5, auto_check_rows=20)  # fmt: skip
     stats = score(cfg, predictor_type=AgreeingInt8)
     assert stats.variant_reason.endswith("of 5 rows sampled from the rows to score")
+    with duckdb.connect(str(db), read_only=True) as con:  # what the runs table records
+        assert con.execute("SELECT variant_reason, rows_scored FROM runs").fetchall() == [
+            (stats.variant_reason, 5)
+        ]
 
 
 def test_the_check_samples_the_rows_still_to_score(tmp_path):

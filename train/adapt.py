@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -39,7 +38,7 @@ from marketpulse.checkpoint import out_in_use
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
-from marketpulse.staging import publishable
+from marketpulse.staging import publishable, replace_dir
 from marketpulse.text import blank_sql
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.data import DataSource, count_phrase
@@ -251,17 +250,6 @@ def heldout_loss(model, batches: list[dict], device: str) -> tuple[float, int]:
     return (total / tokens if tokens else float("nan")), tokens
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temp dir into place; a crash before this leaves --out untouched."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
@@ -391,7 +379,7 @@ def run(cfg: AdaptConfig) -> Path:
         (tmp / ADAPT_JSON).write_text(json.dumps(record, indent=2) + "\n")
         resolve_base_model(tmp)  # the contract `train --base-model` checks, before publishing
         publishable(tmp)  # not mkdtemp's 0700 nor safetensors' 0600: readable by others
-        _publish(tmp, out)
+        replace_dir(tmp, out)  # a crash before this leaves --out untouched
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote the adapted checkpoint and {ADAPT_JSON} to {out}")

@@ -53,7 +53,7 @@ from marketpulse.checkpoint import (
 )
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
-from marketpulse.staging import publishable
+from marketpulse.staging import publishable, replace_dir
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
 from marketpulse.train.data import LabeledRows, count_phrase, load_labeled, require_trainable
@@ -205,21 +205,10 @@ def staged_out(out: Path) -> Iterator[Path]:
 def _publish(stage: Path, target: Path, out: Path) -> None:
     """Put `stage` at `target`; an earlier training there is swapped out, then deleted."""
     check_train_out(target)  # nothing else landed there while this run trained
-    if not target.exists():
-        stage.rename(target)
-    else:
-        earlier = out_in_use(target)
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-        try:
-            stage.rename(target)
-        except BaseException:
-            old.rename(target)
-            raise
-        if earlier:
-            log(f"--out {out} holds an earlier training: this one replaces it")
-        shutil.rmtree(old, ignore_errors=True)
+    earlier = out_in_use(target)
+    replace_dir(stage, target)
+    if earlier:
+        log(f"--out {out} holds an earlier training: this one replaces it")
     log(f"wrote checkpoint, {METRICS}, {TEST_SPLIT} and {VALIDATION_SPLIT} to {out}")
 
 
