@@ -249,6 +249,19 @@ def run_all(
     return onnx_out, torch_out
 
 
+def agreement_interval(agreed: int, rows: int) -> list[float]:
+    """95% Wilson score interval of an agreement rate measured on `rows` texts.
+
+    On the 954 rows of a typical test split one standard error is about 0.3 points, so
+    an int8 graph measured at 98.9% may well agree on 99% of the text it will score: the
+    interval says how far the gate's point estimate can be trusted.
+    """
+    from scipy.stats import binomtest
+
+    ci = binomtest(agreed, rows).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def compare(
     onnx_logits: np.ndarray,
     torch_logits: np.ndarray,
@@ -260,9 +273,11 @@ def compare(
 
     onnx_pred = onnx_logits.argmax(axis=1)
     torch_pred = torch_logits.argmax(axis=1)
+    agreed = int((onnx_pred == torch_pred).sum())
     result = {
         "rows": len(onnx_pred),
-        "agreement": float((onnx_pred == torch_pred).mean()),
+        "agreement": agreed / len(onnx_pred),
+        "agreement_interval": agreement_interval(agreed, len(onnx_pred)),
         "max_abs_logit_diff": float(np.abs(onnx_logits - torch_logits).max()),
     }
     if truth is not None:

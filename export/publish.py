@@ -30,6 +30,7 @@ from marketpulse.bundle import DRIFT_REFERENCE, Bundle, load_bundle, write_manif
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckSample, CheckTexts
 from marketpulse.export.log import log
+from marketpulse.export.summary import describe_agreement
 from marketpulse.staging import replace_dir
 
 
@@ -232,7 +233,7 @@ def _test_split_drops(cfg, checks: dict) -> dict[str, list[str]]:
     for variant, result in _gated(checks["variants"]).items():
         if result["agreement"] < cfg.min_agreement:
             drops.setdefault(variant, []).append(
-                f"{variant} agrees with PyTorch on {result['agreement']:.2%} of rows "
+                f"{variant} agrees with PyTorch on {describe_agreement(result)} "
                 f"(< {cfg.min_agreement:.2%})"
             )
         if "macro_f1" in result:
@@ -251,8 +252,8 @@ def _check_text_failures(cfg, checks: dict) -> dict[str, str]:
         return {}
     return {
         variant: (
-            f"{variant} FAILED the gate: it agrees with PyTorch on {result['agreement']:.2%} "
-            f"of the {result['rows']} check texts (< {cfg.min_agreement:.2%}); it is kept in "
+            f"{variant} FAILED the gate: it agrees with PyTorch on "
+            f"{describe_agreement(result, 'check texts')} (< {cfg.min_agreement:.2%}); it is kept in "
             f"the bundle but will not be chosen automatically (score with --variant {variant} "
             "to use it anyway)"
         )

@@ -12,6 +12,19 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.1f} MiB" if path.is_file() else "missing"
 
 
+def _interval(result: dict[str, Any]) -> str:
+    """' (95% interval 97.95%-99.35%)'; empty for bundles exported before 2026-12-03."""
+    if "agreement_interval" not in result:
+        return ""
+    low, high = result["agreement_interval"]
+    return f" (95% interval {low:.2%}-{high:.2%})"
+
+
+def describe_agreement(result: dict[str, Any], texts: str = "rows") -> str:
+    """'98.85% of 954 rows (95% interval 97.95%-99.35%)', for the gate's messages."""
+    return f"{result['agreement']:.2%} of {result['rows']} {texts}{_interval(result)}"
+
+
 def _check_line(result: dict[str, Any]) -> str:
     if "skipped" in result:
         line = f"check skipped: {result['skipped']}"
@@ -20,7 +33,7 @@ def _check_line(result: dict[str, Any]) -> str:
             line += f"; on the CPU provider: {_check_line(on_cpu)}"
         return line
     parts = [
-        f"agreement {result['agreement']:.2%}",
+        f"agreement {result['agreement']:.2%}{_interval(result)}",
         f"max |dlogit| {result['max_abs_logit_diff']:.1e}",
     ]
     if "macro_f1" in result:
