@@ -520,7 +520,7 @@ def _check_source(check_input, check_db, check_table, check_text_col, check_rows
     "--min-agreement",
     default=0.99,
     show_default=True,
-    type=click.FloatRange(0, 1.01),
+    type=click.FloatRange(0, 1),
     help="Least top-1 agreement with PyTorch per variant, on the test split and check texts.",
 )
 @click.option(
@@ -1007,16 +1007,22 @@ def explain(
 
 
 def _highlight(e, words: list[str]) -> str:
-    """The text, word by word: green supports the label, red argues against; bold = strong."""
+    """The weighed words: green supports the label, red argues against; bold = strong.
+
+    Words past those the model reads (or past explain's word cap) weigh nothing and are
+    counted, not printed: a 100 KB post would otherwise fill the terminal."""
     scale = max((abs(w.weight) for w in e.words), default=0.0) or 1.0
     out = []
-    for word, w in zip(words, e.words, strict=True):
+    shown = max(e.occluded, 1)
+    for word, w in zip(words[:shown], e.words[:shown], strict=True):
         strength = abs(w.weight) / scale
         if strength < 0.2:
             out.append(word)
         else:
             color = "green" if w.weight > 0 else "red"
             out.append(click.style(word, fg=color, bold=strength >= 0.6))
+    if len(words) > shown:
+        out.append(click.style(f"... (+{len(words) - shown} words not weighed)", dim=True))
     return " ".join(out)
 
 

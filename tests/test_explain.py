@@ -297,3 +297,16 @@ def test_a_row_is_explained_by_the_graph_that_scored_it(bundle, tmp_path):
     assert _rows(db, "SELECT DISTINCT variant FROM explanations WHERE source = 'posts'") == [
         ("fp32",)
     ]
+
+
+def test_explain_prints_only_the_weighed_words_of_a_long_text(bundle):
+    words = [f"w{i}" for i in range(5000)]  # far past the bundle's token limit
+    result = CliRunner().invoke(
+        main, ["explain", "--bundle", str(bundle.path), "--text", "oil " + " ".join(words)]
+    )
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert "w4999" not in result.output and len(first) < 2000
+    shown = first.split("  ", 1)[1].split(" ... (+")[0].split()
+    assert first.endswith(f"(+{5001 - len(shown)} words not weighed)")
+    assert shown[0] == "oil" and shown[-1] == words[len(shown) - 2]

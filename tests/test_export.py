@@ -231,13 +231,33 @@ def test_export_writes_nothing_into_the_working_directory(
     assert list(cwd.iterdir()) == []
 
 
-def test_impossible_agreement_fails_and_keeps_the_old_bundle(
-    tiny_bundle, tiny_checkpoint, tmp_path
+def _halve_agreement(monkeypatch) -> None:
+    """Every agreement export measures is halved (fp32 is gated by parity, not agreement)."""
+    from marketpulse.export import checks
+
+    real_compare = checks.compare
+
+    def halved(*args):
+        result = real_compare(*args)
+        result["agreement"] /= 2
+        return result
+
+    monkeypatch.setattr(checks, "compare", halved)
+
+
+def test_min_agreement_above_one_is_refused():
+    result = CliRunner().invoke(main, ["export", "--model", ".", "--min-agreement", "1.01"])
+    assert result.exit_code == 2 and "--min-agreement" in result.output
+
+
+def test_failed_agreement_fails_and_keeps_the_old_bundle(
+    tiny_bundle, tiny_checkpoint, tmp_path, monkeypatch
 ):
     out = _copy(tiny_bundle.path, tmp_path)
     before = read_manifest(out)
+    _halve_agreement(monkeypatch)
     args = ["export", "--model", str(tiny_checkpoint), "--out", str(out)]
-    result = CliRunner().invoke(main, [*args, "--variants", "fp32,int8", "--min-agreement", "1.01"])
+    result = CliRunner().invoke(main, [*args, "--variants", "fp32,int8"])
     assert result.exit_code == 1
     assert "export rejected" in result.output and "int8 agrees with PyTorch" in result.output
     assert "--allow-accuracy-drop" in result.output
@@ -245,15 +265,16 @@ def test_impossible_agreement_fails_and_keeps_the_old_bundle(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
-def test_allow_accuracy_drop_publishes_and_records_the_drop(tiny_checkpoint, tmp_path):
+def test_allow_accuracy_drop_publishes_and_records_the_drop(tiny_checkpoint, tmp_path, monkeypatch):
     from marketpulse.export import ExportConfig, run
+
+    _halve_agreement(monkeypatch)
 
     bundle = run(
         ExportConfig(
             model=tiny_checkpoint,
             out=tmp_path / "bundle",
             variants=("fp32", "int8"),
-            min_agreement=1.01,
             allow_accuracy_drop=True,
         )
     )
