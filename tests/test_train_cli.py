@@ -52,7 +52,13 @@ def test_train_writes_checkpoint_metrics_and_test_split(trained, market_db, tiny
 
     m = json.loads((out / "metrics.json").read_text())
     assert m["rows"]["read"] == 93 and m["rows"]["used"] == 90
-    assert m["rows"]["skipped"] == {"null_text": 1, "empty_text": 1, "null_label": 1}
+    assert m["rows"]["skipped"] == {
+        "null_text": 1,
+        "empty_text": 1,
+        "null_label": 1,
+        "duplicate": 0,
+        "conflicting_label": 0,
+    }
     assert m["rows"]["split"] == {"train": 72, "validation": 9, "test": 9}
     assert m["data"]["fingerprint"].startswith("sha256:")
     assert m["hyperparameters"]["epochs"] == 1 and m["hyperparameters"]["seed"] == 3

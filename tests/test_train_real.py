@@ -27,7 +27,7 @@ def test_short_fine_tune_beats_the_majority_baseline(tmp_path):
     out = tmp_path / "model"
     # 2,500 rows -> 2,000 train / 250 validation / 250 test with the default split.
     query = (
-        f"SELECT text, label FROM read_csv('{data / 'train.csv'}') ORDER BY md5(text) LIMIT 2500"
+        f"SELECT text, label FROM read_csv('{data / 'train.csv'}') ORDER BY md5(text) LIMIT 2501"
     )
     args = ["train", "--query", query, "--label-names", NAMES, "--out", str(out)]
     # Batch 8: one epoch of 2,000 rows is then 250 optimizer steps; at batch 32 (63

@@ -6,6 +6,14 @@ name) pair in a canonical order (sorted), so the same data gives the same finger
 and the same split however DuckDB happened to scan it. Rows with
 NULL/empty text or a NULL/empty/NaN label are skipped and counted, never dropped silently.
 
+`drop_duplicates` (training calls it; `evaluate` scores every row as read) keeps each
+text once, so no text can land in both the training and the test split. Texts are the
+same when they are equal after `str.strip()`, the whitespace `marketpulse.text.is_blank`
+judges by; case and inner whitespace are kept, as they can carry meaning. A text whose
+rows all agree is kept once (its other rows count as `duplicate`). A text whose rows
+disagree keeps the label that more than half of them hold, else it is dropped (its
+dropped rows count as `conflicting_label`).
+
 Labels may be strings or integers. Integer labels, and digits stored as text, are named
 by `label_names` (`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by
 their digits. Float labels that are whole numbers (pandas writes an integer column with
@@ -19,7 +27,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from marketpulse.errors import MarketpulseError
@@ -67,6 +75,42 @@ class DataSource:
         return f"file {self.input}"
 
 
+@dataclass(frozen=True)
+class Duplicates:
+    """What `drop_duplicates` did, counted in texts (`LabeledRows.skipped` counts rows)."""
+
+    repeated: int = 0  # texts on several rows that all agree on the label: kept once
+    conflicting: int = 0  # texts whose rows disagree on the label
+    majority_kept: int = 0  # of those, kept with the label more than half their rows hold
+
+    @property
+    def dropped(self) -> int:
+        """Conflicting texts with no majority label: dropped altogether."""
+        return self.conflicting - self.majority_kept
+
+    def record(self) -> dict[str, int]:
+        """metrics.json's `rows.duplicate_texts`."""
+        return {
+            "repeated": self.repeated,
+            "conflicting": self.conflicting,
+            "majority_kept": self.majority_kept,
+            "dropped": self.dropped,
+        }
+
+    def log_line(self) -> str | None:
+        """The log line, e.g. '12 duplicate texts kept once; 3 texts had conflicting labels
+        (2 kept with their majority label, 1 dropped)'; None when no text was repeated."""
+        if not (self.repeated or self.conflicting):
+            return None
+        conflicts = (
+            f"{self.conflicting:,} texts had conflicting labels ({self.majority_kept:,} kept "
+            f"with their majority label, {self.dropped:,} dropped)"
+            if self.conflicting
+            else "no text had conflicting labels"
+        )
+        return f"{self.repeated:,} duplicate texts kept once; {conflicts}"
+
+
 @dataclass
 class LabeledRows:
     """Usable rows plus an account of what was read and skipped."""
@@ -79,6 +123,9 @@ class LabeledRows:
     # each present label's value as a SQL literal (`'rare'`, `3`), for advice on filtering
     literals: dict[str, str] = field(default_factory=dict)
     integer_labels: bool = False  # the column held integers (or whole-number floats)
+    # set by drop_duplicates: what it did, and the fingerprint of the rows before it
+    duplicates: Duplicates | None = None
+    fingerprint_as_read: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -86,7 +133,12 @@ class LabeledRows:
         return {name: counts.get(name, 0) for name in self.label_names}
 
     def fingerprint(self) -> str:
-        """sha256 of the usable (text, label) rows in canonical order."""
+        """sha256 of the usable (text, label) rows as read, in canonical order.
+
+        Rows that `drop_duplicates` removed are still hashed: the fingerprint names the
+        input data, so the same table gives the same fingerprint with or without them."""
+        if self.fingerprint_as_read is not None:
+            return self.fingerprint_as_read
         digest = hashlib.sha256()
         for text, label in zip(self.texts, self.labels, strict=True):
             digest.update(json.dumps([text, label], ensure_ascii=False).encode())
@@ -212,16 +264,64 @@ def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
     )
 
 
+def duplicate_key(text: str) -> str:
+    """What two texts must share to be the same text: equal after `str.strip()`, the
+    whitespace `marketpulse.text.is_blank` judges by. Case is not folded."""
+    return text.strip()
+
+
+def drop_duplicates(rows: LabeledRows) -> LabeledRows:
+    """Keep each text (`duplicate_key`) once, so no text is split across train and test.
+
+    A text whose rows all carry one label keeps one row; the others are counted as
+    `duplicate`. A text whose rows disagree keeps one row with the label more than half
+    of its rows hold (the rest counted as `conflicting_label`), or, with no such label,
+    none (all counted as `conflicting_label`). The row kept is the first in canonical
+    order, so the result and its order are as reproducible as the rows read."""
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(rows.texts):
+        groups.setdefault(duplicate_key(text), []).append(i)
+    keep: list[int] = []
+    skipped = {"duplicate": 0, "conflicting_label": 0}
+    repeated = conflicting = majority_kept = 0
+    for members in groups.values():
+        votes = Counter(rows.labels[i] for i in members)
+        if len(votes) == 1:
+            keep.append(members[0])
+            if len(members) > 1:
+                repeated += 1
+                skipped["duplicate"] += len(members) - 1
+            continue
+        conflicting += 1
+        label, n = votes.most_common(1)[0]
+        if 2 * n > len(members):  # a strict majority; a tie or a plurality is not one
+            majority_kept += 1
+            keep.append(next(i for i in members if rows.labels[i] == label))
+            skipped["conflicting_label"] += len(members) - 1
+        else:
+            skipped["conflicting_label"] += len(members)
+    keep.sort()  # the rows' canonical order
+    return replace(
+        rows,
+        texts=[rows.texts[i] for i in keep],
+        labels=[rows.labels[i] for i in keep],
+        skipped={**rows.skipped, **skipped},
+        duplicates=Duplicates(repeated, conflicting, majority_kept),
+        fingerprint_as_read=rows.fingerprint(),
+    )
+
+
 def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int) -> None:
     """At least two classes, each with enough rows to land in every split."""
     skipped = sum(rows.skipped.values())
-    note = f" after skipping {skipped} unusable rows" if skipped else ""
+    # duplicates are skipped too (drop_duplicates), and are not "unusable": name each kind
+    note = f" after skipping {skipped} rows ({count_phrase(rows.skipped)})" if skipped else ""
     present = {name: n for name, n in rows.counts.items() if n > 0}
     if len(present) < 2:
         found = ", ".join(f"{k!r}" for k in present) or "none"
         raise MarketpulseError(
-            f"column {source.label_col!r} has {len(present)} distinct label(s){note} "
-            f"(found: {found}); training needs at least two classes, pass a different --label-col"
+            f"column {source.label_col!r} has {len(present)} distinct label(s) (found: {found})"
+            f"{note}; training needs at least two classes, pass a different --label-col"
         )
     column = source.label_col
     for name, n in rows.counts.items():

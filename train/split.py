@@ -2,9 +2,10 @@
 
 Reproducible by construction: rows arrive in canonical order (see `data.py`), each
 class is shuffled by its own generator seeded from (seed, label), and every class
-gives at least one row to each part. The trainer saves the test rows with
-`marketpulse.checkpoint.write_test_split`, so export and evaluation score exactly
-the rows training never saw.
+gives at least one row to each part. The trainer passes each text once
+(`data.drop_duplicates`), so splitting rows splits texts: no text is in two parts.
+The trainer saves the test rows with `marketpulse.checkpoint.write_test_split`, so
+export and evaluation score exactly the rows training never saw.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Fine-tune a BERT-family encoder as a text classifier, read top to bottom by `run`.
 
-load rows -> stratified split (test rows saved) -> tokenize (web addresses as one
-token, marketpulse/urls.py, unless --keep-urls) -> transformers Trainer
-(dynamic padding, length-grouped training batches, early stopping on validation
-macro-F1) -> save checkpoint -> score the test rows in order -> metrics.json.
+load rows -> keep each text once (`data.drop_duplicates`) -> stratified split (test
+rows saved) -> tokenize (web addresses as one token, marketpulse/urls.py, unless
+--keep-urls) -> transformers Trainer (dynamic padding, length-grouped training
+batches, early stopping on validation macro-F1) -> save checkpoint -> score the test
+rows in order -> metrics.json.
 What lands in the output directory, and where each field sits, is defined by
 `marketpulse.checkpoint`; `run` writes through it and returns the `Checkpoint`.
 
@@ -56,7 +57,13 @@ from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.staging import publishable, replace_dir
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
-from marketpulse.train.data import LabeledRows, count_phrase, load_labeled, require_trainable
+from marketpulse.train.data import (
+    LabeledRows,
+    count_phrase,
+    drop_duplicates,
+    load_labeled,
+    require_trainable,
+)
 from marketpulse.train.hf_trainer import (
     WORK_DIR,
     library_versions,
@@ -218,7 +225,10 @@ def prepare(cfg: TrainConfig) -> Prepared:
     base_dir = resolve_base_model(cfg.base_model)
     device, precision, reason = resolve_device(cfg.device, cfg.precision)
 
-    rows = load_labeled(cfg.source)
+    # each text once: a repeated text can never sit in both the train and the test split
+    rows = drop_duplicates(load_labeled(cfg.source))
+    if line := rows.duplicates.log_line():
+        log(line)
     require_trainable(rows, cfg.source, min_per_class=3)
     split = stratified_split(rows.labels, cfg.split, cfg.seed)
     skipped = sum(rows.skipped.values())
@@ -396,6 +406,7 @@ def save_and_score(
             "read": rows.rows_read,
             "used": len(rows.texts),
             "skipped": rows.skipped,
+            "duplicate_texts": rows.duplicates.record() if rows.duplicates else None,
             "per_label": rows.counts,
             "split": split.sizes(),
         },
