@@ -1047,18 +1047,22 @@ def _highlight(e, words: list[str]) -> str:
     help="Seconds to keep retrying the open while a scoring run commits.",
 )
 def sql_(query, db, as_json, as_csv, lock_timeout):
-    """Run a read-only SQL query on a DuckDB file, waiting out a scoring run's commits.
+    """Run read-only SQL (one or more statements) on a DuckDB file, waiting out a scoring
+    run's commits. Every statement that returns rows prints its table, in order; --json
+    and --csv print one result set.
 
     Example: marketpulse sql "SELECT label, count(*) FROM scores GROUP BY label" --db market.duckdb --csv
     """
     from pathlib import Path
 
-    from marketpulse.query import format_rows, run_query
+    from marketpulse.query import format_results, run_queries
 
     if as_json and as_csv:
         raise click.UsageError("pass at most one of --json and --csv")
-    columns, rows = run_query(Path(db), query, lock_timeout)
-    click.echo(format_rows(columns, rows, "json" if as_json else "csv" if as_csv else "table"))
+    style = "json" if as_json else "csv" if as_csv else "table"
+    one_result = None if style == "table" else f"--{style}"
+    results = run_queries(Path(db), query, lock_timeout, one_result=one_result)
+    click.echo(format_results(results, style))
 
 
 # --- trends ---

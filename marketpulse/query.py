@@ -1,10 +1,15 @@
-"""`marketpulse sql`: one read-only query against a DuckDB file, for scripts and make targets.
+"""`marketpulse sql`: read-only SQL against a DuckDB file, for scripts and make targets.
 
-The file is opened read-only, so the query cannot change that file (DuckDB still runs
+The file is opened read-only, so the SQL cannot change that file (DuckDB still runs
 COPY ... TO or ATTACH of another file: this is a tool for the file's owner), and the open is
 retried while a scoring run holds the file for a commit (a fraction of a second at a
 time; see runtime/database.py), so a script never fails because a nightly is running.
-Output: an aligned text table, JSON (a list of objects) or CSV.
+
+The SQL may hold several statements: DuckDB's parser splits them (a ';' inside a string
+or comment stays where it is), they run in order on one connection, and each one that
+returns rows gives a result set; SET, CREATE TEMP TABLE and other statements without
+rows give none unless they are all there is. Output: aligned text tables, one per result
+set, or (for one result set only) JSON (a list of objects) or CSV.
 """
 
 from __future__ import annotations
@@ -22,11 +27,63 @@ from marketpulse.sql import connect
 DEFAULT_TIMEOUT = 60.0
 
 
-def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[list[str], list]:
-    """(column names, rows) of `sql` run on `db` opened read-only."""
+Result = tuple[list[str], list]  # (column names, rows) of one statement
+
+
+def run_queries(
+    db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT, *, one_result: str | None = None
+) -> list[Result]:
+    """The result set of each statement of `sql` that returns rows, in order, run on `db`
+    opened read-only; when none does, the last statement's result as DuckDB gives it.
+
+    `one_result` names what takes a single result set (`--json`): SQL with more than one
+    statement that returns rows is then refused before any statement runs.
+    """
     import duckdb
 
-    db = Path(db)
+    con = _connect(Path(db), timeout)
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:  # a syntax error: nothing has run
+            raise MarketpulseError(f"query failed ({first_line(exc)}); {_fix(exc)}") from exc
+        if not statements:  # blank, ";" or only comments
+            raise MarketpulseError(
+                'the query holds no SQL statement; pass one, e.g. "SELECT count(*) FROM scores"'
+            )
+        shown = [i for i, s in enumerate(statements) if _returns_rows(s)]
+        if one_result and len(shown) > 1:
+            raise MarketpulseError(
+                f"{one_result} prints one result set, but the SQL holds {len(shown)} "
+                "statements that return rows; run them one at a time"
+            )
+        shown = shown or [len(statements) - 1]
+        results = []
+        for i, statement in enumerate(statements):
+            try:
+                relation = con.execute(statement)
+                if i in shown:  # the others' results are statuses: Success, Count
+                    results.append(_result(relation))
+            except duckdb.Error as exc:
+                which = (
+                    "query" if len(statements) == 1 else f"statement {i + 1} of {len(statements)}"
+                )
+                raise MarketpulseError(f"{which} failed ({first_line(exc)}); {_fix(exc)}") from exc
+        return results
+    finally:
+        con.close()
+
+
+def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> Result:
+    """(column names, rows) of `sql` run on `db` opened read-only. SQL with several
+    statements that return rows is refused before it runs: `run_queries` returns each."""
+    (result,) = run_queries(db, sql, timeout, one_result="marketpulse sql")
+    return result
+
+
+def _connect(db: Path, timeout: float):
+    import duckdb
+
     if not db.is_file():
         raise MarketpulseError(f"database file {db} not found; pass --db with a DuckDB file")
 
@@ -34,28 +91,31 @@ def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[lis
         print(f"marketpulse: waiting for a writer to commit ({error})", file=sys.stderr)
 
     try:
-        con = connect(db, read_only=True, timeout=timeout, on_wait=waiting)
+        return connect(db, read_only=True, timeout=timeout, on_wait=waiting)
     except duckdb.Error as exc:
         raise MarketpulseError(
             f"cannot open {db} as a DuckDB database ({first_line(exc)}); pass --db "
             "with a DuckDB file"
         ) from exc
-    try:
-        relation = con.execute(sql)
-        if relation is None:  # blank, ";" or only comments: DuckDB ran nothing
-            raise MarketpulseError(
-                'the query holds no SQL statement; pass one, e.g. "SELECT count(*) FROM scores"'
-            )
-        if relation.description is None:  # a statement without a result set
-            return [], []
-        return [d[0] for d in relation.description], relation.fetchall()
-    except duckdb.Error as exc:
-        fix = "check the SQL"
-        if "read-only" in str(exc).lower():
-            fix = "the database is opened read-only, so only queries that read work"
-        raise MarketpulseError(f"query failed ({first_line(exc)}); {fix}") from exc
-    finally:
-        con.close()
+
+
+def _returns_rows(statement) -> bool:
+    """Whether a statement gives rows to show, as DuckDB's own CLI decides: a query, not the
+    status of SET, CREATE or COPY. PIVOT (type MULTI) ends in the SELECT that gives its rows."""
+    expected = [t.name for t in statement.expected_result_type]
+    return statement.type.name == "MULTI" or expected == ["QUERY_RESULT"]
+
+
+def _result(relation) -> Result:
+    if relation.description is None:  # a statement without a result set
+        return [], []
+    return [d[0] for d in relation.description], relation.fetchall()
+
+
+def _fix(exc: Exception) -> str:
+    if "read-only" in str(exc).lower():
+        return "the database is opened read-only, so only queries that read work"
+    return "check the SQL"
 
 
 def _plain(value) -> object:
@@ -80,6 +140,16 @@ def _json_value(value) -> object:
     if hasattr(value, "isoformat"):  # date, time, datetime
         return value.isoformat()
     return str(value)
+
+
+def format_results(results: list[Result], style: str) -> str:
+    """Result sets as 'table' text, one after another with a blank line between, or one
+    result set as 'json' or 'csv' (several would not parse as one JSON list or CSV)."""
+    if style != "table" and len(results) != 1:
+        raise MarketpulseError(
+            f"--{style} prints one result set, not {len(results)}; run the statements one at a time"
+        )
+    return "\n\n".join(format_rows(columns, rows, style) for columns, rows in results)
 
 
 def format_rows(columns: list[str], rows: list, style: str) -> str:

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from marketpulse.errors import MarketpulseError, first_line
 
-_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_HOW = (
+    "use letters, digits and underscores, optionally qualified as schema.table, and "
+    "double quotes around a part with other characters, e.g. 'main.\"Market Posts\"'"
+)
 
 
 def quote_ident(name: str) -> str:
@@ -26,20 +29,88 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def quote_table(name: str) -> str:
-    """Quote a table name that may be schema-qualified: `main.news` -> `"main"."news"`."""
-    parts = name.split(".")
-    if not 1 <= len(parts) <= 3 or not all(_PART.match(p) for p in parts):
+def _is_plain(part: str) -> bool:
+    """A part that needs no quotes: a letter (of any script) or underscore, then letters,
+    digits, underscores or $, as DuckDB reads an unquoted name."""
+    return (
+        bool(part)
+        and (part[0] == "_" or part[0].isalpha())
+        and all(c.isalnum() or c in "_$" for c in part)
+    )
+
+
+def spell_table(parts: list[str]) -> str:
+    """A table's parts as a user passes them: `main.news`, `main."Market Posts"`."""
+    return ".".join(p if _is_plain(p) else quote_ident(p) for p in parts)
+
+
+def split_table(name: str) -> list[str]:
+    """The parts of a table name as a user writes it: `main.news` -> [main, news],
+    `main."Market Posts"` -> [main, Market Posts], `"a ""b"" c"` -> [a "b" c].
+
+    1 to 3 parts (catalog.schema.table), each plain (see `_is_plain`) or in double
+    quotes. Quotes around a plain part are refused, so that a name has one spelling:
+    callers compare names as text (results.py refuses marketpulse's own table names
+    that way), and `"runs"` must not pass for another name than runs.
+    """
+    parts, quoted, i = [], [], 0
+    while True:
+        quoted.append(name.startswith('"', i))
+        if quoted[-1]:
+            part, i = _quoted(name, i)
+        else:
+            end = name.find(".", i)
+            end = len(name) if end < 0 else end
+            part, i = name[i:end], end
+            if not _is_plain(part):
+                raise MarketpulseError(f"invalid table name {name!r}; {_HOW}")
+        parts.append(part)
+        if i == len(name):
+            break
+        if name[i] != ".":  # text right after a closing quote
+            raise MarketpulseError(f"invalid table name {name!r}; {_HOW}")
+        i += 1
+    if len(parts) > 3:
+        raise MarketpulseError(f"invalid table name {name!r}; {_HOW}")
+    if any(q and _is_plain(p) for p, q in zip(parts, quoted, strict=True)):
         raise MarketpulseError(
-            f"invalid table name {name!r}; use letters, digits and underscores, "
-            "optionally qualified as schema.table"
+            f"table name {name!r} quotes a name that needs no quotes; "
+            f"write it as {spell_table(parts)!r}"
         )
-    return ".".join(quote_ident(p) for p in parts)
+    return parts
+
+
+def _quoted(name: str, start: int) -> tuple[str, int]:
+    """The double-quoted part of `name` that opens at `start`, and the index after it."""
+    out, i = [], start + 1
+    while True:
+        close = name.find('"', i)
+        if close < 0:
+            raise MarketpulseError(
+                f"invalid table name {name!r}: a quote is not closed; end a quoted part with "
+                'a quote and write a quote inside it twice, e.g. \'"say ""hi"""\''
+            )
+        out.append(name[i:close])
+        if not name.startswith('"', close + 1):
+            break
+        out.append('"')  # a doubled quote stands for one
+        i = close + 2
+    part = "".join(out)
+    if not part or "\x00" in part:
+        raise MarketpulseError(f"invalid table name {name!r}; {_HOW}")
+    return part, close + 1
+
+
+def quote_table(name: str) -> str:
+    """Quote a table name that may be schema-qualified and may hold quoted parts (see
+    `split_table`): `main.news` -> `"main"."news"`, `"Market Posts"` -> `"Market Posts"`."""
+    return ".".join(quote_ident(p) for p in split_table(name))
 
 
 def table_names(con, database: str | None = None) -> list[str]:
-    """The tables and views of `database` (default: the current one) as a user names them:
-    `news` in the main schema, `raw.news` in another; for "not found" messages."""
+    """The tables and views of `database` (default: the current one) as a user passes them:
+    `news` in the main schema, `raw.news` in another, `"Market Posts"` quoted; for "not
+    found" messages."""
     rows = con.execute(
         "SELECT schema_name, table_name FROM duckdb_tables() "
         "WHERE database_name = coalesce(?, current_database()) "
@@ -48,7 +119,7 @@ def table_names(con, database: str | None = None) -> list[str]:
         "ORDER BY schema_name <> 'main', schema_name, table_name",
         [database, database],
     ).fetchall()
-    return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+    return [spell_table([name] if schema == "main" else [schema, name]) for schema, name in rows]
 
 
 class Columns(dict):

@@ -36,7 +36,7 @@ from marketpulse.results_schema import (
     probability_columns,
     sanitize,
 )
-from marketpulse.sql import quote_ident, quote_table
+from marketpulse.sql import quote_ident, quote_table, split_table
 
 
 def utcnow() -> datetime:
@@ -52,7 +52,7 @@ def _columns(con, table_sql: str) -> dict[str, str] | None:
 
 def _kind(con, name: str) -> str | None:
     """'BASE TABLE', 'VIEW' (or another kind) for an existing object `name`, else None."""
-    parts = name.split(".")
+    parts = split_table(name)
     catalog, schema = ([None] * (3 - len(parts)) + parts)[:2]
     row = con.execute(
         "SELECT table_type FROM information_schema.tables WHERE table_catalog = "

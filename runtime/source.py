@@ -27,7 +27,14 @@ from pathlib import Path
 
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.where import compile_where
-from marketpulse.sql import Columns, quote_ident, quote_table, table_columns, table_names
+from marketpulse.sql import (
+    Columns,
+    quote_ident,
+    quote_table,
+    split_table,
+    table_columns,
+    table_names,
+)
 from marketpulse.text import blank_sql
 
 SOURCE_ALIAS = "src"
@@ -123,7 +130,7 @@ def check_source(
 ) -> Source:
     table_sql = quote_table(table)
     if attached:
-        if table.count(".") >= 2:
+        if len(split_table(table)) == 3:
             raise MarketpulseError(
                 f"--table {table!r} names a catalog; with --results-db pass schema.table only"
             )

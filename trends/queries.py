@@ -21,7 +21,7 @@ import math
 import re
 
 from marketpulse.results_schema import MODELS, sanitize
-from marketpulse.sql import quote_ident, quote_table
+from marketpulse.sql import quote_ident, quote_table, split_table
 
 GRAINS = ("day", "week", "month")
 MAX_WINDOW = 104  # the p-value SQL grows with the window (one branch per degree of freedom)
@@ -52,7 +52,7 @@ SPREAD_FLOOR = 0.2
 
 
 def latest_view_name(scores_table: str) -> str:
-    return "latest_" + sanitize(scores_table.split(".")[-1])
+    return "latest_" + sanitize(split_table(scores_table)[-1])
 
 
 def is_plain_name(name: str) -> bool:
@@ -63,7 +63,7 @@ def is_plain_name(name: str) -> bool:
 def table_name(kind: str, source: str, grain: str) -> str:
     """`<kind>_<source>_<grain>`: the names of every table trends writes for a source
     (kind: trend, trend_drivers, forecast, forecast_backtest)."""
-    return f"{kind}_{sanitize(source.split('.')[-1])}_{grain}"
+    return f"{kind}_{sanitize(split_table(source)[-1])}_{grain}"
 
 
 def trend_table_name(source: str, grain: str) -> str:

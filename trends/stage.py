@@ -20,7 +20,14 @@ import duckdb
 
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.results_schema import MODELS, RUNS, SCORES, sanitize
-from marketpulse.sql import connect, quote_ident, quote_table, require_columns, table_columns
+from marketpulse.sql import (
+    connect,
+    quote_ident,
+    quote_table,
+    require_columns,
+    split_table,
+    table_columns,
+)
 from marketpulse.trends import queries
 
 POSITIVE_DEFAULTS = ("positive", "bullish")
@@ -326,8 +333,8 @@ def _check_id_types(cfg: TrendsConfig, id_type: str, scores_type: str) -> None:
 
 def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
     """Refuse a trend (or dependent) table name that would replace an input."""
-    source = cfg.source.split(".")[-1]
-    scores = cfg.scores_table.split(".")[-1]
+    source = split_table(cfg.source)[-1]
+    scores = split_table(cfg.scores_table)[-1]
     inputs = {source, scores, MODELS, RUNS, queries.latest_view_name(cfg.scores_table)}
     taken = {t.lower(): t for t in inputs}
     for name in outputs:
