@@ -969,7 +969,7 @@ def explain(
         label = f"{row_id}: " if row_id is not None else ""
         click.echo(f"{label}{e.label} ({e.probability:.2f})  {_highlight(e, words)}")
         best = sorted(zip(words, e.words, strict=True), key=lambda p: -p[1].weight)[:top]
-        click.echo("    top words: " + ", ".join(f"{w} {x.weight:+.3f}" for w, x in best))
+        click.echo("    top words: " + ", ".join(f"{_clip(w)} {x.weight:+.3f}" for w, x in best))
 
     if texts:
         from marketpulse.inference.explain import explain as explain_texts
@@ -1006,6 +1006,12 @@ def explain(
     click.echo(stats.summary(db), err=True)
 
 
+def _clip(word: str, width: int = 40) -> str:
+    """A word as explain prints it: at most `width` characters (a 20,000-character run
+    without spaces, or a CJK paragraph, is one word)."""
+    return word if len(word) <= width else word[: width - 1] + "\u2026"
+
+
 def _highlight(e, words: list[str]) -> str:
     """The weighed words: green supports the label, red argues against; bold = strong.
 
@@ -1016,6 +1022,7 @@ def _highlight(e, words: list[str]) -> str:
     shown = max(e.occluded, 1)
     for word, w in zip(words[:shown], e.words[:shown], strict=True):
         strength = abs(w.weight) / scale
+        word = _clip(word)
         if strength < 0.2:
             out.append(word)
         else:

@@ -310,3 +310,11 @@ def test_explain_prints_only_the_weighed_words_of_a_long_text(bundle):
     shown = first.split("  ", 1)[1].split(" ... (+")[0].split()
     assert first.endswith(f"(+{5001 - len(shown)} words not weighed)")
     assert shown[0] == "oil" and shown[-1] == words[len(shown) - 2]
+
+
+def test_explain_clips_a_word_too_long_to_print(bundle):
+    result = CliRunner().invoke(
+        main, ["explain", "--bundle", str(bundle.path), "--text", "x" * 20000]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.output) < 400 and "x" * 39 + "\u2026" in result.output
