@@ -122,17 +122,26 @@ def table_names(con, database: str | None = None) -> list[str]:
     return [spell_table([name] if schema == "main" else [schema, name]) for schema, name in rows]
 
 
+def ascii_fold(name: str) -> str:
+    """A name as DuckDB compares identifiers: A-Z lower-cased, every other letter kept
+    (`Überschrift` matches `ÜBERSCHRIFT` but not `überschrift`, `ß` never matches `SS`)."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 class Columns(dict):
     """{column: type} that finds a column in any letter case, as DuckDB does (it resolves
-    identifiers case-insensitively, quoted or not, and allows no two columns that differ
-    in case only): `"id" in cols` and `cols["id"]` find a column named ID. Iterating
+    identifiers case-insensitively, quoted or not, folding A-Z only: `ascii_fold`, and
+    allows no two columns that differ in case only): `"id" in cols` and `cols["id"]` find a column named ID. Iterating
     gives the names as the table spells them."""
 
     def _actual(self, name):
         if isinstance(name, str) and not dict.__contains__(self, name):
-            folded = name.casefold()
+            folded = ascii_fold(name)
             for actual in self:
-                if actual.casefold() == folded:
+                if ascii_fold(actual) == folded:
                     return actual
         return name
 

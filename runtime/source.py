@@ -29,6 +29,7 @@ from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.where import compile_where
 from marketpulse.sql import (
     Columns,
+    ascii_fold,
     quote_ident,
     quote_table,
     split_table,
@@ -144,7 +145,7 @@ def check_source(
                 f"column {col!r} not found in table {table!r} (columns: {', '.join(cols)}); "
                 f"pass {flag} with one of them"
             )
-    if id_col.casefold() == text_col.casefold():  # DuckDB's names ignore case
+    if ascii_fold(id_col) == ascii_fold(text_col):  # DuckDB's names ignore A-Z case
         raise MarketpulseError(
             "--id-col and --text-col name the same column; pass distinct columns"
         )

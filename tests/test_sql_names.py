@@ -246,3 +246,20 @@ def test_names_derived_from_a_quoted_table_read_its_parts_not_its_quotes(tmp_pat
     con.execute('CREATE VIEW "v1.2 posts" AS SELECT 1 AS x')
     assert _kind(con, '"v1.2 posts"') == "VIEW"
     assert _kind(con, 'main."v1.2 posts"') == "VIEW"
+
+
+def test_columns_match_letter_case_as_duckdb_does_a_to_z_only(tmp_path):
+    import duckdb
+
+    from marketpulse.sql import table_columns
+
+    con = duckdb.connect(str(tmp_path / "c.duckdb"))
+    con.execute('CREATE TABLE t ("Überschrift" VARCHAR, "HEAD" VARCHAR, "ß" INTEGER)')
+    cols = table_columns(con, "t")
+    for name in ("head", "ÜBERSCHRIFT", "Überschrift", "ß"):
+        assert name in cols
+        con.execute(f'SELECT "{name}" FROM t')  # DuckDB agrees
+    for name in ("überschrift", "SS"):
+        assert name not in cols
+        with pytest.raises(duckdb.BinderException):
+            con.execute(f'SELECT "{name}" FROM t')
