@@ -103,8 +103,8 @@ def test_majority_tie_and_whitespace_cases(tmp_path):
         "dropped": 2,
     }
     assert rows.duplicates.log_line() == (
-        "1 duplicate texts kept once; 3 texts had conflicting labels "
-        "(1 kept with their majority label, 2 dropped)"
+        "1 duplicate text kept once (2 rows skipped); 3 texts had conflicting labels "
+        "(1 kept with its majority label, 2 dropped; 8 rows skipped)"
     )
     # the fingerprint still names the rows as read, duplicates included
     assert rows.fingerprint() == read.fingerprint()
@@ -140,8 +140,8 @@ def test_counts_recorded_in_metrics_json_and_logged(
     prepared = prepare(cfg)
     err = capsys.readouterr().err
     assert (
-        "1 duplicate texts kept once; 3 texts had conflicting labels "
-        "(1 kept with their majority label, 2 dropped)"
+        "1 duplicate text kept once (2 rows skipped); 3 texts had conflicting labels "
+        "(1 kept with its majority label, 2 dropped; 8 rows skipped)"
     ) in err
     assert f"read {len(DISTINCT_ROWS) + len(DUPLICATED_ROWS)} rows" in err
     assert "10 skipped (2 duplicate, 8 conflicting label)" in err
@@ -197,7 +197,7 @@ def test_no_duplicates_changes_nothing(tmp_path):
         )
     )
     assert twice.duplicates.log_line() == (
-        "1 duplicate texts kept once; no text had conflicting labels"
+        "1 duplicate text kept once (1 row skipped); no text had conflicting labels"
     )
 
 

@@ -17,8 +17,13 @@ dropped rows count as `conflicting_label`).
 Labels may be strings or integers. Integer labels, and digits stored as text, are named
 by `label_names` (`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by
 their digits. Float labels that are whole numbers (pandas writes an integer column with
-gaps as DOUBLE with NaN) are those integers; any other number is an error.
+gaps as DOUBLE with NaN) are those integers; any other number is an error. BOOLEAN labels
+are the integers 0 (false) and 1 (true), so `--label-names neg,pos` names them.
 Given string labels, `label_names` is the allowed set (and fixes the label order).
+
+`require_trainable` refuses labels that the runtime could not write: each label gets a
+probability column (`results_schema.probability_column`), and two labels that differ only
+in case or punctuation would share one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.results_schema import probability_column
 from marketpulse.sources import Flags, open_source
 from marketpulse.sql import quote_ident
 from marketpulse.text import is_blank
@@ -52,6 +58,11 @@ def count_phrase(counts: dict[str, int]) -> str:
     for a log line; "none" when every count is 0."""
     parts = [f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items() if n]
     return ", ".join(parts) or "none"
+
+
+def _count(n: int, noun: str) -> str:
+    """`_count(1, "row")` -> "1 row", `_count(2, "row")` -> "2 rows"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -77,11 +88,14 @@ class DataSource:
 
 @dataclass(frozen=True)
 class Duplicates:
-    """What `drop_duplicates` did, counted in texts (`LabeledRows.skipped` counts rows)."""
+    """What `drop_duplicates` did, counted in texts; the `_rows` fields count the rows
+    skipped, as `LabeledRows.skipped` does (`duplicate`, `conflicting_label`)."""
 
     repeated: int = 0  # texts on several rows that all agree on the label: kept once
     conflicting: int = 0  # texts whose rows disagree on the label
     majority_kept: int = 0  # of those, kept with the label more than half their rows hold
+    repeated_rows: int = 0  # rows skipped as copies of a repeated text
+    conflicting_rows: int = 0  # rows skipped from conflicting texts (all, when dropped)
 
     @property
     def dropped(self) -> int:
@@ -98,17 +112,33 @@ class Duplicates:
         }
 
     def log_line(self) -> str | None:
-        """The log line, e.g. '12 duplicate texts kept once; 3 texts had conflicting labels
-        (2 kept with their majority label, 1 dropped)'; None when no text was repeated."""
+        """The log line, counting texts and the rows skipped apart, e.g. '12 duplicate texts
+        kept once (15 rows skipped); 3 texts had conflicting labels (2 kept with their
+        majority label, 1 dropped; 7 rows skipped)'; None when no text was repeated."""
         if not (self.repeated or self.conflicting):
             return None
-        conflicts = (
-            f"{self.conflicting:,} texts had conflicting labels ({self.majority_kept:,} kept "
-            f"with their majority label, {self.dropped:,} dropped)"
-            if self.conflicting
-            else "no text had conflicting labels"
-        )
-        return f"{self.repeated:,} duplicate texts kept once; {conflicts}"
+        parts = []
+        if self.repeated:
+            parts.append(
+                f"{_count(self.repeated, 'duplicate text')} kept once "
+                f"({_count(self.repeated_rows, 'row')} skipped)"
+            )
+        if not self.conflicting:
+            parts.append("no text had conflicting labels")
+        else:
+            kept, dropped = self.majority_kept, self.dropped
+            if not dropped:
+                fate = f"kept with {'its' if kept == 1 else 'their'} majority label"
+            elif not kept:
+                fate = "dropped: no majority label"
+            else:
+                its = "its" if kept == 1 else "their"
+                fate = f"{kept:,} kept with {its} majority label, {dropped:,} dropped"
+            parts.append(
+                f"{_count(self.conflicting, 'text')} had conflicting labels "
+                f"({fate}; {_count(self.conflicting_rows, 'row')} skipped)"
+            )
+        return "; ".join(parts)
 
 
 @dataclass
@@ -164,9 +194,10 @@ def _is_nan(value) -> bool:
 
 
 def _as_int(value, column: str) -> int | None:
-    """An integer label's value (1.0 -> 1), or None for a label that is not a number."""
-    if isinstance(value, bool):
-        return None
+    """An integer label's value (1.0 -> 1, True -> 1), or None for a label that is not a
+    number."""
+    if isinstance(value, bool):  # a BOOLEAN column: False=0, True=1, named by --label-names
+        return int(value)
     if isinstance(value, int):
         return value
     if isinstance(value, float | Decimal):
@@ -186,7 +217,9 @@ def _is_integer(value) -> bool:
 
 
 def _literal(value) -> str:
-    """A label value as SQL writes it: `'rare'`, `3` (1.0 -> `1`)."""
+    """A label value as SQL writes it: `'rare'`, `3` (1.0 -> `1`), `true`."""
+    if isinstance(value, bool):  # `flag <> 1` is a type error on a BOOLEAN column
+        return "true" if value else "false"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     number = _as_int(value, "")
@@ -306,13 +339,54 @@ def drop_duplicates(rows: LabeledRows) -> LabeledRows:
         texts=[rows.texts[i] for i in keep],
         labels=[rows.labels[i] for i in keep],
         skipped={**rows.skipped, **skipped},
-        duplicates=Duplicates(repeated, conflicting, majority_kept),
+        duplicates=Duplicates(
+            repeated,
+            conflicting,
+            majority_kept,
+            repeated_rows=skipped["duplicate"],
+            conflicting_rows=skipped["conflicting_label"],
+        ),
         fingerprint_as_read=rows.fingerprint(),
     )
 
 
+def _and(items: list[str]) -> str:
+    """["a", "b", "c"] -> "a, b and c"."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def require_distinct_columns(rows: LabeledRows, source: DataSource) -> None:
+    """Every label its own probability column, as `marketpulse score` requires.
+
+    The runtime names a label's column `results_schema.probability_column(label)` and
+    refuses a model whose labels share one; training such a model would waste the run."""
+    columns: dict[str, list[str]] = {}
+    for name in rows.label_names:
+        columns.setdefault(probability_column(name), []).append(name)
+    shared = {col: names for col, names in columns.items() if len(names) > 1}
+    if not shared:
+        return
+    which = "; ".join(
+        f"{_and([repr(n) for n in names])} become {col}" for col, names in shared.items()
+    )
+    column = source.label_col
+    if rows.integer_labels and source.label_names:  # the names came from --label-names
+        fix = "pass --label-names whose names differ in a letter or digit, not only in case"
+    else:
+        fix = (
+            f'map them to one spelling with --query, e.g. --query "SELECT {source.text_col}, '
+            f'lower({column}) AS {column} FROM ...", or rename them'
+        )
+    raise MarketpulseError(
+        f"labels in column {column!r} collide once sanitized into probability column names "
+        f"({which}), which `marketpulse score` refuses; {fix}"
+    )
+
+
 def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int) -> None:
-    """At least two classes, each with enough rows to land in every split."""
+    """Labels the runtime can write (`require_distinct_columns`); at least two classes,
+    each with enough rows to land in every split."""
+    require_distinct_columns(rows, source)
     skipped = sum(rows.skipped.values())
     # duplicates are skipped too (drop_duplicates), and are not "unusable": name each kind
     note = f" after skipping {skipped} rows ({count_phrase(rows.skipped)})" if skipped else ""

@@ -182,10 +182,28 @@ def _unknown_label(label: str, column: str, labels: list[str]) -> MarketpulseErr
     )
 
 
+def _not_the_models(
+    unknown: list[str], rows: LabeledRows, column: str, labels: list[str]
+) -> MarketpulseError:
+    """Labels (named by --label-names) the model lacks, with both fixes: map or filter."""
+    values = [rows.literals[y] for y in unknown]  # every label read has its literal
+    where = (
+        f"{column} NOT IN ({', '.join(values)})" if len(values) > 1 else f"{column} <> {values[0]}"
+    )
+    return MarketpulseError(
+        f"labels {', '.join(unknown)} in column {column!r} are not among the model's labels "
+        f"({', '.join(labels)}); map them onto the model's with --label-map "
+        f"{unknown[0]}=LABEL, or leave those rows out with a filtering --query, e.g. "
+        f'--query "SELECT ... WHERE {where}"'
+    )
+
+
 def _load_rows(
     source: DataSource, labels: list[str], label_map: dict[str, str], flags: Flags | None = None
 ) -> LabeledRows:
-    """Read the rows with label names the model knows, mapped through `label_map`."""
+    """Read the rows with label names the model knows, mapped through `label_map`.
+
+    Every label is checked against the model's here, before any row is scored."""
     # Integer labels are named by the model's order unless --label-names names them, or
     # the model's labels are the integers' own names: then 2 is "2", whatever its position.
     by_value = source.label_names is None and _integer_names(labels)
@@ -222,6 +240,11 @@ def _load_rows(
                 f"{unknown[0]}=LABEL onto those names"
             )
         rows.label_names = list(labels)
+    else:
+        # --label-names may name classes the model lacks (a 2-class model, 3 names)
+        unknown = sorted(set(rows.labels) - set(labels))
+        if unknown:
+            raise _not_the_models(unknown, rows, source.label_col, labels)
     return rows
 
 
@@ -396,11 +419,17 @@ def evaluate_domains(
     }
 
 
+def _skipped_note(skipped: dict[str, int]) -> str:
+    """The note after a row count, e.g. ' (2 skipped: 1 null text, 1 null label)'; empty
+    when no row was skipped."""
+    total = sum(skipped.values())
+    return f" ({total:,} skipped: {count_phrase(skipped)})" if total else ""
+
+
 def format_report(result: dict) -> str:
     rows = result["rows"]
     head = (
-        f"{rows['used']} rows from {result['data']['source']} "
-        f"({sum(rows['skipped'].values())} skipped: {rows['skipped']})\n"
+        f"{rows['used']} rows from {result['data']['source']}{_skipped_note(rows['skipped'])}\n"
         f"model {result['model']}: {result['reason']}, {result['rows_per_s']} rows/s\n\n"
     )
     return head + format_metrics(result["metrics"])
@@ -447,9 +476,9 @@ def format_domains_report(result: dict) -> str:
     for domain in result["domains"]:
         rows = domain["rows"]
         parts.append(
-            f"== {domain['name']}: {rows['used']} rows from {domain['data']['source']} "
-            f"({sum(rows['skipped'].values())} skipped: {rows['skipped']}), "
-            f"{domain['rows_per_s']} rows/s\n\n" + format_metrics(domain["metrics"])
+            f"== {domain['name']}: {rows['used']} rows from {domain['data']['source']}"
+            f"{_skipped_note(rows['skipped'])}, {domain['rows_per_s']} rows/s\n\n"
+            + format_metrics(domain["metrics"])
         )
     parts.append(format_summary(result))
     return "\n\n".join(parts)
