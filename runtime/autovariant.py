@@ -9,7 +9,12 @@ texts, one batch at a time on one thread as scoring runs each batch, interleaved
 of the rounds that start within BUDGET_S (at least one, at most MAX_ROUNDS), and caches
 the rows/s as JSON under the cache directory (`--cache-dir`, default $MARKETPULSE_CACHE
 or ~/.cache/marketpulse; never in the bundle, which may be read-only). Later runs on
-the same machine read the file and time nothing.
+the same machine read the file and time nothing; deleting it (the log names it) makes
+the next run time again.
+
+One timing on a busy machine can land on the wrong side of MIN_SPEEDUP for good, since
+it is cached: a speed-up within CLOSE_CALL of the threshold (either side) is timed
+again, up to MEASUREMENTS timings in all, and each graph keeps its best (`timed_rates`).
 
 The cache holds timings only: which graphs passed export's gate is read from the
 manifest on every run (`Bundle.gate`), so a graph that failed never runs under auto.
@@ -34,6 +39,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,13 +50,17 @@ from marketpulse.bundle import Bundle
 
 # A quantized graph runs under auto only when at least this much faster than fp32.
 MIN_SPEEDUP = 1.1
+# A speed-up within this share of MIN_SPEEDUP (0.935x to 1.265x) is timed again, up to
+# MEASUREMENTS timings in all, before it is cached.
+CLOSE_CALL = 0.15
+MEASUREMENTS = 3
 # Rows of the text to score that a quantized pick is checked on against fp32.
 CHECK_ROWS = 512
 SAMPLE_TEXTS = 32
 SAMPLE_SEED = 0
 MAX_ROUNDS = 6
 BUDGET_S = 1.0  # no timing round starts after this (the first always runs)
-CACHE_FORMAT = 1  # bump when the sample or the method changes: old files read as stale
+CACHE_FORMAT = 2  # bump when the sample or the method changes: old files read as stale
 _WORDS = (
     "shares stock market fed rates inflation earnings revenue guidance beats misses "
     "estimates analyst upgrade downgrade price target bullish bearish rally selloff "
@@ -104,8 +114,12 @@ def sample_texts(n: int = SAMPLE_TEXTS) -> list[str]:
     return [" ".join(rng.choice(_WORDS, size=int(rng.integers(6, 41)))) for _ in range(n)]
 
 
-def time_graphs(bundle: Bundle, names: list[str]) -> dict[str, float]:
-    """Rows/s of each graph on one thread, on the sample texts: best of interleaved rounds."""
+def graph_timer(bundle: Bundle, names: list[str]) -> Callable[[], dict[str, float]]:
+    """Load the graphs once; return a function that times them all once.
+
+    Each call gives the rows/s of each graph on one thread on the sample texts: the best
+    of interleaved rounds (one pass of each graph per round) within BUDGET_S.
+    """
     from marketpulse.inference.batching import DEFAULT_MAX_BATCH_ROWS, plan_batches
     from marketpulse.inference.predictor import DEFAULT_BATCH_TOKENS, Predictor
 
@@ -123,33 +137,68 @@ def time_graphs(bundle: Bundle, names: list[str]) -> dict[str, float]:
 
     for predictor in predictors.values():  # the first run allocates; not counted
         predictor.run(*batches[0])
-    best = dict.fromkeys(names, math.inf)
-    start, rounds = time.perf_counter(), 0
-    while not rounds or (rounds < MAX_ROUNDS and time.perf_counter() - start < BUDGET_S):
-        for name, predictor in predictors.items():
-            best[name] = min(best[name], one_pass(predictor))
-        rounds += 1
-    return {name: len(encoded.lengths) / max(best[name], 1e-9) for name in names}
+
+    def time_once() -> dict[str, float]:
+        best = dict.fromkeys(names, math.inf)
+        start, rounds = time.perf_counter(), 0
+        while not rounds or (rounds < MAX_ROUNDS and time.perf_counter() - start < BUDGET_S):
+            for name, predictor in predictors.items():
+                best[name] = min(best[name], one_pass(predictor))
+            rounds += 1
+        return {name: len(encoded.lengths) / max(best[name], 1e-9) for name in names}
+
+    return time_once
 
 
-def read_cache(path: Path, key: dict, names: list[str]) -> dict[str, float] | None:
-    """The cached rows/s per graph, or None when the file is absent, corrupt or stale."""
+def close_calls(rates: dict[str, float]) -> list[str]:
+    """The quantized graphs whose speed-up over fp32 is within CLOSE_CALL of MIN_SPEEDUP."""
+    ref = registry.REFERENCE
+    if ref not in rates:
+        return []
+    return [
+        v for v in rates if v != ref and abs(rates[v] / rates[ref] / MIN_SPEEDUP - 1) <= CLOSE_CALL
+    ]
+
+
+def timed_rates(time_once: Callable[[], dict[str, float]]) -> tuple[dict[str, float], int]:
+    """(rows/s per graph, timings taken): `time_once` again while a speed-up is a close call.
+
+    Each graph keeps its best rows/s over the timings, not the median: load on the
+    machine only ever slows a graph down, so the fastest timing is the nearest to what
+    the CPU can do, and the graphs are interleaved within each timing, so each had the
+    same quiet moments. A median of three would still side with two busy timings.
+    """
+    rates, taken = time_once(), 1
+    while taken < MEASUREMENTS and close_calls(rates):
+        again = time_once()
+        rates = {v: max(rate, again[v]) for v, rate in rates.items()}
+        taken += 1
+    return rates, taken
+
+
+def read_cache(path: Path, key: dict, names: list[str]) -> tuple[dict[str, float], int] | None:
+    """(the cached rows/s per graph, timings taken), or None when the file is absent,
+    corrupt or stale."""
     try:
         data = json.loads(path.read_text())
         rates = {name: float(data["rows_per_s"][name]) for name in names}
-    except (OSError, ValueError, KeyError, TypeError):
+        taken = int(data.get("measurements", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if data.get("key") != key or not all(math.isfinite(r) and r > 0 for r in rates.values()):
         return None
-    return rates
+    return rates, taken
 
 
-def write_cache(path: Path, key: dict, rates: dict[str, float], seconds: float) -> str | None:
+def write_cache(
+    path: Path, key: dict, rates: dict[str, float], seconds: float, measurements: int = 1
+) -> str | None:
     """Save the timings (atomically); return why not, None when saved."""
     data = {
         "key": key,
         "rows_per_s": rates,
         "texts": SAMPLE_TEXTS,
+        "measurements": measurements,
         "seconds": round(seconds, 3),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -190,21 +239,44 @@ def choose(
         return AutoChoice(names[0], f"auto: {names[0]}, the bundle's only CPU graph")
     key = machine_key(bundle)
     path = cache_path(cache_dir or default_cache_dir(), key)
-    rates = read_cache(path, key, names)
-    if rates is not None:
-        detail = f"timings from {path}"
+    cached = read_cache(path, key, names)
+    retime = "; delete that file to time again"
+    if cached is not None:
+        rates, taken = cached
+        best = f", best of {taken} timings" if taken > 1 else ""
+        detail = f"timings from {path} ({figures(names, rates)}{best}){retime}"
     elif not measure:
         return AutoChoice(None, "auto: no rows pending, graphs not timed (preference order)")
     else:
         start = time.perf_counter()
-        rates = time_graphs(bundle, names)
+        rates, taken = timed_rates(graph_timer(bundle, names))
         seconds = time.perf_counter() - start
-        error = write_cache(path, key, rates, seconds)
+        error = write_cache(path, key, rates, seconds, taken)
+        again = (
+            f", {taken} times (a speed-up within {CLOSE_CALL:.0%} of the {MIN_SPEEDUP}x "
+            "threshold is timed again; best of each kept)"
+            if taken > 1
+            else ""
+        )
         saved = f"saved to {path}" if error is None else f"not saved ({error})"
-        detail = f"timed {', '.join(names)} on {SAMPLE_TEXTS} texts in {seconds:.1f}s; {saved}"
-    figures = ", ".join(f"{v} {rates[v]:,.0f}" for v in names)
-    detail = f"auto: {detail} ({figures} rows/s on one core)"
-    return AutoChoice(*pick(bundle, names, rates), detail=detail)
+        detail = (
+            f"timed {', '.join(names)} on {SAMPLE_TEXTS} texts in {seconds:.1f}s{again}; "
+            f"{saved} ({figures(names, rates)}){retime if error is None else ''}"
+        )
+    return AutoChoice(*pick(bundle, names, rates), detail=f"auto: {detail}")
+
+
+def figures(names: list[str], rates: dict[str, float]) -> str:
+    return ", ".join(f"{v} {rates[v]:,.0f}" for v in names) + " rows/s on one core"
+
+
+def speedup_text(ratio: float) -> str:
+    """`ratio` to 2 decimals, or cut to 3 where 2 would round it up to MIN_SPEEDUP: a
+    graph 1.0975x fp32 reads 1.097x, never 1.10x beside "below 1.1x"."""
+    text = f"{ratio:.2f}"
+    if ratio < MIN_SPEEDUP <= float(text):
+        text = f"{math.floor(ratio * 1000) / 1000:.3f}"
+    return text
 
 
 def pick(bundle: Bundle, names: list[str], rates: dict[str, float]) -> tuple[str, str]:
@@ -215,10 +287,13 @@ def pick(bundle: Bundle, names: list[str], rates: dict[str, float]) -> tuple[str
     fastest = max(passed, key=lambda v: rates[v])
 
     def speed(v: str) -> str:
-        return f"{rates[v] / rates[ref]:.2f}x fp32" if ref in rates else f"{rates[v]:,.0f} rows/s"
+        if ref not in rates:
+            return f"{rates[v]:,.0f} rows/s"
+        return f"{speedup_text(rates[v] / rates[ref])}x fp32"
 
     failures = "; ".join(f"{v} failed the export gate ({gate[v].describe()})" for v in failed)
-    if fastest != ref and ref in names and rates[fastest] < MIN_SPEEDUP * rates[ref]:
+    # the ratio, as `speed` prints it: 110 against 100 rows/s is 1.1x, not below it
+    if fastest != ref and ref in names and rates[fastest] / rates[ref] < MIN_SPEEDUP:
         reason = f"auto: {ref}, {fastest} only {speed(fastest)} on {isa} (below {MIN_SPEEDUP}x)"
         fastest = ref
     elif fastest != ref:

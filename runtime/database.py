@@ -20,14 +20,22 @@ the whole run, a run holds an advisory lock (`flock`) on `<results db>.marketpul
 from start to end. Holding it also proves that a run row still 'running' belongs to a
 dead process. A killed process releases it with its file descriptors.
 
+A view's pending rows are staged to Parquet in a folder beside the results file
+(`staging_dir`), removed when the run ends; a killed run cannot remove it. Each folder
+holds an `owner.lock` that its run keeps flocked, so a later run removes the folders whose
+lock nobody holds, and only those (`remove_stale_staging`).
+
 Within the process one mutex serialises the sessions: DuckDB refuses a read-only and a
 read-write connection to one file in the same process at once.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +50,12 @@ from marketpulse.sql import connect, create_database
 # under one segment's results, which would end row groups early); readers replay the log
 # on open, so it is bounded all the same.
 WAL_AUTOCHECKPOINT = "64MB"
+# A view's staging folder beside the results file; the lock file its run holds in it.
+# It is made under the second name and renamed once the lock is held, so a folder under
+# STAGE_PREFIX without a lock file was made before there were any (an older marketpulse).
+STAGE_PREFIX = ".marketpulse-stage-"
+_MAKING_PREFIX = ".marketpulse-staging-"
+STAGE_OWNER = "owner.lock"
 
 
 # DuckDB's words for a file it could not write (disk full, a read-only file or folder);
@@ -201,6 +215,12 @@ class Database:
             ) from exc
         return con
 
+    @property
+    def lock_path(self) -> Path:
+        # resolved: two runs reaching one file through a link must share one lock
+        target = Path(self.target).resolve()
+        return target.with_name(target.name + ".marketpulse.lock")
+
     @contextmanager
     def run_lock(self) -> Iterator[None]:
         """Hold `<results db>.marketpulse.lock` for the run; refuse a second concurrent run."""
@@ -209,10 +229,7 @@ class Database:
         except ImportError:  # not POSIX: DuckDB's own lock is all there is
             yield
             return
-        # resolved: two runs reaching one file through a link must share one lock
-        target = Path(self.target).resolve()
-        path = target.with_name(target.name + ".marketpulse.lock")
-        handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the whole run
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -224,3 +241,80 @@ class Database:
             yield
         finally:
             handle.close()
+
+    @contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A new folder beside the results file, holding its `owner.lock` flocked; removed,
+        then released, at the end."""
+        making = Path(tempfile.mkdtemp(prefix=_MAKING_PREFIX, dir=self.target.parent))
+        path = making.with_name(STAGE_PREFIX + making.name.removeprefix(_MAKING_PREFIX))
+        owner = None
+        try:
+            owner = open(making / STAGE_OWNER, "w")  # noqa: SIM115 - held while staged
+            try:
+                import fcntl
+
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody holds it
+            except ImportError:  # not POSIX: nothing is removed by a later run either
+                pass
+            owner.write(f"{os.getpid()}\n")  # for whoever looks; the lock is the proof
+            owner.flush()
+            making.rename(path)
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(making, ignore_errors=True)
+            if owner is not None:
+                owner.close()
+
+    def remove_stale_staging(self) -> tuple[int, int]:
+        """Remove the staging folders beside the results file whose run is dead; return
+        (removed, kept because their run cannot be told). Call it holding the run lock.
+
+        A folder whose `owner.lock` can be locked belongs to a dead process. One without
+        (an older marketpulse made it) holding only staged shards was made by a run that
+        held a run lock in this folder: when ours is the only one there, that run scored
+        this database and is dead, since we hold its lock; else it is kept.
+        """
+        try:
+            import fcntl
+        except ImportError:
+            return 0, 0
+        removed = kept = 0
+        for folder in sorted(self.target.parent.glob(STAGE_PREFIX + "*")):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            try:
+                fd = os.open(folder / STAGE_OWNER, os.O_RDONLY)
+            except FileNotFoundError:
+                if self._older_staging_is_dead(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += not folder.exists()
+                else:
+                    kept += 1
+                continue
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: its run is alive
+                os.close(fd)
+                continue
+            try:  # removed while locked: no other run can take it meanwhile
+                shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                os.close(fd)
+            removed += not folder.exists()
+        return removed, kept
+
+    def _older_staging_is_dead(self, folder: Path) -> bool:
+        """A folder without a lock file: staged shards only, and no run lock beside ours."""
+        try:
+            if not all(f.name.startswith("pending-") and f.is_file() for f in folder.iterdir()):
+                return False
+            locks = list(folder.parent.glob("*.marketpulse.lock"))
+        except OSError:
+            return False
+        if self.lock_path.parent != folder.parent.resolve():
+            return False  # the results file is a link: its lock is elsewhere, nothing proves it
+        return all(lock.resolve() == self.lock_path for lock in locks)

@@ -17,7 +17,9 @@ Read top to bottom:
    Queues between stages are short, so at most a few windows are in memory.
 3. The table is read in segments of SEGMENT_ROWIDS rowids; at the end of each the
    writer checkpoints, so each segment's results make one whole row group. A view
-   has no rowid: its pending rows are staged to Parquet first (one read session).
+   has no rowid: its pending rows are staged to Parquet first (one read session), in
+   a folder beside the results file that the run marks as its own; each run first
+   removes the folders of runs killed before they could (database.py).
 4. The canary (canary.py): each inferred window offers its rows to a seeded sample;
    when the table is done the sample is rescored by the fp32 graph and the share whose
    label differs goes into the run's row.
@@ -33,12 +35,11 @@ table is read in source.py.
 from __future__ import annotations
 
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from marketpulse import variants as registry
@@ -105,6 +106,7 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
             engine="local",
             variant_reason=predictor.variant_reason,
         ) as stats:
+            _remove_stale_staging(run)
             if choice.detail:
                 run.progress.log(choice.detail)
             run.progress.log(predictor.describe())
@@ -116,6 +118,22 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
                 run.canary = _finish_canary(run, predictor, canary, predictor_type)
                 run.canary.seconds = time.perf_counter() - started
         return stats
+
+
+def _remove_stale_staging(run: Run) -> None:
+    """Staging folders of killed runs (a view's rows, raw texts) go before this run stages."""
+    removed, kept = run.db.remove_stale_staging()
+    folder = run.db.target.parent
+    if removed:
+        run.progress.log(
+            f"removed {removed} stale staging folder(s) of interrupted runs in {folder}"
+        )
+    if kept:
+        run.progress.log(
+            f"kept {kept} staging folder(s) of an older marketpulse in {folder} "
+            "(.marketpulse-stage-*): other databases there may be scoring; remove them by hand "
+            "once no `marketpulse score` runs on a database in that folder"
+        )
 
 
 def _finish_canary(
@@ -193,16 +211,15 @@ def _segments(run: Run, stage_dir):
 def _stream(run: Run, predictor: Predictor, canary: run_canary.Canary) -> None:
     """Run the pipeline segment by segment; commit and checkpoint at each segment's end."""
     staged: list[Path] = []
+    cleanup = ExitStack()
 
     def stage_dir() -> Path:
         """Beside the results file, made only when a view's rows are staged."""
         if not staged:
-            staged.append(
-                Path(tempfile.mkdtemp(prefix=".marketpulse-stage-", dir=run.db.target.parent))
-            )
+            staged.append(cleanup.enter_context(run.db.staging_dir()))
         return staged[0]
 
-    try:
+    with cleanup:
         remaining = [run.cfg.limit]  # rows the reader may still emit (None: no limit)
         for extra in range(EXTRA_PASSES + 1):
             for reads in _segments(run, stage_dir):
@@ -219,9 +236,6 @@ def _stream(run: Run, predictor: Predictor, canary: run_canary.Canary) -> None:
                 f"{left:,} row(s) still pending after the pass (added meanwhile, or moved by "
                 "another process's delete and checkpoint); another pass"
             )
-    finally:
-        for path in staged:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _still_pending(run: Run) -> int:
