@@ -1078,7 +1078,8 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
     "--db",
     required=True,
     type=click.Path(dir_okay=False),
-    help="DuckDB file with the source and scores.",
+    help="DuckDB file with the source (and the scores, unless --results-db); the trend "
+    "tables are written here.",
 )
 @click.option("--source", required=True, help="Table (or view) holding the scored rows.")
 @click.option("--id-col", required=True, help="Id column of the source (matches scores.id).")
@@ -1111,9 +1112,22 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
     show_default=True,
     help="Buckets ahead to forecast (table forecast_<source>_<grain>); 0: no forecasts.",
 )
-@click.option("--positive", help="Label counted as positive (default: positive or bullish).")
-@click.option("--negative", help="Label counted as negative (default: negative or bearish).")
+@click.option(
+    "--positive",
+    help="Label counted as positive [default: positive or bullish, in any letter case, "
+    "paired with --negative from the same model].",
+)
+@click.option(
+    "--negative",
+    help="Label counted as negative [default: negative or bearish, in any letter case].",
+)
 @click.option("--scores-table", default="scores", show_default=True)
+@click.option(
+    "--results-db",
+    type=click.Path(dir_okay=False),
+    help="DuckDB file `score --results-db` wrote the scores and models tables to, opened "
+    "read-only [default: --db]; the trend tables still go to --db.",
+)
 @click.option(
     "--trend-table",
     help="Name of the trend table (default trend_<source>_<grain>); its forecast, backtest and "
@@ -1149,6 +1163,7 @@ def trends(
     positive,
     negative,
     scores_table,
+    results_db,
     trend_table,
     alpha,
     csv_path,
@@ -1177,6 +1192,7 @@ def trends(
         positive=positive,
         negative=negative,
         scores_table=scores_table,
+        results_db=Path(results_db) if results_db else None,
         alpha=alpha,
         trend_table=trend_table,
         csv=csv_path and Path(csv_path),

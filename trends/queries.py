@@ -104,10 +104,15 @@ def steps_sql(grain: str, n_sql: str) -> str:
     return f"to_{grain}s({n_sql})"
 
 
-def latest_scores_sql(view: str, scores_table: str, models_table: str = MODELS) -> str:
-    """The newest model version's score per id; ties broken by scored_at, then version."""
+def latest_scores_sql(
+    view: str, scores_table: str, models_table: str = MODELS, temporary: bool = False
+) -> str:
+    """The newest model version's score per id; ties broken by scored_at, then version.
+
+    `temporary`: a view of this connection only (the tables are in an attached file that
+    other clients of the database would not have)."""
     return f"""
-CREATE OR REPLACE VIEW {quote_ident(view)} AS
+CREATE OR REPLACE {"TEMP " if temporary else ""}VIEW {quote_ident(view)} AS
 SELECT s.*, m.registered_at AS model_registered_at
 FROM {quote_table(scores_table)} AS s
 LEFT JOIN {quote_table(models_table)} AS m ON m.model_version = s.model_version

@@ -24,6 +24,11 @@ def summary(result) -> dict[str, Any]:
         "rows": result.n_rows,
         "buckets": result.n_buckets,
         "null_time_rows": result.null_time_rows,
+        # source rows no model scored, left out of the trend (`marketpulse score` finishes it)
+        "source_rows": result.source_rows,
+        "unscored_rows": result.unscored_rows,
+        "unscored_share": unscored_share(result),
+        "results_db": str(result.results_db) if result.results_db else None,
         "latest": [plain(r) for r in result.latest],
         "flagged": [plain(r) for r in result.flagged],
         "outputs": {k: str(v) for k, v in result.outputs.items()},
@@ -32,6 +37,13 @@ def summary(result) -> dict[str, Any]:
         "forecast_skill": result.skill,
         "drivers_table": result.drivers_table,
     }
+
+
+def unscored_share(result) -> float | None:
+    """The share of the source's rows that have no score (None for an empty source)."""
+    if not result.source_rows:
+        return None
+    return result.unscored_rows / result.source_rows
 
 
 def format_report(result, max_flagged: int = 20) -> str:
@@ -43,7 +55,11 @@ def format_report(result, max_flagged: int = 20) -> str:
         f"{result.trend_table}: {result.n_rows} rows ({result.n_buckets} {result.grain} buckets"
         f"{' x ' + str(len(result.latest)) + ' groups' if result.by else ''}), "
         f"index = ({result.positive} - {result.negative}) / volume; "
-        f"latest scores per id in view {result.latest_view}",
+        + (
+            f"latest scores per id in view {result.latest_view}"
+            if result.latest_view
+            else f"scores read from {result.results_db} (--results-db)"
+        ),
         skill_line(result.skill)
         + (
             f" (backtest: {result.backtest_table}; next buckets: {result.forecast_table})"
@@ -51,6 +67,12 @@ def format_report(result, max_flagged: int = 20) -> str:
             else ""
         ),
     ]
+    if result.unscored_rows:
+        lines.append(
+            f"left out: {result.unscored_rows:,} of {result.source_rows:,} source rows "
+            f"({unscored_share(result):.1%}) that no model has scored; run `marketpulse score` "
+            "on the source to finish it"
+        )
     if result.null_time_rows:
         lines.append(
             f"left out: {result.null_time_rows:,} scored rows with a NULL "

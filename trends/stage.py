@@ -1,12 +1,14 @@
 """Trends: turn per-row scores into per-bucket market signals that SQL clients can query.
 
-`run(TrendsConfig)` reads the results tables the scorer writes (`scores`, `models`),
+`run(TrendsConfig)` reads the results tables the scorer writes (`scores`, `models`: in
+db, or in the file `score --results-db` wrote, attached read-only: `inputs.py`),
 creates or refreshes the `latest_<scores>` view and the `trend_<source>_<grain>` table
 (see `queries.py`) with the tables that depend on it (forecasts, backtest, drivers: named
 after it by `queries.dependent_tables`, dropped when the run does not build them), all in
-one transaction, and returns a `TrendsResult` with the latest bucket per group and the
-flagged shifts. It needs duckdb and pyarrow only; matplotlib is imported by
-`plot.py` when a picture is asked for.
+one transaction, and returns a `TrendsResult` with the latest bucket per group, the
+flagged shifts and what the trend leaves out (source rows without a score, scored rows
+without a time). The index labels are picked in `labels.py`. It needs duckdb and
+pyarrow only; matplotlib is imported by `plot.py` when a picture is asked for.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from marketpulse.sql import (
     split_table,
     table_columns,
 )
-from marketpulse.trends import queries
+from marketpulse.trends import inputs, queries
+from marketpulse.trends.labels import (
+    check_label_columns,
+    check_one_scheme,
+    pick_labels,
+    union_labels,
+)
 
-POSITIVE_DEFAULTS = ("positive", "bullish")
-NEGATIVE_DEFAULTS = ("negative", "bearish")
 TIME_TYPES = ("DATE", "TIMESTAMP", "VARCHAR")  # VARCHAR: ISO-8601 text, cast at its UTC instant
 TIME_KINDS = "DATE, TIMESTAMP, TIMESTAMPTZ or ISO-8601 text"  # what --time-col takes, for messages
 # scores.id joins a source id of the same family; across families DuckDB casts every value
@@ -52,6 +58,9 @@ class TrendsConfig:
     positive: str | None = None
     negative: str | None = None
     scores_table: str = SCORES
+    # the file `score --results-db` wrote scores/models to (attached read-only); None: db.
+    # The trend tables always go to db.
+    results_db: Path | None = None
     alpha: float = 0.01  # two-sided false-alarm probability per bucket check (is_shift)
     trend_table: str | None = None  # default trend_<source>_<grain>
     horizon: int = 4  # buckets ahead in forecast_<source>_<grain>; 0: no forecast tables
@@ -88,6 +97,9 @@ class TrendsResult:
     drivers: list[dict[str, Any]] = field(default_factory=list, repr=False)
     null_time_rows: int = 0  # scored rows left out because their time column is NULL
     time_col: str = ""
+    source_rows: int = 0  # rows of the source
+    unscored_rows: int = 0  # of those, rows no model scored: left out of the trend
+    results_db: Path | None = None  # where the scores were read, when not db
 
 
 def run(cfg: TrendsConfig) -> TrendsResult:
@@ -95,6 +107,12 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     _check_config(cfg)
     if not Path(cfg.db).is_file():
         raise MarketpulseError(f"database {cfg.db} not found; pass --db with an existing file")
+    if cfg.results_db is not None and not Path(cfg.results_db).is_file():
+        raise MarketpulseError(
+            f"results database {cfg.results_db} not found; pass --results-db with the file "
+            "`marketpulse score --results-db` wrote the scores to (leave it out when they are "
+            "in --db)"
+        )
     # a scoring run holds the file only while it commits: wait for it, then write
     con = connect(
         cfg.db,
@@ -107,24 +125,31 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     try:
         # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
         con.execute("SET TimeZone = 'UTC'")
+        res = inputs.locate(
+            con,
+            db=Path(cfg.db),
+            results_db=cfg.results_db,
+            scores_table=cfg.scores_table,
+            lock_timeout=cfg.lock_timeout,
+        )
         table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
         dependents = queries.dependent_tables(table)
-        _check_source(con, cfg, [table, *dependents.values()])
+        _check_source(con, cfg, res, [table, *dependents.values()])
         # one transaction for every table of the run: a reader (or a run killed half way)
         # sees the old set or the new set, never a new trend table with old forecasts
         con.execute("BEGIN TRANSACTION")
         view = queries.latest_view_name(cfg.scores_table)
-        con.execute(queries.latest_scores_sql(view, cfg.scores_table))
-        models, null_times = _models(con, cfg, view)
-        labels = _union_labels(models)
-        positive = _pick_label(cfg.positive, POSITIVE_DEFAULTS, labels, "--positive")
-        negative = _pick_label(cfg.negative, NEGATIVE_DEFAULTS, labels, "--negative")
-        if positive == negative:
-            raise MarketpulseError(
-                f"--positive and --negative are both {positive!r}; pass two different labels"
-            )
-        _check_one_scheme(cfg, models, positive, negative)
+        # a view in db naming another file's table would fail in every other client (the
+        # file is attached to this connection only): with --results-db it lives for the run
+        con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=res.apart))
+        models, null_times, source_rows, unscored = _models(con, cfg, res, view)
+        labels = union_labels(models)
+        positive, negative = pick_labels(models, cfg.positive, cfg.negative)
+        check_one_scheme(cfg.source, models, positive, negative)
+        check_label_columns(cfg.source, models)
         _check_collisions(cfg.by, labels)
+        if unscored:
+            print(f"trends: warning: {_unscored_note(cfg, source_rows, unscored)}", file=sys.stderr)
         _write_trend_table(con, cfg, table, view, labels, positive, negative)
         f_table, b_table, skill = _forecasts(con, cfg, table, dependents)
         result = _collect(con, cfg, table, view, labels, positive, negative)
@@ -135,6 +160,10 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             skill=skill,
             null_time_rows=null_times,
             time_col=cfg.time_col,
+            source_rows=source_rows,
+            unscored_rows=unscored,
+            results_db=Path(cfg.results_db) if res.apart else None,
+            latest_view="" if res.apart else view,
         )
         if cfg.text_col:
             result = _drivers(con, cfg, result, table, view, dependents["trend_drivers"])
@@ -267,7 +296,7 @@ def _check_config(cfg: TrendsConfig) -> None:
             )
 
 
-def _check_source(con, cfg: TrendsConfig, outputs: list[str]) -> None:
+def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: list[str]) -> None:
     """Every input, checked before anything is written."""
     cols = {"--id-col": cfg.id_col, "--time-col": cfg.time_col}
     have = require_columns(con, cfg.source, cols, table_flag="--source")
@@ -281,16 +310,18 @@ def _check_source(con, cfg: TrendsConfig, outputs: list[str]) -> None:
             f"column {cfg.time_col!r} is {have[cfg.time_col]}, not a date or timestamp; "
             f"pass --time-col with a {TIME_KINDS} column"
         )
-    for table, hint in ((cfg.scores_table, "--scores-table"), (MODELS, None)):
+    for table, name, hint in (
+        (res.scores, cfg.scores_table, "--scores-table"),
+        (res.models, MODELS, None),
+    ):
         try:
             table_columns(con, table)
         except MarketpulseError as exc:
-            fix = f"pass {hint} or " if hint else ""
-            raise MarketpulseError(
-                f"table {table!r} not found in {cfg.db}; {fix}score the source first with "
-                f"`marketpulse score --db {cfg.db} --table {cfg.source} ...`"
-            ) from exc
-    s_type = table_columns(con, cfg.scores_table).get("id")
+            message = inputs.missing_table(
+                con, res, db=Path(cfg.db), source=cfg.source, name=name, hint=hint
+            )
+            raise MarketpulseError(message) from exc
+    s_type = table_columns(con, res.scores).get("id")
     if s_type is None:
         raise MarketpulseError(
             f"table {cfg.scores_table!r} has no id column, so it is not a marketpulse scores "
@@ -345,26 +376,34 @@ def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
             )
 
 
-def _models(con, cfg: TrendsConfig, view: str) -> tuple[list[tuple[str, list[str], int]], int]:
-    """(model version, its labels, rows) behind the latest scores of this source, newest
-    first; and how many scored rows have a NULL time (left out of the trend)."""
+def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
+    """(models, null-time rows, source rows, unscored rows).
+
+    models: [(model version, its labels, rows)] behind the latest scores of this source,
+    newest first. Null-time rows: scored rows with a NULL time (left out of the trend).
+    Unscored rows: source rows no model scored (no row in the latest view), left out too:
+    counted so that a partly scored source never passes for the whole table.
+    """
     t = f"src.{quote_ident(cfg.time_col)}"
     rows = con.execute(
         f"""
-        SELECT ls.model_version, any_value(m.labels), count(*),
+        SELECT ls.id IS NULL AS unscored, ls.model_version, any_value(m.labels), count(*),
                count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NULL),
                count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NOT NULL)
         FROM {quote_table(cfg.source)} AS src
-        JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)}
-        LEFT JOIN {quote_ident(MODELS)} AS m ON m.model_version = ls.model_version
-        GROUP BY ls.model_version
+        LEFT JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)}
+        LEFT JOIN {quote_table(res.models)} AS m ON m.model_version = ls.model_version
+        GROUP BY ALL
         ORDER BY max(m.registered_at) DESC NULLS LAST
         """
     ).fetchall()
+    source_rows = sum(r[3] for r in rows)
+    unscored = sum(r[3] for r in rows if r[0])
+    rows = [r[1:] for r in rows if not r[0]]
     if not rows:
         raise MarketpulseError(
-            f"no row of {cfg.source!r} has a score in {cfg.scores_table!r}; score it first "
-            f"with `marketpulse score --db {cfg.db} --table {cfg.source} ...` or check --id-col"
+            f"no row of {cfg.source!r} has a score in {cfg.scores_table!r} of {res.file}; "
+            f"score it first with `{_score_command(cfg)}` or check --id-col"
         )
     for version, model_labels, *_ in rows:
         if model_labels is None:
@@ -378,51 +417,23 @@ def _models(con, cfg: TrendsConfig, view: str) -> tuple[list[tuple[str, list[str
             f"no scored row of {cfg.source!r} has a {cfg.time_col!r} ({null_times:,} have it "
             f"NULL, the rest were skipped by the scorer); pass --time-col with a filled column"
         )
-    return [(version, list(labels), int(n)) for version, labels, n, *_ in rows], int(null_times)
+    models = [(version, list(labels), int(n)) for version, labels, n, *_ in rows]
+    return models, int(null_times), int(source_rows), int(unscored)
 
 
-def _union_labels(models) -> list[str]:
-    """Every model's labels, newest model's first, each once."""
-    labels: list[str] = []
-    for _, model_labels, _ in models:
-        labels += [lab for lab in model_labels if lab not in labels]
-    return labels
+def _score_command(cfg: TrendsConfig) -> str:
+    """The `marketpulse score` command that scores this source into the results trends read."""
+    where = f" --results-db {cfg.results_db}" if cfg.results_db is not None else ""
+    table = f" --results-table {cfg.scores_table}" if cfg.scores_table != SCORES else ""
+    return f"marketpulse score --db {cfg.db} --table {cfg.source}{where}{table} ..."
 
 
-def _check_one_scheme(cfg: TrendsConfig, models, positive: str, negative: str) -> None:
-    """Refuse latest scores whose models do not all have both index labels.
-
-    A row from a model without them counts in `volume` but on neither side of the index,
-    which would quietly pull the index towards 0 (say bullish/bearish rows among
-    positive/negative ones, after a new model scored part of the table).
-    """
-    lacking = [(v, labels, n) for v, labels, n in models if not {positive, negative} <= set(labels)]
-    if not lacking:
-        return
-    version, labels, n = lacking[0]
-    newest = models[0][0]
-    raise MarketpulseError(
-        f"the latest scores of {cfg.source!r} mix label schemes: {n:,} rows come from model "
-        f"{version} ({', '.join(labels)}), without {positive!r}/{negative!r}; score the whole "
-        f"table with one model (the newest, {newest}, without --limit or --where), or pass "
-        "--positive/--negative labels every model has"
-    )
-
-
-def _pick_label(given: str | None, defaults: tuple[str, ...], labels: list[str], flag: str) -> str:
-    if given is not None:
-        if given not in labels:
-            raise MarketpulseError(
-                f"{flag} {given!r} is not a label of the model (labels: {', '.join(labels)}); "
-                f"pass {flag} with one of them"
-            )
-        return given
-    for name in defaults:
-        if name in labels:
-            return name
-    raise MarketpulseError(
-        f"the model's labels ({', '.join(labels)}) include none of {', '.join(defaults)}; "
-        f"pass {flag} with one of them"
+def _unscored_note(cfg: TrendsConfig, source_rows: int, unscored: int) -> str:
+    """One line for the log: how much of the source the trend leaves out, and the fix."""
+    return (
+        f"{unscored:,} of {source_rows:,} rows of {cfg.source!r} ({unscored / source_rows:.1%}) "
+        f"have no score and are left out of the trend; finish scoring the source with "
+        f"`{_score_command(cfg)}` (or pass as --source a view of the rows you mean to score)"
     )
 
 

@@ -1,0 +1,163 @@
+"""Which labels make the index: the positive and the negative label, one model's pair.
+
+`pick_labels` takes `--positive`/`--negative` as given (exact spelling: they are values
+of `scores.label`), else the defaults, matched in any letter case (a model trained on
+`Positive`/`negative` needs no flags). Both sides come from ONE model's labels: when two
+models with different schemes scored the table, pairing `bullish` from one with
+`negative` from the other would make an index neither model has. `check_one_scheme`
+then refuses latest scores from a model that lacks either label, and
+`check_label_columns` two spellings of one label (they would share a trend column).
+
+`models` is what the stage reads: [(model version, its labels, rows)], newest first.
+"""
+
+from __future__ import annotations
+
+from marketpulse.errors import MarketpulseError
+from marketpulse.results_schema import sanitize
+
+POSITIVE_DEFAULTS = ("positive", "bullish")
+NEGATIVE_DEFAULTS = ("negative", "bearish")
+
+
+def union_labels(models) -> list[str]:
+    """Every model's labels, newest model's first, each once."""
+    labels: list[str] = []
+    for _, model_labels, _ in models:
+        labels += [lab for lab in model_labels if lab not in labels]
+    return labels
+
+
+def pick_labels(
+    models, positive: str | None = None, negative: str | None = None
+) -> tuple[str, str]:
+    """(positive, negative) for the index: a pair one model has.
+
+    Among the models' pairs the one earliest in the defaults wins (positive/negative
+    before bullish/bearish, as the defaults read), the newest model's on a tie.
+    """
+    labels = union_labels(models)
+    for given, flag in ((positive, "--positive"), (negative, "--negative")):
+        if given is not None and given not in labels:
+            raise MarketpulseError(_not_a_label(given, flag, labels))
+    if positive is not None and positive == negative:
+        raise MarketpulseError(
+            f"--positive and --negative are both {positive!r}; pass two different labels"
+        )
+    pairs = []
+    for _, model_labels, _ in models:
+        pos = _side(positive, POSITIVE_DEFAULTS, model_labels)
+        neg = _side(negative, NEGATIVE_DEFAULTS, model_labels)
+        if pos is not None and neg is not None:
+            pairs.append((pos, neg))
+    if pairs:  # min() keeps the first (newest) of equal ranks
+        return min(
+            pairs, key=lambda p: (_rank(p[0], POSITIVE_DEFAULTS), _rank(p[1], NEGATIVE_DEFAULTS))
+        )
+    for given, defaults, flag in (
+        (positive, POSITIVE_DEFAULTS, "--positive"),
+        (negative, NEGATIVE_DEFAULTS, "--negative"),
+    ):
+        if given is None and _default(defaults, labels) is None:
+            raise MarketpulseError(
+                f"the model's labels ({', '.join(labels)}) include none of "
+                f"{', '.join(defaults)}; pass {flag} with one of them"
+            )
+    schemes = "; ".join(f"{version} ({', '.join(labs)})" for version, labs, _ in models)
+    raise MarketpulseError(
+        f"no one model has both a positive and a negative label among the models behind "
+        f"the latest scores ({schemes}); pass --positive and --negative with two labels of "
+        "one model, and score the whole table with that model"
+    )
+
+
+def check_one_scheme(source: str, models, positive: str, negative: str) -> None:
+    """Refuse latest scores whose models do not all have both index labels.
+
+    A row from a model without them counts in `volume` but on neither side of the index,
+    which would quietly pull the index towards 0 (say bullish/bearish rows among
+    positive/negative ones, after a new model scored part of the table).
+    """
+    lacking = [(v, labels, n) for v, labels, n in models if not {positive, negative} <= set(labels)]
+    if not lacking:
+        return
+    version, labels, n = lacking[0]
+    missing = [lab for lab in (positive, negative) if lab not in labels]
+    folded = {m.casefold() for m in missing}
+    near = [lab for lab in labels if lab.casefold() in folded]
+    others = f" (and {len(lacking) - 1:,} other models)" if len(lacking) > 1 else ""
+    message = (
+        f"the latest scores of {source!r} mix label schemes: {n:,} rows come from model "
+        f"{version} ({', '.join(labels)}){others}, which has no "
+        f"{' or '.join(repr(m) for m in missing)} label"
+    )
+    if near:
+        message += f" (it spells it {', '.join(map(repr, near))}; labels match case exactly)"
+    message += (
+        f"; score the whole table with one model (the newest, {models[0][0]}, without "
+        "--limit or --where)"
+    )
+    common = [lab for lab in models[0][1] if all(lab in labs for _, labs, _ in models)]
+    if len(common) >= 2:
+        message += (
+            f", or pass --positive/--negative with labels every model has ({', '.join(common)})"
+        )
+    raise MarketpulseError(message)
+
+
+def check_label_columns(source: str, models) -> None:
+    """Refuse two labels that make one trend column (`n_<label>`: sanitized, lower case).
+
+    One model's labels never collide (export refuses them), but two models may spell a
+    label two ways (`Neutral`, `neutral`): the trend table would get `n_neutral` twice,
+    DuckDB would rename the second `n_neutral_1`, and both would count the first label.
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    for version, labels, _ in models:
+        for lab in labels:
+            column = "n_" + sanitize(lab)
+            first = seen.setdefault(column, (lab, version))
+            if first[0] != lab:
+                raise MarketpulseError(
+                    f"the latest scores of {source!r} come from models that spell a label two "
+                    f"ways: {first[0]!r} (model {first[1]}) and {lab!r} (model {version}) "
+                    f"would share trend column {column}; score the whole table with one model "
+                    f"(the newest, {models[0][0]}, without --limit or --where)"
+                )
+
+
+def _side(given: str | None, defaults: tuple[str, ...], labels: list[str]) -> str | None:
+    """The given label if this model has it, else its first default; None without one."""
+    if given is not None:
+        return given if given in labels else None
+    return _default(defaults, labels)
+
+
+def _default(defaults: tuple[str, ...], labels: list[str]) -> str | None:
+    """The first default among `labels`: spelled exactly, else in another letter case."""
+    for name in defaults:
+        if name in labels:
+            return name
+        same = [lab for lab in labels if lab.casefold() == name.casefold()]
+        if same:
+            return same[0]
+    return None
+
+
+def _rank(label: str, defaults: tuple[str, ...]) -> int:
+    """Where a picked label stands in the defaults (0 for a given one)."""
+    folded = [d.casefold() for d in defaults]
+    return folded.index(label.casefold()) if label.casefold() in folded else 0
+
+
+def _not_a_label(given: str, flag: str, labels: list[str]) -> str:
+    same = [lab for lab in labels if lab.casefold() == given.casefold()]
+    if same:
+        return (
+            f"{flag} {given!r} is not a label of the model (labels: {', '.join(labels)}; they "
+            f"match case exactly); pass {flag} {same[0]!r}"
+        )
+    return (
+        f"{flag} {given!r} is not a label of the model (labels: {', '.join(labels)}); "
+        f"pass {flag} with one of them"
+    )
