@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,10 @@ from marketpulse.text import blank_sql
 # Default sample of check texts: at 99% agreement, 2000 rows put the estimate within
 # +-0.44 points (95% confidence).
 CHECK_ROWS = 2000
+# Fewer gated check texts than this and export warns that the gate on them is imprecise:
+# even a graph that agrees on all 200 has a 95% interval reaching down to 98.1%, so the
+# gate cannot tell it from one that changes 2% of the labels.
+PRECISE_CHECK_ROWS = 200
 _FLAGS = Flags(db="--check-db", table="--check-table", input="--check-input")
 
 # Used for parity (and agreement) when a checkpoint has no test split, e.g. one that
@@ -142,6 +146,11 @@ class CheckSample:
             digest.update(json.dumps(text, ensure_ascii=False).encode())
             digest.update(b"\n")
         return "sha256:" + digest.hexdigest()
+
+    def gating_all(self, rows: int) -> CheckSample:
+        """This sample with its calibration rows gated too (up to `rows` in all), for when
+        int8 calibrates elsewhere. Still the first rows by md5: calibration follows texts."""
+        return replace(self, texts=(self.texts + self.calibration)[:rows], calibration=[])
 
     def provenance(self) -> dict:
         return {
@@ -260,6 +269,19 @@ def agreement_interval(agreed: int, rows: int) -> list[float]:
 
     ci = binomtest(agreed, rows).proportion_ci(confidence_level=0.95, method="wilson")
     return [float(ci.low), float(ci.high)]
+
+
+def imprecise_gate_warning(rows: int) -> str | None:
+    """A warning line when `rows` check texts are too few for the gate to mean much."""
+    if rows >= PRECISE_CHECK_ROWS:
+        return None
+    low, _ = agreement_interval(rows, rows)
+    return (
+        f"warning: only {rows} check texts: the gate on them can hardly tell 99% agreement "
+        f"apart, as even a graph that agrees with PyTorch on all {rows} has a 95% interval "
+        f"of {low:.2%}-100.00%; pass --check-input/--check-table with at least "
+        f"{PRECISE_CHECK_ROWS} usable texts (and --check-rows no lower) to narrow it"
+    )
 
 
 def compare(

@@ -1,7 +1,8 @@
 """The export stage, top to bottom: checkpoint -> ONNX graphs -> checked bundle.
 
     graphs    optimum export (fp32), ORT optimization, int8 quantization (calibrated on
-              rows the gate does not check: `calibration_source`), fp16 conversion
+              rows the gate does not check when there are enough: `calibration_source`),
+              fp16 conversion
     staging   graphs + tokenizer.json + labels written to a hidden sibling of --out
     checks    fp32 parity with PyTorch, then agreement and macro-F1 per variant, on the
               test split and on the check texts (a sample of what will be scored)
@@ -36,9 +37,11 @@ from marketpulse.checkpoint import (
 from marketpulse.errors import MarketpulseError
 from marketpulse.export.builders import Built, Sources, builder_for
 from marketpulse.export.checks import (
+    CHECK_ROWS,
     CheckSample,
     CheckSource,
     CheckTexts,
+    imprecise_gate_warning,
     load_check_texts,
     read_check_sample,
 )
@@ -49,7 +52,7 @@ from marketpulse.export.graphs import (
     OPTIMIZATION_LEVELS,
 )
 from marketpulse.export.log import log
-from marketpulse.export.outliers import CALIBRATION_ROWS, Calibration
+from marketpulse.export.outliers import CALIBRATION_ROWS, MIN_CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
 from marketpulse.staging import publishable
 from marketpulse.text import is_blank
@@ -108,29 +111,74 @@ class ExportConfig:
 
 
 def calibration_source(
-    trained: Checkpoint, texts: CheckTexts, sample: CheckSample | None
-) -> tuple[list[str], str]:
-    """The texts int8's outlier channels and static ranges are calibrated on, and a line
-    for the manifest saying which.
+    trained: Checkpoint,
+    texts: CheckTexts,
+    sample: CheckSample | None,
+    max_gated: int = CHECK_ROWS,
+) -> tuple[list[str], str, CheckSample | None]:
+    """The texts int8's outlier channels and static ranges are calibrated on, a line for
+    the manifest saying which, and the check sample to gate on; logs the choice.
 
     Rows the gate does not check, so its agreement is measured out of sample: the text
     the bundle will score when it is known (further rows of the check source), else the
-    checkpoint's validation split. Only a checkpoint without one (from before train
-    saved it, or not from `marketpulse train`) calibrates on the gated texts.
+    checkpoint's validation split. A check source that cannot spare MIN_CALIBRATION_ROWS
+    would set the ranges from too few texts (from one, they are garbage): the validation
+    split calibrates instead, and the gate gets every check text (up to `max_gated`, the
+    --check-rows cap). A checkpoint without a validation split (from before train saved
+    it, or not from `marketpulse train`) calibrates on the few further check texts there
+    are, with a warning, and without check texts on the very texts it is gated on.
     """
-    if sample is not None and sample.calibration:
-        return sample.calibration, (
+    if sample is not None and len(sample.calibration) >= MIN_CALIBRATION_ROWS:
+        return _calibrated_on_sample(sample)
+    validation = read_validation_split(trained)
+    if validation is not None and any(not is_blank(t) for t in validation[0]):
+        calibrated_on = (
+            f"{VALIDATION_SPLIT} ({len(validation[0])} rows, disjoint from the gated texts)"
+        )
+        if sample is None:
+            log(f"int8 calibrates on {calibrated_on}")
+            return validation[0], calibrated_on, None
+        usable = len(sample.texts) + len(sample.calibration)
+        sample = sample.gating_all(max_gated)
+        gated = len(sample.texts)
+        which = f"all {gated} are" if gated == usable else f"{gated} (--check-rows) are"
+        log(
+            f"check texts: only {usable} usable in {sample.source}, too few to spare "
+            f"{MIN_CALIBRATION_ROWS} for calibration; int8 calibrates on {VALIDATION_SPLIT} "
+            f"({len(validation[0])} rows) instead, and {which} gated ({sample.fingerprint})"
+        )
+        return validation[0], calibrated_on, sample
+    if sample is None:
+        calibrated_on = f"{texts.source} (also gated)"
+        log(f"int8 calibrates on {calibrated_on}")
+        return texts.texts, calibrated_on, None
+    calibration, calibrated_on, sample = _calibrated_on_sample(sample)
+    log(
+        f"warning: int8 calibrates on only {len(calibration)} texts and {trained.path} has "
+        f"no {VALIDATION_SPLIT} with text to calibrate on instead, so its scales may be poor and "
+        f"fail the gate; pass --check-input/--check-table with at least "
+        f"{2 * MIN_CALIBRATION_ROWS} usable texts (half of them calibrate), or export a "
+        f"checkpoint that `marketpulse train` wrote (it saves {VALIDATION_SPLIT})"
+    )
+    return calibration, calibrated_on, sample
+
+
+def _calibrated_on_sample(sample: CheckSample) -> tuple[list[str], str, CheckSample]:
+    """Calibrate on the sample's further rows (on its gated ones when it has none)."""
+    log(
+        f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint}), "
+        f"{len(sample.calibration)} more to calibrate int8"
+    )
+    if sample.calibration:
+        calibrated_on = (
             f"{len(sample.calibration)} further sampled rows of {sample.source} "
             "(disjoint from the check texts)"
         )
-    validation = read_validation_split(trained)
-    if validation is not None and any(not is_blank(t) for t in validation[0]):
-        return validation[0], (
-            f"{VALIDATION_SPLIT} ({len(validation[0])} rows, disjoint from the gated texts)"
-        )
-    if sample is not None:
-        return sample.texts, f"{sample.source} (also gated)"
-    return texts.texts, f"{texts.source} (also gated)"
+        log(f"int8 calibrates on {calibrated_on}")
+        return sample.calibration, calibrated_on, sample
+    calibrated_on = f"{sample.source} (also gated)"
+    log(f"int8 calibrates on {calibrated_on}")
+    return sample.texts, calibrated_on, sample
 
 
 def run(cfg: ExportConfig) -> Bundle:
@@ -141,14 +189,15 @@ def run(cfg: ExportConfig) -> Bundle:
     max_length = cfg.max_length or trained.max_length
     check_out_dir(out)
     texts = load_check_texts(trained, cfg.test_rows)  # bad split: fail before work
-    sample = read_check_sample(cfg.check_source, CALIBRATION_ROWS) if cfg.check_source else None
-    if sample is not None:
-        log(
-            f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint}), "
-            f"{len(sample.calibration)} more to calibrate int8"
-        )
-    calibration_texts, calibrated_on = calibration_source(trained, texts, sample)
-    log(f"int8 calibrates on {calibrated_on}")
+    sample = None
+    if cfg.check_source is not None:
+        sample = read_check_sample(cfg.check_source, CALIBRATION_ROWS)
+    calibration_texts, calibrated_on, sample = calibration_source(
+        trained, texts, sample, cfg.check_source.rows if cfg.check_source else CHECK_ROWS
+    )
+    warning = imprecise_gate_warning(len(sample.texts)) if sample is not None else None
+    if warning:
+        log(warning)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
