@@ -322,3 +322,19 @@ def test_two_spellings_of_a_label_across_models_are_refused(db):
         "trend column n_neutral; score the whole table with one model (the newest, 9c61"
     ) in str(err.value)
     assert "trend_posts_day" not in _objects(db)
+
+
+@pytest.mark.parametrize(
+    ("labels", "positive", "negative"),
+    [
+        (["bullish", "bearish", "neutral"], None, "bullish"),
+        (["Positive", "negative"], None, "Positive"),
+        (["bullish", "bearish"], "bearish", None),
+        (["bullish", "bearish"], "bullish", "bullish"),
+    ],
+)
+def test_one_flag_naming_the_other_sides_default_is_refused(labels, positive, negative):
+    from marketpulse.trends.labels import pick_labels
+
+    with pytest.raises(MarketpulseError, match="would both be .* an index of 0 everywhere"):
+        pick_labels([("v1", labels, 10)], positive, negative)

@@ -40,14 +40,15 @@ def pick_labels(
     for given, flag in ((positive, "--positive"), (negative, "--negative")):
         if given is not None and given not in labels:
             raise MarketpulseError(_not_a_label(given, flag, labels))
-    if positive is not None and positive == negative:
-        raise MarketpulseError(
-            f"--positive and --negative are both {positive!r}; pass two different labels"
-        )
     pairs = []
     for _, model_labels, _ in models:
         pos = _side(positive, POSITIVE_DEFAULTS, model_labels)
         neg = _side(negative, NEGATIVE_DEFAULTS, model_labels)
+        if pos is not None and pos == neg:  # `--negative bullish` meets the default bullish
+            raise MarketpulseError(
+                f"--positive and --negative would both be {pos!r}, an index of 0 everywhere; "
+                "pass both --positive and --negative with two different labels"
+            )
         if pos is not None and neg is not None:
             pairs.append((pos, neg))
     if pairs:  # min() keeps the first (newest) of equal ranks

@@ -366,8 +366,8 @@ def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
     """Refuse a trend (or dependent) table name that would replace an input."""
     source = split_table(cfg.source)[-1]
     scores = split_table(cfg.scores_table)[-1]
-    inputs = {source, scores, MODELS, RUNS, queries.latest_view_name(cfg.scores_table)}
-    taken = {t.lower(): t for t in inputs}
+    input_names = {source, scores, MODELS, RUNS, queries.latest_view_name(cfg.scores_table)}
+    taken = {t.lower(): t for t in input_names}
     for name in outputs:
         if name.lower() in taken:
             raise MarketpulseError(
