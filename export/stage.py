@@ -129,15 +129,14 @@ def calibration_source(
     are, with a warning, and without check texts on the very texts it is gated on.
     """
     if sample is not None and len(sample.calibration) >= MIN_CALIBRATION_ROWS:
-        return _calibrated_on_sample(sample)
+        return _logged(*_on_sample(sample))
     validation = read_validation_split(trained)
     if validation is not None and any(not is_blank(t) for t in validation[0]):
         calibrated_on = (
             f"{VALIDATION_SPLIT} ({len(validation[0])} rows, disjoint from the gated texts)"
         )
         if sample is None:
-            log(f"int8 calibrates on {calibrated_on}")
-            return validation[0], calibrated_on, None
+            return _logged(validation[0], calibrated_on, None)
         usable = len(sample.texts) + len(sample.calibration)
         sample = sample.gating_all(max_gated)
         gated = len(sample.texts)
@@ -149,10 +148,8 @@ def calibration_source(
         )
         return validation[0], calibrated_on, sample
     if sample is None:
-        calibrated_on = f"{texts.source} (also gated)"
-        log(f"int8 calibrates on {calibrated_on}")
-        return texts.texts, calibrated_on, None
-    calibration, calibrated_on, sample = _calibrated_on_sample(sample)
+        return _logged(texts.texts, f"{texts.source} (also gated)", None)
+    calibration, calibrated_on, sample = _logged(*_on_sample(sample))
     log(
         f"warning: int8 calibrates on only {len(calibration)} texts and {trained.path} has "
         f"no {VALIDATION_SPLIT} with text to calibrate on instead, so its scales may be poor and "
@@ -163,22 +160,22 @@ def calibration_source(
     return calibration, calibrated_on, sample
 
 
-def _calibrated_on_sample(sample: CheckSample) -> tuple[list[str], str, CheckSample]:
+def _on_sample(sample: CheckSample) -> tuple[list[str], str, CheckSample]:
     """Calibrate on the sample's further rows (on its gated ones when it has none)."""
     log(
         f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint}), "
         f"{len(sample.calibration)} more to calibrate int8"
     )
     if sample.calibration:
-        calibrated_on = (
-            f"{len(sample.calibration)} further sampled rows of {sample.source} "
-            "(disjoint from the check texts)"
-        )
-        log(f"int8 calibrates on {calibrated_on}")
-        return sample.calibration, calibrated_on, sample
-    calibrated_on = f"{sample.source} (also gated)"
+        further = f"{len(sample.calibration)} further sampled rows of {sample.source}"
+        return sample.calibration, f"{further} (disjoint from the check texts)", sample
+    return sample.texts, f"{sample.source} (also gated)", sample
+
+
+def _logged(calibration: list[str], calibrated_on: str, sample: CheckSample | None):
+    """The choice as it is, logged: `int8 calibrates on ...`."""
     log(f"int8 calibrates on {calibrated_on}")
-    return sample.texts, calibrated_on, sample
+    return calibration, calibrated_on, sample
 
 
 def run(cfg: ExportConfig) -> Bundle:

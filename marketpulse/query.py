@@ -74,13 +74,6 @@ def run_queries(
         con.close()
 
 
-def run_query(db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> Result:
-    """(column names, rows) of `sql` run on `db` opened read-only. SQL with several
-    statements that return rows is refused before it runs: `run_queries` returns each."""
-    (result,) = run_queries(db, sql, timeout, one_result="marketpulse sql")
-    return result
-
-
 def _connect(db: Path, timeout: float):
     import duckdb
 

@@ -190,12 +190,13 @@ def test_one_result_refuses_several_before_any_statement_runs(db, tmp_path):
     assert run_queries(db, sql, one_result="--json") == [(["x"], [(1,)])]
 
 
-def test_run_query_refuses_several_result_sets_instead_of_dropping_all_but_the_last(db):
-    from marketpulse.query import run_query
+def test_one_result_refuses_several_result_sets_instead_of_dropping_all_but_the_last(db):
+    from marketpulse.query import run_queries
 
     with pytest.raises(MarketpulseError, match="holds 2 statements that return rows"):
-        run_query(db, "SELECT 1 AS first; SELECT 2 AS second")
-    assert run_query(db, "SET threads = 1; SELECT 2 AS second") == (["second"], [(2,)])
+        run_queries(db, "SELECT 1 AS first; SELECT 2 AS second", one_result="--csv")
+    sql = "SET threads = 1; SELECT 2 AS second"
+    assert run_queries(db, sql, one_result="--csv") == [(["second"], [(2,)])]
 
 
 def test_a_failing_statement_is_named_by_its_place(db):

@@ -51,6 +51,15 @@ def database(path: Path) -> Database:
     return Database(path, None, "256MB", 1.0, DEFAULT_STORAGE_VERSION)
 
 
+def score_cli(db: Path, bundle: Path, table: str = "english"):
+    """`marketpulse score` of `table` in `db` with the fp32 graph, through the CLI."""
+    return CliRunner().invoke(
+        main,
+        ["score", "--db", str(db), "--table", table, "--id-col", "id", "--text-col", "text"]
+        + ["--bundle", str(bundle), "--device", "cpu", "--variant", "fp32"],
+    )
+
+
 def view_source(db: Path) -> None:
     make_source(db, N)
     with duckdb.connect(str(db)) as con:
@@ -92,12 +101,7 @@ def test_a_killed_runs_staging_folder_is_removed_and_a_live_runs_kept(tiny_bundl
     # another database in the same folder is scoring a view right now: its folder stays
     with database(tmp_path / "other.duckdb").staging_dir() as live:
         pq.write_table(pa.table({"id": [1], "text": ["x"]}), live / "pending-00000.parquet")
-        result = CliRunner().invoke(
-            main,
-            ["score", "--db", str(db), "--table", "english", "--id-col", "id"]
-            + ["--text-col", "text", "--bundle", str(tiny_bundle.path), "--device", "cpu"]
-            + ["--variant", "fp32"],
-        )
+        result = score_cli(db, tiny_bundle.path)
         assert result.exit_code == 0, result.output
         assert "marked 1 run(s) left 'running' by a killed process as interrupted" in result.output
         assert (
@@ -115,12 +119,7 @@ def test_a_killed_runs_staging_folder_is_removed_and_a_live_runs_kept(tiny_bundl
     assert scored == [(N // 2, True)]
 
     # nothing left to remove: the next run says nothing about staging
-    result = CliRunner().invoke(
-        main,
-        ["score", "--db", str(db), "--table", "english", "--id-col", "id"]
-        + ["--text-col", "text", "--bundle", str(tiny_bundle.path), "--device", "cpu"]
-        + ["--variant", "fp32"],
-    )
+    result = score_cli(db, tiny_bundle.path)
     assert result.exit_code == 0, result.output
     assert "staging folder" not in result.output
 
@@ -156,11 +155,7 @@ def test_an_older_markerless_folder_goes_only_when_no_other_database_can_own_it(
     assert (made / "pending-00000.parquet").is_file()
 
     # the same, through `score`: the run says so and how to clear it
-    result = CliRunner().invoke(
-        main,
-        ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
-        + ["--bundle", str(tiny_bundle.path), "--device", "cpu", "--variant", "fp32"],
-    )
+    result = score_cli(db, tiny_bundle.path, table="posts")
     assert result.exit_code == 0, result.output
     assert (
         f"kept 1 staging folder(s) of an older marketpulse in {tmp_path} (.marketpulse-stage-*)"

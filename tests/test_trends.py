@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 import duckdb
 import pytest
-from trends_fixtures import build_db, insert_scores, register_model
+from trends_fixtures import build_db, insert_scores, register_model, trends_config
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
@@ -20,11 +20,7 @@ def db(tmp_path):
 
 
 def _cfg(db, **kw):
-    base = dict(
-        db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",), grain="day"
-    )
-    base["window"] = kw.pop("window", 3)
-    return TrendsConfig(**base, **kw)
+    return trends_config(db, **kw)
 
 
 def _rows(db, table="trend_posts_day"):

@@ -13,12 +13,12 @@ from datetime import datetime
 import duckdb
 import pytest
 from click.testing import CliRunner
-from trends_fixtures import build_db, insert_scores, register_model
+from trends_fixtures import build_db, insert_scores, register_model, trends_config
 
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import results
-from marketpulse.trends import TrendsConfig, format_report, run, summary
+from marketpulse.trends import format_report, run, summary
 
 N_POSTS = 37  # rows of trends_fixtures.COUNTS
 
@@ -29,10 +29,7 @@ def db(tmp_path):
 
 
 def _cfg(db, **kw):
-    base = dict(
-        db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",), grain="day"
-    )
-    return TrendsConfig(**{**base, "window": 3, "horizon": 0, **kw})
+    return trends_config(db, **{"horizon": 0, **kw})
 
 
 def _cli(db, *extra):

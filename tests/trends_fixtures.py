@@ -136,3 +136,14 @@ def build_weekly_db(path: Path, weeks: int = 8) -> Path:
     insert_scores(con, "v1", scores)
     con.close()
     return path
+
+
+def trends_config(db, **kw):
+    """The trends run the tests mostly ask for: posts by brand per day, a 3-bucket window;
+    `kw` overrides any of it."""
+    from marketpulse.trends import TrendsConfig
+
+    base = dict(
+        db=db, source="posts", id_col="id", time_col="posted_at", by=("brand",), grain="day"
+    )
+    return TrendsConfig(**{**base, "window": 3, **kw})

@@ -221,10 +221,6 @@ def _load_rows(
         if source.label_names is not None:  # the user's --label-names: train's advice fits
             raise
         raise _unknown_label(exc.label, exc.column, exc.names) from None
-    if by_value and not label_map:
-        unknown = sorted(set(rows.labels) - set(labels))
-        if unknown:  # never silently another class: a value the model does not know
-            raise _unknown_label(unknown[0], source.label_col, labels)
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
@@ -241,8 +237,11 @@ def _load_rows(
             )
         rows.label_names = list(labels)
     else:
-        # --label-names may name classes the model lacks (a 2-class model, 3 names)
+        # never silently another class: an integer the model does not know by value, or
+        # --label-names naming classes the model lacks (a 2-class model, 3 names)
         unknown = sorted(set(rows.labels) - set(labels))
+        if unknown and by_value:
+            raise _unknown_label(unknown[0], source.label_col, labels)
         if unknown:
             raise _not_the_models(unknown, rows, source.label_col, labels)
     return rows
