@@ -1150,6 +1150,15 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
     "--plot", type=click.Path(dir_okay=False), help="Draw the index per group to this PNG."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=600,
+    show_default=True,
+    envvar="MARKETPULSE_LOCK_TIMEOUT",
+    help="Seconds to wait while another process (a scoring run's commit) holds --db or "
+    "--results-db before the run fails.",
+)
 def trends(
     db,
     source,
@@ -1170,6 +1179,7 @@ def trends(
     parquet,
     plot,
     as_json,
+    lock_timeout,
 ):
     """Build SQL-queryable sentiment trends (volume, index, shifts, forecast) from scores.
 
@@ -1198,6 +1208,7 @@ def trends(
         csv=csv_path and Path(csv_path),
         parquet=parquet and Path(parquet),
         plot=plot and Path(plot),
+        lock_timeout=lock_timeout,
     )
     result = run(cfg)
     if as_json:

@@ -221,6 +221,28 @@ def test_a_results_db_held_by_a_writer_is_waited_for(tmp_path, capsys):
         writer.wait(timeout=60)
 
 
+def test_cli_lock_timeout_bounds_the_wait_for_a_held_db(db):
+    """A nightly trends run gives up after --lock-timeout with the fix, writing nothing."""
+    hold = (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(60); con.close()"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", hold, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        out = _cli(db, "--lock-timeout", "0.5")
+        assert time.monotonic() - started < 30
+    finally:
+        writer.terminate()
+        writer.wait(timeout=60)
+    assert out.exit_code != 0
+    assert "stayed locked" in out.output and "--lock-timeout" in out.output
+    assert "trend_posts_day" not in _objects(db)
+
+
 # --- 3. default labels: any letter case, one model's pair -----------------------------
 
 
