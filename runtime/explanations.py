@@ -99,7 +99,7 @@ def masked_words(e: Explanation) -> list[str]:
 def _check_explanations(con) -> dict[str, str] | None:
     """The existing explanations table's {column: type} (None: none yet); refuse one
     that is not marketpulse's, before any inference runs."""
-    kind = results._kind(con, EXPLANATIONS)
+    kind = results.table_kind(con, EXPLANATIONS)
     if kind not in (None, "BASE TABLE"):
         raise MarketpulseError(
             f"{EXPLANATIONS!r} in {_path(con)} is a {kind.lower()}, not the table explain "

@@ -50,7 +50,7 @@ def _columns(con, table_sql: str) -> dict[str, str] | None:
         return None
 
 
-def _kind(con, name: str) -> str | None:
+def table_kind(con, name: str) -> str | None:
     """'BASE TABLE', 'VIEW' (or another kind) for an existing object `name`, else None."""
     parts = split_table(name)
     catalog, schema = ([None] * (3 - len(parts)) + parts)[:2]
@@ -89,7 +89,7 @@ def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None
         (RUNS, "--results-db"),
         (MODELS, "--results-db"),
     ):
-        kind = _kind(con, name)
+        kind = table_kind(con, name)
         if kind not in (None, "BASE TABLE"):
             raise MarketpulseError(
                 f"{name!r} in the results database is a {kind.lower()}, not a table marketpulse "

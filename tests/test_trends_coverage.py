@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -241,6 +242,37 @@ def test_cli_lock_timeout_bounds_the_wait_for_a_held_db(db):
     assert out.exit_code != 0
     assert "stayed locked" in out.output and "--lock-timeout" in out.output
     assert "trend_posts_day" not in _objects(db)
+
+
+def _recorded_source(db, source, source_db=None) -> None:
+    """The fixture's runs now say they scored `source` of `source_db` (default: db)."""
+    path = str(Path(source_db or db).resolve())
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "UPDATE runs SET results_table = 'scores', source = ?, source_db = ?, results_db = ?",
+            [source, path, str(Path(db).resolve())],
+        )
+
+
+def test_scores_of_another_table_are_refused_before_anything_is_written(db):
+    """Scores match rows by id alone: another table's scores would be a wrong trend."""
+    _recorded_source(db, "posts_2023")
+    with pytest.raises(MarketpulseError, match="holds the scores of table posts_2023") as exc:
+        run(_cfg(db))
+    assert "--results-table posts_scores" in str(exc.value)
+    assert "trend_posts_day" not in _objects(db)
+    _recorded_source(db, "posts", source_db=db.parent / "other.duckdb")
+    with pytest.raises(MarketpulseError, match="table posts of .*other.duckdb"):
+        run(_cfg(db))
+
+
+def test_the_scored_table_in_any_spelling_or_a_view_of_it_is_accepted(db):
+    _recorded_source(db, "MAIN.Posts")
+    assert run(_cfg(db)).n_rows == 16
+    _recorded_source(db, "posts_2023")
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE VIEW posts_v AS SELECT * FROM posts")
+    assert run(_cfg(db, source="posts_v")).n_rows == 16
 
 
 # --- 3. default labels: any letter case, one model's pair -----------------------------

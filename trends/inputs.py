@@ -18,8 +18,16 @@ from pathlib import Path
 import duckdb
 
 from marketpulse.errors import MarketpulseError, first_line
-from marketpulse.results_schema import MODELS
-from marketpulse.sql import is_lock_conflict, quote_ident, spell_table, split_table, table_names
+from marketpulse.results_schema import MODELS, RUNS
+from marketpulse.runtime import results
+from marketpulse.sql import (
+    is_lock_conflict,
+    quote_ident,
+    quote_table,
+    spell_table,
+    split_table,
+    table_names,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,39 @@ def missing_table(
         f"`marketpulse score --results-db FILE` wrote the scores to another file (trends "
         "writes its tables to --db all the same), or score the source first with "
         f"`marketpulse score --db {db} --table {source} ...`"
+    )
+
+
+def scored_elsewhere(con, res: ResultsTables, *, db: Path, source: str, scores_table: str):
+    """The tables the `runs` rows say `scores_table` holds the scores of (with their file
+    when the name is the source's), when --source is a table and none of them is it;
+    else [].
+
+    Scores are matched to source rows by id alone, so another table's scores would build
+    a trend of wrong labels without any error. A view as --source is not judged: a view
+    over the scored table (adding a brand column, say) is a normal way to read them.
+    """
+    if results.table_kind(con, source) != "BASE TABLE":
+        return []
+    runs = spell_table([*split_table(res.models)[:-1], RUNS]) if res.apart else RUNS
+    try:
+        rows = con.execute(
+            f"SELECT DISTINCT results_table, source, source_db, results_db "
+            f"FROM {quote_table(runs)} WHERE rows_scored > 0 AND source IS NOT NULL AND results_table IS NOT NULL"
+        ).fetchall()
+    except duckdb.Error:  # no runs table, or one from before runs named their files
+        return []
+    key = results.table_key(scores_table)
+    rows = [r[1:] for r in rows if results.table_key(r[0]) == key]
+    source_db = str(Path(db).resolve())
+    results_db = str(Path(res.file).resolve())
+    if any(results.scored_this_source(r, source, source_db, results_db) for r in rows):
+        return []
+    return sorted(
+        {
+            f"{r[0]} of {r[1]}" if results.table_key(r[0]) == results.table_key(source) else r[0]
+            for r in rows
+        }
     )
 
 

@@ -328,6 +328,18 @@ def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: li
             "table; pass --scores-table with the table `marketpulse score` wrote"
         )
     _check_id_types(cfg, have[cfg.id_col], s_type)
+    others = inputs.scored_elsewhere(
+        con, res, db=Path(cfg.db), source=cfg.source, scores_table=cfg.scores_table
+    )
+    if others:
+        own = f"{split_table(cfg.source)[-1]}_scores"
+        raise MarketpulseError(
+            f"{cfg.scores_table!r} holds the scores of table {others[0]} (its runs say so), "
+            f"not of {cfg.source!r} of {cfg.db}, and scores are matched to rows by id alone; "
+            f"pass --source with that table (or a view of its rows), or score {cfg.source!r} "
+            f"into its own results table (`{_score_command(cfg, own)}`) and pass "
+            f"--scores-table {own}"
+        )
     _check_outputs(cfg, outputs)
 
 
@@ -421,10 +433,12 @@ def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
     return models, int(null_times), int(source_rows), int(unscored)
 
 
-def _score_command(cfg: TrendsConfig) -> str:
-    """The `marketpulse score` command that scores this source into the results trends read."""
+def _score_command(cfg: TrendsConfig, results_table: str | None = None) -> str:
+    """The `marketpulse score` command that scores this source into the results trends
+    read (or into `results_table`)."""
     where = f" --results-db {cfg.results_db}" if cfg.results_db is not None else ""
-    table = f" --results-table {cfg.scores_table}" if cfg.scores_table != SCORES else ""
+    results_table = results_table or cfg.scores_table
+    table = f" --results-table {results_table}" if results_table != SCORES else ""
     return f"marketpulse score --db {cfg.db} --table {cfg.source}{where}{table} ..."
 
 
