@@ -246,66 +246,21 @@ class Database:
     def staging_dir(self) -> Iterator[Path]:
         """A new folder beside the results file, holding its `owner.lock` flocked; removed,
         then released, at the end."""
-        making = Path(tempfile.mkdtemp(prefix=_MAKING_PREFIX, dir=self.target.parent))
-        path = making.with_name(STAGE_PREFIX + making.name.removeprefix(_MAKING_PREFIX))
-        owner = None
-        try:
-            owner = open(making / STAGE_OWNER, "w")  # noqa: SIM115 - held while staged
-            try:
-                import fcntl
-
-                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody holds it
-            except ImportError:  # not POSIX: nothing is removed by a later run either
-                pass
-            owner.write(f"{os.getpid()}\n")  # for whoever looks; the lock is the proof
-            owner.flush()
-            making.rename(path)
+        with owned_folder(self.target.parent, STAGE_PREFIX, _MAKING_PREFIX) as path:
             yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(making, ignore_errors=True)
-            if owner is not None:
-                owner.close()
 
     def remove_stale_staging(self) -> tuple[int, int]:
         """Remove the staging folders beside the results file whose run is dead; return
         (removed, kept because their run cannot be told). Call it holding the run lock.
 
-        A folder whose `owner.lock` can be locked belongs to a dead process. One without
-        (an older marketpulse made it) holding only staged shards was made by a run that
-        held a run lock in this folder: when ours is the only one there, that run scored
-        this database and is dead, since we hold its lock; else it is kept.
+        One without `owner.lock` (an older marketpulse made it) holding only staged shards
+        was made by a run that held a run lock in this folder: when ours is the only one
+        there, that run scored this database and is dead, since we hold its lock; else it
+        is kept.
         """
-        try:
-            import fcntl
-        except ImportError:
-            return 0, 0
-        removed = kept = 0
-        for folder in sorted(self.target.parent.glob(STAGE_PREFIX + "*")):
-            if folder.is_symlink() or not folder.is_dir():
-                continue
-            try:
-                fd = os.open(folder / STAGE_OWNER, os.O_RDONLY)
-            except FileNotFoundError:
-                if self._older_staging_is_dead(folder):
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed += not folder.exists()
-                else:
-                    kept += 1
-                continue
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: its run is alive
-                os.close(fd)
-                continue
-            try:  # removed while locked: no other run can take it meanwhile
-                shutil.rmtree(folder, ignore_errors=True)
-            finally:
-                os.close(fd)
-            removed += not folder.exists()
-        return removed, kept
+        return remove_dead_folders(
+            self.target.parent, STAGE_PREFIX, without_lock=self._older_staging_is_dead
+        )
 
     def _older_staging_is_dead(self, folder: Path) -> bool:
         """A folder without a lock file: staged shards only, and no run lock beside ours."""
@@ -318,3 +273,73 @@ class Database:
         if self.lock_path.parent != folder.parent.resolve():
             return False  # the results file is a link: its lock is elsewhere, nothing proves it
         return all(lock.resolve() == self.lock_path for lock in locks)
+
+
+@contextmanager
+def owned_folder(parent: Path, prefix: str, making_prefix: str) -> Iterator[Path]:
+    """A new folder `parent/<prefix>...` holding an `owner.lock` this process keeps
+    flocked until the folder is removed, at the end. It is made as `<making_prefix>...`
+    and renamed once locked, so a folder under `prefix` always has its lock file."""
+    making = Path(tempfile.mkdtemp(prefix=making_prefix, dir=parent))
+    path = making.with_name(prefix + making.name.removeprefix(making_prefix))
+    owner = None
+    try:
+        owner = open(making / STAGE_OWNER, "w")  # noqa: SIM115 - held while staged
+        try:
+            import fcntl
+
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody holds it
+        except ImportError:  # not POSIX: nothing is removed by a later run either
+            pass
+        owner.write(f"{os.getpid()}\n")  # for whoever looks; the lock is the proof
+        owner.flush()
+        making.rename(path)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(making, ignore_errors=True)
+        if owner is not None:
+            owner.close()
+
+
+def remove_dead_folders(
+    parent: Path, prefix: str, *, without_lock: Callable[[Path], bool] | None = None
+) -> tuple[int, int]:
+    """Remove the `owned_folder`s `parent/<prefix>*` whose process is dead; return
+    (removed, kept because their owner cannot be told).
+
+    A folder whose `owner.lock` can be locked belongs to a dead process (a killed one
+    releases its locks with its file descriptors); one whose lock is held is alive and
+    kept. `without_lock(folder)` says whether a folder without a lock file is dead
+    (default: it cannot be told; kept).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return 0, 0
+    removed = kept = 0
+    for folder in sorted(Path(parent).glob(prefix + "*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / STAGE_OWNER, os.O_RDONLY)
+        except FileNotFoundError:
+            if without_lock is not None and without_lock(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += not folder.exists()
+            else:
+                kept += 1
+            continue
+        except OSError:  # another user's folder, say
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its run is alive
+            os.close(fd)
+            continue
+        try:  # removed while locked: no other run can take it meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed += not folder.exists()
+    return removed, kept

@@ -30,7 +30,6 @@ only inside functions, so `marketpulse --help` and the local engine never load i
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -44,6 +43,7 @@ from marketpulse.results_schema import probability_columns
 from marketpulse.runtime import autovariant
 from marketpulse.runtime.canary import RAY as RAY_CANARY
 from marketpulse.runtime.canary import CanaryResult
+from marketpulse.runtime.database import owned_folder, remove_dead_folders
 from marketpulse.runtime.ray_cluster import (
     DEFAULT_TIMEOUT_S,
     Stalled,
@@ -56,6 +56,11 @@ from marketpulse.runtime.ray_cluster import (
 )
 from marketpulse.runtime.runs import Run, RunStats, ScoreConfig, checked_run
 from marketpulse.runtime.source import export_pending, pending_query
+
+# The pending rows' Parquet shards, in a folder of --stage-dir (or the temp dir) holding
+# an `owner.lock` its run keeps flocked: a killed run's folder is removed by a later run.
+RAY_STAGE_PREFIX = "marketpulse-ray-"
+RAY_MAKING_PREFIX = ".marketpulse-ray-making-"  # not under RAY_STAGE_PREFIX: not swept
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
@@ -334,81 +339,90 @@ def score_with_ray(
 
 def _run(ray, run: Run, device: str, threads: int, cluster: dict):
     """Export, score on the actor pool, commit each returned batch; always clean up."""
-    cfg, stats, progress = run.cfg, run.stats, run.progress
-    gpus_per_worker = cluster["gpus_per_worker"]
+    stats, progress = run.stats, run.progress
     t_start = time.perf_counter()
     started_ray = connect(ray, cluster["address"], progress.log)
     t_ray = time.perf_counter()
-    staging = Path(
-        tempfile.mkdtemp(prefix=f"marketpulse-ray-{stats.run_id}-", dir=cluster["stage_dir"])
-    )
     try:
-        # sizes the shards; the pool is sized again below on the nodes that answer the check
-        pool = plan_workers(ray.cluster_resources(), cluster["workers"], gpus_per_worker, threads)
-        per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
-        shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
-        sql, params = pending_query(run.source, cfg.results_table, stats.model_version, cfg.limit)
-        with run.db.read() as con:
-            shards = export_pending(con, sql, params, staging, shard_rows, run.source)
-        bundle_dir = Path(run.bundle.path).resolve()
-        live = check_nodes_read(
-            ray,
-            {"--stage-dir": staging, "--bundle": bundle_dir / MANIFEST},
-            gpus_per_worker,
-            cluster["timeout_s"],
-            progress.log,
-        )
-        # A node that died since the cluster was asked is gone: no actor may wait for it.
-        pool = plan_workers(live, cluster["workers"], gpus_per_worker, threads)
-        progress.log(
-            f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
-            f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "
-            f"scoring on {pool} Ray worker(s), {stats.provider} {stats.variant}"
-            + (f", {threads} thread(s) each" if device == "cpu" else "")
-        )
-        limit_stalls(ray, cluster["timeout_s"])  # before the dataset copies the context
-        dataset = read_staged(ray, shards, cfg.chunk_rows)
-        dataset = dataset.map_batches(
-            Scorer,
-            fn_constructor_kwargs={
-                "bundle_dir": str(bundle_dir),
-                "model_version": stats.model_version,
-                "variant": stats.variant,
-                "device": device,
-                "threads": threads,
-                "batch_tokens": cfg.batch_tokens,
-            },
-            batch_size=cfg.chunk_rows,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=threads if device == "cpu" else 1,
-            num_gpus=gpus_per_worker if device == "cuda" else None,
-        )
-        t_submit, t_first, first_rows = time.perf_counter(), None, 0
-        batches = watched(
-            lambda: dataset.iter_batches(batch_format="pyarrow", batch_size=None),
-            cluster["timeout_s"],
-            run.stopping,  # SIGTERM / SIGINT: commit what came back, stop
-            lambda: stall_detail(ray, progress.done, stats.rows_pending),
-            grace_s=STALL_GRACE_S,
-        )
-        try:
-            for batch in batches:
-                if t_first is None:
-                    t_first, first_rows = time.perf_counter(), batch.num_rows
-                run.add(*split_scored(batch))
-        except Stalled:
-            run.flush()  # keep what did come back: a rerun skips those ids
-            raise
-        finally:
-            batches.close()  # also on a stall: the feeding thread lets go of Ray Data
-        run.flush(checkpoint=True)
-        if t_first is not None:
-            # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.
-            after, rest = time.perf_counter() - t_first, progress.done - first_rows
-            rate = f", then {rest / after:,.0f} rows/s" if rest and after > 0 else ""
-            progress.log(f"Ray: first results {t_first - t_submit:.1f}s after submitting{rate}")
+        # Pending rows are raw texts: a killed run's folder goes at the next run here
+        parent = Path(cluster["stage_dir"] or tempfile.gettempdir())
+        removed, _ = remove_dead_folders(parent, RAY_STAGE_PREFIX)
+        if removed:
+            progress.log(f"removed {removed} stale Ray staging folder(s) of interrupted runs")
+        prefix = f"{RAY_STAGE_PREFIX}{stats.run_id}-"
+        with owned_folder(parent, prefix, RAY_MAKING_PREFIX) as staging:
+            _stage_and_score(ray, run, device, threads, cluster, staging, t_start, t_ray)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if started_ray:
             ray.shutdown()
+
+
+def _stage_and_score(ray, run: Run, device, threads, cluster, staging, t_start, t_ray):
+    """Stage the pending rows in `staging`, score them on the actor pool, commit."""
+    cfg, stats, progress = run.cfg, run.stats, run.progress
+    gpus_per_worker = cluster["gpus_per_worker"]
+    # sizes the shards; the pool is sized again below on the nodes that answer the check
+    pool = plan_workers(ray.cluster_resources(), cluster["workers"], gpus_per_worker, threads)
+    per_worker = -(-stats.rows_pending // (SHARDS_PER_WORKER * pool))
+    shard_rows = max(cfg.chunk_rows, min(per_worker, SHARD_CHUNKS * cfg.chunk_rows))
+    sql, params = pending_query(run.source, cfg.results_table, stats.model_version, cfg.limit)
+    with run.db.read() as con:
+        shards = export_pending(con, sql, params, staging, shard_rows, run.source)
+    bundle_dir = Path(run.bundle.path).resolve()
+    live = check_nodes_read(
+        ray,
+        {"--stage-dir": staging, "--bundle": bundle_dir / MANIFEST},
+        gpus_per_worker,
+        cluster["timeout_s"],
+        progress.log,
+    )
+    # A node that died since the cluster was asked is gone: no actor may wait for it.
+    pool = plan_workers(live, cluster["workers"], gpus_per_worker, threads)
+    progress.log(
+        f"Ray ready in {t_ray - t_start:.1f}s; exported {stats.rows_pending:,} pending rows "
+        f"to {len(shards)} Parquet shard(s) in {time.perf_counter() - t_ray:.1f}s; "
+        f"scoring on {pool} Ray worker(s), {stats.provider} {stats.variant}"
+        + (f", {threads} thread(s) each" if device == "cpu" else "")
+    )
+    limit_stalls(ray, cluster["timeout_s"])  # before the dataset copies the context
+    dataset = read_staged(ray, shards, cfg.chunk_rows)
+    dataset = dataset.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "bundle_dir": str(bundle_dir),
+            "model_version": stats.model_version,
+            "variant": stats.variant,
+            "device": device,
+            "threads": threads,
+            "batch_tokens": cfg.batch_tokens,
+        },
+        batch_size=cfg.chunk_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=threads if device == "cpu" else 1,
+        num_gpus=gpus_per_worker if device == "cuda" else None,
+    )
+    t_submit, t_first, first_rows = time.perf_counter(), None, 0
+    batches = watched(
+        lambda: dataset.iter_batches(batch_format="pyarrow", batch_size=None),
+        cluster["timeout_s"],
+        run.stopping,  # SIGTERM / SIGINT: commit what came back, stop
+        lambda: stall_detail(ray, progress.done, stats.rows_pending),
+        grace_s=STALL_GRACE_S,
+    )
+    try:
+        for batch in batches:
+            if t_first is None:
+                t_first, first_rows = time.perf_counter(), batch.num_rows
+            run.add(*split_scored(batch))
+    except Stalled:
+        run.flush()  # keep what did come back: a rerun skips those ids
+        raise
+    finally:
+        batches.close()  # also on a stall: the feeding thread lets go of Ray Data
+    run.flush(checkpoint=True)
+    if t_first is not None:
+        # Start-up (actors loading the bundle) vs steady state, so the overhead is visible.
+        after, rest = time.perf_counter() - t_first, progress.done - first_rows
+        rate = f", then {rest / after:,.0f} rows/s" if rest and after > 0 else ""
+        progress.log(f"Ray: first results {t_first - t_submit:.1f}s after submitting{rate}")

@@ -19,6 +19,7 @@ from test_runtime_support import MARKER, make_source, poison_onnx, spread_bundle
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import ScoreConfig, score
+from marketpulse.runtime.database import STAGE_OWNER
 from marketpulse.runtime.ray_cluster import Stalled, watched
 from marketpulse.runtime.ray_engine import (
     COPIED,
@@ -234,6 +235,29 @@ def test_ray_resumes_and_matches_the_local_engine_row_for_row(ray_cluster, bundl
     assert ray_run[4] == stats.rows_truncated > 0 and ray_run[5] == "fp32"
     assert history[0][1] + ray_run[1] == local.rows_scored
     assert history[0][4] + ray_run[4] == local.rows_truncated
+
+
+def test_a_killed_runs_staged_texts_are_removed_by_the_next_ray_run(ray_cluster, bundle, tmp_path):
+    """A run killed with -9 leaves its Parquet shards (raw texts) in --stage-dir; the next
+    Ray run there removes them, keeps a live run's folder, and leaves nothing of its own."""
+    import fcntl
+
+    stage = tmp_path / "stage"
+    dead, live = stage / "marketpulse-ray-dead-1", stage / "marketpulse-ray-live-2"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "pending-00000.parquet").write_bytes(b"raw texts")
+        (folder / STAGE_OWNER).write_text("123\n")
+    held = open(live / STAGE_OWNER)  # noqa: SIM115 - a live run holds its lock
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    db = tmp_path / "ray.duckdb"
+    make_source(db, 300)
+    try:
+        stats = score_with_ray(config(db, bundle), stage_dir=stage)
+    finally:
+        held.close()
+    assert stats.status == "completed" and stats.rows_scored + stats.rows_skipped == 300
+    assert sorted(p.name for p in stage.iterdir()) == [live.name]
 
 
 def test_a_failing_worker_fails_the_run_with_one_line_and_writes_nothing(
