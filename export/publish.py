@@ -88,8 +88,7 @@ def check_and_publish(
     if drops and not cfg.allow_accuracy_drop:
         raise MarketpulseError(
             f"export rejected, {out} left unchanged: {'; '.join(checks['gate']['accuracy_drops'])}"
-            "; pass --allow-accuracy-drop to publish it marked failed, or loosen "
-            "--min-agreement / --max-f1-drop"
+            f"; {_rejection_fix(drops, manifest.get('calibration_rows'))}"
         )
     for variant, messages in drops.items():
         log(
@@ -225,6 +224,22 @@ def _parity_failures(cfg, checks: dict) -> list[str]:
 def _gated(results: dict) -> dict[str, dict]:
     """The non-reference variants that ran on their own provider."""
     return {v: r for v, r in results.items() if v != registry.REFERENCE and "agreement" in r}
+
+
+def _rejection_fix(drops: dict, calibration_rows: int | None) -> str:
+    """What to do about a rejection: more calibration texts first when int8 calibrated
+    on too few to trust its scales, else publish it marked failed or loosen the gate."""
+    from marketpulse.export.outliers import MIN_CALIBRATION_ROWS
+
+    fix = "pass --allow-accuracy-drop to publish it marked failed, or loosen "
+    fix += "--min-agreement / --max-f1-drop"
+    if "int8" in drops and calibration_rows is not None and calibration_rows < MIN_CALIBRATION_ROWS:
+        return (
+            f"int8 calibrated its scales on only {calibration_rows} text(s): pass "
+            f"--check-input/--check-table with at least {2 * MIN_CALIBRATION_ROWS} usable texts "
+            f"(half of them calibrate) and export again; else {fix}"
+        )
+    return fix
 
 
 def _test_split_drops(cfg, checks: dict) -> dict[str, list[str]]:

@@ -151,7 +151,7 @@ def calibration_source(
         return _logged(texts.texts, f"{texts.source} (also gated)", None)
     calibration, calibrated_on, sample = _logged(*_on_sample(sample))
     log(
-        f"warning: int8 calibrates on only {len(calibration)} texts and {trained.path} has "
+        f"warning: int8 calibrates on only {len(calibration)} text(s) and {trained.path} has "
         f"no {VALIDATION_SPLIT} with text to calibrate on instead, so its scales may be poor and "
         f"fail the gate; pass --check-input/--check-table with at least "
         f"{2 * MIN_CALIBRATION_ROWS} usable texts (half of them calibrate), or export a "
@@ -207,6 +207,7 @@ def run(cfg: ExportConfig) -> Bundle:
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
         manifest["calibration_texts"] = calibrated_on
+        manifest["calibration_rows"] = len(calibration_texts)
         publishable(staging)  # mkdtemp made it private; a bundle is read by other users
         return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
     finally:

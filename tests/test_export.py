@@ -261,6 +261,8 @@ def test_failed_agreement_fails_and_keeps_the_old_bundle(
     assert result.exit_code == 1
     assert "export rejected" in result.output and "int8 agrees with PyTorch" in result.output
     assert "--allow-accuracy-drop" in result.output
+    # 26 built-in sentences calibrated int8 (no validation split): more texts come first
+    assert "int8 calibrated its scales on only 26 text(s): pass --check-input" in result.output
     assert read_manifest(out) == before  # the bundle that was there is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
@@ -331,6 +333,7 @@ def test_test_split_gives_macro_f1_and_metrics_json_settings(tiny_checkpoint, tm
     assert bundle.manifest["base_model"] == "tiny-test-bert"
     # no validation split beside it (a checkpoint from before train saved one)
     assert bundle.manifest["calibration_texts"] == "test_split.parquet (12 rows) (also gated)"
+    assert bundle.manifest["calibration_rows"] == 12
     assert bundle.max_length == 64
     assert (
         json.loads((bundle.path / "tokenizer.json").read_text())["truncation"]["max_length"] == 64
