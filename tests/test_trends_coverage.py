@@ -92,12 +92,29 @@ def test_unscored_and_null_time_rows_are_counted_apart(db, capsys):
     assert sum(r[2] for r in _trend(db)) == 28
 
 
+def test_rows_the_scorer_skipped_are_counted_apart(db):
+    """A scored row without a label (empty text) is left out and counted, not unscored."""
+    _unscore(db, 30)
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "UPDATE scores SET label = NULL, confidence = NULL, reason = 'empty_text' "
+            "WHERE id BETWEEN 1 AND 3"
+        )
+    result = run(_cfg(db))
+    assert (result.skipped_rows, result.unscored_rows) == (3, N_POSTS - 30)
+    assert sum(r[2] for r in _trend(db)) == 27
+    report = format_report(result)
+    assert "left out: 3 rows the scorer skipped without a label" in report
+    assert summary(result)["skipped_rows"] == 3
+
+
 def test_a_fully_scored_source_says_nothing(db, capsys):
     result = run(_cfg(db))
     assert (result.source_rows, result.unscored_rows) == (N_POSTS, 0)
     assert "warning" not in capsys.readouterr().err
     assert "left out" not in format_report(result)
     assert summary(result)["unscored_share"] == 0
+    assert result.skipped_rows == 0
 
 
 def test_cli_json_and_report_carry_the_unscored_rows(db):

@@ -24,6 +24,7 @@ def summary(result) -> dict[str, Any]:
         "rows": result.n_rows,
         "buckets": result.n_buckets,
         "null_time_rows": result.null_time_rows,
+        "skipped_rows": result.skipped_rows,  # scored without a label (empty text, ...)
         # source rows no model scored, left out of the trend (`marketpulse score` finishes it)
         "source_rows": result.source_rows,
         "unscored_rows": result.unscored_rows,
@@ -77,6 +78,11 @@ def format_report(result, max_flagged: int = 20) -> str:
         lines.append(
             f"left out: {result.null_time_rows:,} scored rows with a NULL "
             f"{result.time_col or 'time column'}"
+        )
+    if result.skipped_rows:
+        lines.append(
+            f"left out: {result.skipped_rows:,} rows the scorer skipped without a label "
+            "(empty or unreadable text; scores.reason says why)"
         )
     lines += ["", f"Latest {result.grain} per group:"]
     head = [*result.by, "bucket", "volume", "index", "rolling", "change", "z", "next [interval]"]

@@ -96,6 +96,7 @@ class TrendsResult:
     drivers_table: str = ""
     drivers: list[dict[str, Any]] = field(default_factory=list, repr=False)
     null_time_rows: int = 0  # scored rows left out because their time column is NULL
+    skipped_rows: int = 0  # rows the scorer skipped (no label: empty text, ...): left out
     time_col: str = ""
     source_rows: int = 0  # rows of the source
     unscored_rows: int = 0  # of those, rows no model scored: left out of the trend
@@ -142,7 +143,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         # a view in db naming another file's table would fail in every other client (the
         # file is attached to this connection only): with --results-db it lives for the run
         con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=res.apart))
-        models, null_times, source_rows, unscored = _models(con, cfg, res, view)
+        models, null_times, source_rows, unscored, skipped = _models(con, cfg, res, view)
         labels = union_labels(models)
         positive, negative = pick_labels(models, cfg.positive, cfg.negative)
         check_one_scheme(cfg.source, models, positive, negative)
@@ -159,6 +160,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             backtest_table=b_table,
             skill=skill,
             null_time_rows=null_times,
+            skipped_rows=skipped,
             time_col=cfg.time_col,
             source_rows=source_rows,
             unscored_rows=unscored,
@@ -389,19 +391,21 @@ def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
 
 
 def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
-    """(models, null-time rows, source rows, unscored rows).
+    """(models, null-time rows, source rows, unscored rows, skipped rows).
 
     models: [(model version, its labels, rows)] behind the latest scores of this source,
     newest first. Null-time rows: scored rows with a NULL time (left out of the trend).
     Unscored rows: source rows no model scored (no row in the latest view), left out too:
-    counted so that a partly scored source never passes for the whole table.
+    counted so that a partly scored source never passes for the whole table. Skipped
+    rows: scored rows without a label (the scorer skipped their text), left out too.
     """
     t = f"src.{quote_ident(cfg.time_col)}"
     rows = con.execute(
         f"""
         SELECT ls.id IS NULL AS unscored, ls.model_version, any_value(m.labels), count(*),
                count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NULL),
-               count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NOT NULL)
+               count(*) FILTER (WHERE ls.label IS NOT NULL AND {t} IS NOT NULL),
+               count(*) FILTER (WHERE ls.label IS NULL)
         FROM {quote_table(cfg.source)} AS src
         LEFT JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)}
         LEFT JOIN {quote_table(res.models)} AS m ON m.model_version = ls.model_version
@@ -430,7 +434,8 @@ def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
             f"NULL, the rest were skipped by the scorer); pass --time-col with a filled column"
         )
     models = [(version, list(labels), int(n)) for version, labels, n, *_ in rows]
-    return models, int(null_times), int(source_rows), int(unscored)
+    skipped = sum(r[5] for r in rows)
+    return models, int(null_times), int(source_rows), int(unscored), int(skipped)
 
 
 def _score_command(cfg: TrendsConfig, results_table: str | None = None) -> str:
