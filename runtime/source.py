@@ -40,7 +40,19 @@ from marketpulse.text import blank_sql
 
 SOURCE_ALIAS = "src"
 _TEXT_TYPES = ("VARCHAR",)
-_BAD_ID_PREFIXES = ("STRUCT", "MAP", "UNION", "BLOB", "FLOAT", "DOUBLE")
+# Ids that cannot key scores: not comparable exactly, or changed on the way through
+# Arrow (a TIMETZ loses its offset, a UHUGEINT above 2**127 wraps)
+_BAD_ID_PREFIXES = (
+    "STRUCT", "MAP", "UNION", "BLOB", "FLOAT", "DOUBLE", "TIME WITH TIME ZONE", "UHUGEINT",
+)  # fmt: skip
+# Id types whose values come back from DuckDB and bind again unchanged (Python ints), so
+# `pending_range` may bound the scored ids it reads by the range's min and max. Others
+# (a collation, an ENUM's declared order, nanoseconds, 'infinity') would not compare the
+# same after the round trip, and already scored rows would be scored again.
+_RANGED_ID_TYPES = (
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,8 +164,8 @@ def check_source(
     id_type, text_type = cols[id_col], cols[text_col]
     if id_type.upper().startswith(_BAD_ID_PREFIXES) or id_type.endswith("]"):
         raise MarketpulseError(
-            f"id column {id_col!r} has type {id_type}; pass --id-col with an integer, text or "
-            "UUID key column"
+            f"id column {id_col!r} has type {id_type}, which cannot key the scores; pass "
+            "--id-col with an integer (up to HUGEINT), text, UUID, date or timestamp key column"
         )
     if text_type.upper() not in _TEXT_TYPES:
         raise MarketpulseError(
@@ -231,9 +243,10 @@ def pending_range(
 ) -> tuple[str, list] | None:
     """Like `pending_query`, for the rowids [lo, hi) only; None when the range is empty.
 
-    The anti-join reads only the scored ids between the range's smallest and largest
-    id, so with ids that grow with insertion order DuckDB's zone maps skip the rest of
-    the results table, and each query costs the range, not the whole table.
+    With integer ids the anti-join reads only the scored ids between the range's
+    smallest and largest id, so with ids that grow with insertion order DuckDB's zone
+    maps skip the rest of the results table, and each query costs the range, not the
+    whole table. Other id types join on the whole results table (`_RANGED_ID_TYPES`).
     """
     ident = quote_ident(source.id_col)
     low, high = con.execute(
@@ -242,14 +255,15 @@ def pending_range(
     ).fetchall()[0]
     if low is None:
         return None
+    ranged = source.id_type.upper() in _RANGED_ID_TYPES
     sql = (
         f"SELECT s.{ident} AS id, s.{quote_ident(source.text_col)} AS text "
         f"FROM {source.table_sql} AS s "
-        f"ANTI JOIN (SELECT id FROM {quote_table(results_table)} "
-        f"WHERE model_version = ? AND id BETWEEN ? AND ?) AS r ON r.id = s.{ident} "
+        f"ANTI JOIN (SELECT id FROM {quote_table(results_table)} WHERE model_version = ?"
+        f"{' AND id BETWEEN ? AND ?' if ranged else ''}) AS r ON r.id = s.{ident} "
         f"WHERE s.rowid >= ? AND s.rowid < ? AND {source.where_sql}"
     )
-    params = [model_version, low, high, lo, hi, *source.where_params]
+    params = [model_version, *([low, high] if ranged else []), lo, hi, *source.where_params]
     if limit is not None:
         sql += " LIMIT ?"
         params.append(int(limit))
