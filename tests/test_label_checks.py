@@ -30,10 +30,9 @@ def write_db(path, labels: list, sql_type: str = "VARCHAR") -> str:
     """posts(body VARCHAR, tag <sql_type>): one distinct text per label value."""
     con = duckdb.connect(str(path))
     con.execute(f"CREATE TABLE posts (body VARCHAR, tag {sql_type})")
-    con.executemany(
-        "INSERT INTO posts VALUES (?, ?)",
-        [(f"$T{i} {WORDS[i % 5]} after quarter {i}", y) for i, y in enumerate(labels)],
-    )
+    rows = [(f"$T{i} {WORDS[i % 5]} after quarter {i}", y) for i, y in enumerate(labels)]
+    if rows:
+        con.executemany("INSERT INTO posts VALUES (?, ?)", rows)
     con.close()
     return str(path)
 
@@ -290,3 +289,19 @@ def _values(rows) -> str:
 )
 def test_duplicate_log_line_counts_texts_and_rows(duplicates, line):
     assert duplicates.log_line() == line
+
+
+@pytest.mark.parametrize("names", [None, ("bearish", "bullish")])
+def test_a_source_without_usable_rows_is_one_line_for_train_and_evaluate(
+    tmp_path, names, tiny_bundle
+):
+    """With label names and no rows, naming the labels recursed until RecursionError."""
+    db = write_db(tmp_path / "posts.duckdb", [])
+    source = DataSource(db=db, table="posts", text_col="body", label_col="tag", label_names=names)
+    with pytest.raises(MarketpulseError, match="no usable rows in table posts"):
+        require_trainable(drop_duplicates(load_labeled(source)), source, 3)
+    args = ["evaluate", "--model", str(tiny_bundle.path), "--db", db, "--table", "posts"]
+    result = CliRunner().invoke(main, [*args, "--text-col", "body", "--label-col", "tag"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no usable rows in table posts")
+    assert len(result.output.strip().splitlines()) == 1

@@ -245,7 +245,7 @@ def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
     labels = [str(v).strip() for v in raw]
     if names is None:
         return labels, sorted(set(labels))
-    if all(y.isdigit() for y in labels) and not set(labels) & set(names):
+    if labels and all(y.isdigit() for y in labels) and not set(labels) & set(names):
         # digits stored as text (a CSV read as VARCHAR): they index --label-names too
         return _name_labels([int(y) for y in labels], source)
     unknown = sorted(set(labels) - set(names))
@@ -391,6 +391,11 @@ def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int)
     # duplicates are skipped too (drop_duplicates), and are not "unusable": name each kind
     note = f" after skipping {skipped} rows ({count_phrase(rows.skipped)})" if skipped else ""
     present = {name: n for name, n in rows.counts.items() if n > 0}
+    if not present:
+        raise MarketpulseError(
+            f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
+            "pass a source with non-empty text and labels"
+        )
     if len(present) < 2:
         found = ", ".join(f"{k!r}" for k in present) or "none"
         raise MarketpulseError(
