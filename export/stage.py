@@ -186,12 +186,17 @@ def run(cfg: ExportConfig) -> Bundle:
     max_length = cfg.max_length or trained.max_length
     check_out_dir(out)
     texts = load_check_texts(trained, cfg.test_rows)  # bad split: fail before work
+    calibrates = "int8" in cfg.variants  # the one graph with calibrated (static) scales
     sample = None
-    if cfg.check_source is not None:
-        sample = read_check_sample(cfg.check_source, CALIBRATION_ROWS)
-    calibration_texts, calibrated_on, sample = calibration_source(
-        trained, texts, sample, cfg.check_source.rows if cfg.check_source else CHECK_ROWS
-    )
+    if cfg.check_source is not None:  # int8 calibrates on further rows: read them too
+        sample = read_check_sample(cfg.check_source, CALIBRATION_ROWS if calibrates else 0)
+    calibration_texts, calibrated_on = [], None
+    if calibrates:
+        calibration_texts, calibrated_on, sample = calibration_source(
+            trained, texts, sample, cfg.check_source.rows if cfg.check_source else CHECK_ROWS
+        )
+    elif sample is not None:
+        log(f"check texts: {len(sample.texts)} rows of {sample.source} ({sample.fingerprint})")
     warning = imprecise_gate_warning(len(sample.texts)) if sample is not None else None
     if warning:
         log(warning)
@@ -206,8 +211,9 @@ def run(cfg: ExportConfig) -> Bundle:
             for variant, built in graphs.items():
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
-        manifest["calibration_texts"] = calibrated_on
-        manifest["calibration_rows"] = len(calibration_texts)
+        if calibrates:
+            manifest["calibration_texts"] = calibrated_on
+            manifest["calibration_rows"] = len(calibration_texts)
         publishable(staging)  # mkdtemp made it private; a bundle is read by other users
         return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
     finally:

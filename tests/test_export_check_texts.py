@@ -112,6 +112,26 @@ def test_export_gates_on_check_texts_from_a_csv(tiny_checkpoint, tmp_path):
     assert f"check texts    file {csv}, column text: 16 of {len(TEXTS) + 2} rows" in result.output
 
 
+def test_an_fp32_only_export_gates_on_every_check_text(tiny_checkpoint, tmp_path):
+    """No int8 graph, nothing to calibrate: no check text is held back for it."""
+    pytest.importorskip("optimum.onnxruntime")
+    from marketpulse.export import ExportConfig, run
+
+    csv = tmp_path / "scored.csv"
+    csv.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in _rows() if t))
+    bundle = run(
+        ExportConfig(
+            model=tiny_checkpoint,
+            out=tmp_path / "bundle",
+            variants=("fp32",),
+            check_source=CheckSource(input=csv, rows=30),
+        )
+    )
+    sample = bundle.manifest["checks"]["check_texts"]
+    assert sample["rows"] == 30 and sample["calibration_rows"] == 0
+    assert "calibration_texts" not in bundle.manifest
+
+
 def test_variant_failing_on_check_texts_is_published_marked_failed(
     tiny_checkpoint, tmp_path, monkeypatch, capsys
 ):
