@@ -108,6 +108,23 @@ def test_rows_the_scorer_skipped_are_counted_apart(db):
     assert summary(result)["skipped_rows"] == 3
 
 
+def test_repeated_or_null_source_ids_are_refused_before_anything_is_written(db):
+    """A re-delivered batch appended again counted each score twice, silently."""
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO posts SELECT * FROM posts WHERE id <= 3")
+    with pytest.raises(MarketpulseError, match=r"has 3 duplicate value\(s\) \(e.g. [123]\)"):
+        run(_cfg(db))
+    assert "trend_posts_day" not in _objects(db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("DELETE FROM posts WHERE rowid > (SELECT max(rowid) - 3 FROM posts)")
+        con.execute("INSERT INTO posts (id, posted_at) VALUES (NULL, TIMESTAMP '2024-01-05')")
+    with pytest.raises(MarketpulseError, match=r"has 1 NULL value\(s\), and `marketpulse score`"):
+        run(_cfg(db))
+    with duckdb.connect(str(db)) as con:
+        con.execute("DELETE FROM posts WHERE id IS NULL")
+    assert run(_cfg(db)).source_rows == N_POSTS
+
+
 def test_a_fully_scored_source_says_nothing(db, capsys):
     result = run(_cfg(db))
     assert (result.source_rows, result.unscored_rows) == (N_POSTS, 0)

@@ -330,6 +330,7 @@ def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: li
             "table; pass --scores-table with the table `marketpulse score` wrote"
         )
     _check_id_types(cfg, have[cfg.id_col], s_type)
+    _check_ids(con, cfg)
     others = inputs.scored_elsewhere(
         con, res, db=Path(cfg.db), source=cfg.source, scores_table=cfg.scores_table
     )
@@ -361,6 +362,30 @@ def _check_text_col(con, cfg: TrendsConfig) -> None:
                 f"--by column {col!r} clashes with a drivers column; rename it in a view "
                 "and pass that view as --source"
             )
+
+
+def _check_ids(con, cfg: TrendsConfig) -> None:
+    """The id column must key the source, as `score` requires: a repeated id would count
+    its one score once per copy, and a NULL id can never be scored."""
+    ident = quote_ident(cfg.id_col)
+    nulls, dups, example = con.execute(
+        f"SELECT (SELECT count(*) - count({ident}) FROM {quote_table(cfg.source)}), count(*), "
+        f"any_value(id) FROM (SELECT {ident} AS id FROM {quote_table(cfg.source)} "
+        f"WHERE {ident} IS NOT NULL GROUP BY {ident} HAVING count(*) > 1)"
+    ).fetchone()
+    if dups:
+        raise MarketpulseError(
+            f"id column {cfg.id_col!r} of {cfg.source!r} has {dups:,} duplicate value(s) (e.g. "
+            f"{example!r}), and each copy would count the id's one score again; deduplicate "
+            "the source (or pass as --source a view of distinct rows) or pass --id-col with "
+            "a unique column"
+        )
+    if nulls:
+        raise MarketpulseError(
+            f"id column {cfg.id_col!r} of {cfg.source!r} has {nulls:,} NULL value(s), and "
+            "`marketpulse score` cannot score such rows; give every row an id or pass as "
+            "--source a view without them"
+        )
 
 
 def _check_id_types(cfg: TrendsConfig, id_type: str, scores_type: str) -> None:
