@@ -112,8 +112,14 @@ def _fix(exc: Exception) -> str:
 
 
 def _plain(value) -> object:
-    if value is None or isinstance(value, bool | int | float | str):
+    """A DuckDB value as one CSV cell: booleans as DuckDB writes them (true/false), lists
+    and structs as JSON (not Python's repr), anything else as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, int | float | str):
         return value
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(_json_value(value))
     return str(value)
 
 
@@ -148,6 +154,13 @@ def format_results(results: list[Result], style: str) -> str:
 def format_rows(columns: list[str], rows: list, style: str) -> str:
     """Rows as 'table', 'json' or 'csv' text."""
     if style == "json":
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # an object keeps one value per key: the other column would vanish
+            raise MarketpulseError(
+                f"--json keys each row by column name, and the result has {len(twice)} "
+                f"name(s) used by two columns ({', '.join(map(repr, twice))}); give them "
+                "distinct names with AS (e.g. f.bucket AS forecast_bucket)"
+            )
         return json.dumps(
             [{c: _json_value(v) for c, v in zip(columns, r, strict=True)} for r in rows],
             indent=2,

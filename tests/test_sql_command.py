@@ -61,3 +61,16 @@ def test_json_output_is_strict_json_with_nested_values(tmp_path):
         "m": "12.30",
         "z": None,
     }
+
+
+def test_json_refuses_two_columns_of_one_name_and_csv_writes_what_duckdb_would(tmp_path):
+    """A JSON object keeps one value per key: `t.bucket, f.bucket` lost the first."""
+    db = tmp_path / "m.duckdb"
+    duckdb.connect(str(db)).close()
+    same = CliRunner().invoke(main, ["sql", "SELECT 1 AS a, 2 AS a", "--db", str(db), "--json"])
+    assert same.exit_code == 1
+    assert "two columns ('a'); give them distinct names with AS" in same.output
+    sql = "SELECT true AS b, [1, 2] AS l, {'a': 'q'} AS s, 'x' AS t"
+    csv = CliRunner().invoke(main, ["sql", sql, "--db", str(db), "--csv"])
+    assert csv.exit_code == 0, csv.output
+    assert csv.output.splitlines() == ["b,l,s,t", 'true,"[1, 2]","{""a"": ""q""}",x']

@@ -237,7 +237,7 @@ def test_the_sql_command_prints_every_result_set_and_json_refuses_two(db):
 def test_names_derived_from_a_quoted_table_read_its_parts_not_its_quotes(tmp_path):
     import duckdb
 
-    from marketpulse.runtime.results import _kind
+    from marketpulse.runtime.results import table_kind
     from marketpulse.trends.queries import latest_view_name, table_name
 
     assert table_name("trend", '"my posts"', "day") == "trend_my_posts_day"
@@ -245,8 +245,8 @@ def test_names_derived_from_a_quoted_table_read_its_parts_not_its_quotes(tmp_pat
     assert latest_view_name('"Scores 2026"') == "latest_scores_2026"
     con = duckdb.connect(str(tmp_path / "k.duckdb"))
     con.execute('CREATE VIEW "v1.2 posts" AS SELECT 1 AS x')
-    assert _kind(con, '"v1.2 posts"') == "VIEW"
-    assert _kind(con, 'main."v1.2 posts"') == "VIEW"
+    assert table_kind(con, '"v1.2 posts"') == "VIEW"
+    assert table_kind(con, 'main."v1.2 posts"') == "VIEW"
 
 
 def test_columns_match_letter_case_as_duckdb_does_a_to_z_only(tmp_path):
