@@ -125,6 +125,27 @@ def test_repeated_or_null_source_ids_are_refused_before_anything_is_written(db):
     assert run(_cfg(db)).source_rows == N_POSTS
 
 
+def test_an_output_file_that_cannot_be_written_is_one_line(db, tmp_path, monkeypatch):
+    """Checked before the run when the folder is a file; after the commit, it says that
+    the tables were written (it was a 40-line traceback)."""
+    blocker = tmp_path / "notdir.txt"
+    blocker.write_text("x")
+    result = _cli(db, "--csv", str(blocker / "t.csv"))
+    assert result.exit_code == 1 and "is not a folder this user can write to" in result.output
+    assert "trend_posts_day" not in _objects(db)
+    import pyarrow.csv as pacsv
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pacsv, "write_csv", full_disk)
+    result = _cli(db, "--csv", str(tmp_path / "t.csv"))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: the trend tables were written to {db}")
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert "trend_posts_day" in _objects(db)
+
+
 def test_a_fully_scored_source_says_nothing(db, capsys):
     result = run(_cfg(db))
     assert (result.source_rows, result.unscored_rows) == (N_POSTS, 0)

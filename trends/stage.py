@@ -13,7 +13,9 @@ pyarrow only; matplotlib is imported by `plot.py` when a picture is asked for.
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -172,20 +174,35 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         else:  # drivers of an earlier run would explain shifts this table may not have
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(dependents['trend_drivers'])}")
         con.execute("COMMIT")
-        outputs = _export(con, table, cfg)
+        with _after_commit(cfg, table, "--csv/--parquet"):
+            outputs = _export(con, table, cfg)
     finally:
         con.close()  # without COMMIT (an error), DuckDB rolls the whole run back
     if cfg.plot:
         from marketpulse.trends.plot import plot_trends
 
-        rows = _all_rows(cfg.db, table, cfg.lock_timeout)
-        fans = (
-            _all_rows(cfg.db, result.forecast_table, cfg.lock_timeout)
-            if result.forecast_table
-            else []
-        )
-        outputs["plot"] = plot_trends(result, cfg.plot, rows, fans)
+        with _after_commit(cfg, table, "--plot"):
+            rows = _all_rows(cfg.db, table, cfg.lock_timeout)
+            fans = (
+                _all_rows(cfg.db, result.forecast_table, cfg.lock_timeout)
+                if result.forecast_table
+                else []
+            )
+            outputs["plot"] = plot_trends(result, cfg.plot, rows, fans)
     return replace(result, outputs=outputs)
+
+
+@contextmanager
+def _after_commit(cfg: TrendsConfig, table: str, flag: str):
+    """A file write after the tables were committed: one line saying they were."""
+    try:
+        yield
+    except OSError as exc:  # pyarrow's IO errors are OSErrors too
+        raise MarketpulseError(
+            f"the trend tables were written to {cfg.db} ({table}), but writing the {flag} file "
+            f"failed ({first_line(exc)[:200]}); pass another path, or read the table with "
+            "`marketpulse sql`"
+        ) from exc
 
 
 def _write_trend_table(con, cfg: TrendsConfig, table, view, labels, positive, negative) -> None:
@@ -291,10 +308,19 @@ def _check_config(cfg: TrendsConfig) -> None:
             f"invalid --trend-table {cfg.trend_table!r}; use letters, digits and underscores "
             "(a table in the database's main schema)"
         )
-    for path in (cfg.csv, cfg.parquet, cfg.plot):
-        if path is not None and not Path(path).parent.exists():
+    for flag, path in (("--csv", cfg.csv), ("--parquet", cfg.parquet), ("--plot", cfg.plot)):
+        if path is None:
+            continue
+        parent = Path(path).parent
+        if Path(path).is_dir():
+            raise MarketpulseError(f"{flag} {path} is a folder; pass a file path")
+        if parent.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK)):
             raise MarketpulseError(
-                f"folder {Path(path).parent} does not exist; create it or pass another path"
+                f"{flag} {path}: {parent} is not a folder this user can write to; pass another path"
+            )
+        if not parent.exists():
+            raise MarketpulseError(
+                f"folder {parent} does not exist; create it or pass another path"
             )
 
 
