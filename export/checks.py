@@ -184,6 +184,7 @@ def read_check_sample(source: CheckSource, calibration_rows: int = 0) -> CheckSa
             input=source.input,
             require={"--check-text-col": source.text_col},
             flags=_FLAGS,
+            text_flag="--check-text-col",
         ) as relation:
             rows_read, nulls, blanks = relation.con.execute(
                 f"SELECT count(*), count(*) - count({column}), "

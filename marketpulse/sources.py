@@ -94,11 +94,14 @@ def open_source(
     input: str | Path | None = None,
     require: Mapping[str, str] | None = None,
     flags: Flags = Flags(),
+    text_flag: str | None = None,
 ) -> Iterator[Relation]:
     """Open exactly one of `table` (in `db`), `query` (on `db`, or in memory) or `input`.
 
     `require` maps flag -> column: each column must exist, else the error names the flag
-    (`{"--text-col": "body"}`). The connection closes when the block exits.
+    (`{"--text-col": "body"}`); the column of `text_flag` must be VARCHAR, as `score`
+    requires (a BLOB, list or number cast to text would be scored as garbage). The
+    connection closes when the block exits.
     """
     con = connect_read_only(db, flags.db)
     try:
@@ -107,6 +110,13 @@ def open_source(
         columns = require_columns(
             con, name, require or {}, where=where, db=db, table_flag=flags.table
         )
+        if text_flag is not None:
+            col = require[text_flag]
+            if columns[col].upper() != "VARCHAR":
+                raise MarketpulseError(
+                    f"column {col!r} of {where} has type {columns[col]}, not VARCHAR; pass "
+                    f"{text_flag} with a text column (or CAST it in a query)"
+                )
         yield Relation(con, quote_table(name), where, columns)
     finally:
         con.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import duckdb
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from marketpulse.errors import MarketpulseError
 from marketpulse.export.checks import CheckSource, read_check_sample
 from marketpulse.export.outliers import Calibration
 from marketpulse.runtime.windows import tokenize_window
@@ -104,3 +106,21 @@ def test_every_stage_skips_the_texts_score_skips(mixed_db):
     assert sorted(sample.texts) == sorted(usable)
     calibration = Calibration(tokenizer=path, max_length=16, texts=bodies)
     assert sorted(calibration.used()) == sorted(usable)
+
+
+@pytest.mark.parametrize("sql_type", ["BLOB", "VARCHAR[]", "INTEGER"])
+def test_every_stage_refuses_a_text_column_that_is_not_text(tmp_path, sql_type):
+    """score refuses it; train, adapt and export's check texts cast it to text and read
+    `\\xE2\\x80...` escapes or `[a, b]` as market text."""
+    path = tmp_path / "odd.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute(f"CREATE TABLE posts (body {sql_type}, tag VARCHAR)")
+        con.execute("INSERT INTO posts VALUES (NULL, 'bullish')")
+    source = DataSource(db=str(path), table="posts", text_col="body", label_col="tag")
+    fix = rf"has type {re.escape(sql_type)}, not VARCHAR; pass --text-col with a text column"
+    with pytest.raises(MarketpulseError, match=fix):
+        load_labeled(source)
+    with pytest.raises(MarketpulseError, match=fix):
+        load_texts(source, max_rows=None, seed=0)
+    with pytest.raises(MarketpulseError, match="not VARCHAR; pass --check-text-col"):
+        read_check_sample(CheckSource(db=path, table="posts", text_col="body"))

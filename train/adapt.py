@@ -116,6 +116,7 @@ def load_texts(source: DataSource, max_rows: int | None, seed: int) -> Texts:
         query=source.query,
         input=source.input,
         require={"--text-col": source.text_col},
+        text_flag="--text-col",
     ) as relation:
         where, con = relation.where, relation.con
         cast = f"CAST({quote_ident(source.text_col)} AS VARCHAR) AS t FROM {relation.name}"

@@ -267,6 +267,7 @@ def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
         input=source.input,
         require={"--text-col": source.text_col, "--label-col": source.label_col},
         flags=flags or Flags(),
+        text_flag="--text-col",
     ) as relation:
         rows = relation.con.execute(
             f"SELECT CAST({text} AS VARCHAR), {label} FROM {relation.name}"
