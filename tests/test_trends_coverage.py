@@ -146,6 +146,25 @@ def test_an_output_file_that_cannot_be_written_is_one_line(db, tmp_path, monkeyp
     assert "trend_posts_day" in _objects(db)
 
 
+def test_readers_open_the_database_while_trends_computes(db, monkeypatch):
+    """trends computes on a read-only connection and holds --db read-write only for the
+    short copy at the end, so a plain reader (a dashboard) is never refused meanwhile."""
+    from marketpulse.trends import stage
+
+    opened = []
+    real = stage._write_trend_table
+
+    def with_a_reader(*args):
+        real(*args)
+        probe = "import duckdb, sys; duckdb.connect(sys.argv[1], read_only=True).close()"
+        opened.append(subprocess.run([sys.executable, "-c", probe, str(db)]).returncode)
+
+    monkeypatch.setattr(stage, "_write_trend_table", with_a_reader)
+    run(_cfg(db, horizon=2))
+    assert opened == [0]
+    assert {"trend_posts_day", "forecast_posts_day", "latest_scores"} <= _objects(db)
+
+
 def test_a_fully_scored_source_says_nothing(db, capsys):
     result = run(_cfg(db))
     assert (result.source_rows, result.unscored_rows) == (N_POSTS, 0)

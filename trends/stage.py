@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,8 @@ from marketpulse.trends.labels import (
 
 TIME_TYPES = ("DATE", "TIMESTAMP", "VARCHAR")  # VARCHAR: ISO-8601 text, cast at its UTC instant
 TIME_KINDS = "DATE, TIMESTAMP, TIMESTAMPTZ or ISO-8601 text"  # what --time-col takes, for messages
+# The scratch database trends computes its tables in (attached under this name).
+WORK = "marketpulse_trends_work"
 # scores.id joins a source id of the same family; across families DuckDB casts every value
 # (text to a number) and fails on the first that does not convert
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
@@ -116,68 +119,58 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             "`marketpulse score --results-db` wrote the scores to (leave it out when they are "
             "in --db)"
         )
-    # a scoring run holds the file only while it commits: wait for it, then write
-    con = connect(
-        cfg.db,
-        read_only=False,
-        timeout=cfg.lock_timeout,
-        on_wait=lambda waited, why: print(
-            f"trends: waiting for {cfg.db} ({why}), {waited:.0f}s so far", file=sys.stderr
-        ),
-    )
-    try:
-        # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
-        con.execute("SET TimeZone = 'UTC'")
-        res = inputs.locate(
-            con,
-            db=Path(cfg.db),
-            results_db=cfg.results_db,
-            scores_table=cfg.scores_table,
-            lock_timeout=cfg.lock_timeout,
-        )
-        table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
-        dependents = queries.dependent_tables(table)
-        _check_source(con, cfg, res, [table, *dependents.values()])
-        # one transaction for every table of the run: a reader (or a run killed half way)
-        # sees the old set or the new set, never a new trend table with old forecasts
-        con.execute("BEGIN TRANSACTION")
-        view = queries.latest_view_name(cfg.scores_table)
-        # a view in db naming another file's table would fail in every other client (the
-        # file is attached to this connection only): with --results-db it lives for the run
-        con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=res.apart))
-        models, null_times, source_rows, unscored, skipped = _models(con, cfg, res, view)
-        labels = union_labels(models)
-        positive, negative = pick_labels(models, cfg.positive, cfg.negative)
-        check_one_scheme(cfg.source, models, positive, negative)
-        check_label_columns(cfg.source, models)
-        _check_collisions(cfg.by, labels)
-        if unscored:
-            print(f"trends: warning: {_unscored_note(cfg, source_rows, unscored)}", file=sys.stderr)
-        _write_trend_table(con, cfg, table, view, labels, positive, negative)
-        f_table, b_table, skill = _forecasts(con, cfg, table, dependents)
-        result = _collect(con, cfg, table, view, labels, positive, negative)
-        result = replace(
-            result,
-            forecast_table=f_table,
-            backtest_table=b_table,
-            skill=skill,
-            null_time_rows=null_times,
-            skipped_rows=skipped,
-            time_col=cfg.time_col,
-            source_rows=source_rows,
-            unscored_rows=unscored,
-            results_db=Path(cfg.results_db) if res.apart else None,
-            latest_view="" if res.apart else view,
-        )
-        if cfg.text_col:
-            result = _drivers(con, cfg, result, table, view, dependents["trend_drivers"])
-        else:  # drivers of an earlier run would explain shifts this table may not have
-            con.execute(f"DROP TABLE IF EXISTS {quote_ident(dependents['trend_drivers'])}")
-        con.execute("COMMIT")
-        with _after_commit(cfg, table, "--csv/--parquet"):
-            outputs = _export(con, table, cfg)
-    finally:
-        con.close()  # without COMMIT (an error), DuckDB rolls the whole run back
+    # Computed on a read-only connection (readers keep reading meanwhile), into a scratch
+    # file; then the tables are copied into --db in one short transaction (`_publish`).
+    con = connect(cfg.db, read_only=True, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
+    with tempfile.TemporaryDirectory(prefix="marketpulse-trends-") as scratch:
+        work = Path(scratch) / "work.duckdb"
+        try:
+            # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
+            con.execute("SET TimeZone = 'UTC'")
+            res = inputs.locate(
+                con,
+                db=Path(cfg.db),
+                results_db=cfg.results_db,
+                scores_table=cfg.scores_table,
+                lock_timeout=cfg.lock_timeout,
+            )
+            table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
+            dependents = queries.dependent_tables(table)
+            _check_source(con, cfg, res, [table, *dependents.values()])
+            _write_to(con, work)
+            view = queries.latest_view_name(cfg.scores_table)
+            con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=True))
+            models, null_times, source_rows, unscored, skipped = _models(con, cfg, res, view)
+            labels = union_labels(models)
+            positive, negative = pick_labels(models, cfg.positive, cfg.negative)
+            check_one_scheme(cfg.source, models, positive, negative)
+            check_label_columns(cfg.source, models)
+            _check_collisions(cfg.by, labels)
+            if unscored:
+                note = _unscored_note(cfg, source_rows, unscored)
+                print(f"trends: warning: {note}", file=sys.stderr)
+            _write_trend_table(con, cfg, table, view, labels, positive, negative)
+            f_table, b_table, skill = _forecasts(con, cfg, table, dependents)
+            result = _collect(con, cfg, table, view, labels, positive, negative)
+            result = replace(
+                result,
+                forecast_table=f_table,
+                backtest_table=b_table,
+                skill=skill,
+                null_time_rows=null_times,
+                skipped_rows=skipped,
+                time_col=cfg.time_col,
+                source_rows=source_rows,
+                unscored_rows=unscored,
+                results_db=Path(cfg.results_db) if res.apart else None,
+                latest_view="" if res.apart else view,
+            )
+            if cfg.text_col:
+                result = _drivers(con, cfg, result, table, view, dependents["trend_drivers"])
+        finally:
+            con.close()
+        latest = None if res.apart else queries.latest_scores_sql(view, res.scores, res.models)
+        outputs = _publish(cfg, work, [table, *dependents.values()], latest)
     if cfg.plot:
         from marketpulse.trends.plot import plot_trends
 
@@ -190,6 +183,66 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             )
             outputs["plot"] = plot_trends(result, cfg.plot, rows, fans)
     return replace(result, outputs=outputs)
+
+
+def _waiting(cfg: TrendsConfig):
+    def say(waited: float, why: str) -> None:
+        print(f"trends: waiting for {cfg.db} ({why}), {waited:.0f}s so far", file=sys.stderr)
+
+    return say
+
+
+def _write_to(con, work: Path) -> None:
+    """Make the scratch file `work` where this connection's CREATE TABLEs land, while
+    every name still reads from --db: the scratch file first on the search path, then
+    each schema of --db (a source `sales.posts` resolves as before)."""
+    db = con.execute("SELECT current_database()").fetchone()[0]
+    schemas = [
+        r[0]
+        for r in con.execute(
+            "SELECT schema_name FROM duckdb_schemas() WHERE database_name = ? "
+            "ORDER BY schema_name = 'main' DESC, schema_name",
+            [db],
+        ).fetchall()
+    ]
+    con.execute(f"ATTACH ? AS {quote_ident(WORK)} (READ_WRITE)", [str(work)])
+    con.execute(f"USE {quote_ident(WORK)}")
+    path = ",".join(
+        [f"{quote_ident(WORK)}.main", *(f"{quote_ident(db)}.{quote_ident(s)}" for s in schemas)]
+    )
+    con.execute(f"SET search_path = '{path.replace(chr(39), chr(39) * 2)}'")
+
+
+def _publish(cfg: TrendsConfig, work: Path, names: list[str], latest: str | None):
+    """Copy the tables of `names` made in `work` into --db, and drop those it did not
+    make (an earlier run's forecasts after --horizon 0, say), with the latest-scores view,
+    in one transaction: a reader sees the old set or the new one, never a mix. Then the
+    --csv/--parquet files. --db is held read-write for the copy only."""
+    con = connect(cfg.db, read_only=False, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
+    try:
+        con.execute(f"ATTACH ? AS {quote_ident(WORK)} (READ_ONLY)", [str(work)])
+        made = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [WORK]
+            ).fetchall()
+        }
+        con.execute("BEGIN TRANSACTION")
+        if latest is not None:
+            con.execute(latest)
+        for name in names:
+            target = f"main.{quote_ident(name)}"
+            if name in made:
+                source = f"{quote_ident(WORK)}.main.{quote_ident(name)}"
+                con.execute(f"CREATE OR REPLACE TABLE {target} AS FROM {source}")
+            else:
+                con.execute(f"DROP TABLE IF EXISTS {target}")
+        con.execute("COMMIT")
+        con.execute(f"DETACH {quote_ident(WORK)}")
+        with _after_commit(cfg, names[0], "--csv/--parquet"):
+            return _export(con, names[0], cfg)
+    finally:
+        con.close()  # without COMMIT (an error), DuckDB rolls the whole copy back
 
 
 @contextmanager
@@ -228,13 +281,12 @@ def _write_trend_table(con, cfg: TrendsConfig, table, view, labels, positive, ne
 
 
 def _forecasts(con, cfg: TrendsConfig, table: str, dependents: dict[str, str]):
-    """(forecast table, backtest table, skill); without forecasts (--horizon 0) the tables
-    of an earlier run are dropped, since they would forecast from another trend table."""
-    wanted = (dependents["forecast"], dependents["forecast_backtest"])
+    """(forecast table, backtest table, skill); without forecasts (--horizon 0) none are
+    made, so `_publish` drops an earlier run's: they would forecast from another trend
+    table."""
     if not cfg.horizon:
-        for name in wanted:
-            con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
         return "", "", {}
+    wanted = (dependents["forecast"], dependents["forecast_backtest"])
     write_forecasts = _forecast_step()
     skill = write_forecasts(
         con,
