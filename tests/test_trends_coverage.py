@@ -165,6 +165,19 @@ def test_readers_open_the_database_while_trends_computes(db, monkeypatch):
     assert {"trend_posts_day", "forecast_posts_day", "latest_scores"} <= _objects(db)
 
 
+def test_a_grid_stretched_by_a_stray_time_is_reported(db, capsys):
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE posts SET posted_at = TIMESTAMP '1970-01-01' WHERE id = 1")
+    result = run(_cfg(db))
+    assert result.sparse_note.startswith("trend_posts_day spans ")
+    assert "(earliest: 1 row(s) in 1970-01-01, then " in result.sparse_note
+    assert f"trends: warning: {result.sparse_note}" in capsys.readouterr().err
+    assert f"warning: {result.sparse_note}" in format_report(result)
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE posts SET posted_at = TIMESTAMP '2024-01-02' WHERE id = 1")
+    assert run(_cfg(db)).sparse_note == ""
+
+
 def test_a_fully_scored_source_says_nothing(db, capsys):
     result = run(_cfg(db))
     assert (result.source_rows, result.unscored_rows) == (N_POSTS, 0)

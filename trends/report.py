@@ -25,6 +25,7 @@ def summary(result) -> dict[str, Any]:
         "buckets": result.n_buckets,
         "null_time_rows": result.null_time_rows,
         "skipped_rows": result.skipped_rows,  # scored without a label (empty text, ...)
+        "sparse_note": result.sparse_note or None,  # most buckets empty: a stray time?
         # source rows no model scored, left out of the trend (`marketpulse score` finishes it)
         "source_rows": result.source_rows,
         "unscored_rows": result.unscored_rows,
@@ -79,6 +80,8 @@ def format_report(result, max_flagged: int = 20) -> str:
             f"left out: {result.null_time_rows:,} scored rows with a NULL "
             f"{result.time_col or 'time column'}"
         )
+    if result.sparse_note:
+        lines.append(f"warning: {result.sparse_note}")
     if result.skipped_rows:
         lines.append(
             f"left out: {result.skipped_rows:,} rows the scorer skipped without a label "

@@ -102,6 +102,7 @@ class TrendsResult:
     drivers: list[dict[str, Any]] = field(default_factory=list, repr=False)
     null_time_rows: int = 0  # scored rows left out because their time column is NULL
     skipped_rows: int = 0  # rows the scorer skipped (no label: empty text, ...): left out
+    sparse_note: str = ""  # set when most buckets of the grid are empty (a stray time?)
     time_col: str = ""
     source_rows: int = 0  # rows of the source
     unscored_rows: int = 0  # of those, rows no model scored: left out of the trend
@@ -150,6 +151,9 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 note = _unscored_note(cfg, source_rows, unscored)
                 print(f"trends: warning: {note}", file=sys.stderr)
             _write_trend_table(con, cfg, table, view, labels, positive, negative)
+            sparse = _sparse_note(con, cfg, table)
+            if sparse:  # before the forecasts, which take long on such a grid
+                print(f"trends: warning: {sparse}", file=sys.stderr)
             f_table, b_table, skill = _forecasts(con, cfg, table, dependents)
             result = _collect(con, cfg, table, view, labels, positive, negative)
             result = replace(
@@ -159,6 +163,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 skill=skill,
                 null_time_rows=null_times,
                 skipped_rows=skipped,
+                sparse_note=sparse,
                 time_col=cfg.time_col,
                 source_rows=source_rows,
                 unscored_rows=unscored,
@@ -577,6 +582,34 @@ def _check_collisions(by: tuple[str, ...], labels: list[str]) -> None:
                 f"--by names column {col!r} twice (names ignore case); pass each column once"
             )
         seen.add(col.lower())
+
+
+# The grid runs from the first bucket with rows to the last, for every group. A grid of
+# more than SPARSE_MIN_BUCKETS buckets of which fewer than 1 in SPARSE_RATIO has rows is
+# reported: one stray time (1970-01-01 from a default) made 20,512 daily buckets for 425
+# days of posts, and the forecasts took minutes.
+SPARSE_MIN_BUCKETS = 200
+SPARSE_RATIO = 10
+
+
+def _sparse_note(con, cfg: TrendsConfig, table: str) -> str:
+    """One line when the trend's bucket grid is mostly empty, naming its first buckets."""
+    t = quote_ident(table)
+    total, filled = con.execute(
+        f"SELECT count(DISTINCT bucket), count(DISTINCT bucket) FILTER (WHERE volume > 0) FROM {t}"
+    ).fetchone()
+    if total <= SPARSE_MIN_BUCKETS or filled * SPARSE_RATIO >= total:
+        return ""
+    first = con.execute(
+        f"SELECT bucket, sum(volume) FROM {t} WHERE volume > 0 GROUP BY bucket "
+        "ORDER BY bucket LIMIT 2"
+    ).fetchall()
+    earliest = ", then ".join(f"{n:,} row(s) in {b}" for b, n in first)
+    return (
+        f"{table} spans {total:,} {cfg.grain} buckets but only {filled:,} have rows "
+        f"(earliest: {earliest}): a stray {cfg.time_col!r} (a default date?) stretches every "
+        f"series; pass as --source a view that filters {cfg.time_col!r} to the span you mean"
+    )
 
 
 def _collect(con, cfg, table, view, labels, positive, negative) -> TrendsResult:
