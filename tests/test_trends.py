@@ -171,6 +171,12 @@ def test_latest_view_uses_newest_registered_model_after_rescore(db):
     assert rows[("A", 1)]["net_index"] == -1.0
     assert rows[("B", 5)]["net_index"] == pytest.approx(1 / 3)
     assert result.latest_view == "latest_scores"
+    # two models behind the trend: named with their rows and span, in case one took over
+    n_a = len(ids)
+    assert result.models_note.startswith("the scores come from 2 model versions (")
+    assert f"a-newer: {n_a:,} rows, 2024-01-" in result.models_note
+    assert f"v1: {n_posts - n_a:,} rows, 2024-01-" in result.models_note
+    assert f"note: {result.models_note}" in format_report(result)
 
 
 def test_a_mix_of_label_schemes_is_refused_and_one_scheme_is_not(db):

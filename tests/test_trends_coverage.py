@@ -185,6 +185,7 @@ def test_a_fully_scored_source_says_nothing(db, capsys):
     assert "left out" not in format_report(result)
     assert summary(result)["unscored_share"] == 0
     assert result.skipped_rows == 0
+    assert result.models_note == "" and summary(result)["models_note"] is None
 
 
 def test_cli_json_and_report_carry_the_unscored_rows(db):

@@ -26,6 +26,7 @@ def summary(result) -> dict[str, Any]:
         "null_time_rows": result.null_time_rows,
         "skipped_rows": result.skipped_rows,  # scored without a label (empty text, ...)
         "sparse_note": result.sparse_note or None,  # most buckets empty: a stray time?
+        "models_note": result.models_note or None,  # several model versions behind it
         # source rows no model scored, left out of the trend (`marketpulse score` finishes it)
         "source_rows": result.source_rows,
         "unscored_rows": result.unscored_rows,
@@ -80,6 +81,8 @@ def format_report(result, max_flagged: int = 20) -> str:
             f"left out: {result.null_time_rows:,} scored rows with a NULL "
             f"{result.time_col or 'time column'}"
         )
+    if result.models_note:
+        lines.append(f"note: {result.models_note}")
     if result.sparse_note:
         lines.append(f"warning: {result.sparse_note}")
     if result.skipped_rows:

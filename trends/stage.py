@@ -103,6 +103,7 @@ class TrendsResult:
     null_time_rows: int = 0  # scored rows left out because their time column is NULL
     skipped_rows: int = 0  # rows the scorer skipped (no label: empty text, ...): left out
     sparse_note: str = ""  # set when most buckets of the grid are empty (a stray time?)
+    models_note: str = ""  # set when the latest scores come from several model versions
     time_col: str = ""
     source_rows: int = 0  # rows of the source
     unscored_rows: int = 0  # of those, rows no model scored: left out of the trend
@@ -151,6 +152,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 note = _unscored_note(cfg, source_rows, unscored)
                 print(f"trends: warning: {note}", file=sys.stderr)
             _write_trend_table(con, cfg, table, view, labels, positive, negative)
+            mixed = _models_note(con, cfg, view) if len(models) > 1 else ""
             sparse = _sparse_note(con, cfg, table)
             if sparse:  # before the forecasts, which take long on such a grid
                 print(f"trends: warning: {sparse}", file=sys.stderr)
@@ -164,6 +166,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 null_time_rows=null_times,
                 skipped_rows=skipped,
                 sparse_note=sparse,
+                models_note=mixed,
                 time_col=cfg.time_col,
                 source_rows=source_rows,
                 unscored_rows=unscored,
@@ -609,6 +612,27 @@ def _sparse_note(con, cfg: TrendsConfig, table: str) -> str:
         f"{table} spans {total:,} {cfg.grain} buckets but only {filled:,} have rows "
         f"(earliest: {earliest}): a stray {cfg.time_col!r} (a default date?) stretches every "
         f"series; pass as --source a view that filters {cfg.time_col!r} to the span you mean"
+    )
+
+
+def _models_note(con, cfg: TrendsConfig, view: str) -> str:
+    """One line naming the model versions behind the latest scores and the span of time
+    each scored: where one takes over, a shift may be the model's, not the market's."""
+    t = f"src.{quote_ident(cfg.time_col)}"
+    rows = con.execute(
+        f"SELECT ls.model_version, count(*), min({t}), max({t}) "
+        f"FROM {quote_table(cfg.source)} AS src "
+        f"JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)} "
+        f"WHERE ls.label IS NOT NULL AND {t} IS NOT NULL GROUP BY 1 ORDER BY 3, 1"
+    ).fetchall()
+    spans = "; ".join(
+        f"{version[:12]}: {n:,} rows, {str(low)[:10]} to {str(high)[:10]}"
+        for version, n, low, high in rows
+    )
+    return (
+        f"the scores come from {len(rows)} model versions ({spans}); a shift where one "
+        "takes over may be the model's, not the market's: rescore the source with one "
+        "model to compare like with like"
     )
 
 
