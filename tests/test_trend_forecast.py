@@ -309,3 +309,21 @@ def test_unknown_figures_are_none_so_the_json_summary_is_valid(weekly_db):
     assert "the 95% band not measured yet (needs 19 past errors)" in format_report(result)
     unknown = {**result.skill, "mae_ratio_naive": None, "coverage_80": None}
     assert "nan" not in skill_line(unknown)
+
+
+def test_coverage_says_how_many_checks_it_rests_on_and_flags_too_few(weekly_db):
+    """With one band check per series, each series' coverage is 0% or 100%: the pooled
+    rate over a handful of them is reported as too few to judge."""
+    result = run(_cfg(weekly_db, horizon=4))
+    checks = result.skill["coverage_checks"]
+    with duckdb.connect(str(weekly_db), read_only=True) as con:
+        (want,) = con.execute(
+            f"SELECT sum(coverage_points) FROM {result.backtest_table} "
+            "WHERE model = 'auto' AND coverage_80 IS NOT NULL"
+        ).fetchone()
+    assert checks == want > 0
+    line = skill_line(result.skill)
+    assert f"out of sample on {checks:,} check(s)" in line
+    assert ("too few to judge the bands" in line) == (checks < 20)
+    few = skill_line({**result.skill, "coverage_checks": 3})
+    assert "on 3 check(s), too few to judge the bands (fewer than 20)" in few

@@ -64,6 +64,9 @@ MIN_SCORED = MIN_ORIGINS
 ARIMA_MAX_SERIES = 20
 CONFORMAL_WINDOW = 20  # most recent errors a band is calibrated on
 MIN_ERRORS = 10  # past errors needed before a conformal band (and its coverage) counts
+# Band checks (backtest targets) below which the pooled coverage is flagged as too few to
+# judge: with 20 checks a band that truly covers 80% reads anywhere from about 62% to 98%.
+MIN_COVERAGE_CHECKS = 20
 AUTO = "auto"
 SHORT = "WindowAverage (short series)"
 WINDOW = "WindowAverage"
@@ -429,6 +432,9 @@ def _skill(backtest: pd.DataFrame, n_series: int, window: int) -> dict:
         "mae_ratio_naive": float(ratio.median()) if len(ratio) else None,
         "coverage_80": _pooled(auto_rows, "coverage_80"),
         "coverage_95": _pooled(auto_rows, "coverage_95"),
+        "coverage_checks": int(
+            auto_rows.loc[auto_rows["coverage_80"].notna(), "coverage_points"].sum()
+        ),
     }
 
 
@@ -490,7 +496,12 @@ def _bands(skill: dict) -> str:
     if not known:
         return f"band coverage not measured yet (needs {MIN_ERRORS} past errors before an origin)"
     rates = " and ".join(f"{rate:.0%} ({lv}%)" for lv, rate in known.items())
+    checks = skill.get("coverage_checks")
     out = f"bands covered {rates} out of sample"
+    if checks is not None:
+        out += f" on {checks:,} check(s)"
+        if checks < MIN_COVERAGE_CHECKS:  # one check per series: 0% or 100% each
+            out += f", too few to judge the bands (fewer than {MIN_COVERAGE_CHECKS})"
     for lv in sorted(set(LEVELS) - set(known)):
         out += f"; the {lv}% band not measured yet (needs {_errors_needed(lv)} past errors)"
     return out
