@@ -327,3 +327,17 @@ def test_coverage_says_how_many_checks_it_rests_on_and_flags_too_few(weekly_db):
     assert ("too few to judge the bands" in line) == (checks < 20)
     few = skill_line({**result.skill, "coverage_checks": 3})
     assert "on 3 check(s), too few to judge the bands (fewer than 20)" in few
+
+
+def test_too_few_scored_origins_ship_the_window_average():
+    """Most buckets empty: fewer than MIN_SCORED one-step targets have rows, so no MAE in
+    the backtest table could justify a model; the window average ships."""
+    rng = np.random.default_rng(5)
+    y = np.full(40, np.nan)
+    y[::6] = rng.normal(0.2, 0.3, size=len(y[::6]))  # 7 buckets with rows
+    result = forecast_series({"s": y}, None, 4, 4)
+    assert set(result.future["model"]) == {"WindowAverage"}
+    chosen = result.backtest[result.backtest["chosen"]]
+    assert set(chosen["model"]) == {"WindowAverage"}
+    one = result.backtest[(result.backtest["step"] == 1) & (result.backtest["model"] != "auto")]
+    assert one["mae"].isna().all()  # nothing the table shows could have chosen otherwise
