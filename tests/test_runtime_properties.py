@@ -17,6 +17,7 @@ from test_runtime_support import make_source, spread_bundle
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import ScoreConfig, score
 from marketpulse.runtime.runs import checked_run
+from marketpulse.text import is_blank
 
 SETTINGS = settings(
     max_examples=25,
@@ -123,7 +124,7 @@ def test_any_texts_are_each_scored_or_skipped_exactly_once(tmp_path_factory, bun
     con.execute("CREATE TABLE posts AS SELECT * FROM rows")
     con.close()
     stats = score(config(db, bundle))
-    blank = sum(t is None or not t.strip() for t in texts)
+    blank = sum(t is None or is_blank(t) for t in texts)
     assert (stats.rows_scored, stats.rows_skipped) == (len(texts) - blank, blank)
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT count(*), count(DISTINCT id), count(label) FROM scores").fetchone()
@@ -219,8 +220,9 @@ def test_a_results_name_taken_by_something_else_is_refused_before_any_query(
     )
 )
 def test_any_texts_get_the_reasons_python_gives_and_repeats_share_a_token_row(texts):
-    """Arrow finds NULL and blank texts as `t is None` / `not t.strip()` would, and
-    the rows to score map onto their distinct texts."""
+    """Arrow finds NULL and blank texts as `t is None` / `is_blank(t)` would (the
+    definition's own test is in test_blank_text.py), and the rows to score map onto
+    their distinct texts."""
     from types import SimpleNamespace
 
     from marketpulse.runtime.windows import tokenize_window
@@ -228,7 +230,7 @@ def test_any_texts_get_the_reasons_python_gives_and_repeats_share_a_token_row(te
     encoded = []
     fake = SimpleNamespace(encoder=SimpleNamespace(encode=lambda t: encoded.append(t) or t))
     window = tokenize_window(pa.array(range(len(texts))), pa.array(texts, pa.string()), fake)
-    want = ["null_text" if t is None else "empty_text" if not t.strip() else None for t in texts]
+    want = ["null_text" if t is None else "empty_text" if is_blank(t) else None for t in texts]
     assert [("null_text", "empty_text")[r - 1] if r else None for r in window.reasons] == want
     assert window.valid.tolist() == [i for i, r in enumerate(want) if r is None]
     distinct = encoded[0].to_pylist()
