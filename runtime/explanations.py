@@ -191,6 +191,11 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         raise MarketpulseError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.variant is not None:
         registry.get(cfg.variant)  # an unknown name: say so before anything runs
+    if cfg.results_db is not None and not Path(cfg.results_db).is_file():
+        raise MarketpulseError(
+            f"--results-db {cfg.results_db} not found; pass the file `marketpulse score "
+            "--results-db` wrote the scores to (leave it out when they are in --db)"
+        )
     privacy.find("")  # the masking extra is missing: say so before any inference runs
     bundle = load_bundle(Path(cfg.bundle))
     db = Database(Path(cfg.db), None, cfg.memory_limit, cfg.lock_timeout, DEFAULT_STORAGE_VERSION)

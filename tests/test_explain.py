@@ -264,6 +264,18 @@ def test_a_view_that_fails_when_read_is_one_line_and_nothing_is_written(bundle, 
     ]
 
 
+def test_a_missing_results_db_is_refused_not_ignored(bundle, tmp_path):
+    """It was skipped silently, and every row explained by the device's default graph."""
+    from marketpulse.errors import MarketpulseError
+
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts AS SELECT 1 AS id, 'shares rally' AS text")
+    with pytest.raises(MarketpulseError, match=r"--results-db .*nope.duckdb not found; pass"):
+        _explain_rows(bundle, db, "posts", results_db=tmp_path / "nope.duckdb")
+    assert _rows(db, "SELECT table_name FROM information_schema.tables") == [("posts",)]
+
+
 def test_a_row_is_explained_by_the_graph_that_scored_it(bundle, tmp_path):
     """Scored by int8 (forced), explained by int8 with the label it has; rows without a
     score by the CPU preference; --variant names one graph for all."""
