@@ -110,6 +110,12 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
             if choice.detail:
                 run.progress.log(choice.detail)
             run.progress.log(predictor.describe())
+            if threads > available_cores():
+                run.progress.log(
+                    f"warning: --threads {threads} is more than the {available_cores()} "
+                    "core(s) this process may use; oversubscribed cores score slower (leave "
+                    "--threads out to use one per core)"
+                )
             compared = predictor.variant != registry.REFERENCE  # fp32 has nothing to compare
             canary = run_canary.Canary(cfg.canary_rows if compared else 0)
             _stream(run, predictor, canary)

@@ -455,3 +455,14 @@ def test_column_names_match_in_any_letter_case_as_duckdb_does(tmp_path, bundle):
         main, [*args[:-4], "--id-col", "ID", "--text-col", "id", "--bundle", str(bundle.path)]
     )
     assert same.exit_code == 1 and "name the same column" in same.output
+
+
+def test_more_threads_than_cores_is_warned_about(source, bundle):
+    from marketpulse.cpu import available_cores
+
+    db, _ = source
+    result = run_cli(db, bundle.path, "--variant", "fp32", "--limit", "5", "--threads", "999")
+    assert result.exit_code == 0, result.output
+    assert f"warning: --threads 999 is more than the {available_cores()} core(s)" in result.output
+    quiet = run_cli(db, bundle.path, "--variant", "fp32", "--limit", "5", "--threads", "1")
+    assert "warning: --threads" not in quiet.output
