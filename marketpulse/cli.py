@@ -32,6 +32,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MarketpulseError as exc:
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:  # Ctrl-C outside `score` (which stops gracefully itself)
+            click.echo("marketpulse: interrupted", err=True)
+            ctx.exit(130)  # the shell's convention, as `score` exits: 128 + SIGINT
         except Exception as exc:
             if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
                 raise

@@ -74,3 +74,18 @@ def test_json_refuses_two_columns_of_one_name_and_csv_writes_what_duckdb_would(t
     csv = CliRunner().invoke(main, ["sql", sql, "--db", str(db), "--csv"])
     assert csv.exit_code == 0, csv.output
     assert csv.output.splitlines() == ["b,l,s,t", 'true,"[1, 2]","{""a"": ""q""}",x']
+
+
+def test_ctrl_c_exits_130_as_score_does(tmp_path, monkeypatch):
+    """Click's default was `Aborted!` and exit code 1, which a scheduler reads as a failure."""
+    from marketpulse import query
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(query, "run_queries", interrupted)
+    db = tmp_path / "m.duckdb"
+    duckdb.connect(str(db)).close()
+    result = CliRunner().invoke(main, ["sql", "SELECT 1", "--db", str(db)])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "Aborted" not in result.output
