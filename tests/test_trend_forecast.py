@@ -341,3 +341,18 @@ def test_too_few_scored_origins_ship_the_window_average():
     assert set(chosen["model"]) == {"WindowAverage"}
     one = result.backtest[(result.backtest["step"] == 1) & (result.backtest["model"] != "auto")]
     assert one["mae"].isna().all()  # nothing the table shows could have chosen otherwise
+
+
+def test_the_scored_origins_counted_are_the_backtest_tables_own():
+    """The one-step history has horizon - 1 origins more than the table's step-1 rows: 10
+    scored there while the table showed 9 (and no MAE) shipped a model (review finding)."""
+    from marketpulse.trends.forecast import min_points
+
+    n = min_points(4)
+    rng = np.random.default_rng(0)
+    y = np.linspace(-0.8, 0.8, n) + rng.normal(0, 0.05, n)
+    y[n - 4 - 10 + 1] = np.nan
+    result = forecast_series({"s": y}, None, 4, 4)
+    one = result.backtest[(result.backtest["step"] == 1) & (result.backtest["model"] != "auto")]
+    assert one["mae"].isna().all() and (one["points"] == 9).all()
+    assert set(result.future["model"]) == {"WindowAverage"}

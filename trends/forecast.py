@@ -245,11 +245,14 @@ def _one_series(uid, y, filled, models, one, many, origins: int, horizon: int):
     eligible = [m for m in names if np.isfinite(cv1[m].to_numpy(float)).all()]
     default = WINDOW if WINDOW in eligible else NAIVE
     online = _online_choice(errors1, eligible, default)
-    # shipped only on as many scored origins as an MAE needs to count (MIN_SCORED): on
-    # fewer, the backtest table shows no MAE to justify it, and the default ships
-    scored = int(np.isfinite(np.vstack([errors1[m] for m in eligible])).all(axis=0).sum())
-    best = _pick(errors1, eligible, len(cv1), default) if scored >= MIN_SCORED else default
     cvh = many[many["unique_id"] == uid]
+    # shipped only when the backtest table's step-1 rows (cvh's origins, fewer than
+    # cv1's) have as many scored origins as an MAE needs (MIN_SCORED): on fewer, no MAE
+    # in the table justifies a choice, and the default ships
+    step1 = cvh[cvh["step"] == 1]
+    scored = np.isfinite(np.vstack([_errors(step1, m, observed) for m in eligible]))
+    enough = int(scored.all(axis=0).sum()) >= MIN_SCORED
+    best = _pick(errors1, eligible, len(cv1), default) if enough else default
     scale = _naive_scale(y, filled, first)
     forecast = _ship(models[names.index(best)], filled, first, horizon)
     return (
