@@ -55,9 +55,10 @@ def table_kind(con, name: str) -> str | None:
     parts = split_table(name)
     catalog, schema = ([None] * (3 - len(parts)) + parts)[:2]
     row = con.execute(
-        "SELECT table_type FROM information_schema.tables WHERE table_catalog = "
-        "coalesce(?, current_database()) AND table_schema = coalesce(?, current_schema()) "
-        "AND table_name = ?",
+        # names resolve in any letter case, as DuckDB's binder resolves them
+        "SELECT table_type FROM information_schema.tables WHERE lower(table_catalog) = "
+        "lower(coalesce(?, current_database())) AND lower(table_schema) = "
+        "lower(coalesce(?, current_schema())) AND lower(table_name) = lower(?)",
         [catalog, schema, parts[-1]],
     ).fetchone()
     return row[0] if row else None

@@ -347,6 +347,8 @@ def test_scores_of_another_table_are_refused_before_anything_is_written(db):
     _recorded_source(db, "posts_2023")
     with pytest.raises(MarketpulseError, match="holds the scores of table posts_2023") as exc:
         run(_cfg(db))
+    with pytest.raises(MarketpulseError, match="holds the scores of table posts_2023"):
+        run(_cfg(db, source="POSTS"))  # the table in another letter case is the table
     assert "--results-table posts_scores" in str(exc.value)
     assert "trend_posts_day" not in _objects(db)
     _recorded_source(db, "posts", source_db=db.parent / "other.duckdb")
