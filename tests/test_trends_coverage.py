@@ -479,3 +479,16 @@ def test_one_flag_naming_the_other_sides_default_is_refused(labels, positive, ne
 
     with pytest.raises(MarketpulseError, match="would both be .* an index of 0 everywhere"):
         pick_labels([("v1", labels, 10)], positive, negative)
+
+
+def test_suggested_commands_survive_a_shell_and_name_a_valid_table(tmp_path):
+    """`--table "Market Posts"` pasted raw lost its quotes in the shell, and the suggested
+    results table `Market Posts_scores` was one score refuses (review finding)."""
+    from marketpulse.runtime.results import check_results_table_name
+    from marketpulse.trends.stage import _score_command
+
+    cfg = trends_config(tmp_path / "my db.duckdb", source='"Market Posts"')
+    command = _score_command(cfg, "market_posts_scores")
+    assert f"--db '{tmp_path}/my db.duckdb' --table '\"Market Posts\"'" in command
+    assert command.endswith(" --results-table market_posts_scores ...")
+    check_results_table_name("market_posts_scores")  # what the refusal suggests

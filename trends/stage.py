@@ -14,6 +14,7 @@ pyarrow only; matplotlib is imported by `plot.py` when a picture is asked for.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -421,7 +422,7 @@ def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: li
         con, res, db=Path(cfg.db), source=cfg.source, scores_table=cfg.scores_table
     )
     if others:
-        own = f"{split_table(cfg.source)[-1]}_scores"
+        own = f"{sanitize(split_table(cfg.source)[-1])}_scores"  # a name without quotes
         raise MarketpulseError(
             f"{cfg.scores_table!r} holds the scores of table {others[0]} (its runs say so), "
             f"not of {cfg.source!r} of {cfg.db}, and scores are matched to rows by id alone; "
@@ -552,10 +553,11 @@ def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
 def _score_command(cfg: TrendsConfig, results_table: str | None = None) -> str:
     """The `marketpulse score` command that scores this source into the results trends
     read (or into `results_table`)."""
-    where = f" --results-db {cfg.results_db}" if cfg.results_db is not None else ""
+    q = shlex.quote  # pasted into a shell: '"Market Posts"' keeps its quotes
+    where = f" --results-db {q(str(cfg.results_db))}" if cfg.results_db is not None else ""
     results_table = results_table or cfg.scores_table
-    table = f" --results-table {results_table}" if results_table != SCORES else ""
-    return f"marketpulse score --db {cfg.db} --table {cfg.source}{where}{table} ..."
+    table = f" --results-table {q(results_table)}" if results_table != SCORES else ""
+    return f"marketpulse score --db {q(str(cfg.db))} --table {q(cfg.source)}{where}{table} ..."
 
 
 def _unscored_note(cfg: TrendsConfig, source_rows: int, unscored: int) -> str:
