@@ -213,7 +213,7 @@ def run(cfg: ExportConfig) -> Bundle:
         manifest = base_manifest(cfg, trained, max_length, graphs)
         if calibrates:
             manifest["calibration_texts"] = calibrated_on
-            manifest["calibration_rows"] = len(calibration_texts)
+            manifest["calibration_rows"] = len(calibration.used())  # non-blank, capped
         publishable(staging)  # mkdtemp made it private; a bundle is read by other users
         return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
     finally:
