@@ -627,6 +627,8 @@ def _models_note(con, cfg: TrendsConfig, view: str) -> str:
         f"JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)} "
         f"WHERE ls.label IS NOT NULL AND {t} IS NOT NULL GROUP BY 1 ORDER BY 3, 1"
     ).fetchall()
+    if len(rows) < 2:  # the other versions' rows were all skipped or without a time
+        return ""
     spans = "; ".join(
         f"{version[:12]}: {n:,} rows, {str(low)[:10]} to {str(high)[:10]}"
         for version, n, low, high in rows
