@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -289,9 +290,10 @@ def owned_folder(parent: Path, prefix: str, making_prefix: str) -> Iterator[Path
             import fcntl
 
             fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody holds it
-        except ImportError:  # not POSIX: nothing is removed by a later run either
-            pass
-        owner.write(f"{os.getpid()}\n")  # for whoever looks; the lock is the proof
+        except (ImportError, OSError):  # not POSIX, or a filesystem without flock: the
+            pass  # lock is free to whoever looks, and our folder may be swept; ours is new
+        # the host: a flock on a network filesystem may be visible on this host only
+        owner.write(f"{os.getpid()} {socket.gethostname()}\n")
         owner.flush()
         making.rename(path)
         yield path
@@ -310,8 +312,9 @@ def remove_dead_folders(
 
     A folder whose `owner.lock` can be locked belongs to a dead process (a killed one
     releases its locks with its file descriptors); one whose lock is held is alive and
-    kept. `without_lock(folder)` says whether a folder without a lock file is dead
-    (default: it cannot be told; kept).
+    kept. Only this host's folders are judged: on a shared (network) folder another
+    host's lock may not be visible here, so its folders are kept. `without_lock(folder)`
+    says whether a folder without a lock file is dead (default: it cannot be told; kept).
     """
     try:
         import fcntl
@@ -332,6 +335,10 @@ def remove_dead_folders(
             continue
         except OSError:  # another user's folder, say
             continue
+        if not _made_here(fd):
+            os.close(fd)
+            kept += 1
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # held: its run is alive
@@ -343,3 +350,13 @@ def remove_dead_folders(
             os.close(fd)
         removed += not folder.exists()
     return removed, kept
+
+
+def _made_here(fd: int) -> bool:
+    """Whether the `owner.lock` open at `fd` names this host (one without a host, from
+    before hosts were written, counts as this host's)."""
+    try:
+        words = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return False
+    return len(words) < 2 or words[1] == socket.gethostname()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,7 @@ def test_a_killed_runs_staging_folder_is_removed_and_a_live_runs_kept(tiny_bundl
         assert not left.exists()
         assert staging_folders(tmp_path) == [live]  # and this run removed its own
         assert (live / "pending-00000.parquet").is_file() and (live / STAGE_OWNER).is_file()
-        assert (live / STAGE_OWNER).read_text() == f"{os.getpid()}\n"
+        assert (live / STAGE_OWNER).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
     assert staging_folders(tmp_path) == []
     with duckdb.connect(str(db), read_only=True) as con:
         runs = con.execute("SELECT status FROM runs ORDER BY started_at").fetchall()
@@ -177,3 +178,19 @@ def test_the_sweep_leaves_a_folder_whose_owner_is_alive_in_this_process(tmp_path
             assert mine.remove_stale_staging() == (0, 0)
         assert live.is_dir()
     assert not live.exists() and staging_folders(tmp_path) == []
+
+
+def test_only_this_hosts_dead_folders_are_swept(tmp_path):
+    """On a shared folder another host's flock may not show here: its folders are kept."""
+    from marketpulse.runtime.database import STAGE_OWNER, remove_dead_folders
+
+    for name, owner in (
+        ("x-here", socket.gethostname()),
+        ("x-there", "other-host"),
+        ("x-old", None),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / STAGE_OWNER).write_text(f"123 {owner}\n" if owner else "123\n")
+    assert remove_dead_folders(tmp_path, "x-") == (2, 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["x-there"]
