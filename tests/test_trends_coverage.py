@@ -492,3 +492,19 @@ def test_suggested_commands_survive_a_shell_and_name_a_valid_table(tmp_path):
     assert f"--db '{tmp_path}/my db.duckdb' --table '\"Market Posts\"'" in command
     assert command.endswith(" --results-table market_posts_scores ...")
     check_results_table_name("market_posts_scores")  # what the refusal suggests
+
+
+def test_a_killed_runs_scratch_tables_are_swept_by_the_next_run(db, tmp_path, monkeypatch):
+    """The scratch file holds drivers' words from the texts; a kill -9 left it in /tmp."""
+    import tempfile
+
+    from marketpulse.runtime.database import STAGE_OWNER
+    from marketpulse.trends.stage import SCRATCH_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{SCRATCH_PREFIX}dead"
+    dead.mkdir()
+    (dead / "work.duckdb").write_bytes(b"words of the texts")
+    (dead / STAGE_OWNER).write_text("123\n")
+    run(_cfg(db))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(SCRATCH_PREFIX)] == []

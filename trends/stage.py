@@ -26,6 +26,7 @@ import duckdb
 
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.results_schema import MODELS, RUNS, SCORES, sanitize
+from marketpulse.runtime.database import owned_folder, remove_dead_folders
 from marketpulse.sql import (
     connect,
     quote_ident,
@@ -44,8 +45,11 @@ from marketpulse.trends.labels import (
 
 TIME_TYPES = ("DATE", "TIMESTAMP", "VARCHAR")  # VARCHAR: ISO-8601 text, cast at its UTC instant
 TIME_KINDS = "DATE, TIMESTAMP, TIMESTAMPTZ or ISO-8601 text"  # what --time-col takes, for messages
-# The scratch database trends computes its tables in (attached under this name).
+# The scratch database trends computes its tables in (attached under this name), in a
+# temp folder that holds a flocked owner.lock, so a killed run's is swept by the next.
 WORK = "marketpulse_trends_work"
+SCRATCH_PREFIX = "marketpulse-trends-"
+SCRATCH_MAKING_PREFIX = ".marketpulse-trends-making-"
 # scores.id joins a source id of the same family; across families DuckDB casts every value
 # (text to a number) and fails on the first that does not convert
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
@@ -125,7 +129,9 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     # Computed on a read-only connection (readers keep reading meanwhile), into a scratch
     # file; then the tables are copied into --db in one short transaction (`_publish`).
     con = connect(cfg.db, read_only=True, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
-    with tempfile.TemporaryDirectory(prefix="marketpulse-trends-") as scratch:
+    temp = Path(tempfile.gettempdir())
+    remove_dead_folders(temp, SCRATCH_PREFIX)  # a killed run's tables, drivers' words too
+    with owned_folder(temp, SCRATCH_PREFIX, SCRATCH_MAKING_PREFIX) as scratch:
         work = Path(scratch) / "work.duckdb"
         try:
             # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
