@@ -107,6 +107,10 @@ def test_short_series_forecast_the_window_average(db):
     ]
     assert {m for *_, m, _ in ahead} == {"WindowAverage (short series)"}
     assert "skill is unknown" in format_report(result)
+    con = duckdb.connect(str(db), read_only=True)
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE forecast_backtest_posts_day)").fetchall())  # fmt: skip
+    con.close()
+    assert (types["model"], types["chosen"]) == ("VARCHAR", "BOOLEAN")  # empty, still typed
 
 
 def test_threshold_and_window_are_respected(db):

@@ -79,7 +79,9 @@ def write_forecasts(
     backtest = backtest.assign(_gid=backtest["unique_id"].astype(int)).drop(columns="unique_id")
     con.register("_backtest", backtest)
     con.execute(
-        f"CREATE OR REPLACE TABLE {quote_ident(backtest_table)} AS SELECT {k_cols}b.model, "
+        # CAST: an empty frame's object column would otherwise make a NULL-typed column
+        f"CREATE OR REPLACE TABLE {quote_ident(backtest_table)} AS SELECT {k_cols}"
+        "CAST(b.model AS VARCHAR) AS model, "
         "CAST(b.step AS INTEGER) AS step, b.mae, b.mase, b.coverage_80, b.coverage_95, "
         "CAST(b.points AS INTEGER) AS points, CAST(b.coverage_points AS INTEGER) AS "
         "coverage_points, b.chosen "
