@@ -203,8 +203,9 @@ def test_label_map_without_domains_keeps_the_single_report(trained_checkpoint, d
         (["--domain", "x=/nonexistent/x.csv"], "domain 'x': input file /nonexistent/x.csv not"),
         (
             ["--domain", REVIEWS_SQL],  # the fix for a model's labels is a map, not --label-names
-            "domain 'reviews': label 'meh' in column 'tag' is not one of the model's labels "
-            "(bearish, bullish, neutral); map it with --label-map meh=LABEL",
+            "domain 'reviews': labels meh, negative, positive in column 'tag' are not among "
+            "the model's labels (bearish, bullish, neutral); map them onto the model's with "
+            "--label-map meh=LABEL, or leave those rows out with a filtering --query",
         ),
         (["--label-map", "positive"], "--label-map 'positive' is not [DOMAIN:]FROM=TO"),
         (["--label-map", "other:a=b"], "--label-map names domain 'other'"),

@@ -220,7 +220,10 @@ def _load_rows(
     except UnknownLabel as exc:
         if source.label_names is not None:  # the user's --label-names: train's advice fits
             raise
-        raise _unknown_label(exc.label, exc.column, exc.names) from None
+        # every label the model lacks, named once, with both fixes (map or filter)
+        as_read = load_labeled(source, flags)
+        unknown = sorted(set(as_read.labels) - set(labels)) or [exc.label]
+        raise _not_the_models(unknown, as_read, exc.column, labels) from None
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
