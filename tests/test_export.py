@@ -421,7 +421,7 @@ def test_int8_calibrates_on_the_validation_split_not_the_gated_test_split(
     )
     assert bundle.manifest["checks"]["texts"] == "test_split.parquet (6 rows)"
     assert bundle.manifest["calibration_texts"] == (
-        "validation_split.parquet (10 rows, disjoint from the gated texts)"
+        "validation_split.parquet (9 of its 10 rows, disjoint from the gated texts)"
     )
     calibration = bundle.manifest["variants"]["int8"]["quantization"]["calibration"]
     assert calibration["rows"] == 9  # the blank one is skipped

@@ -55,7 +55,7 @@ def test_too_few_check_texts_calibrate_on_the_validation_split_and_all_are_gated
     trained = _checkpoint(tmp_path / "ckpt", VALIDATION)
     texts, calibrated_on, gated = calibration_source(trained, TEST_TEXTS, sample)
     assert texts == VALIDATION
-    assert calibrated_on == "validation_split.parquet (40 rows, disjoint from the gated texts)"
+    assert calibrated_on == "validation_split.parquet (40 of its 40 rows, disjoint from the gated texts)"
     assert gated.texts == sample.texts + sample.calibration  # all three, in sample order
     assert gated.calibration == [] and gated.provenance()["calibration_rows"] == 0
     assert gated.provenance()["rows"] == 3
@@ -98,7 +98,7 @@ def test_without_a_validation_split_a_small_calibration_set_is_a_warning(tmp_pat
     err = capsys.readouterr().err
     assert "int8 calibrates on 1 further sampled rows" in err
     warning = next(line for line in err.splitlines() if "warning" in line)
-    assert "int8 calibrates on only 1 texts" in warning
+    assert "int8 calibrates on only 1 text(s)" in warning
     assert "no validation_split.parquet" in warning
     assert f"at least {2 * MIN_CALIBRATION_ROWS} usable texts" in warning
     # without check texts nothing changes: the validation split, or the gated texts
@@ -140,7 +140,7 @@ def test_export_with_three_check_texts_calibrates_on_the_validation_split(
     )
     manifest = bundle.manifest
     assert manifest["calibration_texts"] == (
-        "validation_split.parquet (40 rows, disjoint from the gated texts)"
+        "validation_split.parquet (40 of its 40 rows, disjoint from the gated texts)"
     )
     calibration = manifest["variants"]["int8"]["quantization"]["calibration"]
     assert calibration["rows"] == len(VALIDATION)
