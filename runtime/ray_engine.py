@@ -293,6 +293,11 @@ def score_with_ray(
     long (start-up included) fails with a one-line error instead of waiting forever.
     """
 
+    if ray_address is not None and ray_address.startswith("ray://"):
+        raise MarketpulseError(
+            f"--ray-address {ray_address}: Ray Client (ray://) is not supported; run the "
+            "command on a node of the cluster with --ray-address auto (or HEAD_IP:6379)"
+        )
     ray = require_ray()
     device = ray_device(cfg.device, gpus_per_worker)
     if timeout_s <= 0:

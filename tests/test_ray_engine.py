@@ -137,6 +137,14 @@ def test_a_missing_stage_dir_is_refused_before_anything_is_written(tmp_path):
     assert not db.exists()
 
 
+def test_ray_client_addresses_are_refused_before_anything_runs(tmp_path):
+    """It timed the graphs, then failed suggesting `pip install ray[client]`."""
+    db = tmp_path / "market.duckdb"
+    with pytest.raises(MarketpulseError, match=r"Ray Client \(ray://\) is not supported"):
+        score_with_ray(ScoreConfig(db, "posts", "id", "text", tmp_path), ray_address="ray://x:1")
+    assert not db.exists()
+
+
 def test_worker_pool_leaves_a_cpu_for_reading():
     assert plan_workers({"CPU": 2.0}, None, 0, 1) == 1
     assert plan_workers({"CPU": 16.0}, None, 0, 4) == 3
