@@ -76,7 +76,17 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
         if "agreement" in on_sample:
             detail += f"; check texts: agreement {on_sample['agreement']:.2%}"
         if verdicts.get(variant, {}).get("passed") is False:
-            detail += "; FAILED the gate, not chosen automatically"
+            # why: the macro-F1 drop or agreement the gate recorded for this graph
+            why = [
+                m
+                for m in checks.get("gate", {}).get("accuracy_drops", [])
+                if m.startswith(f"{variant} ")
+            ]
+            gate = checks.get("gate", {})
+            if not why and any(m.startswith(f"{variant} ") for m in gate.get("check_failures", [])):
+                why = [f"agreement on the check texts below {gate.get('min_agreement', 0.99):.2%}"]
+            because = f" ({'; '.join(why)})" if why else ""
+            detail += f"; FAILED the gate{because}, not chosen automatically"
         size = _size(bundle_dir / meta["file"])
         lines.append(f"  {variant:<5} {meta['file']:<16} {size:>9}  {detail}")
     libraries = manifest.get("libraries", {})

@@ -283,6 +283,14 @@ def test_allow_accuracy_drop_publishes_and_records_the_drop(tiny_checkpoint, tmp
     gate = bundle.manifest["checks"]["gate"]
     assert gate["allow_accuracy_drop"] is True
     assert gate["accuracy_drops"] and "int8" in gate["accuracy_drops"][0]
+    from marketpulse.export.summary import format_manifest
+
+    int8 = next(
+        line
+        for line in format_manifest(bundle.path, bundle.manifest).splitlines()
+        if line.startswith("  int8")
+    )
+    assert f"FAILED the gate ({gate['accuracy_drops'][0]}" in int8  # inspect says why
 
 
 def test_parity_failure_is_fatal_even_with_allow_accuracy_drop(tiny_checkpoint, tmp_path):
