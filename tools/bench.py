@@ -218,7 +218,7 @@ def run_marketpulse(
     default=3000,
     show_default=True,
     type=click.IntRange(min=64),
-    help="Rows all four alternatives score.",
+    help="Rows every alternative scores.",
 )
 @click.option("--scale-rows", default="", help="Bigger tables for (d) alone, e.g. 100000,1000000.")
 @click.option(
