@@ -392,7 +392,7 @@ def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int)
     # duplicates are skipped too (drop_duplicates), and are not "unusable": name each kind
     note = f" after skipping {skipped} rows ({count_phrase(rows.skipped)})" if skipped else ""
     present = {name: n for name, n in rows.counts.items() if n > 0}
-    if not present:
+    if not present and not rows.skipped.get("conflicting_label"):
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
             "pass a source with non-empty text and labels"
