@@ -144,7 +144,7 @@ def calibration_source(
         log(
             f"check texts: only {usable} usable in {sample.source}, too few to spare "
             f"{MIN_CALIBRATION_ROWS} for calibration; int8 calibrates on {VALIDATION_SPLIT} "
-            f"({len(validation[0])} rows) instead, and {which} gated ({sample.fingerprint})"
+            f"({used}) instead, and {which} gated ({sample.fingerprint})"
         )
         return validation[0], calibrated_on, sample
     if sample is None:

@@ -84,7 +84,7 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
             ]
             gate = checks.get("gate", {})
             if not why and any(m.startswith(f"{variant} ") for m in gate.get("check_failures", [])):
-                why = [f"agreement on the check texts below {gate.get('min_agreement', 0.99):.2%}"]
+                why = ["agreement on the check texts below the gate's minimum"]
             because = f" ({'; '.join(why)})" if why else ""
             detail += f"; FAILED the gate{because}, not chosen automatically"
         size = _size(bundle_dir / meta["file"])

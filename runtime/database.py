@@ -324,8 +324,8 @@ def remove_dead_folders(
     for folder in sorted(Path(parent).glob(prefix + "*")):
         if folder.is_symlink() or not folder.is_dir():
             continue
-        try:
-            fd = os.open(folder / STAGE_OWNER, os.O_RDONLY)
+        try:  # read-write: NFS emulates flock with byte-range locks, which need it
+            fd = _open_owner(folder / STAGE_OWNER)
         except FileNotFoundError:
             if without_lock is not None and without_lock(folder):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -335,9 +335,8 @@ def remove_dead_folders(
             continue
         except OSError:  # another user's folder, say
             continue
-        if not _made_here(fd):
+        if not _made_here(fd):  # judged by a run on its own host, not counted here
             os.close(fd)
-            kept += 1
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -360,3 +359,10 @@ def _made_here(fd: int) -> bool:
     except OSError:
         return False
     return len(words) < 2 or words[1] == socket.gethostname()
+
+
+def _open_owner(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR)
+    except PermissionError:  # another user's: a shared lock is all it may take
+        return os.open(path, os.O_RDONLY)

@@ -293,7 +293,7 @@ def score_with_ray(
     long (start-up included) fails with a one-line error instead of waiting forever.
     """
 
-    if ray_address is not None and ray_address.startswith("ray://"):
+    if ray_address is not None and "://" in ray_address:  # Ray's own test for a client
         raise MarketpulseError(
             f"--ray-address {ray_address}: Ray Client (ray://) is not supported; run the "
             "command on a node of the cluster with --ray-address auto (or HEAD_IP:6379)"

@@ -36,7 +36,7 @@ from marketpulse.results_schema import (
     probability_columns,
     sanitize,
 )
-from marketpulse.sql import quote_ident, quote_table, split_table
+from marketpulse.sql import ascii_fold, quote_ident, quote_table, split_table
 
 
 def utcnow() -> datetime:
@@ -51,17 +51,17 @@ def _columns(con, table_sql: str) -> dict[str, str] | None:
 
 
 def table_kind(con, name: str) -> str | None:
-    """'BASE TABLE', 'VIEW' (or another kind) for an existing object `name`, else None."""
+    """'BASE TABLE', 'VIEW' (or another kind) for an existing object `name`, else None.
+    Names match as DuckDB's binder matches them: A-Z in any case, other letters as they
+    are (`ascii_fold`)."""
     parts = split_table(name)
     catalog, schema = ([None] * (3 - len(parts)) + parts)[:2]
-    row = con.execute(
-        # names resolve in any letter case, as DuckDB's binder resolves them
-        "SELECT table_type FROM information_schema.tables WHERE lower(table_catalog) = "
-        "lower(coalesce(?, current_database())) AND lower(table_schema) = "
-        "lower(coalesce(?, current_schema())) AND lower(table_name) = lower(?)",
-        [catalog, schema, parts[-1]],
-    ).fetchone()
-    return row[0] if row else None
+    here = con.execute("SELECT current_database(), current_schema()").fetchone()
+    want = tuple(ascii_fold(p) for p in (catalog or here[0], schema or here[1], parts[-1]))
+    rows = con.execute(
+        "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables"
+    ).fetchall()
+    return next((r[3] for r in rows if tuple(map(ascii_fold, r[:3])) == want), None)
 
 
 def check_results_table_name(results_table: str) -> None:

@@ -55,7 +55,10 @@ def test_too_few_check_texts_calibrate_on_the_validation_split_and_all_are_gated
     trained = _checkpoint(tmp_path / "ckpt", VALIDATION)
     texts, calibrated_on, gated = calibration_source(trained, TEST_TEXTS, sample)
     assert texts == VALIDATION
-    assert calibrated_on == "validation_split.parquet (40 of its 40 rows, disjoint from the gated texts)"
+    assert (
+        calibrated_on
+        == "validation_split.parquet (40 of its 40 rows, disjoint from the gated texts)"
+    )
     assert gated.texts == sample.texts + sample.calibration  # all three, in sample order
     assert gated.calibration == [] and gated.provenance()["calibration_rows"] == 0
     assert gated.provenance()["rows"] == 3
@@ -63,7 +66,7 @@ def test_too_few_check_texts_calibrate_on_the_validation_split_and_all_are_gated
     assert (
         "check texts: only 3 usable in file "
         f"{tmp_path / 'check3.csv'}, column text, too few to spare {MIN_CALIBRATION_ROWS} "
-        "for calibration; int8 calibrates on validation_split.parquet (40 rows) instead, and "
+        "for calibration; int8 calibrates on validation_split.parquet (40 of its 40 rows) instead, and "
         "all 3 are gated"
     ) in err
     assert "further sampled rows" not in err and len(err.strip().splitlines()) == 1

@@ -142,6 +142,10 @@ def test_ray_client_addresses_are_refused_before_anything_runs(tmp_path):
     db = tmp_path / "market.duckdb"
     with pytest.raises(MarketpulseError, match=r"Ray Client \(ray://\) is not supported"):
         score_with_ray(ScoreConfig(db, "posts", "id", "text", tmp_path), ray_address="ray://x:1")
+    with pytest.raises(MarketpulseError, match="is not supported"):  # Ray: any "://" is a client
+        score_with_ray(
+            ScoreConfig(db, "posts", "id", "text", tmp_path), ray_address="http://head:8265"
+        )
     assert not db.exists()
 
 

@@ -247,6 +247,11 @@ def test_names_derived_from_a_quoted_table_read_its_parts_not_its_quotes(tmp_pat
     con.execute('CREATE VIEW "v1.2 posts" AS SELECT 1 AS x')
     assert table_kind(con, '"v1.2 posts"') == "VIEW"
     assert table_kind(con, 'main."v1.2 posts"') == "VIEW"
+    # any letter case for A-Z, as DuckDB's binder; other letters as they are
+    con.execute('CREATE TABLE "Überschrift" AS SELECT 1 AS x')
+    assert table_kind(con, 'MAIN."V1.2 POSTS"') == "VIEW"
+    assert table_kind(con, "ÜBERSCHRIFT") == "BASE TABLE"
+    assert table_kind(con, "überschrift") is None
 
 
 def test_columns_match_letter_case_as_duckdb_does_a_to_z_only(tmp_path):

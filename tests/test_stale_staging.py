@@ -192,5 +192,5 @@ def test_only_this_hosts_dead_folders_are_swept(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         (folder / STAGE_OWNER).write_text(f"123 {owner}\n" if owner else "123\n")
-    assert remove_dead_folders(tmp_path, "x-") == (2, 1)
+    assert remove_dead_folders(tmp_path, "x-") == (2, 0)  # not "kept": not ours to judge
     assert [p.name for p in tmp_path.iterdir()] == ["x-there"]

@@ -492,6 +492,12 @@ def test_suggested_commands_survive_a_shell_and_name_a_valid_table(tmp_path):
     assert f"--db '{tmp_path}/my db.duckdb' --table '\"Market Posts\"'" in command
     assert command.endswith(" --results-table market_posts_scores ...")
     check_results_table_name("market_posts_scores")  # what the refusal suggests
+    from marketpulse.trends.stage import _own_results_table
+
+    digits = _own_results_table(trends_config(tmp_path / "m.duckdb", source='"2024 posts"'))
+    check_results_table_name(digits)  # `2024_posts_scores` was refused
+    same = trends_config(tmp_path / "m.duckdb", scores_table="posts_scores")
+    assert _own_results_table(same) == "posts_scores_2"  # never the table it must not share
 
 
 def test_a_killed_runs_scratch_tables_are_swept_by_the_next_run(db, tmp_path, monkeypatch):

@@ -128,11 +128,11 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         )
     # Computed on a read-only connection (readers keep reading meanwhile), into a scratch
     # file; then the tables are copied into --db in one short transaction (`_publish`).
-    con = connect(cfg.db, read_only=True, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
     temp = Path(tempfile.gettempdir())
     remove_dead_folders(temp, SCRATCH_PREFIX)  # a killed run's tables, drivers' words too
     with owned_folder(temp, SCRATCH_PREFIX, SCRATCH_MAKING_PREFIX) as scratch:
         work = Path(scratch) / "work.duckdb"
+        con = connect(cfg.db, read_only=True, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
         try:
             # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
             con.execute("SET TimeZone = 'UTC'")
@@ -428,7 +428,7 @@ def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: li
         con, res, db=Path(cfg.db), source=cfg.source, scores_table=cfg.scores_table
     )
     if others:
-        own = f"{sanitize(split_table(cfg.source)[-1])}_scores"  # a name without quotes
+        own = _own_results_table(cfg)
         raise MarketpulseError(
             f"{cfg.scores_table!r} holds the scores of table {others[0]} (its runs say so), "
             f"not of {cfg.source!r} of {cfg.db}, and scores are matched to rows by id alone; "
@@ -554,6 +554,14 @@ def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
     models = [(version, list(labels), int(n)) for version, labels, n, *_ in rows]
     skipped = sum(r[5] for r in rows)
     return models, int(null_times), int(source_rows), int(unscored), int(skipped)
+
+
+def _own_results_table(cfg: TrendsConfig) -> str:
+    """A results table name for --source alone that `score` accepts: plain (no quotes,
+    not starting with a digit) and not the scores table it must not share."""
+    own = f"{sanitize(split_table(cfg.source)[-1])}_scores"
+    own = f"t_{own}" if own[0].isdigit() else own
+    return f"{own}_2" if own.lower() == split_table(cfg.scores_table)[-1].lower() else own
 
 
 def _score_command(cfg: TrendsConfig, results_table: str | None = None) -> str:
