@@ -212,7 +212,7 @@ def test_every_row_dropped_is_the_one_line_error(tmp_path, tiny_checkpoint):
     assert error == [
         "Error: column 'tag' has 0 distinct label(s) (found: none) after skipping 4 rows "
         "(4 conflicting label); training needs at least two classes, "
-        "pass a different --label-col"
+        "give each repeated text one label, or pass a different --label-col"
     ]
     assert not out.exists()
     from marketpulse.train.trainer import prepare

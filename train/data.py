@@ -399,9 +399,15 @@ def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int)
         )
     if len(present) < 2:
         found = ", ".join(f"{k!r}" for k in present) or "none"
+        # texts repeated with conflicting labels were dropped: their labels are the fix
+        fix = (
+            "give each repeated text one label, or pass a different --label-col"
+            if rows.skipped.get("conflicting_label")
+            else "pass a different --label-col"
+        )
         raise MarketpulseError(
             f"column {source.label_col!r} has {len(present)} distinct label(s) (found: {found})"
-            f"{note}; training needs at least two classes, pass a different --label-col"
+            f"{note}; training needs at least two classes, {fix}"
         )
     column = source.label_col
     for name, n in rows.counts.items():
