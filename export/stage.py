@@ -132,8 +132,8 @@ def calibration_source(
         return _logged(*_on_sample(sample))
     validation = read_validation_split(trained)
     if validation is not None and any(not is_blank(t) for t in validation[0]):
-        usable = sum(not is_blank(t) for t in validation[0] if t is not None)
-        used = f"{min(usable, CALIBRATION_ROWS)} of its {len(validation[0])} rows"
+        nonblank = sum(not is_blank(t) for t in validation[0] if t is not None)
+        used = f"{min(nonblank, CALIBRATION_ROWS)} of its {len(validation[0])} rows"
         calibrated_on = f"{VALIDATION_SPLIT} ({used}, disjoint from the gated texts)"
         if sample is None:
             return _logged(validation[0], calibrated_on, None)

@@ -77,13 +77,10 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
             detail += f"; check texts: agreement {on_sample['agreement']:.2%}"
         if verdicts.get(variant, {}).get("passed") is False:
             # why: the macro-F1 drop or agreement the gate recorded for this graph
-            why = [
-                m
-                for m in checks.get("gate", {}).get("accuracy_drops", [])
-                if m.startswith(f"{variant} ")
-            ]
             gate = checks.get("gate", {})
-            if not why and any(m.startswith(f"{variant} ") for m in gate.get("check_failures", [])):
+            mine = f"{variant} "
+            why = [m for m in gate.get("accuracy_drops", []) if m.startswith(mine)]
+            if not why and any(m.startswith(mine) for m in gate.get("check_failures", [])):
                 why = ["agreement on the check texts below the gate's minimum"]
             because = f" ({'; '.join(why)})" if why else ""
             detail += f"; FAILED the gate{because}, not chosen automatically"

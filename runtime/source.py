@@ -190,20 +190,26 @@ def _attached_columns(con, table_sql: str, table: str) -> Columns:
         ) from exc
 
 
+def key_problems(con, table_sql: str, id_col: str) -> tuple[int, int, object]:
+    """(NULL ids, duplicated ids, one duplicated id) of `id_col` in `table_sql`: what
+    keeps it from keying the table (score and trends refuse either)."""
+    ident = quote_ident(id_col)
+    # GROUP BY, not count(DISTINCT): DuckDB can spill a grouping to disk (see low_memory)
+    return con.execute(
+        f"SELECT (SELECT count(*) - count({ident}) FROM {table_sql}), count(*), any_value(id) "
+        f"FROM (SELECT {ident} AS id FROM {table_sql} WHERE {ident} IS NOT NULL "
+        f"GROUP BY {ident} HAVING count(*) > 1)"
+    ).fetchone()
+
+
 def _check_ids(con, source: Source, table: str) -> None:
     """The id column must be a key of the whole table: no NULLs, no duplicates."""
-    ident = quote_ident(source.id_col)
-    nulls = con.execute(f"SELECT count(*) - count({ident}) FROM {source.table_sql}").fetchone()[0]
+    nulls, dups, example = key_problems(con, source.table_sql, source.id_col)
     if nulls:
         raise MarketpulseError(
             f"id column {source.id_col!r} of {table!r} has {nulls} NULL value(s); give every "
             "row an id or pass --id-col with a key column"
         )
-    # GROUP BY, not count(DISTINCT): DuckDB can spill a grouping to disk (see low_memory)
-    dups, example = con.execute(
-        f"SELECT count(*), any_value(id) FROM (SELECT {ident} AS id FROM {source.table_sql} "
-        f"WHERE {ident} IS NOT NULL GROUP BY {ident} HAVING count(*) > 1)"
-    ).fetchone()
     if dups:
         raise MarketpulseError(
             f"id column {source.id_col!r} of {table!r} has {dups} duplicate value(s) (e.g. "

@@ -27,6 +27,7 @@ import duckdb
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.results_schema import MODELS, RUNS, SCORES, sanitize
 from marketpulse.runtime.database import owned_folder, remove_dead_folders
+from marketpulse.runtime.source import key_problems
 from marketpulse.sql import (
     connect,
     quote_ident,
@@ -460,12 +461,7 @@ def _check_text_col(con, cfg: TrendsConfig) -> None:
 def _check_ids(con, cfg: TrendsConfig) -> None:
     """The id column must key the source, as `score` requires: a repeated id would count
     its one score once per copy, and a NULL id can never be scored."""
-    ident = quote_ident(cfg.id_col)
-    nulls, dups, example = con.execute(
-        f"SELECT (SELECT count(*) - count({ident}) FROM {quote_table(cfg.source)}), count(*), "
-        f"any_value(id) FROM (SELECT {ident} AS id FROM {quote_table(cfg.source)} "
-        f"WHERE {ident} IS NOT NULL GROUP BY {ident} HAVING count(*) > 1)"
-    ).fetchone()
+    nulls, dups, example = key_problems(con, quote_table(cfg.source), cfg.id_col)
     if dups:
         raise MarketpulseError(
             f"id column {cfg.id_col!r} of {cfg.source!r} has {dups:,} duplicate value(s) (e.g. "
