@@ -67,7 +67,9 @@ def check_and_publish(
     )
     staged_ids = TextEncoder(staged.tokenizer_path, staged.max_length).encode(texts.texts).ids
     del predictors  # release the sessions before the files move
+    alone = _rescore(staged, onnx_logits)
     checks = _measure(staged, texts, sample, onnx_logits, torch_logits, on_cpu_errors)
+    _record_rescoring(checks, alone, torch_logits, len(texts.texts))
 
     failures = _parity_failures(cfg, checks)
     drops = _test_split_drops(cfg, checks)
@@ -113,6 +115,38 @@ def check_and_publish(
     return bundle
 
 
+def _rescore(staged: Bundle, onnx_logits: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """Gate each graph as the runtime runs it: a graph with a rescore margin gets the fp32
+    graph's logits on its hesitant rows (in place). Returns, per such graph, its own
+    logits and the rescored mask, for `_record_rescoring`."""
+    from marketpulse.inference.predictor import rescored_logits
+
+    alone = {}
+    for name in list(onnx_logits):
+        margin = staged.rescore_margin(name)
+        if margin and name != registry.REFERENCE:
+            own = onnx_logits[name]
+            onnx_logits[name], mask = rescored_logits(own, onnx_logits[registry.REFERENCE], margin)
+            alone[name] = (own, mask, margin)
+    return alone
+
+
+def _record_rescoring(checks: dict, alone: dict, torch_logits: np.ndarray, split: int) -> None:
+    """Beside each rescored graph's results: the margin, the share of rows rescored, and
+    what the graph alone agreed on (its gate figures are with the rescoring)."""
+    sets = [(checks["variants"], slice(None, split))]
+    if checks["check_texts"] is not None:
+        sets.append((checks["check_texts"]["variants"], slice(split, None)))
+    for name, (own, mask, margin) in alone.items():
+        for results, rows in sets:
+            if name not in results or not len(mask[rows]):
+                continue
+            agreed = own[rows].argmax(axis=1) == torch_logits[rows].argmax(axis=1)
+            results[name]["rescore_margin"] = margin
+            results[name]["rescored_share"] = float(mask[rows].mean())
+            results[name]["agreement_without_rescoring"] = float(agreed.mean())
+
+
 def _predictors(staged: Bundle) -> tuple[dict, dict[str, str]]:
     """A session per variant on its provider; a CUDA variant without CUDA runs on the CPU."""
     from marketpulse.inference.predictor import Predictor, cuda_provider_available
@@ -120,7 +154,7 @@ def _predictors(staged: Bundle) -> tuple[dict, dict[str, str]]:
     cuda = cuda_provider_available()
     devices = {v: registry.check_device(v) for v in staged.variants}
     predictors = {
-        v: Predictor(staged, variant=v, device=device)
+        v: Predictor(staged, variant=v, device=device, rescore_margin=0)  # each graph alone
         for v, device in devices.items()
         if device != "cuda" or cuda
     }
@@ -131,7 +165,7 @@ def _predictors(staged: Bundle) -> tuple[dict, dict[str, str]]:
         # Not the provider a CUDA graph is made for, but the CPU runs the same graph and
         # shows the conversion kept the model's decisions; recorded, not gated.
         try:
-            predictors[on_cpu(v)] = Predictor(staged, variant=v, device="cpu")
+            predictors[on_cpu(v)] = Predictor(staged, variant=v, device="cpu", rescore_margin=0)
         except MarketpulseError as exc:
             on_cpu_errors[v] = str(exc)
     return predictors, on_cpu_errors

@@ -220,6 +220,15 @@ class Bundle:
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER
 
+    def rescore_margin(self, variant: str) -> float:
+        """Rows whose top two probabilities under `variant` are closer than this are
+        rescored by the fp32 graph (recorded by export for int8; 0: none, as in bundles
+        exported before it was)."""
+        if variant == registry.REFERENCE or registry.REFERENCE not in self.manifest["variants"]:
+            return 0.0
+        value = self.manifest["variants"].get(variant, {}).get("rescore_margin")
+        return float(value) if isinstance(value, int | float) and 0 < value < 1 else 0.0
+
     def variant_path(self, variant: str) -> Path:
         if variant not in self.manifest["variants"]:
             have = ", ".join(self.variants)

@@ -561,6 +561,14 @@ def _check_source(check_input, check_db, check_table, check_text_col, check_rows
     "machines' kind when it differs (avx2 keeps 7-bit weights, right on every x86 CPU).",
 )
 @click.option(
+    "--rescore-margin",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="int8 rows whose top two probabilities are closer than this are rescored by the "
+    "fp32 graph, at scoring and at the gate; 0: never.",
+)
+@click.option(
     "--opset",
     default=18,
     show_default=True,
@@ -601,6 +609,7 @@ def export_(
     optimization,
     int8_order,
     int8_isa,
+    rescore_margin,
     opset,
     max_length,
     test_rows,
@@ -631,6 +640,7 @@ def export_(
         optimization=optimization,
         int8_order=int8_order,
         int8_isa=int8_isa,
+        rescore_margin=rescore_margin,
         opset=opset,
         max_length=max_length,
         test_rows=test_rows,

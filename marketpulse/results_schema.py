@@ -5,7 +5,8 @@
     models(model_version, labels VARCHAR[], manifest VARCHAR (JSON), registered_at)
     runs(run_id, model_version, source, rows_scored, ... status, engine, error,
          psi_label, psi_confidence, unknown_heavy_share, drift_note, rows_duplicate,
-         variant_reason, canary_rows, canary_disagree_share, canary_note, results_db)
+         variant_reason, canary_rows, canary_disagree_share, canary_note, results_db,
+         rows_rescored)
     explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
                  source, variant)   -- one row per word weighed, by `marketpulse explain`
 
@@ -73,6 +74,9 @@ RUN_COLUMNS = {
     "canary_note": "VARCHAR",
     # the results file's resolved path; NULL in runs recorded before it was
     "results_db": "VARCHAR",
+    # of rows_scored: rows the quantized graph hesitated on (top two probabilities within
+    # the bundle's rescore margin), scored by the fp32 graph instead; NULL before counted
+    "rows_rescored": "BIGINT",
 }
 # Run columns added after runs tables existed: an older runs table gets them by ALTER.
 # scores columns added after the first release: ALTERed into older tables, NULL there
@@ -88,6 +92,7 @@ ADDED_RUN_COLUMNS = (
     "canary_disagree_share",
     "canary_note",
     "results_db",
+    "rows_rescored",
 )
 EXPLANATIONS = "explanations"
 EXPLANATION_COLUMNS = {

@@ -27,7 +27,10 @@ CHECK_ROWS of the rows it will score (a hash sample, `--auto-check-rows`) are sc
 that graph and by fp32, and fp32 runs when their labels differ on more than the canary's
 WARN_SHARE (1%). Export's gate saw the check texts; this sees tonight's. It costs one
 pass of each graph over the sample (about a second on CPU, not counted in the run's
-rows/s), and is not cached: the text changes from run to run.
+rows/s), and is not cached: the text changes from run to run. The timings are of each
+graph alone; a quantized graph whose hesitant rows are rescored by fp32 (the bundle's
+rescore margin, predictor.py) pays for that too, so the share of the sample it rescored
+prices it (`with_rescoring`): below MIN_SPEEDUP with it, fp32 runs.
 
 On CUDA auto keeps the device's preference (fp16): there is one graph made for it.
 """
@@ -76,6 +79,7 @@ class AutoChoice:
     variant: str | None  # None: the device's preference (CUDA)
     reason: str  # for runs.variant_reason and the log
     detail: str | None = None  # how the figures were got (timed now / from the cache)
+    rates: dict[str, float] | None = None  # rows/s per graph on one core, when timed
 
 
 def default_cache_dir() -> Path:
@@ -123,7 +127,8 @@ def graph_timer(bundle: Bundle, names: list[str]) -> Callable[[], dict[str, floa
     from marketpulse.inference.batching import DEFAULT_MAX_BATCH_ROWS, plan_batches
     from marketpulse.inference.predictor import DEFAULT_BATCH_TOKENS, Predictor
 
-    predictors = {v: Predictor(bundle, v, "cpu", threads=1) for v in names}
+    # the graphs alone: fp32's rescoring of hesitant rows is priced in `checked_on_text`
+    predictors = {v: Predictor(bundle, v, "cpu", threads=1, rescore_margin=0) for v in names}
     encoder = predictors[names[0]].encoder
     encoded = encoder.encode(sample_texts())
     plan = plan_batches(encoded.lengths, DEFAULT_BATCH_TOKENS["cpu"], DEFAULT_MAX_BATCH_ROWS)
@@ -263,7 +268,7 @@ def choose(
             f"timed {', '.join(names)} on {SAMPLE_TEXTS} texts in {seconds:.1f}s{again}; "
             f"{saved} ({figures(names, rates)}){retime if error is None else ''}"
         )
-    return AutoChoice(*pick(bundle, names, rates), detail=f"auto: {detail}")
+    return AutoChoice(*pick(bundle, names, rates), detail=f"auto: {detail}", rates=rates)
 
 
 def figures(names: list[str], rates: dict[str, float]) -> str:
@@ -333,8 +338,8 @@ def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
         return choice
     graph, reference = load(choice.variant), load(ref)
     encoded = graph.encoder.encode(texts)
-    got, got_failed, _ = graph.run_batches(encoded)
-    want, want_failed, _ = reference.run_batches(encoded)
+    got, got_failed, _, rescored = graph.run_batches(encoded)
+    want, want_failed, *_ = reference.run_batches(encoded)
     ok = ~(got_failed | want_failed)
     if not ok.any():
         return choice
@@ -346,4 +351,25 @@ def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
             f"{WARN_SHARE:.0%}); before that, {choice.reason}"
         )
         return AutoChoice(ref, reason, choice.detail)
+    if graph.rescore_margin:
+        rescored_share = float(rescored[ok].mean())
+        figures += f" ({rescored_share:.1%} of them rescored by {ref})"
+        speedup = with_rescoring(choice.rates, choice.variant, rescored_share)
+        if speedup is not None and speedup < MIN_SPEEDUP:
+            reason = (
+                f"auto: {ref}, {choice.variant} only {speedup_text(speedup)}x {ref} once "
+                f"{ref} rescores its hesitant rows ({rescored_share:.1%} of {int(ok.sum())} "
+                f"rows sampled from the rows to score; below {MIN_SPEEDUP}x); before that, "
+                f"{choice.reason}"
+            )
+            return AutoChoice(ref, reason, choice.detail)
     return replace(choice, reason=f"{choice.reason}; disagreed with {ref} on {figures}")
+
+
+def with_rescoring(rates: dict[str, float] | None, variant: str, share: float) -> float | None:
+    """`variant`'s speed-up over fp32 when fp32 also rescores `share` of its rows: a row
+    costs 1/rate of the graph, plus `share` of fp32's 1/rate. None without timings."""
+    ref = registry.REFERENCE
+    if not rates or variant not in rates or ref not in rates:
+        return None
+    return 1 / (rates[ref] / rates[variant] + share)

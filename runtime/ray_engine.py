@@ -65,6 +65,7 @@ RAY_MAKING_PREFIX = ".marketpulse-ray-making-"  # not under RAY_STAGE_PREFIX: no
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
 FAILED = "_failed"  # marks rows ONNX Runtime could not score; never written to the table
 COPIED = "_copied"  # marks rows scored as a copy of the same text's result (counted only)
+RESCORED = "_rescored"  # marks rows a quantized graph hesitated on, rescored by fp32 (counted)
 # Shard sizes: at least SHARDS_PER_WORKER per actor so reads spread over the cluster,
 # at most SHARD_CHUNKS chunks each. (Commits are per chunk either way: see read_staged.)
 SHARDS_PER_WORKER = 4
@@ -187,8 +188,11 @@ class Scorer:
         failed = window.valid[window.failed]
         copied = np.zeros(len(window.reasons), dtype=bool)
         copied[window.valid] = window.copied()
+        rescored = np.zeros(len(window.reasons), dtype=bool)
+        rescored[window.valid] = window.rescored & ~window.failed
         table = table.append_column(FAILED, pa.array(np.zeros(table.num_rows, dtype=bool)))
         table = table.append_column(COPIED, pa.array(np.delete(copied, failed)))
+        table = table.append_column(RESCORED, pa.array(np.delete(rescored, failed)))
         if len(failed):
             lost = {
                 name: pa.nulls(len(failed), table.schema.field(name).type)
@@ -197,6 +201,7 @@ class Scorer:
             lost["id"] = ids.take(pa.array(failed))
             lost[FAILED] = pa.array(np.ones(len(failed), dtype=bool))
             lost[COPIED] = pa.array(np.zeros(len(failed), dtype=bool))
+            lost[RESCORED] = pa.array(np.zeros(len(failed), dtype=bool))
             table = pa.concat_tables([table, pa.table(lost, schema=table.schema)])
         return table
 
@@ -206,7 +211,7 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
     import pyarrow.compute as pc
 
     failed = table.column(FAILED)
-    rows = table.filter(pc.invert(failed)).drop_columns([FAILED, COPIED])
+    rows = table.filter(pc.invert(failed)).drop_columns([FAILED, COPIED, RESCORED])
     scored = pc.is_valid(rows.column("label"))
     counts = {
         "scored": int(pc.sum(scored).as_py() or 0),
@@ -214,6 +219,7 @@ def split_scored(table) -> tuple[object, dict[str, int], dict[str, int]]:
         "failed": int(pc.sum(failed).as_py() or 0),
         "truncated": int(pc.sum(pc.and_(scored, rows.column("truncated"))).as_py() or 0),
         "duplicates": int(pc.sum(table.column(COPIED)).as_py() or 0),
+        "rescored": int(pc.sum(table.column(RESCORED)).as_py() or 0),
     }
     reasons = {}
     for item in pc.value_counts(rows.column("reason").drop_null()).to_pylist():

@@ -314,14 +314,15 @@ def write_chunk(con, results_table: str, chunk, run_id: str, counts: dict[str, i
         con.execute(
             f"UPDATE {quote_ident(RUNS)} SET rows_scored = rows_scored + ?, "
             "rows_skipped = rows_skipped + ?, rows_failed = rows_failed + ?, "
-            "rows_truncated = rows_truncated + ?, rows_duplicate = rows_duplicate + ? "
-            "WHERE run_id = ?",
+            "rows_truncated = rows_truncated + ?, rows_duplicate = rows_duplicate + ?, "
+            "rows_rescored = rows_rescored + ? WHERE run_id = ?",
             [
                 counts["scored"],
                 counts["skipped"],
                 counts["failed"],
                 counts["truncated"],
                 counts.get("duplicates", 0),  # only a scoring engine counts copies
+                counts.get("rescored", 0),  # and rescored rows
                 run_id,
             ],
         )

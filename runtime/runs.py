@@ -123,6 +123,7 @@ class RunStats:
     rows_truncated: int = 0
     rows_failed: int = 0
     rows_duplicate: int = 0  # of rows_scored: copies of a same text's result in the window
+    rows_rescored: int = 0  # of rows_scored: hesitant quantized rows rescored by fp32
     seconds: float = 0.0
     rows_per_s: float = 0.0
     drift: dict = field(default_factory=dict)  # runtime.drift.DriftResult.to_dict()
@@ -134,8 +135,9 @@ class RunStats:
     def summary(self) -> str:
         reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(self.skipped_reasons.items()))
         skipped = f" ({reasons})" if reasons else ""
+        rescored = f" ({self.rows_rescored:,} rescored by fp32)" if self.rows_rescored else ""
         return (
-            f"{self.status}: scored {self.rows_scored:,} rows, skipped {self.rows_skipped:,}"
+            f"{self.status}: scored {self.rows_scored:,} rows{rescored}, skipped {self.rows_skipped:,}"
             f"{skipped}, truncated {self.rows_truncated:,}, failed {self.rows_failed:,}, "
             f"{self.rows_already_scored:,} already scored; {format_duration(self.seconds)} at "
             f"{self.rows_per_s:,.0f} rows/s -> {self.results_table} in {self.results_db} "
@@ -301,6 +303,7 @@ class Run:
                 "rows_failed": 0,
                 "rows_truncated": 0,
                 "rows_duplicate": 0,
+                "rows_rescored": 0,
                 "started_at": results.utcnow(),
                 "status": "running",
                 "results_table": cfg.results_table,
@@ -350,6 +353,7 @@ class Run:
             stats.rows_failed += counts["failed"]
             stats.rows_truncated += counts["truncated"]
             stats.rows_duplicate += counts["duplicates"]
+            stats.rows_rescored += counts.get("rescored", 0)
             for reason, n in reasons.items():
                 stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + n
             self.progress.update(counts["scored"] + counts["skipped"] + counts["failed"])

@@ -48,6 +48,7 @@ class Window:
     encoded: Encoded | None = None  # each distinct text of the valid rows, once
     probs: np.ndarray | None = None  # (len(valid), n_labels)
     failed: np.ndarray | None = None  # bool (len(valid),)
+    rescored: np.ndarray | None = None  # bool (len(valid),): probabilities from fp32
 
     def skipped_reasons(self) -> dict[str, int]:
         """Rows set aside without inference, per reason."""
@@ -82,8 +83,9 @@ def tokenize_window(ids, texts, predictor: Predictor) -> Window:
 
 def infer_window(window: Window, predictor: Predictor, batch_tokens: int | None) -> None:
     """Fill `window.probs` and `window.failed`; raise when no row could be scored."""
-    probs, failed, error = predictor.run_batches(window.encoded, batch_tokens)
+    probs, failed, error, rescored = predictor.run_batches(window.encoded, batch_tokens)
     window.probs, window.failed = probs[window.distinct], failed[window.distinct]
+    window.rescored = rescored[window.distinct]
     if len(window.valid) and window.failed.all():
         raise MarketpulseError(
             f"ONNX Runtime failed on every row of a window ({error}); check the bundle with "
@@ -156,6 +158,8 @@ def results_table(window: Window, predictor: Predictor, version: str, p_cols: li
         "failed": int(window.failed.sum()),
         "truncated": int(truncated[scored].sum()),
         "duplicates": int(window.copied().sum()),
+        # rows whose quantized scores hesitated and were rescored by fp32 (predictor.py)
+        "rescored": 0 if window.rescored is None else int((window.rescored & ok).sum()),
         # texts mostly made of unknown tokens, for the run's drift figures (runtime/drift.py)
         "unknown_heavy": int(unknown_heavy[window.distinct][ok].sum()),
     }

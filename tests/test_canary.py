@@ -7,7 +7,7 @@ import time
 import duckdb
 import numpy as np
 import pytest
-from test_runtime_support import make_source, spread_bundle
+from test_runtime_support import make_source, spread_bundle, with_gate
 
 from marketpulse.inference.batching import Encoded
 from marketpulse.inference.predictor import Predictor
@@ -198,13 +198,14 @@ def test_a_ray_run_records_why_it_has_no_canary(bundle, tmp_path):
 
 def test_a_ray_run_under_auto_records_the_graph_and_why(bundle, tmp_path):
     """The default --variant auto on Ray: timed on the driver, recorded like a local run.
-    This bundle's int8 fails export's gate, so auto must run fp32 and say so."""
+    This copy's int8 failed export's gate, so auto must run fp32 and say so."""
     pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
     from marketpulse.runtime.ray_engine import score_with_ray
 
+    failed = with_gate(bundle, tmp_path, int8_passed=False)
     db = tmp_path / "m.duckdb"
     make_source(db, 60)
-    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, device="cpu", threads=1, progress=False, cache_dir=tmp_path / "cache")  # fmt: skip
+    cfg = ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=failed.path, device="cpu", threads=1, progress=False, cache_dir=tmp_path / "cache")  # fmt: skip
     assert cfg.variant == "auto"
     stats = score_with_ray(cfg, workers=1)
     assert stats.status == "completed" and stats.rows_scored > 0

@@ -8,11 +8,16 @@ which lets a test prove each result landed on the right id after length sorting.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
+
+from marketpulse.bundle import MANIFEST, load_bundle
+from marketpulse.runtime import autovariant
 
 _CACHE: dict = {}
 
@@ -128,3 +133,31 @@ def test_checks_run_under_the_lower_memory_cap_and_restore_the_run_limit(
     with low_memory(con, run_limit):
         assert limit(con) == expected
     assert limit(con) == before
+
+
+def with_gate(bundle, tmp_path, int8_passed: bool, rescoring: bool = True):
+    """A copy of the bundle whose manifest records int8's gate verdict; without
+    `rescoring`, int8 runs alone, as in bundles exported before the rescore margin."""
+    out = tmp_path / f"bundle-{int8_passed}-{rescoring}"
+    shutil.copytree(bundle.path, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    if not rescoring:
+        manifest["variants"]["int8"].pop("rescore_margin", None)
+    manifest["checks"]["gate"]["variants"] = {
+        "fp32": {"passed": True, "test_agreement": 1.0, "check_agreement": 1.0, "check_rows": 26},
+        "int8": {
+            "passed": int8_passed,
+            "test_agreement": 0.95,
+            "check_agreement": 0.9231,
+            "check_rows": 26,
+        },
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return load_bundle(out)
+
+
+def forge_timings(bundle, cache, int8_speedup: float):
+    """A cache file as auto writes it, with int8 `int8_speedup` times fp32."""
+    key = autovariant.machine_key(bundle)
+    rates = {"fp32": 100.0, "int8": 100.0 * int8_speedup}
+    assert autovariant.write_cache(autovariant.cache_path(cache, key), key, rates, 1.0) is None

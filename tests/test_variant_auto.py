@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import duckdb
 import pytest
 from click.testing import CliRunner
-from test_runtime_support import make_source, spread_bundle
+from test_runtime_support import forge_timings, make_source, spread_bundle, with_gate
 
 from marketpulse import cpu
-from marketpulse.bundle import MANIFEST, gate_results, load_bundle
+from marketpulse.bundle import gate_results
 from marketpulse.cli import main
 from marketpulse.inference.predictor import Predictor, cuda_provider_available
 from marketpulse.runtime import ScoreConfig, autovariant, score
@@ -59,31 +58,6 @@ def run(tmp_path, bundle_dir, cache, name="m", engine="local", **cfg):
 
 def cache_file(bundle, cache):
     return autovariant.cache_path(cache, autovariant.machine_key(bundle))
-
-
-def with_gate(bundle, tmp_path, int8_passed: bool):
-    """A copy of the bundle whose manifest records int8's gate verdict."""
-    out = tmp_path / f"bundle-{int8_passed}"
-    shutil.copytree(bundle.path, out)
-    manifest = json.loads((out / MANIFEST).read_text())
-    manifest["checks"]["gate"]["variants"] = {
-        "fp32": {"passed": True, "test_agreement": 1.0, "check_agreement": 1.0, "check_rows": 26},
-        "int8": {
-            "passed": int8_passed,
-            "test_agreement": 0.95,
-            "check_agreement": 0.9231,
-            "check_rows": 26,
-        },
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest))
-    return load_bundle(out)
-
-
-def forge_timings(bundle, cache, int8_speedup: float):
-    """A cache file as auto writes it, with int8 `int8_speedup` times fp32."""
-    key = autovariant.machine_key(bundle)
-    rates = {"fp32": 100.0, "int8": 100.0 * int8_speedup}
-    assert autovariant.write_cache(autovariant.cache_path(cache, key), key, rates, 1.0) is None
 
 
 def test_auto_times_once_then_reuses_the_cache(bundle, tmp_path, capfd):
@@ -195,12 +169,12 @@ def test_cli_default_is_auto(bundle, tmp_path):
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_pick_that_disagrees_with_fp32_on_the_text_to_score_runs_fp32(bundle, tmp_path, engine):
     """int8 passed export's gate and is 3x faster, but on this table's text its labels
-    differ from fp32's (this bundle's int8 is far off): auto checks and runs fp32."""
+    differ from fp32's (this bundle's int8, run alone, is far off): auto checks and runs fp32."""
     if engine == "ray":
         pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
     cache = tmp_path / "cache"
     forge_timings(bundle, cache, 3.0)
-    passed = with_gate(bundle, tmp_path, True)
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)
     stats, (variant, reason) = run(tmp_path, passed.path, cache, engine=engine)
     with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
         texts = [r[0] for r in con.execute("SELECT text FROM posts").fetchall()]

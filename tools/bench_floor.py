@@ -94,7 +94,7 @@ def op_shares(bundle: Path, variant: str, texts: list[str], work: Path) -> dict[
     opts = pred.default_session_options()
     opts.enable_profiling = True
     opts.profile_file_prefix = str(work / f"ort-profile-{variant}")
-    p = pred.Predictor(bundle, variant, "cpu", threads=1, session_options=opts)
+    p = pred.Predictor(bundle, variant, "cpu", threads=1, session_options=opts, rescore_margin=0)
     encoded = p.encoder.encode(texts)
     for idx in plan_batches(encoded.lengths, p.batch_tokens):
         p.run(*encoded.batch(idx, p.encoder.pad_id))

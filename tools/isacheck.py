@@ -102,7 +102,8 @@ def _worker(variant: str, bundle: Path, texts: Path, out: Path) -> None:
     from marketpulse.bundle import load_bundle
     from marketpulse.inference.predictor import Predictor
 
-    predictor = Predictor(load_bundle(bundle), variant, "cpu", threads=1)
+    # the graph's own kernels, without fp32 rescoring its hesitant rows
+    predictor = Predictor(load_bundle(bundle), variant, "cpu", threads=1, rescore_margin=0)
     np.save(out, predictor.predict_proba(json.loads(texts.read_text())))
 
 

@@ -1,0 +1,154 @@
+"""int8 rows that hesitate are rescored by fp32: at scoring, at export's gate, under auto.
+
+The spread bundle (a randomised tiny model, so many rows hesitate) is exported with the
+default rescore margin. A row's rescoring depends on its own int8 probabilities only, so
+the determinism test (test_determinism.py) covers rescored rows as well.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from test_runtime_support import forge_timings, make_source, spread_bundle, with_gate
+
+from marketpulse import cpu
+from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
+from marketpulse.export.stage import DEFAULT_RESCORE_MARGIN
+from marketpulse.export.summary import format_manifest
+from marketpulse.inference.predictor import (
+    Predictor,
+    cuda_provider_available,
+    default_session_options,
+    rescored_logits,
+    top_two_margin,
+)
+from marketpulse.runtime import ScoreConfig, autovariant, score
+
+WORDS = "shares rally tumble oil guidance fed rates cut beat miss earnings record low".split()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    return spread_bundle(tiny_checkpoint, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    rng = np.random.default_rng(3)
+    return [f"{i} " + " ".join(rng.choice(WORDS, rng.integers(1, 30))) for i in range(400)]
+
+
+def test_hesitant_rows_get_fp32_probabilities_and_the_rest_keep_int8(bundle, texts):
+    assert bundle.rescore_margin("int8") == DEFAULT_RESCORE_MARGIN
+    assert bundle.rescore_margin("fp32") == 0.0
+    rescoring = Predictor(bundle, "int8", threads=2)
+    alone = Predictor(bundle, "int8", threads=2, rescore_margin=0)
+    reference = Predictor(bundle, "fp32", threads=2)
+    assert "rescored by fp32" in rescoring.describe() and alone._rescorer is None
+    encoded = rescoring.encoder.encode(texts)
+    got = rescoring.run_batches(encoded, batch_tokens=256)
+    own = alone.run_batches(encoded, batch_tokens=512).probs
+    fp32 = reference.run_batches(encoded, batch_tokens=128).probs
+    hesitant = top_two_margin(own) < DEFAULT_RESCORE_MARGIN
+    assert 0 < hesitant.sum() < len(texts)  # both kinds of row occur
+    np.testing.assert_array_equal(got.rescored, hesitant)
+    np.testing.assert_allclose(got.probs[hesitant], fp32[hesitant], atol=1e-6)
+    np.testing.assert_allclose(got.probs[~hesitant], own[~hesitant], atol=1e-6)
+    assert not got.failed.any() and got.error is None
+    # export's rule on logits is the runtime's on probabilities
+    logits = np.log(np.clip(own, 1e-30, None))
+    _, mask = rescored_logits(logits, np.log(fp32), DEFAULT_RESCORE_MARGIN)
+    np.testing.assert_array_equal(mask, hesitant)
+
+
+def test_a_bundle_without_a_margin_is_never_rescored(bundle, tmp_path, texts):
+    old = with_gate(bundle, tmp_path, True, rescoring=False)
+    predictor = Predictor(old, "int8", threads=1)
+    assert old.rescore_margin("int8") == 0.0 and predictor._rescorer is None
+    assert not predictor.run_batches(predictor.encoder.encode(texts[:50])).rescored.any()
+    with pytest.raises(MarketpulseError, match="--rescore-margin 1.5 is outside 0..1"):
+        Predictor(bundle, "int8", threads=1, rescore_margin=1.5)
+
+
+def test_export_gates_int8_as_it_runs_and_records_it_alone(bundle):
+    """The gate's int8 agreement is with the rescoring; the graph alone is recorded beside."""
+    result = bundle.manifest["checks"]["variants"]["int8"]
+    assert result["rescore_margin"] == DEFAULT_RESCORE_MARGIN
+    assert 0 < result["rescored_share"] < 1
+    # on hesitant rows int8 takes fp32's decision, which matches PyTorch's
+    assert result["agreement"] >= result["agreement_without_rescoring"]
+    verdict = bundle.manifest["checks"]["gate"]["variants"]["int8"]
+    assert verdict["test_agreement"] == result["agreement"]
+    shown = format_manifest(bundle.path, bundle.manifest)  # what export and inspect print
+    alone = f"alone it agreed on {result['agreement_without_rescoring']:.2%}"
+    assert f"rows within {DEFAULT_RESCORE_MARGIN:g} rescored by fp32 (" in shown and alone in shown
+    option = next(p for p in main.commands["export"].params if p.name == "rescore_margin")
+    assert option.default == DEFAULT_RESCORE_MARGIN  # the CLI's default is export's
+
+
+def test_a_run_counts_its_rescored_rows(bundle, tmp_path):
+    db = tmp_path / "m.duckdb"
+    make_source(db, 120)
+    cfg = ScoreConfig(db, "posts", "id", "text", bundle.path, variant="int8", chunk_rows=50)
+    stats = score(cfg)
+    with duckdb.connect(str(db), read_only=True) as con:
+        texts = [
+            r[0]
+            for r in con.execute(
+                "SELECT p.text FROM posts p JOIN scores s USING (id) WHERE s.label IS NOT NULL"
+            ).fetchall()
+        ]
+        recorded = con.execute("SELECT rows_rescored, rows_scored FROM runs").fetchone()
+    alone = Predictor(bundle, "int8", threads=1, rescore_margin=0).predict_proba(texts)
+    expected = int((top_two_margin(alone) < DEFAULT_RESCORE_MARGIN).sum())
+    assert expected > 0
+    assert recorded == (stats.rows_rescored, stats.rows_scored)
+    assert stats.rows_rescored == expected
+    assert f"({expected:,} rescored by fp32)" in stats.summary()
+
+
+@pytest.mark.skipif(cuda_provider_available(), reason="auto times CPU graphs only")
+def test_auto_prices_the_rescoring_and_runs_fp32_when_it_eats_the_speed_up(bundle, tmp_path):
+    """int8 3x fp32 alone, but when fp32 must rescore nearly every row it is slower."""
+
+    class HesitantInt8(Predictor):
+        """fp32 under int8's name, rescoring rows within `margin` by fp32."""
+
+        margin = 0.999
+
+        def __init__(self, bundle, variant=None, *args, **kwargs):
+            super().__init__(bundle, "fp32" if variant == "int8" else variant, *args, **kwargs)
+            if variant == "int8":
+                self.variant, self.rescore_margin = "int8", self.margin
+                self._rescorer = self._cpu_session("fp32", default_session_options())
+
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 3.0)
+    passed = with_gate(bundle, tmp_path, True)
+    db = tmp_path / "m.duckdb"
+    make_source(db, 60)
+    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, auto_check_rows=20)  # fmt: skip
+    stats = score(cfg, predictor_type=HesitantInt8)
+    assert stats.variant == "fp32"
+    assert stats.variant_reason.startswith("auto: fp32, int8 only 0.7")
+    assert "x fp32 once fp32 rescores its hesitant rows (100.0% of 20 rows sampled" in (
+        stats.variant_reason
+    )
+    HesitantInt8.margin = 1e-12  # nothing hesitates: the 3x stands
+    db.unlink()
+    make_source(db, 60)
+    stats = score(cfg, predictor_type=HesitantInt8)
+    assert stats.variant == "int8"
+    assert stats.variant_reason == (
+        f"auto: int8 3.00x fp32 on {cpu.isa()}, passed gate; disagreed with fp32 on 0.0% "
+        "of 20 rows sampled from the rows to score (0.0% of them rescored by fp32)"
+    )
+
+
+def test_the_speed_up_with_rescoring():
+    rates = {"fp32": 100.0, "int8": 200.0}
+    assert autovariant.with_rescoring(rates, "int8", 0.0) == pytest.approx(2.0)
+    assert autovariant.with_rescoring(rates, "int8", 0.1) == pytest.approx(1 / 0.6)
+    assert autovariant.with_rescoring(None, "int8", 0.1) is None
