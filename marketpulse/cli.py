@@ -724,6 +724,12 @@ def inspect_(bundle_dir, as_json):
     "and with fp32 before the run; 0: off (export's gate alone decides).",
 )
 @click.option(
+    "--rescore-margin",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="int8 rows whose top two probabilities are closer than this are rescored by fp32; "
+    "0: int8 alone [default: the bundle's, from export].",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(file_okay=False),
     envvar="MARKETPULSE_CACHE",
@@ -837,6 +843,7 @@ def score(
     cache_dir,
     canary_rows,
     auto_check_rows,
+    rescore_margin,
     limit,
     where,
     threads,
@@ -896,6 +903,7 @@ def score(
         cache_dir=Path(cache_dir) if cache_dir else None,
         canary_rows=canary_rows,
         auto_check_rows=auto_check_rows,
+        rescore_margin=rescore_margin,
         limit=limit,
         where=where,
         threads=threads,

@@ -92,12 +92,21 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
         choice = autovariant.choose(
             run.bundle, cfg.device, cfg.variant, cfg.cache_dir, measure=run.pending > 0
         )
-        threads = cfg.threads or available_cores()
+        threads, margin = cfg.threads or available_cores(), cfg.rescore_margin
         choice = autovariant.checked_on_text(
-            run, choice, lambda variant: predictor_type(run.bundle, variant, "cpu", threads)
+            run,
+            choice,
+            lambda variant: predictor_type(
+                run.bundle, variant, "cpu", threads, rescore_margin=margin
+            ),
         )
         predictor = predictor_type(
-            run.bundle, choice.variant, cfg.device, threads, variant_reason=choice.reason
+            run.bundle,
+            choice.variant,
+            cfg.device,
+            threads,
+            variant_reason=choice.reason,
+            rescore_margin=margin,
         )
         with run.record(
             provider=predictor.provider,

@@ -140,10 +140,10 @@ def planned_variant(bundle, device: str, cfg: ScoreConfig, pending: int):
     return choice
 
 
-def _cpu_predictor(bundle, variant: str):
+def _cpu_predictor(bundle, margin: float | None, variant: str):
     from marketpulse.inference.predictor import Predictor
 
-    return Predictor(bundle, variant, "cpu", threads=1)
+    return Predictor(bundle, variant, "cpu", threads=1, rescore_margin=margin)
 
 
 class Scorer:
@@ -161,6 +161,7 @@ class Scorer:
         device: str,
         threads: int,
         batch_tokens: int,
+        rescore_margin: float | None = None,
     ):
         from marketpulse.inference.predictor import Predictor
 
@@ -170,7 +171,7 @@ class Scorer:
                 f"the bundle at {bundle_dir} on this Ray node is model {bundle.version}, the "
                 f"driver's is {model_version}; give every node the same bundle (a shared path)"
             )
-        self.predictor = Predictor(bundle, variant, device, threads)
+        self.predictor = Predictor(bundle, variant, device, threads, rescore_margin=rescore_margin)
         self.version = model_version
         self.batch_tokens = batch_tokens
         self.p_cols = probability_columns(bundle.labels)
@@ -317,7 +318,9 @@ def score_with_ray(
     with checked_run(cfg) as run:
         choice = planned_variant(run.bundle, device, cfg, run.pending)
         # on the driver, as the timing is (on CUDA auto picks no quantized graph: a no-op)
-        choice = autovariant.checked_on_text(run, choice, partial(_cpu_predictor, run.bundle))
+        choice = autovariant.checked_on_text(
+            run, choice, partial(_cpu_predictor, run.bundle, cfg.rescore_margin)
+        )
         provider, variant = planned_placement(run.bundle, device, choice.variant)
         with run.record(
             provider=provider,
@@ -406,6 +409,7 @@ def _stage_and_score(ray, run: Run, device, threads, cluster, staging, t_start, 
             "device": device,
             "threads": threads,
             "batch_tokens": cfg.batch_tokens,
+            "rescore_margin": cfg.rescore_margin,
         },
         batch_size=cfg.chunk_rows,
         batch_format="pyarrow",

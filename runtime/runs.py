@@ -101,6 +101,8 @@ class ScoreConfig:
     cache_dir: Path | None = None  # --variant auto's timings; None: ~/.cache/marketpulse
     canary_rows: int = run_canary.DEFAULT_ROWS  # rows rescored by fp32 (canary.py); 0: off
     auto_check_rows: int = autovariant.CHECK_ROWS  # auto's pick checked on the text; 0: off
+    # int8 rows within this top-two gap rescored by fp32 (predictor.py); None: the bundle's
+    rescore_margin: float | None = None
 
 
 @dataclass
@@ -156,6 +158,11 @@ def check_config(cfg: ScoreConfig) -> None:
         raise MarketpulseError(f"--threads must be at least 1, got {cfg.threads}")
     if cfg.canary_rows < 0:
         raise MarketpulseError(f"--canary-rows must be 0 or more, got {cfg.canary_rows}")
+    if cfg.rescore_margin is not None and not 0 <= cfg.rescore_margin < 1:
+        raise MarketpulseError(
+            f"--rescore-margin {cfg.rescore_margin} is outside 0..1; pass 0 for int8 alone, "
+            "or leave it out for the bundle's"
+        )
     if cfg.auto_check_rows < 0:
         raise MarketpulseError(f"--auto-check-rows must be 0 or more, got {cfg.auto_check_rows}")
     if cfg.lock_timeout < 0 or cfg.commit_seconds < 0:

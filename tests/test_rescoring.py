@@ -10,6 +10,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from test_runtime_support import forge_timings, make_source, spread_bundle, with_gate
 
 from marketpulse import cpu
@@ -152,3 +153,24 @@ def test_the_speed_up_with_rescoring():
     assert autovariant.with_rescoring(rates, "int8", 0.0) == pytest.approx(2.0)
     assert autovariant.with_rescoring(rates, "int8", 0.1) == pytest.approx(1 / 0.6)
     assert autovariant.with_rescoring(None, "int8", 0.1) is None
+
+
+def test_score_rescore_margin_zero_runs_int8_alone(bundle, tmp_path):
+    """`score --rescore-margin 0`: the bundle's int8 graph alone, nothing rescored."""
+    db = tmp_path / "m.duckdb"
+    make_source(db, 120)
+    args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
+    args += ["--bundle", str(bundle.path), "--variant", "int8", "--device", "cpu"]
+    result = CliRunner().invoke(main, [*args, "--rescore-margin", "0", "--results-table", "alone"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*args, "--results-table", "rescored"])
+    assert result.exit_code == 0, result.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        runs = con.execute("SELECT results_table, rows_rescored FROM runs ORDER BY started_at")
+        (_, none), (_, some) = runs.fetchall()
+        changed = con.execute(
+            "SELECT count(*) FROM alone a JOIN rescored r USING (id) WHERE a.confidence <> r.confidence"
+        ).fetchone()[0]
+    assert none == 0 and some > 0 and changed == some
+    bad = CliRunner().invoke(main, [*args, "--rescore-margin", "1"])
+    assert bad.exit_code == 2 and "--rescore-margin" in bad.output

@@ -36,7 +36,7 @@ class ZeroLogitsPredictor(Predictor):
     """
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs, rescore_margin=0)  # all rows tie: none rescored
+        super().__init__(*args, **(kwargs | {"rescore_margin": 0}))  # all rows tie: none rescored
 
     def run(self, input_ids, attention_mask, session=None):
         import numpy as np
