@@ -267,6 +267,8 @@ def _rejection_fix(drops: dict, calibration_rows: int | None) -> str:
 
     fix = "pass --allow-accuracy-drop to publish it marked failed, or loosen "
     fix += "--min-agreement / --max-f1-drop"
+    if "int8" in drops:
+        fix += ", or raise --rescore-margin (more of int8's hesitant rows rescored by fp32)"
     if "int8" in drops and calibration_rows is not None and calibration_rows < MIN_CALIBRATION_ROWS:
         return (
             f"int8 calibrated its scales on only {calibration_rows} text(s): pass "

@@ -66,9 +66,9 @@ from marketpulse.text import is_blank
 # splitting the widest FFN channels off in float (outliers.py).
 DEFAULT_OPTIMIZATION = "O1"
 # The twitter model's int8 graph against fp32 (2,388 valid.csv tweets and 3,708 review
-# snippets, two models): rescoring rows within 0.2 rescored 0.8-3.2% of them and lifted
-# agreement from 99.1-99.2% to 99.65-100%; a weak model (the demo's, macro-F1 0.6)
-# hesitates more: 14.6% rescored, 99.17% -> 100%.
+# snippets, three bundles of two models): rescoring rows within 0.2 rescored 0.8-3.3% of
+# them and lifted agreement from 99.1-99.3% to 99.65-100%; a weak model (the demo's,
+# macro-F1 0.6) hesitates more: 14.6% rescored, 99.17% -> 100% (README, Export).
 DEFAULT_RESCORE_MARGIN = 0.2
 DEFAULT_INT8_ORDER = "optimize-then-quantize"
 LIBRARIES = (

@@ -6,7 +6,7 @@
     runs(run_id, model_version, source, rows_scored, ... status, engine, error,
          psi_label, psi_confidence, unknown_heavy_share, drift_note, rows_duplicate,
          variant_reason, canary_rows, canary_disagree_share, canary_note, results_db,
-         rows_rescored)
+         rows_rescored, rescore_margin)
     explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
                  source, variant)   -- one row per word weighed, by `marketpulse explain`
 
@@ -77,6 +77,9 @@ RUN_COLUMNS = {
     # of rows_scored: rows the quantized graph hesitated on (top two probabilities within
     # the bundle's rescore margin), scored by the fp32 graph instead; NULL before counted
     "rows_rescored": "BIGINT",
+    # the margin those rows were picked by (score --rescore-margin, else the bundle's; 0:
+    # none rescored, as for fp32); NULL in runs recorded before it was
+    "rescore_margin": "DOUBLE",
 }
 # Run columns added after runs tables existed: an older runs table gets them by ALTER.
 # scores columns added after the first release: ALTERed into older tables, NULL there
@@ -93,6 +96,7 @@ ADDED_RUN_COLUMNS = (
     "canary_note",
     "results_db",
     "rows_rescored",
+    "rescore_margin",
 )
 EXPLANATIONS = "explanations"
 EXPLANATION_COLUMNS = {

@@ -328,8 +328,22 @@ def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
     cfg, ref = run.cfg, registry.REFERENCE
     if cfg.variant != registry.AUTO or choice.variant in (None, ref):
         return choice
-    if not cfg.auto_check_rows or not run.pending:
+    gated = run.bundle.rescore_margin(choice.variant)
+    if cfg.rescore_margin is not None and cfg.rescore_margin < gated:
+        reason = (
+            f"auto: {ref}, {choice.variant} passed export's gate with the rows within {gated:g} "
+            f"rescored by {ref}, and --rescore-margin {cfg.rescore_margin:g} rescores fewer "
+            f"(pass --variant {choice.variant} to run it so); before that, {choice.reason}"
+        )
+        return AutoChoice(ref, reason, choice.detail)
+    if not run.pending:
         return choice
+    if not cfg.auto_check_rows:  # no sample: price the rescoring by export's share
+        margin = gated if cfg.rescore_margin is None else cfg.rescore_margin
+        share = recorded_rescored_share(run.bundle, choice.variant) if margin else None
+        if share is None:
+            return choice
+        return _priced(choice, share, "of export's check texts")
     with run.db.read() as con:
         # never more rows than the run will score (--limit)
         rows = min(cfg.auto_check_rows, run.pending)
@@ -354,16 +368,37 @@ def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
     if graph.rescore_margin:
         rescored_share = float(rescored[ok].mean())
         figures += f" ({rescored_share:.1%} of them rescored by {ref})"
-        speedup = with_rescoring(choice.rates, choice.variant, rescored_share)
-        if speedup is not None and speedup < MIN_SPEEDUP:
-            reason = (
-                f"auto: {ref}, {choice.variant} only {speedup_text(speedup)}x {ref} once "
-                f"{ref} rescores its hesitant rows ({rescored_share:.1%} of {int(ok.sum())} "
-                f"rows sampled from the rows to score; below {MIN_SPEEDUP}x); before that, "
-                f"{choice.reason}"
-            )
-            return AutoChoice(ref, reason, choice.detail)
+        where = f"of {int(ok.sum())} rows sampled from the rows to score"
+        priced = _priced(choice, rescored_share, where)
+        if priced.variant == ref:
+            return priced
     return replace(choice, reason=f"{choice.reason}; disagreed with {ref} on {figures}")
+
+
+def _priced(choice: AutoChoice, share: float, where: str) -> AutoChoice:
+    """`choice`, or fp32 when fp32 rescoring `share` of the rows (`where` says of which
+    texts) leaves the quantized graph below MIN_SPEEDUP."""
+    ref = registry.REFERENCE
+    speedup = with_rescoring(choice.rates, choice.variant, share)
+    if speedup is None or speedup >= MIN_SPEEDUP:
+        return choice
+    reason = (
+        f"auto: {ref}, {choice.variant} only {speedup_text(speedup)}x {ref} once {ref} "
+        f"rescores its hesitant rows ({share:.1%} {where}; below {MIN_SPEEDUP}x); before "
+        f"that, {choice.reason}"
+    )
+    return AutoChoice(ref, reason, choice.detail)
+
+
+def recorded_rescored_share(bundle: Bundle, variant: str) -> float | None:
+    """The share of rows export saw `variant` rescore: on the check texts when it had
+    them, else on the test split; None when not recorded (an older bundle)."""
+    checks = bundle.manifest.get("checks") or {}
+    for results in ((checks.get("check_texts") or {}).get("variants"), checks.get("variants")):
+        share = ((results or {}).get(variant) or {}).get("rescored_share")
+        if isinstance(share, int | float) and not isinstance(share, bool):
+            return float(share)
+    return None
 
 
 def with_rescoring(rates: dict[str, float] | None, variant: str, share: float) -> float | None:

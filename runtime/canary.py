@@ -1,7 +1,8 @@
 """The canary: does the graph that ran still agree with the fp32 reference on this data?
 
 Export's gate proves a quantized graph agrees with PyTorch on the check texts; the
-texts a run scores may be unlike them. So each run keeps a seeded uniform sample of
+texts a run scores may be unlike them. The sample holds the labels written, so rows int8
+hesitated on and fp32 rescored (predictor.py) are compared as written. So each run keeps a seeded uniform sample of
 the rows it scored (`Canary.add`, fed every inferred window: each row draws a random
 key and the `rows` smallest keys so far are kept, so the sample spreads over the whole
 run without knowing its length), with their token ids and the label the running graph

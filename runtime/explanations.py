@@ -140,9 +140,10 @@ def _prepare_explanations(con, have: dict[str, str] | None) -> None:
 
 def _scored_variants(
     cfg: ExplainConfig, raw_ids: list, id_type: str, version: str
-) -> dict[str, str]:
-    """{id as text: the variant that scored it for `version`} for the ids with a score
-    recorded by a run over this table (scores.run_id -> runs.variant)."""
+) -> dict[str, tuple[str, float | None]]:
+    """{id as text: (the variant that scored it for `version`, the run's rescore margin,
+    None where not recorded)} for the ids with a score recorded by a run over this table
+    (scores.run_id -> runs.variant, runs.rescore_margin)."""
     results_db = Path(cfg.results_db) if cfg.results_db else Path(cfg.db)
     if not raw_ids or not results_db.is_file():
         return {}
@@ -153,16 +154,18 @@ def _scored_variants(
         if not scores or not runs or "run_id" not in scores or scores.get("id") != id_type:
             return {}  # nothing recorded, or another table's scores (ids of another type)
         results_col = "r.results_db" if "results_db" in runs else "NULL"
+        margin_col = "r.rescore_margin" if "rescore_margin" in runs else "NULL"
         rows = con.execute(
-            f"SELECT CAST(s.id AS VARCHAR), r.variant, r.source, r.source_db, {results_col} "
+            f"SELECT CAST(s.id AS VARCHAR), r.variant, {margin_col}, r.source, r.source_db, "
+            f"{results_col} "
             f"FROM {quote_table(cfg.results_table)} AS s JOIN {quote_ident(RUNS)} AS r "
             "ON r.run_id = s.run_id WHERE s.model_version = ? AND s.id IN (SELECT unnest(?))",
             [version, raw_ids],
         ).fetchall()
     source_db, here = str(Path(cfg.db).resolve()), str(results_db.resolve())
     return {
-        row_id: variant
-        for row_id, variant, *run_row in rows
+        row_id: (variant, margin)
+        for row_id, variant, margin, *run_row in rows
         if variant and results.scored_this_source(tuple(run_row), cfg.table, source_db, here)
     }
 
@@ -220,14 +223,18 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
                 f"cannot read which graph scored the rows from {cfg.results_table!r} "
                 f"({first_line(exc)[:200]}); pass --variant to name the graph"
             ) from exc
-        graphs = [_graph_for(scored.get(i), cfg.device, bundle) for i in ids]
+        # each row with the graph, and the rescore margin, of the run that scored it
+        runs = [scored.get(i, (None, None)) for i in ids]
+        plans = [(_graph_for(v, cfg.device, bundle), m) for v, m in runs]
     else:
-        graphs = [cfg.variant] * len(ids)
+        plans = [(cfg.variant, None)] * len(ids)
     explanations: list[Explanation | None] = [None] * len(ids)
+    graphs: list[str | None] = [graph for graph, _ in plans]
     used: dict[str, int] = {}
-    for graph in dict.fromkeys(graphs):  # one Predictor per graph, in first-use order
-        index = [i for i, g in enumerate(graphs) if g == graph]
-        predictor = Predictor(bundle, variant=graph, device=cfg.device)
+    for plan in dict.fromkeys(plans):  # one Predictor per graph and margin, first-use order
+        index = [i for i, p in enumerate(plans) if p == plan]
+        graph, margin = plan
+        predictor = Predictor(bundle, variant=graph, device=cfg.device, rescore_margin=margin)
         for i, e in zip(index, explain(predictor, [rows[i][2] for i in index]), strict=True):
             explanations[i] = e
         used[predictor.variant] = used.get(predictor.variant, 0) + len(index)

@@ -114,6 +114,7 @@ def score(cfg: ScoreConfig, predictor_type: type[Predictor] = Predictor) -> RunS
             reason=predictor.reason,
             engine="local",
             variant_reason=predictor.variant_reason,
+            rescore_margin=predictor.rescore_margin,
         ) as stats:
             _remove_stale_staging(run)
             if choice.detail:

@@ -322,12 +322,17 @@ def score_with_ray(
             run, choice, partial(_cpu_predictor, run.bundle, cfg.rescore_margin)
         )
         provider, variant = planned_placement(run.bundle, device, choice.variant)
+        from marketpulse.inference.predictor import rescore_margin_for
+
+        # decided here, so every Scorer uses this number whatever its node's manifest says
+        margin = rescore_margin_for(run.bundle, provider, variant, cfg.rescore_margin)
         with run.record(
             provider=provider,
             variant=variant,
             reason=f"--engine ray, {'GPU' if device == 'cuda' else 'CPU'} workers",
             engine="ray",
             variant_reason=choice.reason,
+            rescore_margin=margin,
         ) as stats:
             if choice.detail:
                 run.progress.log(choice.detail)
@@ -409,7 +414,7 @@ def _stage_and_score(ray, run: Run, device, threads, cluster, staging, t_start, 
             "device": device,
             "threads": threads,
             "batch_tokens": cfg.batch_tokens,
-            "rescore_margin": cfg.rescore_margin,
+            "rescore_margin": stats.rescore_margin,  # the driver's, on every node
         },
         batch_size=cfg.chunk_rows,
         batch_format="pyarrow",

@@ -126,6 +126,7 @@ class RunStats:
     rows_failed: int = 0
     rows_duplicate: int = 0  # of rows_scored: copies of a same text's result in the window
     rows_rescored: int = 0  # of rows_scored: hesitant quantized rows rescored by fp32
+    rescore_margin: float = 0.0  # the top-two gap below which a row was rescored (0: none)
     seconds: float = 0.0
     rows_per_s: float = 0.0
     drift: dict = field(default_factory=dict)  # runtime.drift.DriftResult.to_dict()
@@ -200,7 +201,14 @@ class Run:
 
     @contextmanager
     def record(
-        self, *, provider: str, variant: str, reason: str, engine: str, variant_reason: str = ""
+        self,
+        *,
+        provider: str,
+        variant: str,
+        reason: str,
+        engine: str,
+        variant_reason: str = "",
+        rescore_margin: float = 0.0,
     ) -> Iterator[RunStats]:
         """The `runs` row around the scoring; yields the `RunStats` that `flush` updates.
 
@@ -214,7 +222,7 @@ class Run:
             )
             results.register_model(con, self.bundle)
             dead = results.close_dead_runs(con)
-            self._start_row(con, run_id, provider, variant, engine, variant_reason)
+            self._start_row(con, run_id, provider, variant, engine, variant_reason, rescore_margin)
         pending = self.pending
         stats = self.stats = RunStats(
             run_id=run_id,
@@ -228,6 +236,7 @@ class Run:
             variant_reason=variant_reason,
             rows_pending=pending,
             rows_already_scored=self.done,
+            rescore_margin=rescore_margin,
         )
         progress = self.progress = Progress(
             pending, enabled=cfg.progress, log_every=cfg.progress_every
@@ -296,7 +305,14 @@ class Run:
                 raise
 
     def _start_row(
-        self, con, run_id: str, provider: str, variant: str, engine: str, variant_reason: str
+        self,
+        con,
+        run_id: str,
+        provider: str,
+        variant: str,
+        engine: str,
+        variant_reason: str,
+        rescore_margin: float,
     ) -> None:
         cfg = self.cfg
         results.start_run(
@@ -321,6 +337,7 @@ class Run:
                 "provider": provider,
                 "variant": variant,
                 "variant_reason": variant_reason or None,
+                "rescore_margin": rescore_margin,
                 "engine": engine,
             },
         )

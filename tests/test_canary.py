@@ -90,8 +90,8 @@ class FlippedReference(Predictor):
     """The real graphs, except that fp32 swaps the first two logits: every label differs
     from the graph that ran wherever one of the two won."""
 
-    def run(self, input_ids, attention_mask):
-        logits = super().run(input_ids, attention_mask)
+    def run(self, input_ids, attention_mask, session=None):
+        logits = super().run(input_ids, attention_mask, session)
         return logits[:, [1, 0, 2]] if self.variant == "fp32" else logits
 
 

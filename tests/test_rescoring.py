@@ -7,6 +7,8 @@ the determinism test (test_determinism.py) covers rescored rows as well.
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import numpy as np
 import pytest
@@ -14,8 +16,11 @@ from click.testing import CliRunner
 from test_runtime_support import forge_timings, make_source, spread_bundle, with_gate
 
 from marketpulse import cpu
+from marketpulse.bundle import MANIFEST
+from marketpulse.checkpoint import load_checkpoint
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
+from marketpulse.export.checks import load_check_texts
 from marketpulse.export.stage import DEFAULT_RESCORE_MARGIN
 from marketpulse.export.summary import format_manifest
 from marketpulse.inference.predictor import (
@@ -74,12 +79,23 @@ def test_a_bundle_without_a_margin_is_never_rescored(bundle, tmp_path, texts):
 
 
 def test_export_gates_int8_as_it_runs_and_records_it_alone(bundle):
-    """The gate's int8 agreement is with the rescoring; the graph alone is recorded beside."""
+    """The gate's int8 agreement is with the rescoring; the graph alone is recorded beside.
+    Both recomputed here against the fp32 graph (PyTorch's within 1e-4) on the texts the
+    gate checked (this checkpoint has no test split: the built-in market sentences)."""
     result = bundle.manifest["checks"]["variants"]["int8"]
     assert result["rescore_margin"] == DEFAULT_RESCORE_MARGIN
-    assert 0 < result["rescored_share"] < 1
-    # on hesitant rows int8 takes fp32's decision, which matches PyTorch's
-    assert result["agreement"] >= result["agreement_without_rescoring"]
+    checkpoint = load_checkpoint(bundle.manifest["source_checkpoint"])
+    texts = load_check_texts(checkpoint, None).texts
+    fp32 = Predictor(bundle, "fp32", threads=1).predict_proba(texts).argmax(axis=1)
+    rescoring = Predictor(bundle, "int8", threads=1).predict_proba(texts).argmax(axis=1)
+    own = Predictor(bundle, "int8", threads=1, rescore_margin=0).predict_proba(texts)
+    hesitant = top_two_margin(own) < DEFAULT_RESCORE_MARGIN
+    near = 2 / len(texts)  # a near-tie PyTorch and the fp32 graph break differently
+    assert result["rescored_share"] == pytest.approx(hesitant.mean(), abs=near)
+    assert result["agreement"] == pytest.approx((rescoring == fp32).mean(), abs=near)
+    alone = (own.argmax(axis=1) == fp32).mean()
+    assert result["agreement_without_rescoring"] == pytest.approx(alone, abs=near)
+    assert result["agreement"] > result["agreement_without_rescoring"]  # it did something
     verdict = bundle.manifest["checks"]["gate"]["variants"]["int8"]
     assert verdict["test_agreement"] == result["agreement"]
     shown = format_manifest(bundle.path, bundle.manifest)  # what export and inspect print
@@ -166,11 +182,125 @@ def test_score_rescore_margin_zero_runs_int8_alone(bundle, tmp_path):
     result = CliRunner().invoke(main, [*args, "--results-table", "rescored"])
     assert result.exit_code == 0, result.output
     with duckdb.connect(str(db), read_only=True) as con:
-        runs = con.execute("SELECT results_table, rows_rescored FROM runs ORDER BY started_at")
-        (_, none), (_, some) = runs.fetchall()
+        runs = con.execute("SELECT rescore_margin, rows_rescored FROM runs ORDER BY started_at")
+        (zero, none), (margin, some) = runs.fetchall()
         changed = con.execute(
             "SELECT count(*) FROM alone a JOIN rescored r USING (id) WHERE a.confidence <> r.confidence"
         ).fetchone()[0]
     assert none == 0 and some > 0 and changed == some
+    assert (zero, margin) == (0.0, DEFAULT_RESCORE_MARGIN)  # what each run went by
     bad = CliRunner().invoke(main, [*args, "--rescore-margin", "1"])
     assert bad.exit_code == 2 and "--rescore-margin" in bad.output
+
+
+def test_check_texts_are_gated_with_the_rescoring_too(bundle, tmp_path):
+    """Export with check texts: their figures carry the rescoring, and the summary says
+    how much of each set was rescored."""
+    from marketpulse.export import ExportConfig, run
+    from marketpulse.export.checks import CheckSource
+
+    rng = np.random.default_rng(5)
+    texts = [f"{i} " + " ".join(rng.choice(WORDS, rng.integers(2, 25))) for i in range(400)]
+    check = tmp_path / "check.csv"
+    duckdb.sql("SELECT unnest(?) AS text", params=[texts]).write_csv(str(check))
+    out = run(
+        ExportConfig(
+            model=bundle.manifest["source_checkpoint"],
+            out=tmp_path / "bundle",
+            variants=("fp32", "int8"),
+            allow_accuracy_drop=True,
+            max_length=48,
+            check_source=CheckSource(input=check),
+        )
+    )
+    sample = out.manifest["checks"]["check_texts"]
+    result = sample["variants"]["int8"]
+    assert result["rescore_margin"] == DEFAULT_RESCORE_MARGIN
+    assert 0 < result["rescored_share"] < 1
+    assert result["agreement"] > result["agreement_without_rescoring"]
+    assert (
+        out.manifest["checks"]["gate"]["variants"]["int8"]["check_agreement"]
+        == (result["agreement"])
+    )
+    shown = format_manifest(out.path, out.manifest)
+    assert f"{result['rescored_share']:.1%} of the check texts" in shown
+
+
+def test_ray_counts_the_same_rescored_rows_as_the_local_engine(bundle, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an extra: pip install 'marketpulse[ray]'")
+    from marketpulse.runtime.ray_engine import score_with_ray
+
+    counts = {}
+    for name, engine in (("local", score), ("ray", score_with_ray)):
+        db = tmp_path / f"{name}.duckdb"
+        make_source(db, 150)
+        cfg = ScoreConfig(db, "posts", "id", "text", bundle.path, variant="int8", progress=False)
+        kwargs = {"workers": 1} if name == "ray" else {}
+        stats = engine(cfg, **kwargs)
+        with duckdb.connect(str(db), read_only=True) as con:
+            counts[name] = con.execute("SELECT rows_rescored, rescore_margin FROM runs").fetchone()
+        assert counts[name][0] == stats.rows_rescored > 0
+    assert counts["ray"] == counts["local"] == (counts["local"][0], DEFAULT_RESCORE_MARGIN)
+
+
+@pytest.mark.skipif(cuda_provider_available(), reason="auto times CPU graphs only")
+def test_auto_does_not_run_int8_with_less_rescoring_than_its_gate_saw(bundle, tmp_path):
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 3.0)
+    passed = with_gate(bundle, tmp_path, True)
+    db = tmp_path / "m.duckdb"
+    make_source(db, 60)
+    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, rescore_margin=0.05)  # fmt: skip
+    stats = score(cfg)
+    assert stats.variant == "fp32" and stats.rescore_margin == 0.0
+    assert stats.variant_reason.startswith(
+        "auto: fp32, int8 passed export's gate with the rows within 0.2 rescored by fp32, and "
+        "--rescore-margin 0.05 rescores fewer (pass --variant int8 to run it so)"
+    )
+
+
+@pytest.mark.skipif(cuda_provider_available(), reason="auto times CPU graphs only")
+def test_without_the_sample_check_auto_prices_the_share_export_saw(bundle, tmp_path):
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, 1.2)
+    passed = with_gate(bundle, tmp_path, True)
+    manifest = json.loads((passed.path / MANIFEST).read_text())
+    manifest["checks"]["variants"]["int8"]["rescored_share"] = 0.5  # 1 / (1/1.2 + 0.5) = 0.75
+    (passed.path / MANIFEST).write_text(json.dumps(manifest))
+    db = tmp_path / "m.duckdb"
+    make_source(db, 60)
+    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, auto_check_rows=0)  # fmt: skip
+    stats = score(cfg)
+    assert stats.variant == "fp32"
+    assert stats.variant_reason.startswith(
+        "auto: fp32, int8 only 0.75x fp32 once fp32 rescores its hesitant rows (50.0% of "
+        "export's check texts; below 1.1x)"
+    )
+
+
+def test_explain_gives_each_row_the_label_and_probability_its_run_wrote(bundle, tmp_path):
+    """A run with its own --rescore-margin: explain reads it from `runs`, and decides per
+    text once, so the full text's probability is exactly the one scored."""
+    pytest.importorskip("presidio_analyzer")
+    from marketpulse.runtime.explanations import ExplainConfig, explain_table
+
+    db = tmp_path / "m.duckdb"
+    make_source(db, 60)
+    cfg = ScoreConfig(db, "posts", "id", "text", bundle.path, variant="int8", rescore_margin=0.6)
+    stats = score(cfg)
+    assert stats.rows_rescored > 0
+    seen = {}
+    explain_table(
+        ExplainConfig(
+            db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, limit=60
+        ),
+        on_row=lambda row_id, e, words: seen.__setitem__(row_id, (e.label, e.probability)),
+    )
+    with duckdb.connect(str(db), read_only=True) as con:
+        scored = con.execute(
+            "SELECT CAST(id AS VARCHAR), label, confidence FROM scores WHERE label IS NOT NULL"
+        ).fetchall()
+    assert len(seen) == len(scored) > 0
+    for row_id, label, confidence in scored:
+        assert seen[row_id][0] == label
+        assert seen[row_id][1] == pytest.approx(confidence, abs=1e-5)

@@ -197,7 +197,7 @@ def test_device_cuda_without_provider_fails_and_auto_falls_back(source, bundle):
     assert result.exit_code == 1
     assert "--device cuda but onnxruntime has no CUDA provider" in result.output
     assert tables(db) == {"posts"}
-    # --variant int8: this bundle's int8 fails export's gate, so auto would run fp32
+    # --variant int8: named, so the int8 graph runs whatever auto would have timed
     result = run_cli(db, bundle.path, "--device", "auto", "--limit", "5", "--variant", "int8")
     assert result.exit_code == 0, result.output
     assert "found no CUDA provider" in result.output and "using CPU" in result.output

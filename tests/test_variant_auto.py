@@ -107,7 +107,9 @@ def test_nothing_pending_times_no_graph(bundle, tmp_path, capfd, engine):
 
 
 def test_auto_runs_the_faster_graph_that_passed_and_fp32_when_int8_failed(bundle, tmp_path):
-    passed, failed = with_gate(bundle, tmp_path, True), with_gate(bundle, tmp_path, False)
+    # int8 alone: the pricing of fp32's rescoring is tested in test_rescoring.py
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)
+    failed = with_gate(bundle, tmp_path, False)
     # The gate lives in the manifest, which the model version does not hash: same
     # version, so the copies share the timings cache and their already-scored rows.
     assert passed.version == failed.version == bundle.version
@@ -143,7 +145,7 @@ def test_cli_default_is_auto(bundle, tmp_path):
     db = tmp_path / "m.duckdb"
     make_source(db, 30)
     forge_timings(bundle, tmp_path / "cache", 2.0)
-    passed = with_gate(bundle, tmp_path, True)
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)  # int8 alone: 2x as timed
     args = ["score", "--db", str(db), "--table", "posts", "--id-col", "id", "--text-col", "text"]
     result = CliRunner().invoke(
         main,

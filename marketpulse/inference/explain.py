@@ -13,6 +13,11 @@ the prediction, so it is not scored and gets weight exactly 0.0 (so does every w
 the first `max_words`). A text of n seen words costs min(n, max_words) + 1 rows of
 inference. A predictor without an `encoder` (a test fake) has every word counted as seen.
 
+An int8 predictor that rescores hesitant rows by fp32 (predictor.py) decides once per
+text, on the full text as scored: if it was rescored, every occluded copy goes through
+fp32, else through int8 alone. Otherwise a copy that crossed the margin would switch
+graphs, and the word's weight would include the gap between the two graphs.
+
 `faithfulness` checks the weights mean something: deleting each text's k top-weighted
 words must lower the label's probability more than deleting k words picked at random.
 
@@ -81,6 +86,32 @@ def _seen_words(predictor, texts: list[str]) -> list[int]:
     ]
 
 
+def _score_all(predictor, variants: list[str], owners: list[tuple[int, int]]) -> np.ndarray:
+    """Probabilities of every occluded copy; a rescoring predictor's copies of a text all
+    go through the graph its full text was scored by (module docstring)."""
+    if getattr(predictor, "_rescorer", None) is None:
+        return _score(predictor, variants)
+    from marketpulse import variants as registry
+    from marketpulse.inference.predictor import Predictor
+
+    fulls = [k for k, (_, j) in enumerate(owners) if j < 0]
+    batched = predictor.run_batches(predictor.encoder.encode([variants[k] for k in fulls]))
+    rescored = {owners[k][0] for k, r in zip(fulls, batched.rescored, strict=True) if r}
+    by_fp32 = np.array([i in rescored for i, _ in owners], dtype=bool)
+    probs = np.empty((len(variants), len(predictor.labels)), dtype=np.float32)
+    for mask, graph, margin in ((by_fp32, registry.REFERENCE, None), (~by_fp32, None, 0)):
+        if mask.any():
+            alone = Predictor(
+                predictor.bundle,
+                graph or predictor.variant,
+                "cpu",
+                predictor.threads,
+                rescore_margin=margin,
+            )
+            probs[mask] = _score(alone, [v for v, m in zip(variants, mask, strict=True) if m])
+    return probs
+
+
 def _score(predictor, texts: list[str]) -> np.ndarray:
     out = [
         predictor.predict_proba(texts[i : i + GROUP_ROWS]) for i in range(0, len(texts), GROUP_ROWS)
@@ -105,7 +136,7 @@ def explain(predictor, texts: list[str], max_words: int = MAX_WORDS) -> list[Exp
         for j in range(min(seen[i], max_words)):
             variants.append(_without(text, sp, {j}))
             owners.append((i, j))
-    probs = _score(predictor, variants)
+    probs = _score_all(predictor, variants, owners)
     full: dict[int, np.ndarray] = {}
     drops: dict[int, dict[int, float]] = {i: {} for i in range(len(texts))}
     for (i, j), p in zip(owners, probs, strict=True):
