@@ -1024,7 +1024,7 @@ def explain(
         results_table=results_table,
     )
     stats = explain_table(cfg, on_row=show)
-    click.echo(stats.summary(db), err=True)
+    click.echo(stats.summary(results_db or db), err=True)
 
 
 def _clip(word: str, width: int = 40) -> str:

@@ -201,10 +201,15 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         )
     privacy.find("")  # the masking extra is missing: say so before any inference runs
     bundle = load_bundle(Path(cfg.bundle))
-    db = Database(Path(cfg.db), None, cfg.memory_limit, cfg.lock_timeout, DEFAULT_STORAGE_VERSION)
+    # explanations go beside the scores: into --results-db when given (the source
+    # attached read-only, as score reads it), else into --db
+    results_db = Path(cfg.results_db) if cfg.results_db else None
+    db = Database(
+        Path(cfg.db), results_db, cfg.memory_limit, cfg.lock_timeout, DEFAULT_STORAGE_VERSION
+    )
     db.prepare()
     with db.read() as con, low_memory(con, cfg.memory_limit):
-        source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, False)
+        source = check_source(con, cfg.table, cfg.id_col, cfg.text_col, cfg.where, db.attached)
         have = _check_explanations(con)
         ident, text = quote_ident(source.id_col), quote_ident(source.text_col)
         with reading(cfg.table, cfg.where):

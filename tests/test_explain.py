@@ -276,6 +276,26 @@ def test_a_missing_results_db_is_refused_not_ignored(bundle, tmp_path):
     assert _rows(db, "SELECT table_name FROM information_schema.tables") == [("posts",)]
 
 
+def test_with_results_db_the_explanations_go_beside_the_scores(bundle, tmp_path):
+    """The source file is only read: explanations land in --results-db, as scores do."""
+    from marketpulse.runtime import ScoreConfig, score
+
+    pytest.importorskip("presidio_analyzer")
+    db, results = tmp_path / "src.duckdb", tmp_path / "results.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE SCHEMA feed")
+        con.execute("CREATE TABLE feed.posts (id INTEGER, text VARCHAR)")
+        con.executemany("INSERT INTO feed.posts VALUES (?, ?)", list(enumerate(MARKET_SENTENCES)))
+    cfg = ScoreConfig(db=db, table="feed.posts", id_col="id", text_col="text", bundle=bundle.path, results_db=results, variant="int8", progress=False)  # fmt: skip
+    score(cfg)
+    stats = _explain_rows(bundle, db, "feed.posts", limit=5, results_db=results)
+    assert stats.rows == 5 and stats.variants == {"int8": 5}  # found the scores' graph
+    assert _rows(db, "SELECT table_name FROM information_schema.tables") == [("posts",)]
+    assert _rows(results, "SELECT count(DISTINCT id), min(source) FROM explanations") == [
+        (5, "feed.posts")
+    ]
+
+
 def test_a_row_is_explained_by_the_graph_that_scored_it(bundle, tmp_path):
     """Scored by int8 (forced), explained by int8 with the label it has; rows without a
     score by the CPU preference; --variant names one graph for all."""
