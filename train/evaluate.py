@@ -3,10 +3,13 @@
 The model is either a `marketpulse train` checkpoint (scored with PyTorch through
 `predict.predict_logits`) or an exported bundle (a directory with manifest.json,
 scored with the shared ONNX `Predictor`, so no torch is needed for that path).
-Integer labels in the table are named by the model's own label order unless
-`--label-names` says otherwise, except for a model whose labels are integers' own names
-("1", "2", "3": train without --label-names), which knows each integer by its value;
-`--label-map` renames a table's labels onto the model's.
+Integer labels in the table are named by `--label-names` (0 -> the first name ...); a
+model whose labels are integers' own names ("1", "2", "3": train without --label-names)
+knows each integer by its value; `--label-map` renames a table's labels (integers
+included) onto the model's. Otherwise integers are read as positions in the model's own
+label order, which is right only if the table was labeled in that order, so a stderr line
+says so and the result records it (`integer_labels`), and a value past the model's last
+label is an error naming both fixes.
 
 `evaluate` scores one table. `evaluate_domains` scores several named tables (domains)
 with the model loaded once, and sets each beside the training domain: the checkpoint's
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +35,6 @@ from marketpulse.sources import Flags
 from marketpulse.train.data import (
     DataSource,
     LabeledRows,
-    UnknownLabel,
     count_phrase,
     load_labeled,
 )
@@ -198,38 +201,84 @@ def _not_the_models(
     )
 
 
-def _load_rows(
-    source: DataSource, labels: list[str], label_map: dict[str, str], flags: Flags | None = None
-) -> LabeledRows:
-    """Read the rows with label names the model knows, mapped through `label_map`.
+def _order_phrase(labels: Sequence[str]) -> str:
+    """`["bearish", "bullish"]` -> "0=bearish, 1=bullish"."""
+    return ", ".join(f"{i}={name}" for i, name in enumerate(labels))
 
-    Every label is checked against the model's here, before any row is scored."""
-    # Integer labels are named by the model's order unless --label-names names them, or
-    # the model's labels are the integers' own names: then 2 is "2", whatever its position.
-    by_value = source.label_names is None and _integer_names(labels)
-    named = (
-        source
-        if by_value
-        else dataclasses.replace(source, label_names=source.label_names or tuple(labels))
+
+def _name_by_position(
+    rows: LabeledRows, labels: list[str], column: str, domain: str | None
+) -> LabeledRows:
+    """Integer labels (as read, named by their digits) named by the model's label order.
+
+    Only when no --label-names was given: the user named nothing, so a value past the
+    model's last label is an error that says the names were the model's, with the fixes."""
+    values = sorted({int(y) for y in rows.labels})
+    bad = [v for v in values if not 0 <= v < len(labels)]
+    if bad:
+        prefix = f"{domain}:" if domain else ""
+        pairs = ",".join(f"{v}=LABEL" for v in values[:6]) + (",..." if len(values) > 6 else "")
+        names = (
+            "" if domain else f", or pass --label-names with one name per value 0..{max(values)}"
+        )
+        raise MarketpulseError(
+            f"label value {bad[0]} in column {column!r} has no name: no --label-names was "
+            f"given, so integer labels are read as the model's label order "
+            f"({_order_phrase(labels)}); map the values onto the model's labels with "
+            f"--label-map {prefix}{pairs}{names}"
+        )
+    named = sorted((text, labels[int(y)]) for text, y in zip(rows.texts, rows.labels, strict=True))
+    return dataclasses.replace(
+        rows,
+        texts=[text for text, _ in named],
+        labels=[label for _, label in named],
+        literals={labels[int(y)]: literal for y, literal in rows.literals.items()},
     )
-    raw = bool(label_map) and source.label_names is None
-    try:
-        rows = load_labeled(source if raw else named, flags)  # raw: the table's own names
-        if raw and not set(rows.labels) & set(label_map):
-            rows = load_labeled(named, flags)  # a shared map that names none of this table's
-    except UnknownLabel as exc:
-        if source.label_names is not None:  # the user's --label-names: train's advice fits
-            raise
-        # every label the model lacks, named once, with both fixes (map or filter)
-        as_read = load_labeled(source, flags)
-        unknown = sorted(set(as_read.labels) - set(labels)) or [exc.label]
-        raise _not_the_models(unknown, as_read, exc.column, labels) from None
+
+
+def _position_note(labels: list[str], domain: str | None, flagged: str | None) -> str:
+    """The stderr line saying integer labels were read as the model's label order;
+    `domain` names the source in a several-domain report, `flagged` a --domain one."""
+    where = f"domain {domain!r}: " if domain else ""
+    fix = f"--label-map {flagged}:0=LABEL,..." if flagged else "--label-names"
+    return (
+        f"evaluate: {where}integer labels read as the model's label order "
+        f"{_order_phrase(labels)}; pass {fix} to name them"
+    )
+
+
+def _load_rows(
+    source: DataSource,
+    labels: list[str],
+    label_map: dict[str, str],
+    flags: Flags | None = None,
+    domain: str | None = None,
+) -> tuple[LabeledRows, dict | None]:
+    """Read the rows with label names the model knows, mapped through `label_map`, and
+    how integer labels were named by position (None when they were not).
+
+    `domain` names a --domain source, which --label-names does not describe. Every label
+    is checked against the model's here, before any row is scored."""
+    if source.label_names is not None:  # the user's --label-names: train's advice fits
+        rows = load_labeled(source, flags)
+        named_by = "--label-names" if rows.integer_labels else None
+        positions = list(source.label_names)
+    else:
+        rows = load_labeled(source, flags)  # the table's own labels; integers as digits
+        named_by, positions = None, labels
+        # Integers are the model's values when its labels are integers' own names (2 is
+        # "2", whatever its position), or --label-map's keys when it names some of them;
+        # else they are read by the model's label order, and a note says so.
+        by_map = bool(set(rows.labels) & set(label_map))
+        if rows.texts and rows.integer_labels and not _integer_names(labels) and not by_map:
+            rows = _name_by_position(rows, labels, source.label_col, domain)
+            named_by = "the model's label order"
     if not rows.texts:
         raise MarketpulseError(
             f"no usable rows in {source.describe()} (skipped {count_phrase(rows.skipped)}); "
             "pass a table with non-empty text and labels"
         )
-    if label_map:
+    if set(rows.labels) & set(label_map):  # a shared map may name none of this table's
         rows.labels = [label_map.get(y, y) for y in rows.labels]
         unknown = sorted(set(rows.labels) - set(labels))
         if unknown:
@@ -238,16 +287,19 @@ def _load_rows(
                 f"({', '.join(labels)}) after --label-map; map them with --label-map "
                 f"{unknown[0]}=LABEL onto those names"
             )
-        rows.label_names = list(labels)
     else:
         # never silently another class: an integer the model does not know by value, or
-        # --label-names naming classes the model lacks (a 2-class model, 3 names)
+        # labels (or --label-names names) the model lacks, with both fixes: map or filter
         unknown = sorted(set(rows.labels) - set(labels))
-        if unknown and by_value:
+        if unknown and source.label_names is None and _integer_names(labels):
             raise _unknown_label(unknown[0], source.label_col, labels)
         if unknown:
             raise _not_the_models(unknown, rows, source.label_col, labels)
-    return rows
+    rows.label_names = list(labels)
+    if named_by is None:
+        return rows, None
+    names = {str(i): name for i, name in enumerate(positions)}
+    return rows, {"named_by": named_by, "names": names}
 
 
 class _Scorer:
@@ -323,11 +375,16 @@ def evaluate(
     batch_size: int = 64,
     max_length: int | None = None,
 ) -> dict:
-    """Return {"model", "data", "rows", "metrics", ...} for `model` on `source`'s rows."""
+    """Return {"model", "data", "rows", "metrics", "integer_labels", ...} for `model` on
+    `source`'s rows; `integer_labels` is how integer labels were named by position
+    ({"named_by", "names": {"0": ...}}), or None."""
     model_dir, _, labels, checkpoint = _open_model(model, variant)
-    rows = _load_rows(source, labels, label_map or {})
+    rows, positions = _load_rows(source, labels, label_map or {})
+    if positions and positions["named_by"] != "--label-names":
+        print(_position_note(labels, None, None), file=sys.stderr)
     scorer = _Scorer(model_dir, checkpoint, variant=variant, device=device, max_length=max_length)
-    return {"model": str(model_dir), **scorer.info, **_score(scorer, source, rows, batch_size)}
+    scored = _score(scorer, source, rows, batch_size)
+    return {"model": str(model_dir), **scorer.info, **scored, "integer_labels": positions}
 
 
 def _reference(kind: str, name: str, source: str, figures: dict) -> dict:
@@ -382,13 +439,24 @@ def evaluate_domains(
     model_dir, _, labels, checkpoint = _open_model(model, variant)
     loaded = []
     for domain in domains:
+        # a --domain source has no --label-names: its integers are named by --label-map
+        flagged = domain.name if domain.flags == _DOMAIN_FLAGS else None
         try:
-            rows = _load_rows(domain.source, labels, dict(domain.label_map), domain.flags)
-            loaded.append((domain, rows))
+            rows, positions = _load_rows(
+                domain.source, labels, dict(domain.label_map), domain.flags, flagged
+            )
         except MarketpulseError as exc:
             raise MarketpulseError(f"domain {domain.name!r}: {exc}") from exc
+        loaded.append((domain, rows, positions))
+    for domain, _, positions in loaded:  # every table read: say how before the model loads
+        if positions and positions["named_by"] != "--label-names":
+            flagged = domain.name if domain.flags == _DOMAIN_FLAGS else None
+            print(_position_note(labels, domain.name, flagged), file=sys.stderr)
     scorer = _Scorer(model_dir, checkpoint, variant=variant, device=device, max_length=max_length)
-    results = [{"name": d.name, **_score(scorer, d.source, rows, batch_size)} for d, rows in loaded]
+    results = [
+        {"name": d.name, **_score(scorer, d.source, rows, batch_size), "integer_labels": positions}
+        for d, rows, positions in loaded
+    ]
     reference = _training_reference(model_dir, checkpoint)
     if reference is None:
         source = "first domain: the model records no training test metrics"
