@@ -3,9 +3,12 @@ flagged shifts circled, and the forecast fan (80% and 95% bands) after the last 
 
 With many groups only the `MAX_PANELS` that matter most are drawn: groups with a flagged
 shift first (largest |z| first), then the largest by volume; the figure says how many
-groups were left out and names the first few. Every panel shares the y axis [-1, 1].
+groups were left out and names the first few. Every panel shares the y axis [-1, 1] and
+one date axis, labelled under the lowest panel of each column: a panel read against
+another panel's dates (a group whose last buckets are empty spans fewer of them) would
+put its shifts at the wrong time.
 
-matplotlib is imported inside `plot_trends` (Agg backend, no display needed), so the
+matplotlib is imported inside `draw_trends` (Agg backend, no display needed), so the
 trends stage imports without it and only `--plot` needs it.
 """
 
@@ -38,6 +41,18 @@ def plot_trends(
     result, path: Path, rows: list[dict[str, Any]], forecasts: list[dict[str, Any]] = ()
 ) -> Path:
     """Write a PNG of `rows` (trend table) and `forecasts` (forecast table) to `path`."""
+    fig = draw_trends(result, rows, forecasts)
+    import matplotlib.pyplot as plt  # there: draw_trends imported it
+
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def draw_trends(result, rows: list[dict[str, Any]], forecasts: list[dict[str, Any]] = ()):
+    """The figure of `plot_trends`; the caller closes it (`matplotlib.pyplot.close`)."""
     try:
         import matplotlib
 
@@ -64,6 +79,7 @@ def plot_trends(
         n_cols,
         figsize=(4.2 * n_cols + 1, 2.8 * n_rows + 1.2),
         dpi=110,
+        sharex=True,
         sharey=True,
         squeeze=False,
     )
@@ -72,6 +88,7 @@ def plot_trends(
             _panel(ax, key, sorted(series[key], key=lambda r: r["bucket"]), fans.get(key, []))
         for ax in list(axes.flat)[len(shown) :]:
             ax.set_visible(False)
+        _label_dates(axes, len(shown))
         title = (
             f"{result.trend_table}: net index = ({result.positive} - {result.negative}) / volume; "
             f"red circles: shifts at p <= {result.alpha:g}; shaded: 80% / 95% forecast bands"
@@ -85,12 +102,27 @@ def plot_trends(
                 f"volume); left out: {names}"
             )
         fig.suptitle(title, fontsize=9)
-        fig.autofmt_xdate()
         fig.tight_layout()
-        fig.savefig(path)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return Path(path)
+        raise
+    return fig
+
+
+def _label_dates(axes, shown: int) -> None:
+    """Date labels under the lowest drawn panel of each column (sharex leaves them on the
+    bottom row only, under panels that may be hidden), short enough not to need rotating."""
+    import matplotlib.dates as mdates
+
+    n_cols = axes.shape[1]
+    for i, ax in enumerate(list(axes.flat)[:shown]):
+        lowest = i + n_cols >= shown
+        ax.tick_params(axis="x", labelbottom=lowest)
+        ax.xaxis.offsetText.set_visible(lowest)
+    if shown:
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
+        axes.flat[0].xaxis.set_major_locator(locator)  # shared: every panel's axis
+        axes.flat[0].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def _key(row: dict[str, Any], by: tuple[str, ...]) -> str:

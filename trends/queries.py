@@ -6,6 +6,7 @@ Two objects are built, both queryable from any SQL client:
   that scored it (newest by `models.registered_at`), so a re-score never double counts.
 - `trend_<source>_<grain>` (a TABLE, rebuilt on each run): one row per group x time
   bucket, every bucket from the first to the last one present, empty ones included.
+  <source> is the table's name, after its schema when that is not main (`table_name`).
 
 Buckets are cut at UTC: `bucket_sql` expects the connection's TimeZone to be 'UTC'
 (the stage sets it), so a TIMESTAMPTZ or an ISO text with an offset lands in the bucket
@@ -20,8 +21,9 @@ from __future__ import annotations
 import math
 import re
 
+from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import MODELS, sanitize
-from marketpulse.sql import quote_ident, quote_table, split_table
+from marketpulse.sql import ascii_fold, quote_ident, quote_table, spell_table, split_table
 
 GRAINS = ("day", "week", "month")
 MAX_WINDOW = 104  # the p-value SQL grows with the window (one branch per degree of freedom)
@@ -60,14 +62,53 @@ def is_plain_name(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
 
 
-def table_name(kind: str, source: str, grain: str) -> str:
+def source_parts(source: str, database: str | None = None) -> list[str]:
+    """`source` as [schema, table], or [catalog, schema, table] when it names a catalog
+    other than `database` (the --db file's): `posts` and `main.posts` are [main, posts].
+    Derived names and the trend tables' record of their source (`source_note`) use it."""
+    parts = split_table(source)
+    if len(parts) == 3 and database is not None and ascii_fold(parts[0]) == ascii_fold(database):
+        parts = parts[1:]
+    return ["main", *parts] if len(parts) == 1 else parts
+
+
+def table_name(kind: str, source: str, grain: str, database: str | None = None) -> str:
     """`<kind>_<source>_<grain>`: the names of every table trends writes for a source
-    (kind: trend, trend_drivers, forecast, forecast_backtest)."""
-    return f"{kind}_{sanitize(split_table(source)[-1])}_{grain}"
+    (kind: trend, trend_drivers, forecast, forecast_backtest). A source in the main schema
+    gives its table name alone (`posts`, `main.posts`: trend_posts_week); in another schema
+    the schema comes first (`s1.posts`: trend_s1_posts_week), so that `s2.posts` does not
+    write over it. `main.s1_posts` still gives the same name: `source_note` tells them
+    apart."""
+    parts = source_parts(source, database)
+    if len(parts) == 2 and ascii_fold(parts[0]) == "main":
+        parts = parts[1:]
+    return f"{kind}_{'_'.join(sanitize(p) for p in parts)}_{grain}"
 
 
-def trend_table_name(source: str, grain: str) -> str:
-    return table_name("trend", source, grain)
+def trend_table_name(source: str, grain: str, database: str | None = None) -> str:
+    return table_name("trend", source, grain, database)
+
+
+# The comment every table trends writes carries: which source it was computed from.
+SOURCE_NOTE = "marketpulse trends of "
+
+
+def source_note(source: str, database: str | None = None) -> str:
+    """The comment of the tables built from `source` (`COMMENT ON TABLE`)."""
+    return SOURCE_NOTE + spell_table(source_parts(source, database))
+
+
+def same_source(note: str | None, source: str, database: str | None = None) -> bool | None:
+    """Whether a table's comment `note` names `source` as DuckDB resolves names (letter
+    case of A-Z ignored, `main` implied); None when the comment is not a `source_note`
+    (a table of an older marketpulse, or commented by hand)."""
+    if not note or not note.startswith(SOURCE_NOTE):
+        return None
+    try:
+        noted = source_parts(note[len(SOURCE_NOTE) :], database)
+    except MarketpulseError:
+        return None
+    return [ascii_fold(p) for p in noted] == [ascii_fold(p) for p in source_parts(source, database)]
 
 
 # The tables that depend on a trend table, named after it.

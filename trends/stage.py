@@ -5,7 +5,8 @@ db, or in the file `score --results-db` wrote, attached read-only: `inputs.py`),
 creates or refreshes the `latest_<scores>` view and the `trend_<source>_<grain>` table
 (see `queries.py`) with the tables that depend on it (forecasts, backtest, drivers: named
 after it by `queries.dependent_tables`, dropped when the run does not build them), all in
-one transaction, and returns a `TrendsResult` with the latest bucket per group, the
+one transaction, each commented with its source so that another source deriving the same
+names is refused rather than written over (`_check_owners`), and returns a `TrendsResult` with the latest bucket per group, the
 flagged shifts and what the trend leaves out (source rows without a score, scored rows
 without a time). The index labels are picked in `labels.py`. It needs duckdb and
 pyarrow only; matplotlib is imported by `plot.py` when a picture is asked for.
@@ -29,6 +30,7 @@ from marketpulse.results_schema import MODELS, RUNS, SCORES, sanitize
 from marketpulse.runtime.database import owned_folder, remove_dead_folders
 from marketpulse.runtime.source import key_problems
 from marketpulse.sql import (
+    ascii_fold,
     connect,
     quote_ident,
     quote_table,
@@ -73,7 +75,8 @@ class TrendsConfig:
     # The trend tables always go to db.
     results_db: Path | None = None
     alpha: float = 0.01  # two-sided false-alarm probability per bucket check (is_shift)
-    trend_table: str | None = None  # default trend_<source>_<grain>
+    # default trend_<source>_<grain>; <source>: schema_table outside main (queries.table_name)
+    trend_table: str | None = None
     horizon: int = 4  # buckets ahead in forecast_<source>_<grain>; 0: no forecast tables
     text_col: str | None = None  # set: write trend_drivers_<source>_<grain> (why a shift happened)
     # (with trend_table T, the forecast and drivers tables are named after T instead:
@@ -144,9 +147,12 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 scores_table=cfg.scores_table,
                 lock_timeout=cfg.lock_timeout,
             )
-            table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain)
+            database = con.execute("SELECT current_database()").fetchone()[0]
+            table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain, database)
             dependents = queries.dependent_tables(table)
             _check_source(con, cfg, res, [table, *dependents.values()])
+            if cfg.trend_table is None:  # a name of the user's choosing is theirs to reuse
+                _check_owners(con, cfg, [table, *dependents.values()], database)
             _write_to(con, work)
             view = queries.latest_view_name(cfg.scores_table)
             con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=True))
@@ -186,7 +192,8 @@ def run(cfg: TrendsConfig) -> TrendsResult:
         finally:
             con.close()
         latest = None if res.apart else queries.latest_scores_sql(view, res.scores, res.models)
-        outputs = _publish(cfg, work, [table, *dependents.values()], latest)
+        note = queries.source_note(cfg.source, database)
+        outputs = _publish(cfg, work, [table, *dependents.values()], latest, note)
     if cfg.plot:
         from marketpulse.trends.plot import plot_trends
 
@@ -229,11 +236,12 @@ def _write_to(con, work: Path) -> None:
     con.execute(f"SET search_path = '{path.replace(chr(39), chr(39) * 2)}'")
 
 
-def _publish(cfg: TrendsConfig, work: Path, names: list[str], latest: str | None):
-    """Copy the tables of `names` made in `work` into --db, and drop those it did not
-    make (an earlier run's forecasts after --horizon 0, say), with the latest-scores view,
-    in one transaction: a reader sees the old set or the new one, never a mix. Then the
-    --csv/--parquet files. --db is held read-write for the copy only."""
+def _publish(cfg: TrendsConfig, work: Path, names: list[str], latest: str | None, note: str):
+    """Copy the tables of `names` made in `work` into --db, each commented with `note` (its
+    source: `_check_owners`), and drop those it did not make (an earlier run's forecasts
+    after --horizon 0, say), with the latest-scores view, in one transaction: a reader sees
+    the old set or the new one, never a mix. Then the --csv/--parquet files. --db is held
+    read-write for the copy only."""
     con = connect(cfg.db, read_only=False, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
     try:
         con.execute(f"ATTACH ? AS {quote_ident(WORK)} (READ_ONLY)", [str(work)])
@@ -251,6 +259,7 @@ def _publish(cfg: TrendsConfig, work: Path, names: list[str], latest: str | None
             if name in made:
                 source = f"{quote_ident(WORK)}.main.{quote_ident(name)}"
                 con.execute(f"CREATE OR REPLACE TABLE {target} AS FROM {source}")
+                con.execute(f"COMMENT ON TABLE {target} IS '{note.replace(chr(39), chr(39) * 2)}'")
             else:
                 con.execute(f"DROP TABLE IF EXISTS {target}")
         con.execute("COMMIT")
@@ -488,6 +497,31 @@ def _check_id_types(cfg: TrendsConfig, id_type: str, scores_type: str) -> None:
             f"{cfg.scores_table}.id is {scores_type}, so they cannot be matched; pass --id-col "
             "with the column `marketpulse score` read as --id-col"
         )
+
+
+def _check_owners(con, cfg: TrendsConfig, names: list[str], database: str) -> None:
+    """Refuse to replace the tables of another source that derive the same names
+    (`main.s1_posts` and `s1.posts` both give trend_s1_posts_<grain>, `"My Posts"` and
+    `my_posts` both trend_my_posts_<grain>): each table trends writes names its source in
+    its comment (`queries.source_note`). A table without one (from before the comments)
+    is replaced, as it always was."""
+    rows = con.execute(
+        "SELECT table_name, comment FROM duckdb_tables() "
+        "WHERE database_name = ? AND schema_name = 'main'",
+        [database],
+    ).fetchall()
+    comments = {ascii_fold(name): (name, comment) for name, comment in rows}
+    for name, comment in (comments[ascii_fold(n)] for n in names if ascii_fold(n) in comments):
+        if queries.same_source(comment, cfg.source, database) is False:
+            other = comment[len(queries.SOURCE_NOTE) :]
+            full = "_".join(sanitize(p) for p in queries.source_parts(cfg.source, database))
+            alt = f"trend_{full}_{cfg.grain}"
+            alt = f"{names[0]}_2" if alt.lower() == names[0].lower() else alt
+            raise MarketpulseError(
+                f"table {name} of {cfg.db} holds the trends of {other}, whose tables have the "
+                f"names that {cfg.source!r} derives; pass --trend-table {alt} (or another name) "
+                f"to keep both, or drop the tables of {other} to replace them"
+            )
 
 
 def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
