@@ -169,6 +169,17 @@ def test_text_time_column_with_bad_values(db):
     res = CliRunner().invoke(main, [*args, "--source", "texty"])
     assert res.exit_code == 1
     assert "holds values that are not dates or timestamps" in res.output
+    # the fix it names, for a blank time (common in CSV imports), works as written
+    assert (
+        'SELECT * REPLACE (NULLIF(trim("posted_at"), \'\') AS "posted_at") FROM texty' in res.output
+    )
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE blanks AS SELECT id, CASE WHEN id % 3 = 0 THEN '' ELSE CAST(posted_at AS VARCHAR) END AS posted_at FROM posts")  # fmt: skip
+    con.execute("CREATE VIEW blanks_fixed AS SELECT * REPLACE (NULLIF(trim(\"posted_at\"), '') AS \"posted_at\") FROM blanks")  # fmt: skip
+    con.close()
+    assert CliRunner().invoke(main, [*args, "--source", "blanks"]).exit_code == 1
+    res = CliRunner().invoke(main, [*args, "--source", "blanks_fixed", "--grain", "day"])
+    assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, [*args, "--source", "iso", "--grain", "day"])
     assert res.exit_code == 0, res.output
     con = duckdb.connect(str(db), read_only=True)

@@ -301,7 +301,10 @@ def _write_trend_table(con, cfg: TrendsConfig, table, view, labels, positive, ne
     except duckdb.ConversionException as exc:
         raise MarketpulseError(
             f"column {cfg.time_col!r} holds values that are not dates or timestamps "
-            f"({first_line(exc)}); pass --time-col with a {TIME_KINDS} column"
+            f"({first_line(exc)}); pass --time-col with a {TIME_KINDS} column, or as "
+            f"--source a view that turns the bad values into NULL (e.g. SELECT * REPLACE "
+            f"(NULLIF(trim({quote_ident(cfg.time_col)}), '') AS {quote_ident(cfg.time_col)}) "
+            f"FROM {cfg.source}): rows without a time are counted and left out"
         ) from exc
 
 
