@@ -8,7 +8,7 @@
          variant_reason, canary_rows, canary_disagree_share, canary_note, results_db,
          rows_rescored, rescore_margin)
     explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
-                 source, variant)   -- one row per word weighed, by `marketpulse explain`
+                 source, variant, source_db)   -- one row per word weighed, by `explain`
 
 A results table holds the scores of one source table of one database file: `runs.source`
 and `runs.source_db` (the source file's resolved path; it equals `runs.results_db` when
@@ -109,6 +109,9 @@ EXPLANATION_COLUMNS = {
     "explained_at": "TIMESTAMP",
     "source": "VARCHAR",  # the source table as given (runs.source); NULL in older rows
     "variant": "VARCHAR",  # the graph explained (fp32, int8); NULL in older rows
+    # the source file's resolved path (explanations of several files may share a
+    # --results-db); NULL in older rows, which were always in the source file itself
+    "source_db": "VARCHAR",
 }
 # marketpulse's own tables: a scores table under one of these names would take its place
 RESERVED_TABLES = (RUNS, MODELS, EXPLANATIONS)

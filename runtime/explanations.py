@@ -2,21 +2,23 @@
 
 The rows (`--where`, `--limit`) are read on one read-only session, explained by
 `marketpulse.inference.explain` (leave-one-word-out occlusion on a bundle graph) and
-written to the `explanations` table of the same database, one row per word weighed:
+written to the `explanations` table beside the scores (in `--results-db` when given,
+the source file attached read-only; else in the source file), one row per word weighed:
 
     explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
-                 source, variant)
+                 source, variant, source_db)
 
 `id` is the source id as DuckDB casts it to text (`CAST(id AS VARCHAR)`), so tables
 with any id type share the table; join it back with `e.id = CAST(p.id AS VARCHAR)`.
-`source` is the table as named (`runs.source` spells it the same way), `variant` the
-graph that was explained. `label` is the label the weights explain (the predicted one);
+`source` is the table as named (`runs.source` spells it the same way), `source_db` the
+source file's resolved path (one results file may hold the explanations of several
+source files), `variant` the graph that was explained. `label` is the label the weights explain (the predicted one);
 `position` is the word's 0-based index in the text. Only the words that were deleted in
 turn are stored (`Explanation.occluded`: the first 96 the model sees); the rest weigh 0
 and get no row. Words that are personal data are stored as their placeholder
 (`<EMAIL>`, marketpulse.privacy), never as written. A rerun replaces the rows of the
-ids it explains for this source table and model version; rows from before `source` was
-recorded (NULL there) are kept as they are. An `explanations` table from before gets
+ids it explains for this source table and file and model version; rows from before
+`source` was recorded (NULL there) are kept as they are. An `explanations` table from before gets
 the columns added (NULL in its rows) and its `id` turned to VARCHAR.
 
 The graph: `variant` names one; by default each row is explained by the graph that
@@ -246,17 +248,28 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         for i in index:
             graphs[i] = predictor.variant
     records: list[tuple] = []
-    now = utcnow()
+    now, source_db = utcnow(), str(Path(cfg.db).resolve())
     for row_id, e, graph in zip(ids, explanations, graphs, strict=True):
         words = masked_words(e)
         if on_row is not None:
             on_row(row_id, e, words)
         # the occluded words only: the rest were not weighed (weight 0 by definition)
         records += [
-            (row_id, bundle.version, e.label, word, w.position, w.weight, now, cfg.table, graph)
+            (
+                row_id,
+                bundle.version,
+                e.label,
+                word,
+                w.position,
+                w.weight,
+                now,
+                cfg.table,
+                graph,
+                source_db,
+            )  # fmt: skip
             for word, w in zip(words[: e.occluded], e.words[: e.occluded], strict=True)
         ]
-    _write(db, have, records, ids, bundle.version, cfg.table)
+    _write(db, have, records, ids, bundle.version, cfg.table, source_db)
     return ExplainStats(
         rows=len(ids),
         words=len(records),
@@ -265,8 +278,18 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
     )
 
 
-def _write(db: Database, have, records: list[tuple], ids: list[str], version: str, table: str):
-    """Replace this table's rows for `ids` and `version` by `records`, in one transaction."""
+def _write(
+    db: Database,
+    have,
+    records: list[tuple],
+    ids: list[str],
+    version: str,
+    table: str,
+    source_db: str,
+):
+    """Replace this source's rows for `ids` and `version` by `records`, in one transaction:
+    its table in its file (rows without a file, from before it was recorded, were written
+    into the source file itself, so they count as that file's)."""
     import pyarrow as pa
 
     types = {"position": pa.int32(), "weight": pa.float64(), "explained_at": pa.timestamp("us")}
@@ -285,8 +308,9 @@ def _write(db: Database, have, records: list[tuple], ids: list[str], version: st
             # the table as DuckDB resolves its name: `posts`, `POSTS` and `main.posts` are one
             con.execute(
                 f"DELETE FROM {name} WHERE model_version = ? AND id IN (SELECT unnest(?)) "
-                "AND regexp_replace(lower(source), '^main[.]', '') = ?",
-                [version, ids, results.table_key(table)],
+                "AND regexp_replace(lower(source), '^main[.]', '') = ? "
+                "AND coalesce(source_db, ?) = ?",
+                [version, ids, results.table_key(table), source_db, source_db],
             )
         con.register("_marketpulse_explanations", chunk)
         try:

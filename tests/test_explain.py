@@ -296,6 +296,28 @@ def test_with_results_db_the_explanations_go_beside_the_scores(bundle, tmp_path)
     ]
 
 
+def test_two_source_files_keep_their_explanations_in_one_results_db(bundle, tmp_path):
+    """posts of a.duckdb and posts of b.duckdb, same ids, one --results-db: explaining b
+    must not replace a's rows (a rerun of a still replaces a's own)."""
+    from marketpulse.runtime import ScoreConfig, score
+
+    pytest.importorskip("presidio_analyzer")
+    results = tmp_path / "results.duckdb"
+    for name in ("a", "b"):
+        db = tmp_path / f"{name}.duckdb"
+        with duckdb.connect(str(db)) as con:
+            con.execute("CREATE TABLE posts (id INTEGER, text VARCHAR)")
+            con.executemany(
+                "INSERT INTO posts VALUES (?, ?)", list(enumerate(MARKET_SENTENCES[:4]))
+            )
+        score(ScoreConfig(db=db, table="posts", id_col="id", text_col="text", bundle=bundle.path, results_db=results, results_table=f"scores_{name}", progress=False))  # fmt: skip
+    for name in ("a", "b", "a"):
+        db = tmp_path / f"{name}.duckdb"
+        _explain_rows(bundle, db, "posts", limit=4, results_db=results, results_table=f"scores_{name}")  # fmt: skip
+    kept = _rows(results, "SELECT source_db, count(DISTINCT id), count(DISTINCT explained_at) FROM explanations GROUP BY ALL ORDER BY 1")  # fmt: skip
+    assert kept == [(str((tmp_path / f"{n}.duckdb").resolve()), 4, 1) for n in ("a", "b")]
+
+
 def test_a_row_is_explained_by_the_graph_that_scored_it(bundle, tmp_path):
     """Scored by int8 (forced), explained by int8 with the label it has; rows without a
     score by the CPU preference; --variant names one graph for all."""
