@@ -11,7 +11,10 @@ from click.testing import CliRunner
 from trends_fixtures import build_db
 
 from marketpulse.cli import main
-from marketpulse.trends.queries import same_source, source_note, table_name
+from marketpulse.trends.queries import Database, same_source, source_note, table_name
+
+# market.duckdb as DuckDB's catalog lists it: schemas main and s1
+MARKET = Database("market", ("main", "s1"))
 
 
 @pytest.fixture
@@ -45,19 +48,33 @@ def test_names_keep_the_schema_outside_main():
     assert table_name("trend", "posts", "week") == "trend_posts_week"
     assert table_name("trend", "main.posts", "week") == "trend_posts_week"
     assert table_name("trend", "MAIN.posts", "week") == "trend_posts_week"
-    assert table_name("trend", "market.main.posts", "week", "market") == "trend_posts_week"
+    assert table_name("trend", "market.main.posts", "week", MARKET) == "trend_posts_week"
     assert table_name("trend", "s1.posts", "week") == "trend_s1_posts_week"
-    assert table_name("forecast", "market.s1.posts", "day", "market") == "forecast_s1_posts_day"
+    assert table_name("forecast", "market.s1.posts", "day", MARKET) == "forecast_s1_posts_day"
     assert table_name("trend", '"Market Data".select', "week") == "trend_market_data_select_week"
-    assert table_name("trend", "other.s1.posts", "week", "market") == "trend_other_s1_posts_week"
+    assert table_name("trend", "other.s1.posts", "week", MARKET) == "trend_other_s1_posts_week"
+
+
+def test_a_two_part_name_is_a_schema_s_table_else_the_database_s_own():
+    # market.posts in market.duckdb: catalog market, schema main, as DuckDB binds it
+    assert table_name("trend", "market.posts", "week", MARKET) == "trend_posts_week"
+    assert table_name("trend", "Market.posts", "week", MARKET) == "trend_posts_week"
+    assert source_note("market.posts", MARKET) == "marketpulse trends of main.posts"
+    assert same_source(source_note("posts", MARKET), "market.posts", MARKET) is True
+    # a schema of that name is the schema (DuckDB refuses such a name as ambiguous)
+    both = Database("market", ("main", "market"))
+    assert table_name("trend", "market.posts", "week", both) == "trend_market_posts_week"
+    # another name is a schema, found or not (DuckDB says which is missing)
+    assert table_name("trend", "s2.posts", "week", MARKET) == "trend_s2_posts_week"
+    assert table_name("trend", "market.posts", "week") == "trend_market_posts_week"
 
 
 def test_the_source_note_names_a_table_as_duckdb_resolves_it():
-    note = source_note("S1.Posts", "market")
+    note = source_note("S1.Posts", MARKET)
     assert note == "marketpulse trends of S1.Posts"
-    assert same_source(note, "s1.posts", "market") is True
-    assert same_source(note, "market.s1.posts", "market") is True
-    assert same_source(note, "s1_posts", "market") is False
+    assert same_source(note, "s1.posts", MARKET) is True
+    assert same_source(note, "market.s1.posts", MARKET) is True
+    assert same_source(note, "s1_posts", MARKET) is False
     assert same_source(source_note("posts"), "main.posts") is True
     assert same_source(source_note('"My Posts"'), "my_posts") is False
     assert same_source(None, "posts") is None
@@ -126,3 +143,29 @@ def test_the_other_way_round_and_a_table_from_before_the_notes(db):
         for kind in ("forecast", "forecast_backtest"):
             con.execute(f"COMMENT ON TABLE {kind}_s1_posts_day IS NULL")
     assert _trends(db, "s1.posts").exit_code == 0
+
+
+def test_the_file_s_own_name_before_a_table_is_its_catalog_not_a_schema(db):
+    """In market.duckdb, DuckDB reads `market.posts` as catalog market, schema main (there
+    is no schema market): the same table as `posts`, so the same names, and one source."""
+    assert db.stem == "market"
+    for source in ("market.posts", "MARKET.posts", "market.main.posts", "posts"):
+        res = _trends(db, source, "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["trend_table"] == "trend_posts_day", source
+    for source in ("market.s1.posts", "s1.posts"):
+        res = _trends(db, source, "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["trend_table"] == "trend_s1_posts_day", source
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert Database.of(con) == Database("market", ("Market Data", "main", "s1", "s2"))
+        comments = dict(
+            con.execute(
+                "SELECT table_name, comment FROM duckdb_tables() WHERE table_name LIKE '%_day'"
+            ).fetchall()
+        )
+    assert not [t for t in comments if "market" in t], comments
+    assert comments["trend_posts_day"] == "marketpulse trends of main.posts"
+    assert comments["forecast_s1_posts_day"] == "marketpulse trends of s1.posts"
+    assert _brands(db, "trend_posts_day") == ["A", "B"]
+    assert _brands(db, "trend_s1_posts_day") == ["A"]

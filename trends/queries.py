@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import MODELS, sanitize
@@ -62,17 +63,48 @@ def is_plain_name(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
 
 
-def source_parts(source: str, database: str | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Database:
+    """The --db file as DuckDB names it on the run's connection: its catalog name
+    (`current_database()`, the file's stem) and its schemas (`duckdb_schemas()`), what a
+    source's name resolves against (`source_parts`)."""
+
+    name: str
+    schemas: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, con) -> Database:
+        """The current database of `con` and its schemas, read from DuckDB's catalog."""
+        rows = con.execute(
+            "SELECT current_database(), list(schema_name ORDER BY schema_name) "
+            "FROM duckdb_schemas() WHERE database_name = current_database()"
+        ).fetchone()
+        return cls(rows[0], tuple(rows[1] or ()))
+
+    def has_schema(self, name: str) -> bool:
+        return ascii_fold(name) in {ascii_fold(s) for s in self.schemas}
+
+
+def source_parts(source: str, database: Database | None = None) -> list[str]:
     """`source` as [schema, table], or [catalog, schema, table] when it names a catalog
     other than `database` (the --db file's): `posts` and `main.posts` are [main, posts].
-    Derived names and the trend tables' record of their source (`source_note`) use it."""
+    Derived names and the trend tables' record of their source (`source_note`) use it.
+
+    A name of two parts is read as DuckDB binds it: `x.posts` is schema x's table when
+    the database has a schema x (DuckDB refuses the name when x is its own name too),
+    else, when x is the database's own name (`market.posts` in market.duckdb), table posts
+    of its main schema, the same table as `posts`. `database` comes from DuckDB's catalog
+    (`Database.of`); without it a two-part name is schema.table."""
     parts = split_table(source)
-    if len(parts) == 3 and database is not None and ascii_fold(parts[0]) == ascii_fold(database):
-        parts = parts[1:]
+    if database is not None and ascii_fold(parts[0]) == ascii_fold(database.name):
+        if len(parts) == 3:
+            parts = parts[1:]
+        elif len(parts) == 2 and not database.has_schema(parts[0]):
+            parts = ["main", parts[1]]
     return ["main", *parts] if len(parts) == 1 else parts
 
 
-def table_name(kind: str, source: str, grain: str, database: str | None = None) -> str:
+def table_name(kind: str, source: str, grain: str, database: Database | None = None) -> str:
     """`<kind>_<source>_<grain>`: the names of every table trends writes for a source
     (kind: trend, trend_drivers, forecast, forecast_backtest). A source in the main schema
     gives its table name alone (`posts`, `main.posts`: trend_posts_week); in another schema
@@ -85,7 +117,7 @@ def table_name(kind: str, source: str, grain: str, database: str | None = None) 
     return f"{kind}_{'_'.join(sanitize(p) for p in parts)}_{grain}"
 
 
-def trend_table_name(source: str, grain: str, database: str | None = None) -> str:
+def trend_table_name(source: str, grain: str, database: Database | None = None) -> str:
     return table_name("trend", source, grain, database)
 
 
@@ -93,12 +125,12 @@ def trend_table_name(source: str, grain: str, database: str | None = None) -> st
 SOURCE_NOTE = "marketpulse trends of "
 
 
-def source_note(source: str, database: str | None = None) -> str:
+def source_note(source: str, database: Database | None = None) -> str:
     """The comment of the tables built from `source` (`COMMENT ON TABLE`)."""
     return SOURCE_NOTE + spell_table(source_parts(source, database))
 
 
-def same_source(note: str | None, source: str, database: str | None = None) -> bool | None:
+def same_source(note: str | None, source: str, database: Database | None = None) -> bool | None:
     """Whether a table's comment `note` names `source` as DuckDB resolves names (letter
     case of A-Z ignored, `main` implied); None when the comment is not a `source_note`
     (a table of an older marketpulse, or commented by hand)."""

@@ -147,7 +147,8 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 scores_table=cfg.scores_table,
                 lock_timeout=cfg.lock_timeout,
             )
-            database = con.execute("SELECT current_database()").fetchone()[0]
+            # what the source's name resolves against (`market.posts` in market.duckdb)
+            database = queries.Database.of(con)
             table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain, database)
             dependents = queries.dependent_tables(table)
             _check_source(con, cfg, res, [table, *dependents.values()])
@@ -502,7 +503,7 @@ def _check_id_types(cfg: TrendsConfig, id_type: str, scores_type: str) -> None:
         )
 
 
-def _check_owners(con, cfg: TrendsConfig, names: list[str], database: str) -> None:
+def _check_owners(con, cfg: TrendsConfig, names: list[str], database: queries.Database) -> None:
     """Refuse to replace the tables of another source that derive the same names
     (`main.s1_posts` and `s1.posts` both give trend_s1_posts_<grain>, `"My Posts"` and
     `my_posts` both trend_my_posts_<grain>): each table trends writes names its source in
@@ -511,7 +512,7 @@ def _check_owners(con, cfg: TrendsConfig, names: list[str], database: str) -> No
     rows = con.execute(
         "SELECT table_name, comment FROM duckdb_tables() "
         "WHERE database_name = ? AND schema_name = 'main'",
-        [database],
+        [database.name],
     ).fetchall()
     comments = {ascii_fold(name): (name, comment) for name, comment in rows}
     for name, comment in (comments[ascii_fold(n)] for n in names if ascii_fold(n) in comments):
