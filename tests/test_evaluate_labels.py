@@ -4,6 +4,7 @@ given neither, by the model's label order, which it says on stderr and records."
 from __future__ import annotations
 
 import json
+import shutil
 
 import duckdb
 import pytest
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 from conftest import TINY_LABELS
 
 from marketpulse.cli import main
+from marketpulse.errors import MarketpulseError
+from marketpulse.train.data import DataSource, load_labeled
 
 pytest.importorskip("torch")
 
@@ -112,11 +115,10 @@ def test_an_integer_past_the_model_labels_says_the_names_were_the_models(
     result = _run(*args)
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
-        "Error: label value 3 in column 'label' has no name: no --label-names was given, so "
-        f"integer labels are read as the model's label order ({ORDER}); map the values onto "
-        "the model's labels with --label-map 1=LABEL,2=LABEL,3=LABEL, or pass --label-names "
-        "with one name per value 0..3"
-    ]
+        "Error: label value 3 in column 'label' has no name: with no --label-names, integer "
+        f"labels are read as positions in the model's label order ({ORDER}); name every "
+        "value with --label-map 1=LABEL,2=LABEL,3=LABEL"
+    ]  # not --label-names: 0..3 takes four names, the model has three labels
     assert "names given" not in result.output  # the user gave none
     result = _run(*args, "--label-map", "1=neutral,2=bullish,3=bearish", "--json")
     assert result.exit_code == 0, result.output
@@ -164,3 +166,133 @@ def test_a_primary_source_among_domains_is_named_in_its_note(tiny_checkpoint, la
         f"evaluate: domain 'codes': integer labels read as the model's label order {ORDER}; "
         "pass --label-names to name them"
     ) in result.stderr.splitlines()
+
+
+# A model whose labels mix digits and words (star ratings with a catch-all), so a table's
+# digits can match its labels as text.
+MIXED_LABELS = ["1", "2", "unsure"]
+
+
+@pytest.fixture(scope="module")
+def mixed_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with its labels renamed to MIXED_LABELS."""
+    out = tmp_path_factory.mktemp("mixed") / "model"
+    shutil.copytree(tiny_checkpoint, out)
+    config = json.loads((out / "config.json").read_text())
+    config["id2label"] = dict(enumerate(MIXED_LABELS))
+    config["label2id"] = {label: i for i, label in enumerate(MIXED_LABELS)}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def _digits(cast: str, top: str = "2") -> str:
+    """neutral as 1, the rest as `top`, in a column of type `cast`."""
+    return (
+        f"SELECT text, CAST(CASE label WHEN 'neutral' THEN 1 ELSE {top} END AS {cast}) "
+        "AS label FROM labeled"
+    )
+
+
+@pytest.mark.parametrize("cast", ["VARCHAR", "INTEGER"])
+def test_digits_the_model_has_as_labels_are_matched_by_value(mixed_checkpoint, labeled_db, cast):
+    args = ["--model", str(mixed_checkpoint), "--db", labeled_db, "--query", _digits(cast)]
+    result = _run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    assert "evaluate:" not in result.stderr  # "1" is the model's "1", not its position 1
+    saved = json.loads(result.stdout)
+    assert saved["integer_labels"] is None
+    assert _supports(saved) == {"1": 5, "2": 5, "unsure": 0}
+
+    # a value the model lacks is the plain unknown-label error, not a position
+    result = _run(
+        "--model", str(mixed_checkpoint), "--db", labeled_db, "--query", _digits(cast, "3")
+    )
+    assert result.exit_code == 1, result.output
+    literal = "'3'" if cast == "VARCHAR" else "3"
+    assert result.output.strip().splitlines() == [
+        "Error: labels 3 in column 'label' are not among the model's labels (1, 2, unsure); "
+        "map them onto the model's with --label-map 3=LABEL, or leave those rows out with a "
+        f'filtering --query, e.g. --query "SELECT ... WHERE label <> {literal}"'
+    ]
+
+
+def test_label_names_matched_as_text_record_no_positions(mixed_checkpoint, labeled_db):
+    args = ["--model", str(mixed_checkpoint), "--db", labeled_db, "--query", _digits("VARCHAR")]
+    result = _run(*args, "--label-names", ",".join(MIXED_LABELS), "--json")
+    assert result.exit_code == 0, result.output
+    assert "evaluate:" not in result.stderr
+    saved = json.loads(result.stdout)
+    assert saved["integer_labels"] is None  # "1" matched the name "1", not position 1
+    assert _supports(saved) == {"1": 5, "2": 5, "unsure": 0}
+
+
+def test_negative_integers_name_the_fix_that_works(tiny_checkpoint, labeled_db):
+    args = ["--model", str(tiny_checkpoint), "--db", labeled_db, "--query", _case(-1)]
+    result = _run(*args)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: label value -1 in column 'label' has no name: with no --label-names, integer "
+        f"labels are read as positions in the model's label order ({ORDER}); name every "
+        "value with --label-map -1=LABEL,0=LABEL,1=LABEL"
+    ]
+    result = _run(*args, "--label-names", "neutral,bullish,bearish")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: label value -1 in column 'label' has no name: --label-names names the values "
+        "0..2 by position (0=neutral, 1=bullish, 2=bearish); drop --label-names and name "
+        "every value with --label-map -1=LABEL,0=LABEL,1=LABEL"
+    ]
+    # the fix named works
+    result = _run(*args, "--label-map", "-1=neutral,0=bullish,1=bearish", "--json")
+    assert result.exit_code == 0, result.output
+    assert _supports(json.loads(result.stdout)) == {k: TRUTH.count(k) for k in TINY_LABELS}
+
+
+def test_too_few_label_names_name_both_fixes_when_the_model_has_enough_labels(
+    tiny_checkpoint, labeled_db
+):
+    args = ["--model", str(tiny_checkpoint), "--db", labeled_db, "--query", _case(0)]
+    result = _run(*args, "--label-names", "neutral,bullish")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: label value 2 in column 'label' has no name: --label-names names the values "
+        "0..1 by position (0=neutral, 1=bullish); pass one name per value 0..2 with "
+        "--label-names, or drop --label-names and name every value with --label-map "
+        "0=LABEL,1=LABEL,2=LABEL"
+    ]
+    # too many values for the model's labels: only --label-map can name them all
+    result = _run(
+        "--model",
+        str(tiny_checkpoint),
+        "--db",
+        labeled_db,
+        "--query",
+        _case(1),
+        "--label-names",
+        "neutral,bullish,bearish",
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().endswith(
+        "(0=neutral, 1=bullish, 2=bearish); drop --label-names and name every value with "
+        "--label-map 1=LABEL,2=LABEL,3=LABEL"
+    )
+
+
+def test_train_loader_names_a_fix_for_negative_integers(labeled_db):
+    """`train` shares the loader: --label-names cannot name a negative value, a shift can."""
+    source = DataSource(db=labeled_db, query=_case(-1), label_names=("a", "b", "c"))
+    with pytest.raises(MarketpulseError) as caught:
+        load_labeled(source)
+    assert str(caught.value) == (
+        "label value -1 in column 'label' has no name: --label-names names the values 0..2 "
+        "by position, so a negative value has none; shift the values to start at 0 in a "
+        '--query, e.g. --query "SELECT text, label + 1 AS label FROM ...", or drop '
+        "--label-names to name each class by its value"
+    )
+    shifted = DataSource(
+        db=labeled_db,
+        query=f"SELECT text, label + 1 AS label FROM ({_case(-1)})",
+        label_names=("neutral", "bullish", "bearish"),
+    )
+    rows = load_labeled(shifted)
+    assert sorted(rows.labels) == sorted(TRUTH)

@@ -16,9 +16,11 @@ dropped rows count as `conflicting_label`).
 
 Labels may be strings or integers. Integer labels, and digits stored as text, are named
 by `label_names` (`--label-names bearish,bullish,neutral`: 0 -> bearish ...) or else by
-their digits. Float labels that are whole numbers (pandas writes an integer column with
-gaps as DOUBLE with NaN) are those integers; any other number is an error. BOOLEAN labels
-are the integers 0 (false) and 1 (true), so `--label-names neg,pos` names them.
+their digits; digits stored as text that are among the names are those names, as text.
+A negative value has no position, so no `label_names` names it (`UnnamedValue`). Float
+labels that are whole numbers (pandas writes an integer column with gaps as DOUBLE with
+NaN) are those integers; any other number is an error. BOOLEAN labels are the integers 0
+(false) and 1 (true), so `--label-names neg,pos` names them.
 Given string labels, `label_names` is the allowed set (and fixes the label order).
 
 `require_trainable` refuses labels that the runtime could not write: each label gets a
@@ -51,6 +53,17 @@ class UnknownLabel(MarketpulseError):
             f"label {label!r} in column {column!r} is not among the label names "
             f"({', '.join(names)}); add it to --label-names or filter those rows with --query"
         )
+
+
+class UnnamedValue(MarketpulseError):
+    """An integer label that --label-names cannot name: negative, or past the last name.
+
+    `values` holds every distinct value read, so evaluate, which can also name values
+    with --label-map, can say the fixes that work there."""
+
+    def __init__(self, message: str, values: list[int]):
+        self.values = values
+        super().__init__(message)
 
 
 def count_phrase(counts: dict[str, int]) -> str:
@@ -153,6 +166,9 @@ class LabeledRows:
     # each present label's value as a SQL literal (`'rare'`, `3`), for advice on filtering
     literals: dict[str, str] = field(default_factory=dict)
     integer_labels: bool = False  # the column held integers (or whole-number floats)
+    # the integers were named by their position in label_names (0 -> the first name), not
+    # matched to the names as text: evaluate records that, and only that, as positional
+    named_by_position: bool = False
     # set by drop_duplicates: what it did, and the fingerprint of the rows before it
     duplicates: Duplicates | None = None
     fingerprint_as_read: str | None = None
@@ -226,32 +242,50 @@ def _literal(value) -> str:
     return str(number) if number is not None else "'" + str(value).replace("'", "''") + "'"
 
 
-def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str]]:
-    """Map raw label values to names; return (names per row, label order)."""
+def _no_name(value: int, values: list[int], source: DataSource) -> str:
+    """Why integer `value` has no name by --label-names, with a fix that works in train:
+    more names reach a value past the last name, but no name reaches a negative value,
+    so those values must shift to start at 0, or be named by their own digits."""
+    names, column = source.label_names, source.label_col
+    if value >= 0:
+        return (
+            f"label value {value} in column {column!r} has no name ({len(names)} names "
+            f"given: {', '.join(names)}); pass one name per value 0..{values[-1]} with "
+            "--label-names"
+        )
+    return (
+        f"label value {value} in column {column!r} has no name: --label-names names the "
+        f"values 0..{len(names) - 1} by position, so a negative value has none; shift the "
+        f'values to start at 0 in a --query, e.g. --query "SELECT {source.text_col}, '
+        f'{column} + {-value} AS {column} FROM ...", or drop --label-names to name each '
+        "class by its value"
+    )
+
+
+def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str], bool]:
+    """Map raw label values to names; return (names per row, label order, whether
+    integers were named by their position in --label-names)."""
     names = source.label_names
     ints = [_as_int(v, source.label_col) for v in raw]
     if raw and all(i is not None for i in ints):
         if names is None:
             order = [str(i) for i in sorted(set(ints))]
-            return [str(i) for i in ints], order
-        bad = sorted({i for i in ints if not 0 <= i < len(names)})
+            return [str(i) for i in ints], order, False
+        values = sorted(set(ints))
+        bad = [i for i in values if not 0 <= i < len(names)]
         if bad:
-            raise MarketpulseError(
-                f"label value {bad[0]} in column {source.label_col!r} has no name "
-                f"({len(names)} names given: {', '.join(names)}); pass one name per value "
-                f"0..{max(ints)} with --label-names"
-            )
-        return [names[i] for i in ints], list(names)
+            raise UnnamedValue(_no_name(bad[0], values, source), values)
+        return [names[i] for i in ints], list(names), True
     labels = [str(v).strip() for v in raw]
     if names is None:
-        return labels, sorted(set(labels))
+        return labels, sorted(set(labels)), False
     if labels and all(y.isdigit() for y in labels) and not set(labels) & set(names):
         # digits stored as text (a CSV read as VARCHAR): they index --label-names too
         return _name_labels([int(y) for y in labels], source)
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise UnknownLabel(unknown[0], source.label_col, list(names))
-    return labels, list(names)
+    return labels, list(names), False  # names as written (digits too, when one is a name)
 
 
 def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
@@ -285,7 +319,7 @@ def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
         else:
             texts.append(t)
             raw.append(y)
-    labels, order = _name_labels(raw, source)
+    labels, order, by_position = _name_labels(raw, source)
     pairs = sorted(zip(texts, labels, strict=True))
     return LabeledRows(
         texts=[p[0] for p in pairs],
@@ -295,6 +329,7 @@ def load_labeled(source: DataSource, flags: Flags | None = None) -> LabeledRows:
         skipped=skipped,
         literals={name: _literal(y) for y, name in zip(raw, labels, strict=True)},
         integer_labels=bool(raw) and all(_is_integer(y) for y in raw),
+        named_by_position=by_position,
     )
 
 
@@ -418,7 +453,7 @@ def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int)
                 f"add rows or leave that label out with --query, e.g. "
                 f'--query "SELECT ... WHERE {column} <> {rows.literals[name]}"'
             )
-        elif not rows.integer_labels:  # a name only --label-names gave: leaving it out works
+        elif not rows.named_by_position:  # a name only --label-names gave: leave it out
             fix = "add rows with that label or leave it out of --label-names"
         else:  # --label-names names integers by position: a name cannot just be left out
             value = source.label_names.index(name) if source.label_names else name

@@ -3,13 +3,16 @@
 The model is either a `marketpulse train` checkpoint (scored with PyTorch through
 `predict.predict_logits`) or an exported bundle (a directory with manifest.json,
 scored with the shared ONNX `Predictor`, so no torch is needed for that path).
-Integer labels in the table are named by `--label-names` (0 -> the first name ...); a
-model whose labels are integers' own names ("1", "2", "3": train without --label-names)
-knows each integer by its value; `--label-map` renames a table's labels (integers
-included) onto the model's. Otherwise integers are read as positions in the model's own
-label order, which is right only if the table was labeled in that order, so a stderr line
-says so and the result records it (`integer_labels`), and a value past the model's last
-label is an error naming both fixes.
+Integer labels in the table are named by `--label-names` (0 -> the first name ...),
+unless they match its names as written; a model whose labels are integers' own names
+("1", "2", "3": train without --label-names) knows each integer by its value, and one
+whose labels include some of the table's ("1" of "1", "2", "unsure") knows those as
+written; `--label-map` renames a table's labels (integers included) onto the model's.
+Otherwise integers are read as positions in the model's own label order, which is right
+only if the table was labeled in that order, so a stderr line says so and the result
+records it (`integer_labels`, also set when --label-names named them by position). A
+value that no position names (negative, or past the last) is an error naming the fix
+that works: `--label-map` with every value.
 
 `evaluate` scores one table. `evaluate_domains` scores several named tables (domains)
 with the model loaded once, and sets each beside the training domain: the checkpoint's
@@ -35,6 +38,7 @@ from marketpulse.sources import Flags
 from marketpulse.train.data import (
     DataSource,
     LabeledRows,
+    UnnamedValue,
     count_phrase,
     load_labeled,
 )
@@ -206,27 +210,66 @@ def _order_phrase(labels: Sequence[str]) -> str:
     return ", ".join(f"{i}={name}" for i, name in enumerate(labels))
 
 
+def _unnamed(
+    values: list[int],
+    column: str,
+    labels: list[str],
+    names: Sequence[str] | None,
+    domain: str | None,
+) -> MarketpulseError:
+    """Integer label `values` that positions cannot all name, with only the fixes that work.
+
+    Positions are --label-names' (`names`) or, without it, the model's label order. A
+    --label-map naming every value by its value always works (it replaces --label-names).
+    More --label-names work only for values 0.. that the model has labels enough for:
+    no name reaches a negative value, and each name must be one of the model's labels."""
+    bad = [v for v in values if not 0 <= v < len(names or labels)]
+    prefix = f"{domain}:" if domain else ""
+    pairs = ",".join(f"{v}=LABEL" for v in values[:6]) + (",..." if len(values) > 6 else "")
+    by_map = f"name every value with --label-map {prefix}{pairs}"
+    if names is None:
+        how = (
+            "with no --label-names, integer labels are read as positions in the model's "
+            f"label order ({_order_phrase(labels)})"
+        )
+        fix = by_map
+    else:
+        how = (
+            f"--label-names names the values 0..{len(names) - 1} by position "
+            f"({_order_phrase(names)})"
+        )
+        fix = f"drop --label-names and {by_map}"
+        if values[0] >= 0 and values[-1] < len(labels):
+            fix = f"pass one name per value 0..{values[-1]} with --label-names, or {fix}"
+    return MarketpulseError(f"label value {bad[0]} in column {column!r} has no name: {how}; {fix}")
+
+
+def _by_position(rows: LabeledRows, labels: list[str], label_map: dict[str, str]) -> bool:
+    """Whether integer labels (no --label-names given) are read as the model's positions.
+
+    Not when the model's labels are integers' own names (it knows 2 as "2", whatever its
+    position), when --label-map names some of them (it names them by value), nor when
+    some are the model's labels as written ("1" of labels "1", "2", "unsure"): a table's
+    labels that match the model's are those labels, and any others are unknown labels."""
+    return (
+        bool(rows.texts)
+        and rows.integer_labels
+        and not _integer_names(labels)
+        and not set(rows.labels) & set(label_map)
+        and not set(rows.labels) & set(labels)
+    )
+
+
 def _name_by_position(
     rows: LabeledRows, labels: list[str], column: str, domain: str | None
 ) -> LabeledRows:
     """Integer labels (as read, named by their digits) named by the model's label order.
 
-    Only when no --label-names was given: the user named nothing, so a value past the
-    model's last label is an error that says the names were the model's, with the fixes."""
+    Only when no --label-names was given: the user named nothing, so a value that is no
+    position in the model's labels is an error that says the names were the model's."""
     values = sorted({int(y) for y in rows.labels})
-    bad = [v for v in values if not 0 <= v < len(labels)]
-    if bad:
-        prefix = f"{domain}:" if domain else ""
-        pairs = ",".join(f"{v}=LABEL" for v in values[:6]) + (",..." if len(values) > 6 else "")
-        names = (
-            "" if domain else f", or pass --label-names with one name per value 0..{max(values)}"
-        )
-        raise MarketpulseError(
-            f"label value {bad[0]} in column {column!r} has no name: no --label-names was "
-            f"given, so integer labels are read as the model's label order "
-            f"({_order_phrase(labels)}); map the values onto the model's labels with "
-            f"--label-map {prefix}{pairs}{names}"
-        )
+    if not all(0 <= v < len(labels) for v in values):
+        raise _unnamed(values, column, labels, None, domain)
     named = sorted((text, labels[int(y)]) for text, y in zip(rows.texts, rows.labels, strict=True))
     return dataclasses.replace(
         rows,
@@ -260,17 +303,18 @@ def _load_rows(
     `domain` names a --domain source, which --label-names does not describe. Every label
     is checked against the model's here, before any row is scored."""
     if source.label_names is not None:  # the user's --label-names: train's advice fits
-        rows = load_labeled(source, flags)
-        named_by = "--label-names" if rows.integer_labels else None
+        try:
+            rows = load_labeled(source, flags)
+        except UnnamedValue as exc:  # but evaluate has --label-map too: say what works here
+            names = source.label_names
+            raise _unnamed(exc.values, source.label_col, labels, names, domain) from exc
+        # digits that match names as text were not read by position: nothing to record
+        named_by = "--label-names" if rows.named_by_position else None
         positions = list(source.label_names)
     else:
         rows = load_labeled(source, flags)  # the table's own labels; integers as digits
         named_by, positions = None, labels
-        # Integers are the model's values when its labels are integers' own names (2 is
-        # "2", whatever its position), or --label-map's keys when it names some of them;
-        # else they are read by the model's label order, and a note says so.
-        by_map = bool(set(rows.labels) & set(label_map))
-        if rows.texts and rows.integer_labels and not _integer_names(labels) and not by_map:
+        if _by_position(rows, labels, label_map):  # a note says so
             rows = _name_by_position(rows, labels, source.label_col, domain)
             named_by = "the model's label order"
     if not rows.texts:
