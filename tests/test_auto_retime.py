@@ -1,7 +1,8 @@
 """`--variant auto` caches one timing per bundle and CPU for good, so a close call is timed
 again before it is cached, its ratio never reads as the threshold it missed, and the log
 says where the timings live and how to time again. Timings are injected (`graph_timer`):
-real ones are noise on a shared machine."""
+real ones are noise on a shared machine. The bundles run int8 alone (`rescoring=False`):
+pricing the rescoring is tested in test_rescoring.py."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def scored(tmp_path, bundle_dir, cache, name):
 
 def test_a_ratio_below_the_threshold_never_prints_as_the_threshold(bundle, tmp_path):
     """The user's busy-machine timing: 66.4 / 60.5 = 1.0975, once printed '1.10x ... (below 1.1x)'."""
-    passed = with_gate(bundle, tmp_path, True)
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)
     variant, reason = autovariant.pick(passed, NAMES, {"fp32": 60.5, "int8": 66.4})
     assert variant == "fp32"
     assert reason == f"auto: fp32, int8 only 1.097x fp32 on {cpu.isa()} (below 1.1x)"
@@ -103,7 +104,7 @@ def test_a_close_call_is_timed_again_and_each_graph_keeps_its_best():
 def test_score_retimes_a_close_call_caches_it_and_says_how_to_time_again(
     bundle, tmp_path, monkeypatch, capfd
 ):
-    passed = with_gate(bundle, tmp_path, True)
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)
     cache = tmp_path / "cache"
     path = autovariant.cache_path(cache, autovariant.machine_key(bundle))
     calls = inject(monkeypatch, (60.5, 66.4), (61.0, 79.3))
@@ -144,7 +145,7 @@ def test_score_retimes_a_close_call_caches_it_and_says_how_to_time_again(
 def test_a_close_call_that_stays_below_runs_fp32_and_says_by_how_much(
     bundle, tmp_path, monkeypatch
 ):
-    passed = with_gate(bundle, tmp_path, True)
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)
     cache = tmp_path / "cache"
     calls = inject(monkeypatch, (60.5, 66.4), (60.0, 65.0), (61.0, 66.0))
     choice = autovariant.choose(passed, "cpu", "auto", cache)
@@ -158,7 +159,7 @@ def test_a_close_call_that_stays_below_runs_fp32_and_says_by_how_much(
 def test_a_timing_cached_by_the_single_timing_method_is_not_trusted(bundle, tmp_path, monkeypatch):
     """A machine that cached one busy timing before close calls were timed again (the
     user's: fp32 61, int8 66) gets timed again: the method is part of the cache key."""
-    passed = with_gate(bundle, tmp_path, True)
+    passed = with_gate(bundle, tmp_path, True, rescoring=False)
     cache = tmp_path / "cache"
     old_key = {**autovariant.machine_key(bundle), "format": 1}
     old = autovariant.cache_path(cache, old_key)

@@ -196,7 +196,14 @@ def test_scorer_marks_a_row_onnx_runtime_rejects_and_the_driver_leaves_it_out(bu
     out, counts, reasons = split_scored(scorer(batch))
     # its batch, then the text alone: once for both rows of the same text
     assert calls["poisoned"] == 2
-    assert counts == {"scored": 37, "skipped": 1, "failed": 2, "truncated": 0, "duplicates": 2}
+    assert counts == {
+        "scored": 37,
+        "skipped": 1,
+        "failed": 2,
+        "truncated": 0,
+        "duplicates": 2,
+        "rescored": 0,  # the fp32 graph: nothing to rescore
+    }
     assert reasons == {"null_text": 1}
     assert sorted(out.column("id").to_pylist()) == [i for i in range(40) if i not in (7, 30)]
     by_id = {r["id"]: r for r in out.to_pylist()}
