@@ -223,8 +223,14 @@ def check_storage_version(version: str) -> str:
     return version
 
 
-def create_database(path, storage_version: str = DEFAULT_STORAGE_VERSION) -> None:
-    """Create an empty DuckDB file in `storage_version`'s format, unless it exists."""
+def create_database(
+    path, storage_version: str = DEFAULT_STORAGE_VERSION, *, dry_run: bool = False
+) -> None:
+    """Create an empty DuckDB file in `storage_version`'s format, unless it exists.
+
+    `dry_run` makes nothing but refuses what would stop the making (no folder, a storage
+    version DuckDB does not know): an in-memory database checks the option the same way.
+    """
     import duckdb
 
     path = Path(path)
@@ -238,7 +244,10 @@ def create_database(path, storage_version: str = DEFAULT_STORAGE_VERSION) -> Non
     version = check_storage_version(storage_version)
     con = duckdb.connect()
     try:
-        con.execute(f"ATTACH ? AS new_db (STORAGE_VERSION '{version}')", [str(path)])
+        con.execute(
+            f"ATTACH ? AS new_db (STORAGE_VERSION '{version}')",
+            [":memory:" if dry_run else str(path)],
+        )
     except duckdb.Error as exc:
         raise MarketpulseError(
             f"cannot create {path} with storage version {version} "

@@ -20,6 +20,12 @@ the whole run, a run holds an advisory lock (`flock`) on `<results db>.marketpul
 from start to end. Holding it also proves that a run row still 'running' belongs to a
 dead process. A killed process releases it with its file descriptors.
 
+A run that fails leaves the folder as it found it unless it committed something: a new
+results file is made only by the first write (the checks before it read an empty
+in-memory database in its place), and a run that fails before its first commit removes
+the files it made (the results file, its write-ahead log, the lock file), never one that
+was there before (`run_lock`).
+
 A view's pending rows are staged to Parquet in a folder beside the results file
 (`staging_dir`), removed when the run ends; a killed run cannot remove it. Each folder
 holds an `owner.lock` that its run keeps flocked, so a later run removes the folders whose
@@ -31,6 +37,7 @@ read-write connection to one file in the same process at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -92,6 +99,10 @@ class Database:
     log: Callable[[str], None] = _stderr
     _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _run_lock: object = field(default=None, repr=False)
+    # the files the first write made (the results file, its log); a write session
+    # committed (see run_lock)
+    _made: list[Path] = field(default_factory=list, repr=False)
+    _committed: bool = field(default=False, repr=False)
 
     @property
     def attached(self) -> bool:
@@ -105,12 +116,18 @@ class Database:
         return Path(self.results_db) if self.attached else Path(self.db)
 
     def prepare(self) -> None:
-        """Check the source file exists; create a missing results file in the chosen format."""
+        """Check the source file exists, and that a missing results file can be made.
+
+        The results file is not made here but by the first write (`write`): a run that
+        fails its checks, or cannot run on the device, must leave no empty file behind.
+        What would stop its making (no folder, a storage version DuckDB does not know)
+        is refused here all the same, before any check or timing runs.
+        """
         if not Path(self.db).is_file():
             raise MarketpulseError(
                 f"database file {self.db} not found; pass --db with an existing DuckDB file"
             )
-        create_database(self.target, self.storage_version)
+        create_database(self.target, self.storage_version, dry_run=True)
 
     @contextmanager
     def read(self) -> Iterator[object]:
@@ -132,11 +149,16 @@ class Database:
         import duckdb
 
         with self._mutex:
+            if not self.target.exists():  # the first write makes it (see `prepare`)
+                made = self.target.resolve()  # a link's file, not the link
+                self._made = [made, _wal(made), _wal(self.target)]
+                create_database(self.target, self.storage_version)
             con = self._open(read_only=False)
             try:
                 yield con
                 if checkpoint:
                     con.execute("CHECKPOINT")
+                self._committed = True
             except duckdb.Error as exc:
                 raise self._write_error(exc) from exc
             finally:
@@ -184,9 +206,15 @@ class Database:
         import duckdb
 
         try:
-            con = connect(
-                self.target, read_only=read_only, timeout=self.lock_timeout, on_wait=self._waiting
-            )
+            if read_only and not self.target.exists():
+                con = self._in_place_of_target()
+            else:
+                con = connect(
+                    self.target,
+                    read_only=read_only,
+                    timeout=self.lock_timeout,
+                    on_wait=self._waiting,
+                )
         except MarketpulseError:
             raise
         except duckdb.Error as exc:
@@ -216,6 +244,15 @@ class Database:
             ) from exc
         return con
 
+    def _in_place_of_target(self):
+        """A connection for reads before the first write has made the results file: an
+        empty in-memory database, which is what a new file would hold, so the checks and
+        `--variant auto`'s sample read the source without making the file. It spills
+        where a connection on the file would (DuckDB's default is ./.tmp here)."""
+        import duckdb
+
+        return duckdb.connect(config={"temp_directory": f"{self.target}.tmp"})
+
     @property
     def lock_path(self) -> Path:
         # resolved: two runs reaching one file through a link must share one lock
@@ -224,24 +261,68 @@ class Database:
 
     @contextmanager
     def run_lock(self) -> Iterator[None]:
-        """Hold `<results db>.marketpulse.lock` for the run; refuse a second concurrent run."""
+        """Hold `<results db>.marketpulse.lock` for the run; refuse a second concurrent run.
+
+        A run that fails (or is stopped) before any write session committed leaves the
+        folder as it found it: the results file and its write-ahead log, when its first
+        write made them, and the lock file, when this run made it, are removed while the
+        lock is still held, so no other run is using them. A file that was there before
+        the run is never removed, and one that holds a commit stays.
+        """
         try:
             import fcntl
         except ImportError:  # not POSIX: DuckDB's own lock is all there is
-            yield
+            with self._undone_on_failure(made_lock=False):
+                yield
             return
-        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the whole run
+        handle, made_lock = self._take_lock(fcntl)
         try:
+            with self._undone_on_failure(made_lock):
+                yield
+        finally:
+            handle.close()
+
+    def _take_lock(self, fcntl) -> tuple[object, bool]:
+        """The lock file, opened (made when missing) and flocked; and whether this run made it.
+
+        A run that failed removes the lock file it made, so a file opened just before that
+        may be gone from the folder by the time it is locked: then it is opened again, so
+        that every run locks the file the folder holds.
+        """
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                made = True
+            except FileExistsError:
+                try:
+                    fd = os.open(self.lock_path, os.O_RDWR)
+                except FileNotFoundError:  # removed meanwhile: make it
+                    continue
+                made = False
+            handle = os.fdopen(fd, "a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
+                handle.close()
                 raise MarketpulseError(
                     f"another `marketpulse score` is writing to {self.target}; wait for it to "
                     "finish, or score into another file with --results-db"
                 ) from exc
-            yield
-        finally:
+            if _same_file(handle.fileno(), self.lock_path):
+                return handle, made
             handle.close()
+
+    @contextmanager
+    def _undone_on_failure(self, made_lock: bool) -> Iterator[None]:
+        """On an error (or a signal) before any commit, remove the files this run made."""
+        try:
+            yield
+        except BaseException:
+            if not self._committed:
+                for path in self._made + ([self.lock_path] if made_lock else []):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            raise
 
     @contextmanager
     def staging_dir(self) -> Iterator[Path]:
@@ -274,6 +355,20 @@ class Database:
         if self.lock_path.parent != folder.parent.resolve():
             return False  # the results file is a link: its lock is elsewhere, nothing proves it
         return all(lock.resolve() == self.lock_path for lock in locks)
+
+
+def _wal(path: Path) -> Path:
+    """DuckDB's write-ahead log of the database file `path`."""
+    return path.with_name(path.name + ".wal")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the file open at `fd` is the one at `path` (not removed or replaced)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 @contextmanager

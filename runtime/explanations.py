@@ -3,7 +3,9 @@
 The rows (`--where`, `--limit`) are read on one read-only session, explained by
 `marketpulse.inference.explain` (leave-one-word-out occlusion on a bundle graph) and
 written to the `explanations` table beside the scores (in `--results-db` when given,
-the source file attached read-only; else in the source file), one row per word weighed:
+the source file attached read-only; else in the source file), one row per word weighed.
+Rows whose text is NULL or blank (marketpulse.text) are skipped, as `score` skips them,
+and counted per reason as `score` counts them (`ExplainStats.skipped`):
 
     explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
                  source, variant, source_db)
@@ -41,7 +43,7 @@ from marketpulse.results_schema import EXPLANATION_COLUMNS, EXPLANATIONS, RUNS, 
 from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
 from marketpulse.runtime.results import utcnow
-from marketpulse.runtime.source import check_source, low_memory, reading
+from marketpulse.runtime.source import Source, check_source, low_memory, reading
 from marketpulse.sql import DEFAULT_STORAGE_VERSION, quote_ident, quote_table
 from marketpulse.text import blank_sql
 
@@ -75,13 +77,19 @@ class ExplainStats:
     model_version: str
     table: str = EXPLANATIONS
     variants: dict[str, int] = field(default_factory=dict)  # rows explained per graph
+    # rows passed over for a blank text (`_count_skipped`), per reason as `score` counts them
+    skipped: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)  # null_text, empty_text
 
     def summary(self, db) -> str:
         graphs = ", ".join(f"{n:,} by {v}" for v, n in sorted(self.variants.items()))
         graphs = f"; {graphs}" if graphs else ""
+        reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(self.skipped_reasons.items()) if n)
+        reasons = f" ({reasons})" if reasons else ""
         return (
             f"explained {self.rows:,} row{'s' * (self.rows != 1)} "
-            f"({self.words:,} word{'s' * (self.words != 1)} weighed{graphs}) -> "
+            f"({self.words:,} word{'s' * (self.words != 1)} weighed{graphs}), "
+            f"skipped {self.skipped:,} blank{reasons} -> "
             f"{self.table} in {db} (model {self.model_version})"
         )
 
@@ -185,6 +193,29 @@ def _graph_for(variant: str | None, device: str, bundle) -> str | None:
     return variant
 
 
+def _count_skipped(con, source: Source, limit: int) -> dict[str, int]:
+    """{null_text: n, empty_text: n}: the rows the filter keeps that explain passed over
+    for a blank text on its way to the `limit` rows it explains (the first in id order
+    with text), so that a table whose first rows are blank says why fewer, or later, ids
+    were explained. Blank rows past the last row explained were not reached and are not
+    counted; when fewer than `limit` rows have text, every blank row is."""
+    ident, text = quote_ident(source.id_col), quote_ident(source.text_col)
+    picked = (
+        f"SELECT s.{ident} AS id FROM {source.table_sql} AS s WHERE {source.where_sql} "
+        f"AND NOT {blank_sql('s.' + text)} ORDER BY s.{ident} LIMIT ?"
+    )
+    # the last id compared inside DuckDB, in the column's own order (collation, ENUM)
+    nulls, blanks = con.execute(
+        f"WITH picked AS ({picked}) "
+        f"SELECT count(*) FILTER (WHERE s.{text} IS NULL), count(s.{text}) "
+        f"FROM {source.table_sql} AS s WHERE {source.where_sql} "
+        f"AND (s.{text} IS NULL OR {blank_sql('s.' + text)}) "
+        f"AND ((SELECT count(*) FROM picked) < ? OR s.{ident} < (SELECT max(id) FROM picked))",
+        [*source.where_params, int(limit), *source.where_params, int(limit)],
+    ).fetchone()
+    return {"null_text": int(nulls), "empty_text": int(blanks)}
+
+
 def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
     """Explain up to `cfg.limit` rows; `on_row(id, explanation, words)` sees each one."""
     import duckdb
@@ -221,6 +252,7 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
                 f"AND NOT {blank_sql('s.' + text)} ORDER BY s.{ident} LIMIT ?",
                 [*source.where_params, int(cfg.limit)],
             ).fetchall()
+            skipped = _count_skipped(con, source, cfg.limit)
     ids = [r[1] for r in rows]
     if cfg.variant is None:
         try:
@@ -275,6 +307,8 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         words=len(records),
         model_version=bundle.version,
         variants=used,
+        skipped=sum(skipped.values()),
+        skipped_reasons=skipped,
     )
 
 

@@ -8,6 +8,9 @@ so a run is checked, recorded and counted the same way whichever engine scores i
    results tables) on a read-only connection and raises a one-line error before
    anything is written; it yields a `Run` holding the bundle, the checked source, the
    row counts and the `Database` (database.py) that opens a connection per session.
+   A new results file is made by the first write only, and a run that fails before
+   its first commit removes the files it made (database.py's `run_lock`), so a failed
+   run leaves the folder as it found it.
 2. The engine decides where the model runs (that may still fail, and writes nothing),
    then `run.record(...)` creates or checks the results tables, registers the model,
    closes runs left 'running' by a killed process as 'interrupted', and opens this

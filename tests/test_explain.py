@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import numpy as np
 import pytest
@@ -372,3 +374,45 @@ def test_explain_clips_a_word_too_long_to_print(bundle):
     )
     assert result.exit_code == 0, result.output
     assert len(result.output) < 400 and "x" * 39 + "\u2026" in result.output
+
+
+def test_blank_rows_passed_over_are_counted_and_reported_as_score_does(bundle, tmp_path):
+    """Rows with NULL or blank text are skipped (as `score` skips them) and counted per
+    reason in the stats and the summary line: those before the last row explained, in
+    id order; blank rows that --limit never reached are not counted."""
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE posts (id INTEGER, text VARCHAR, src VARCHAR)")
+        con.executemany(
+            "INSERT INTO posts VALUES (?, ?, ?)",
+            [
+                (1, "Oil slides on weak demand", "a"),
+                (2, None, "a"),
+                (3, "\t\n", "a"),  # blank as score judges it, though DuckDB's trim keeps it
+                (4, "Gold steady near record", "a"),
+                (5, "\u3000", "a"),
+                (6, "", "b"),
+                (7, "Shares rally", "a"),
+            ],
+        )
+    everything = _explain_rows(bundle, db, "posts")
+    assert (everything.rows, everything.skipped) == (3, 4)
+    assert everything.skipped_reasons == {"null_text": 1, "empty_text": 3}
+    assert ", skipped 4 blank (3 empty_text, 1 null_text) -> explanations in m.duckdb" in (
+        everything.summary("m.duckdb")
+    )
+    first_two = _explain_rows(bundle, db, "posts", limit=2)  # rows 1 and 4: 2 and 3 passed over
+    assert (first_two.rows, first_two.skipped_reasons) == (2, {"null_text": 1, "empty_text": 1})
+    filtered = _explain_rows(bundle, db, "posts", where="src = 'b' OR id >= 5")
+    assert (filtered.rows, filtered.skipped_reasons) == (1, {"null_text": 0, "empty_text": 2})
+    none_blank = _explain_rows(bundle, db, "posts", limit=1)
+    assert none_blank.skipped == 0
+    assert re.search(r"\(5 words weighed; 1 by \w+\), skipped 0 blank -> ", none_blank.summary("m"))
+
+    args = ["explain", "--bundle", str(bundle.path), "--db", str(db), "--table", "posts"]
+    result = CliRunner().invoke(main, [*args, "--id-col", "id", "--text-col", "text"])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("explained ")]
+    assert line.startswith("explained 3 rows (")
+    assert ", skipped 4 blank (3 empty_text, 1 null_text) -> explanations in " in line
