@@ -125,13 +125,13 @@ def graph_timer(bundle: Bundle, names: list[str]) -> Callable[[], dict[str, floa
     of interleaved rounds (one pass of each graph per round) within BUDGET_S.
     """
     from marketpulse.inference.batching import DEFAULT_MAX_BATCH_ROWS, plan_batches
-    from marketpulse.inference.predictor import DEFAULT_BATCH_TOKENS, Predictor
+    from marketpulse.inference.predictor import Predictor, default_batch_tokens
 
     # the graphs alone: fp32's rescoring of hesitant rows is priced in `checked_on_text`
     predictors = {v: Predictor(bundle, v, "cpu", threads=1, rescore_margin=0) for v in names}
     encoder = predictors[names[0]].encoder
     encoded = encoder.encode(sample_texts())
-    plan = plan_batches(encoded.lengths, DEFAULT_BATCH_TOKENS["cpu"], DEFAULT_MAX_BATCH_ROWS)
+    plan = plan_batches(encoded.lengths, default_batch_tokens("cpu"), DEFAULT_MAX_BATCH_ROWS)
     batches = [encoded.batch(idx, encoder.pad_id) for idx in plan]
 
     def one_pass(predictor) -> float:

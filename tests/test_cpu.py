@@ -28,3 +28,16 @@ def test_isa_and_bf16_from_flags(monkeypatch, flags, isa, bf16):
 def test_arm_is_named_by_the_platform(monkeypatch):
     monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
     assert cpu.isa() == "arm64"
+
+
+@pytest.mark.parametrize(
+    ("flags", "cpu_tokens"),
+    [({"avx2", "avx512_vnni", "amx_tile", "amx_int8"}, 512), ({"avx2", "avx512_vnni"}, 1024)],
+)
+def test_cpus_with_amx_score_in_smaller_batches(monkeypatch, flags, cpu_tokens):
+    """Measured faster on AMX (predictor.AMX_BATCH_TOKENS); CUDA's default is the GPU's."""
+    from marketpulse.inference import predictor
+
+    monkeypatch.setattr(cpu, "flags", lambda: frozenset(flags))
+    assert predictor.default_batch_tokens("cpu") == cpu_tokens
+    assert predictor.default_batch_tokens("cuda") == predictor.DEFAULT_BATCH_TOKENS["cuda"]

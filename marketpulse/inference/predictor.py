@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from marketpulse import variants
+from marketpulse import cpu, variants
 from marketpulse.bundle import Bundle, load_bundle
 from marketpulse.cpu import available_cores
 from marketpulse.errors import MarketpulseError, first_line
@@ -68,6 +68,18 @@ DEVICES = ("auto", "cpu", "cuda")
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 # Padded tokens per batch: fits a core's L2 on CPU; fills the GPU on CUDA.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
+# On CPUs with AMX, smaller batches run faster: `marketpulse score` on 3,000 tweets (the
+# twitter model's bundle, 2-core Xeon with AMX-INT8, three interleaved rounds) ran int8 at
+# 1,021-1,111 rows/s with 256-512 tokens against 944-1,040 with 1,024 and 763-809 with
+# 4,096; fp32 at 450-468 against 432-438.
+AMX_BATCH_TOKENS = 512
+
+
+def default_batch_tokens(device: str) -> int:
+    """Padded tokens per batch on `device` (cpu, cuda) when --batch-tokens is not given."""
+    if device == "cpu" and cpu.has_amx():
+        return AMX_BATCH_TOKENS
+    return DEFAULT_BATCH_TOKENS[device]
 
 
 class Batched(NamedTuple):
@@ -308,7 +320,7 @@ class Predictor:
             )
         self._output = session.get_outputs()[0].name
         self.runners = self.threads if self.device == "cpu" else 1
-        self.batch_tokens = DEFAULT_BATCH_TOKENS[self.device]
+        self.batch_tokens = default_batch_tokens(self.device)
         self._pool = None
 
     def _cpu_session(self, variant: str, session_options):
