@@ -269,6 +269,7 @@ class Database:
         lock is still held, so no other run is using them. A file that was there before
         the run is never removed, and one that holds a commit stays.
         """
+        self._made, self._committed = [], False
         try:
             import fcntl
         except ImportError:  # not POSIX: DuckDB's own lock is all there is
@@ -298,7 +299,11 @@ class Database:
                     fd = os.open(self.lock_path, os.O_RDWR)
                 except FileNotFoundError:  # removed meanwhile: make it
                     continue
+                except OSError as exc:
+                    raise self._lock_error(exc) from exc
                 made = False
+            except OSError as exc:  # a folder this user cannot write, a read-only mount
+                raise self._lock_error(exc) from exc
             handle = os.fdopen(fd, "a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -312,6 +317,12 @@ class Database:
                 return handle, made
             handle.close()
 
+    def _lock_error(self, exc: OSError) -> MarketpulseError:
+        return MarketpulseError(
+            f"cannot open the run lock {self.lock_path} ({exc.strerror or exc}); score into "
+            "a folder this user can write, or pass another --results-db"
+        )
+
     @contextmanager
     def _undone_on_failure(self, made_lock: bool) -> Iterator[None]:
         """On an error (or a signal) before any commit, remove the files this run made."""
@@ -320,7 +331,7 @@ class Database:
         except BaseException:
             if not self._committed:
                 for path in self._made + ([self.lock_path] if made_lock else []):
-                    with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(OSError):  # the run's own error is the one to see
                         path.unlink()
             raise
 

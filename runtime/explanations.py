@@ -204,13 +204,14 @@ def _count_skipped(con, source: Source, limit: int) -> dict[str, int]:
         f"SELECT s.{ident} AS id FROM {source.table_sql} AS s WHERE {source.where_sql} "
         f"AND NOT {blank_sql('s.' + text)} ORDER BY s.{ident} LIMIT ?"
     )
-    # the last id compared inside DuckDB, in the column's own order (collation, ENUM)
+    # the last id compared inside DuckDB, in the column's own order (collation, ENUM); a
+    # derived table, not a CTE, whose name could hide a source table of the same name
     nulls, blanks = con.execute(
-        f"WITH picked AS ({picked}) "
         f"SELECT count(*) FILTER (WHERE s.{text} IS NULL), count(s.{text}) "
-        f"FROM {source.table_sql} AS s WHERE {source.where_sql} "
-        f"AND (s.{text} IS NULL OR {blank_sql('s.' + text)}) "
-        f"AND ((SELECT count(*) FROM picked) < ? OR s.{ident} < (SELECT max(id) FROM picked))",
+        f"FROM {source.table_sql} AS s, "
+        f"(SELECT count(*) AS n, max(id) AS last FROM ({picked}) AS q) AS p "
+        f"WHERE {source.where_sql} AND (s.{text} IS NULL OR {blank_sql('s.' + text)}) "
+        f"AND (p.n < ? OR s.{ident} < p.last)",
         [*source.where_params, int(limit), *source.where_params, int(limit)],
     ).fetchone()
     return {"null_text": int(nulls), "empty_text": int(blanks)}

@@ -416,3 +416,8 @@ def test_blank_rows_passed_over_are_counted_and_reported_as_score_does(bundle, t
     (line,) = [x for x in result.output.splitlines() if x.startswith("explained ")]
     assert line.startswith("explained 3 rows (")
     assert ", skipped 4 blank (3 empty_text, 1 null_text) -> explanations in " in line
+
+    # a table named like the count's own subquery is still the table
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE picked AS SELECT * FROM posts")
+    assert _explain_rows(bundle, db, "picked").skipped_reasons == everything.skipped_reasons

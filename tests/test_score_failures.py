@@ -197,3 +197,15 @@ def test_a_lock_file_removed_while_another_run_opened_it_is_made_again(folder, m
             with c.run_lock():
                 pass
     assert b.lock_path.exists()  # B made it, and its run ended without an error
+
+
+def test_a_results_db_whose_lock_cannot_be_made_is_one_line(folder, bundle):
+    """A link to a file in a missing folder: the lock goes beside the link's target, which
+    cannot be made; one line naming the fix, not a traceback, and nothing left."""
+    link = folder / "out.duckdb"
+    link.symlink_to(folder / "gone" / "out.duckdb")
+    before = listing(folder)
+    result = run_cli(folder, bundle.path, "--results-db", str(link))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "cannot open the run lock" in result.output and "--results-db" in result.output
+    assert listing(folder) == before
