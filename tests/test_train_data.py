@@ -84,6 +84,17 @@ def test_digit_text_labels_are_named_by_label_names(tmp_path):
         )
 
 
+def test_superscript_digits_are_a_label_not_a_position(tmp_path):
+    """ "²" passes str.isdigit but not int(): it is an unknown label, not a crash."""
+    db = make_db(tmp_path / "a.duckdb", [(1, "a", "0"), (2, "b", "\u00b2")])
+    names = parse_label_names("bearish,bullish,neutral")
+    source = DataSource(db=db, table="posts", text_col="body", label_col="tag", label_names=names)
+    with pytest.raises(MarketpulseError, match="not among the label names"):
+        load_labeled(source)
+    plain = load_labeled(DataSource(db=db, table="posts", text_col="body", label_col="tag"))
+    assert sorted(plain.label_names) == ["0", "\u00b2"]
+
+
 def test_integer_label_without_a_name_is_an_error(tmp_path):
     db = make_db(tmp_path / "a.duckdb", [(1, "a", 0), (2, "b", 3)], "INTEGER")
     source = DataSource(

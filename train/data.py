@@ -227,9 +227,14 @@ def _as_int(value, column: str) -> int | None:
     return None
 
 
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes "²" and other characters `int` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _is_integer(value) -> bool:
     """An integer label, or digits stored as text: both are named by position."""
-    return _as_int(value, "") is not None or (isinstance(value, str) and value.strip().isdigit())
+    return _as_int(value, "") is not None or (isinstance(value, str) and _is_digits(value.strip()))
 
 
 def _literal(value) -> str:
@@ -279,7 +284,7 @@ def _name_labels(raw: list, source: DataSource) -> tuple[list[str], list[str], b
     labels = [str(v).strip() for v in raw]
     if names is None:
         return labels, sorted(set(labels)), False
-    if labels and all(y.isdigit() for y in labels) and not set(labels) & set(names):
+    if labels and all(_is_digits(y) for y in labels) and not set(labels) & set(names):
         # digits stored as text (a CSV read as VARCHAR): they index --label-names too
         return _name_labels([int(y) for y in labels], source)
     unknown = sorted(set(labels) - set(names))
