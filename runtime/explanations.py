@@ -39,6 +39,7 @@ from marketpulse import variants as registry
 from marketpulse.bundle import load_bundle
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.inference.explain import Explanation, explain
+from marketpulse.inference.predictor import cuda_provider_available
 from marketpulse.results_schema import EXPLANATION_COLUMNS, EXPLANATIONS, RUNS, SCORES
 from marketpulse.runtime import results
 from marketpulse.runtime.database import Database
@@ -184,7 +185,9 @@ def _graph_for(variant: str | None, device: str, bundle) -> str | None:
     """The graph to explain a row scored by `variant` with (None: the device preference)."""
     if variant is None or variant not in registry.VARIANTS:
         return None
-    if device == "cpu" and registry.get(variant).device == "cuda":
+    # --device auto without a CUDA provider runs on the CPU as well
+    on_cpu = device == "cpu" or (device == "auto" and not cuda_provider_available())
+    if on_cpu and registry.get(variant).device == "cuda":
         variant = registry.REFERENCE  # fp16 runs on CUDA only; fp32 is what it approximates
     try:
         bundle.variant_path(variant)

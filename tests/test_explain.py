@@ -421,3 +421,16 @@ def test_blank_rows_passed_over_are_counted_and_reported_as_score_does(bundle, t
     with duckdb.connect(str(db)) as con:
         con.execute("CREATE TABLE picked AS SELECT * FROM posts")
     assert _explain_rows(bundle, db, "picked").skipped_reasons == everything.skipped_reasons
+
+
+def test_rows_scored_by_fp16_are_explained_by_fp32_wherever_the_cpu_runs(bundle):
+    """fp16 runs on CUDA only: on the CPU (--device cpu, or auto without a CUDA provider)
+    a row it scored is explained by fp32, the graph fp16 approximates."""
+    from marketpulse.inference.predictor import cuda_provider_available
+    from marketpulse.runtime.explanations import _graph_for
+
+    assert _graph_for("fp16", "cpu", bundle) == "fp32"
+    if not cuda_provider_available():
+        assert _graph_for("fp16", "auto", bundle) == "fp32"
+    assert _graph_for("int8", "auto", bundle) == "int8"
+    assert _graph_for("nonsense", "auto", bundle) is None
