@@ -127,11 +127,16 @@ class Database:
             raise MarketpulseError(
                 f"database file {self.db} not found; pass --db with an existing DuckDB file"
             )
+        if self.attached and self.target.stem.lower() == SOURCE_ALIAS:
+            raise MarketpulseError(
+                f"--results-db {self.target} is named like the source's alias "
+                f"{SOURCE_ALIAS!r} in its queries; give the results file another name"
+            )
         create_database(self.target, self.storage_version, dry_run=True)
 
     @contextmanager
     def read(self) -> Iterator[object]:
-        """A read-only connection on the results file, the source attached as `src` if apart."""
+        """A read-only connection on the results file, the source attached as SOURCE_ALIAS if apart."""
         with self._mutex:
             con = self._open(read_only=True)
             try:

@@ -1,7 +1,7 @@
 """Reading the source table: open the databases, check the input, stream pending rows.
 
 The connections themselves come from database.py (read-only for every read here,
-the source attached as `src` when it lives in another file than the results).
+the source attached as `marketpulse_source` when it lives in another file than the results).
 
 `check_source` turns every input problem into a one-line error before anything is
 written: missing table or column, an id column that is not a plain scalar or holds
@@ -38,7 +38,10 @@ from marketpulse.sql import (
 )
 from marketpulse.text import blank_sql
 
-SOURCE_ALIAS = "src"
+# The name the source file is attached under beside a --results-db. A results file's own
+# catalog name is its stem, so a results file named like the alias cannot attach it:
+# an unusual name, and `Database.prepare` refuses the one stem that collides.
+SOURCE_ALIAS = "marketpulse_source"
 _TEXT_TYPES = ("VARCHAR",)
 # Ids that cannot key scores: not comparable exactly, or changed on the way through
 # Arrow (a TIMETZ loses its offset, a UHUGEINT above 2**127 wraps)

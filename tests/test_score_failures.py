@@ -209,3 +209,18 @@ def test_a_results_db_whose_lock_cannot_be_made_is_one_line(folder, bundle):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "cannot open the run lock" in result.output and "--results-db" in result.output
     assert listing(folder) == before
+
+
+def test_a_results_db_named_src_scores_and_the_alias_name_is_refused(folder, bundle):
+    """The source is attached beside the results under SOURCE_ALIAS; a results file's
+    catalog is its stem, so `src.duckdb` (the alias once) must work, and the one stem
+    that collides is refused in one line before anything is made."""
+    from marketpulse.runtime.source import SOURCE_ALIAS
+
+    result = run_cli(folder, bundle.path, "--results-db", str(folder / "src.duckdb"))
+    assert result.exit_code == 0, result.output
+    assert "scores" in tables(folder / "src.duckdb")
+    before = listing(folder)
+    result = run_cli(folder, bundle.path, "--results-db", str(folder / f"{SOURCE_ALIAS}.duckdb"))
+    assert result.exit_code != 0 and "give the results file another name" in result.output
+    assert listing(folder) == before
