@@ -169,3 +169,29 @@ def test_the_file_s_own_name_before_a_table_is_its_catalog_not_a_schema(db):
     assert comments["forecast_s1_posts_day"] == "marketpulse trends of s1.posts"
     assert _brands(db, "trend_posts_day") == ["A", "B"]
     assert _brands(db, "trend_s1_posts_day") == ["A"]
+
+
+def test_scores_of_two_schemas_get_latest_views_of_their_own(db):
+    """s1.scores and s2.scores once both wrote main.latest_scores, so the second run
+    silently repointed the view the first one's queries join (user test)."""
+    from marketpulse.trends.queries import latest_view_name
+
+    assert latest_view_name("scores") == latest_view_name("main.scores") == "latest_scores"
+    assert latest_view_name("s1.scores") == "latest_s1_scores"
+    assert latest_view_name("market.scores", MARKET) == "latest_scores"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE s1.scores AS FROM scores")
+        con.execute("CREATE TABLE s2.scores AS FROM scores")
+        con.execute("UPDATE s2.scores SET label = 'neutral'")
+    for schema in ("s1", "s2"):
+        result = _trends(
+            db, f"{schema}.posts", "--scores-table", f"{schema}.scores", "--horizon", "0"
+        )
+        assert result.exit_code == 0, result.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        for schema in ("s1", "s2"):
+            view, table = f"latest_{schema}_scores", f"{schema}.scores"
+            differ = con.execute(
+                f"SELECT count(*) FROM {view} v JOIN {table} t USING (id) WHERE v.label <> t.label"
+            ).fetchone()[0]
+            assert differ == 0, (view, table)

@@ -54,8 +54,14 @@ TREND_COLUMNS = (
 SPREAD_FLOOR = 0.2
 
 
-def latest_view_name(scores_table: str) -> str:
-    return "latest_" + sanitize(split_table(scores_table)[-1])
+def latest_view_name(scores_table: str, database: Database | None = None) -> str:
+    """`latest_<scores>`: the table's name alone in the main schema (`scores`:
+    latest_scores), after its schema elsewhere (`s1.scores`: latest_s1_scores), so the
+    scores of two schemas never share one view."""
+    parts = source_parts(scores_table, database)
+    if len(parts) == 2 and ascii_fold(parts[0]) == "main":
+        parts = parts[1:]
+    return "latest_" + "_".join(sanitize(p) for p in parts)
 
 
 def is_plain_name(name: str) -> bool:

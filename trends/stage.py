@@ -155,7 +155,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             if cfg.trend_table is None:  # a name of the user's choosing is theirs to reuse
                 _check_owners(con, cfg, [table, *dependents.values()], database)
             _write_to(con, work)
-            view = queries.latest_view_name(cfg.scores_table)
+            view = queries.latest_view_name(cfg.scores_table, database)
             con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=True))
             models, null_times, source_rows, unscored, skipped = _models(con, cfg, res, view)
             labels = union_labels(models)
