@@ -78,11 +78,14 @@ def test_z_score_against_trailing_window_flags_the_drop(db):
     assert a8["is_shift"] is True
     # fewer than 3 non-empty buckets in the trailing window: no z
     assert rows[("A", 7)]["z_score"] is None and rows[("A", 3)]["z_score"] is None
-    # B: trailing index is flat (variance 0), so the floor, 0.2**2 x the trailing days'
-    # sampling variance (1 - 0) / 2, stands in instead of dividing by zero
+    # B: trailing index is flat (variance 0), so the floor, 0.5**2 x the trailing days'
+    # sampling variance at their pooled shares (3 positive, 3 negative of 6, half a row of
+    # each kind added: 3.5 / 7.5 each, per-row variance 7 / 7.5) over 2 posts a day,
+    # stands in instead of dividing by zero
     b5 = rows[("B", 5)]
     assert b5["net_index"] == pytest.approx(1 / 3)
-    assert b5["z_score"] == pytest.approx((1 / 3) / math.sqrt(0.04 * 0.5 * 4 / 3))
+    floor = 0.25 * (7 / 7.5) * 0.5
+    assert b5["z_score"] == pytest.approx((1 / 3) / math.sqrt(floor * 4 / 3))
     assert b5["is_shift"] is False
     assert [(r["brand"], r["bucket"].day) for r in result.flagged] == [("A", 8)]
 
@@ -294,15 +297,31 @@ def test_one_post_is_not_a_shift(tmp_path):
     index = [(p - n) / (p + u + n) for p, u, n in trail]
     mean = sum(index) / 8
     var = sum((x - mean) ** 2 for x in index) / 7
-    total = sum(sum(c) for c in trail)
-    p_pos, p_neg = sum(c[0] for c in trail) / total, sum(c[2] for c in trail) / total
+    total = sum(sum(c) for c in trail) + 1.5  # half a row of each kind added (Jeffreys)
+    p_pos, p_neg = (
+        (sum(c[0] for c in trail) + 0.5) / total,
+        (sum(c[2] for c in trail) + 0.5) / total,
+    )
     s2 = p_pos + p_neg - (p_pos - p_neg) ** 2
-    extra = s2 * (1 - sum(1 / sum(c) for c in trail) / 8)
-    own = [((p + n) / sum(c) - ((p - n) / sum(c)) ** 2) / sum(c) for c in trail for p, _, n in [c]]
-    spread = max(var, 0.04 * sum(own) / 8)  # the floor: 0.2**2 x the days' own variance
+    inv_volume = sum(1 / sum(c) for c in trail) / 8
+    extra = s2 * (1 - inv_volume)
+    spread = max(var, 0.25 * s2 * inv_volume)  # the floor: 0.5**2 x the days' sampling variance
     z = (-1 - mean) / math.sqrt(spread * (1 + 1 / 8) + extra)
     assert last["z_score"] == pytest.approx(z)
     assert abs(last["z_score"]) < 2 and not last["is_shift"] and result.flagged == []
+
+
+def test_identical_trailing_buckets_do_not_make_a_small_move_a_shift(tmp_path):
+    """Eight days of 1 positive, 18 neutral, 1 negative (a trailing spread of exactly 0),
+    then 2 positive and 18 neutral: at the pooled shares a 20-post index has a standard
+    error of ~0.07, so a move of 0.1 is no shift. The floor once came from a fifth of the
+    sampling error and made it z = 6.7 (user test)."""
+    counts = {("A", day): (1, 18, 1) for day in range(1, 9)} | {("A", 9): (2, 18, 0)}
+    path = build_db(tmp_path / "flat.duckdb", counts=counts)
+    result = run(_cfg(path, window=8, horizon=0))
+    last = _rows(path)[("A", 9)]
+    assert last["net_index"] == pytest.approx(0.1) and last["trailing_mean"] == 0
+    assert abs(last["z_score"]) < 3 and not last["is_shift"] and result.flagged == []
 
 
 def test_window_below_three_is_refused(db):

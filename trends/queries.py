@@ -49,9 +49,10 @@ TREND_COLUMNS = (
 )
 
 # The trailing spread is floored at this fraction of the trailing buckets' sampling standard
-# error: it only guards against a spread of ~0 by chance (identical trailing buckets), and at
-# 0.2 it moves the false-alarm rate by under 0.1 point (tools/shift_eval.py).
-SPREAD_FLOOR = 0.2
+# error at their pooled label shares: it guards against a spread of ~0 by chance (identical
+# trailing buckets). Measured with tools/shift_eval.py: 0.5 detects as much as 0.2 did at
+# the default window with fewer false alarms; 1.0 loses detection (README).
+SPREAD_FLOOR = 0.5
 
 
 def latest_view_name(scores_table: str, database: Database | None = None) -> str:
@@ -259,10 +260,12 @@ def trend_table_sql(
     positive label and the negative label.
 
     z_score = (net_index - trailing_mean) / sqrt(V), with V = the trailing variance of
-    net_index (floored, below) x (1 + 1/n) + the extra sampling variance of this bucket
+    net_index (floored at SPREAD_FLOOR^2 x s2 x mean(1/volume) of the trailing buckets,
+    s2 below) x (1 + 1/n) + the extra sampling variance of this bucket
     over a trailing one. Under "no shift" this bucket is drawn at the trailing rate, so
     its sampling variance is the per-row variance at the trailing window's pooled label
-    shares, s2 = (p_pos + p_neg) - (p_pos - p_neg)^2, over its volume; the extra is
+    shares (half a row of each kind added), s2 = (p_pos + p_neg) - (p_pos - p_neg)^2, over
+    its volume; the extra is
     s2 x (1/volume - mean(1/volume) of the trailing buckets), never below 0. The bucket's
     own shares would give a one-post bucket (every row one label) a variance of 0.
     The forecast_* columns are NULL here; `forecast_tables.write_forecasts` fills them.
@@ -330,9 +333,6 @@ filled AS (
 indexed AS (
     SELECT *, {shares}
            (_pos - _neg) / nullif(volume, 0) AS net_index,
-           -- standard error of this bucket's index: each row scores +1, 0 or -1
-           sqrt(((_pos + _neg) / nullif(volume, 0)
-                 - ((_pos - _neg) / nullif(volume, 0)) ** 2) / nullif(volume, 0)) AS _se,
            1.0 / nullif(volume, 0) AS _inv_volume
     FROM filled
 ),
@@ -342,10 +342,11 @@ windowed AS (
            net_index - lag(net_index) OVER {w_prev} AS index_change,
            avg(net_index) OVER {w_trail} AS trailing_mean,
            var_samp(net_index) OVER {w_trail} AS _trail_var,
-           avg(_se * _se) OVER {w_trail} AS _trail_sv,
            count(net_index) OVER {w_trail} AS _trail_n,
-           sum(_pos) OVER {w_trail} / nullif(sum(volume) OVER {w_trail}, 0) AS _trail_pos,
-           sum(_neg) OVER {w_trail} / nullif(sum(volume) OVER {w_trail}, 0) AS _trail_neg,
+           -- pooled shares with half a row of each kind (+1, -1, 0) added (Jeffreys):
+           -- a window without a single positive row does not make one impossible
+           (sum(_pos) OVER {w_trail} + 0.5) / (sum(volume) OVER {w_trail} + 1.5) AS _trail_pos,
+           (sum(_neg) OVER {w_trail} + 0.5) / (sum(volume) OVER {w_trail} + 1.5) AS _trail_neg,
            avg(_inv_volume) OVER {w_trail} AS _trail_inv_volume
     FROM indexed
 ),
@@ -361,7 +362,8 @@ scored AS (
                -- mean's own error) plus the extra sampling error of a thinner bucket, at
                -- the trailing rate (the null), not at this bucket's own shares
                (net_index - trailing_mean) / nullif(sqrt(
-                   greatest(_trail_var, {SPREAD_FLOOR**2!r} * _trail_sv) * (1 + 1.0 / _trail_n)
+                   greatest(_trail_var, {SPREAD_FLOOR**2!r} * _trail_row_var * _trail_inv_volume)
+                   * (1 + 1.0 / _trail_n)
                    + greatest(_trail_row_var * (_inv_volume - _trail_inv_volume), 0)), 0)
            END AS z_score
     FROM pooled
