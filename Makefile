@@ -8,7 +8,11 @@ MP     := $(BIN)/marketpulse
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,trends,ray,privacy,dev
 
-# Job variables (override on the command line: make score DB=prod.duckdb TABLE=news ...)
+# Job variables (override on the command line: make score DB=prod.duckdb TABLE=news ...).
+# Each names one thing and reaches the CLI as one argument, exactly as given, spaces and
+# quotes included: TABLE='ext."Market Posts"' BY='Brand Name' TEXT_COL='Tweet Body'.
+# The *_ARGS variables are lists of extra flags instead, which the shell splits as written:
+# SCORE_ARGS="--limit 1000 --where \"lang = 'en'\"". Write a $ in any value as $$ (make).
 DB          ?= artifacts/demo/market.duckdb
 TABLE       ?= posts
 ID_COL      ?= id
@@ -29,6 +33,9 @@ BENCH_ARGS  ?=
 DEMO_ARGS   ?=
 SHIFT_EVAL_ARGS ?=
 ISA_CHECK_ARGS ?=
+
+# $(call q,VALUE): VALUE as one shell word, in single quotes, each ' inside written '\''.
+q = '$(subst ','\'',$(1))'
 
 .PHONY: setup setup-gpu gpu-check isa-check test test-fast lint fmt demo bench shift-eval forecast-eval train-speed train export score trends nightly clean
 
@@ -53,13 +60,14 @@ setup-gpu: setup
 # CPU (label agreement), then rows/s end to end for a few batch settings.
 GPU_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
 gpu-check: setup
-	$(BIN)/python -m marketpulse.tools.gpucheck --bundle $(BUNDLE) --texts $(GPU_TEXTS)
+	$(BIN)/python -m marketpulse.tools.gpucheck --bundle $(call q,$(BUNDLE)) --texts $(call q,$(GPU_TEXTS))
 
 # int8 on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell, Debian's qemu-user)
 # against fp32 run natively: is the bundle right where the scoring CPU lacks VNNI?
 ISA_TEXTS ?= ../shared/data/twitter_financial_news/valid.csv
 isa-check: setup
-	$(BIN)/python -m marketpulse.tools.isacheck --bundle $(BUNDLE) --check-input $(ISA_TEXTS) $(ISA_CHECK_ARGS)
+	$(BIN)/python -m marketpulse.tools.isacheck --bundle $(call q,$(BUNDLE)) \
+		--check-input $(call q,$(ISA_TEXTS)) $(ISA_CHECK_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu" -q
@@ -96,19 +104,21 @@ train-speed: setup
 	$(BIN)/python -m marketpulse.tools.train_speed $(TRAIN_SPEED_ARGS)
 
 train: setup
-	$(MP) train $(if $(INPUT),--input $(INPUT),--db $(DB) --table $(TABLE)) \
-		--text-col $(TEXT_COL) --label-col $(LABEL_COL) --out $(MODEL) $(TRAIN_ARGS)
+	$(MP) train $(if $(INPUT),--input $(call q,$(INPUT)),--db $(call q,$(DB)) --table $(call q,$(TABLE))) \
+		--text-col $(call q,$(TEXT_COL)) --label-col $(call q,$(LABEL_COL)) --out $(call q,$(MODEL)) $(TRAIN_ARGS)
 
 export: setup
-	$(MP) export --model $(MODEL) --out $(BUNDLE) $(EXPORT_ARGS)
+	$(MP) export --model $(call q,$(MODEL)) --out $(call q,$(BUNDLE)) $(EXPORT_ARGS)
 
 score: setup
-	$(MP) score --db $(DB) --table $(TABLE) --id-col $(ID_COL) --text-col $(TEXT_COL) \
-		--bundle $(BUNDLE) --device $(DEVICE) $(SCORE_ARGS)
+	$(MP) score --db $(call q,$(DB)) --table $(call q,$(TABLE)) \
+		--id-col $(call q,$(ID_COL)) --text-col $(call q,$(TEXT_COL)) \
+		--bundle $(call q,$(BUNDLE)) --device $(call q,$(DEVICE)) $(SCORE_ARGS)
 
 trends: setup
-	$(MP) trends --db $(DB) --source $(TABLE) --id-col $(ID_COL) --time-col $(TIME_COL) \
-		$(if $(BY),--by $(BY)) --grain $(GRAIN) $(TRENDS_ARGS)
+	$(MP) trends --db $(call q,$(DB)) --source $(call q,$(TABLE)) \
+		--id-col $(call q,$(ID_COL)) --time-col $(call q,$(TIME_COL)) \
+		$(if $(BY),--by $(call q,$(BY))) --grain $(call q,$(GRAIN)) $(TRENDS_ARGS)
 
 # Sequential even under `make -j`: trends must read tonight's scores.
 nightly: setup

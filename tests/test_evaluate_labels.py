@@ -3,7 +3,9 @@ given neither, by the model's label order, which it says on stderr and records."
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 import shutil
 
 import duckdb
@@ -295,4 +297,60 @@ def test_train_loader_names_a_fix_for_negative_integers(labeled_db):
         label_names=("neutral", "bullish", "bearish"),
     )
     rows = load_labeled(shifted)
+    assert sorted(rows.labels) == sorted(TRUTH)
+
+
+@pytest.fixture(scope="module")
+def spaced_db(tmp_path_factory) -> str:
+    """ "Eval Set"("Tweet Body", "Sentiment Label"): the labeled rows under names that SQL
+    must quote, labels 0..4 (3 and 4 names the tiny model lacks)."""
+    path = tmp_path_factory.mktemp("spaced") / "src.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute('CREATE TABLE "Eval Set" ("Tweet Body" VARCHAR, "Sentiment Label" INTEGER)')
+    con.executemany(
+        'INSERT INTO "Eval Set" VALUES (?, ?)', [(f"market post {i}", i % 5) for i in range(10)]
+    )
+    con.close()
+    return str(path)
+
+
+def _suggested_query(message: str) -> str:
+    """The SQL of the first `--query SQL` in `message`, as a shell passes it on."""
+    lexer = shlex.shlex(message.split("--query ", 1)[1], posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    return lexer.get_token().removesuffix(",")
+
+
+def test_filter_fix_for_labels_the_model_lacks_quotes_the_column(tiny_checkpoint, spaced_db):
+    cols = ["--text-col", "Tweet Body", "--label-col", "Sentiment Label"]
+    args = ["--model", str(tiny_checkpoint), "--db", spaced_db, "--table", '"Eval Set"', *cols]
+    names = ["--label-names", "bearish,bullish,neutral,mixed,other"]
+    result = _run(*args, *names)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().endswith(
+        """e.g. --query 'SELECT ... WHERE "Sentiment Label" NOT IN (3, 4)'"""
+    )
+    query = _suggested_query(result.output).replace("SELECT ...", 'SELECT * FROM "Eval Set"')
+    args[args.index("--table") : args.index("--table") + 2] = ["--query", query]
+    result = _run(*args, *names, "--json")
+    assert result.exit_code == 0, result.output
+    assert _supports(json.loads(result.stdout)) == {"bearish": 2, "bullish": 2, "neutral": 2}
+
+
+def test_shift_fix_for_negative_integers_quotes_the_columns(labeled_db):
+    spaced = f'SELECT text AS "Tweet Body", label AS "Sentiment Label" FROM ({_case(-1)}) AS t'
+    source = DataSource(
+        db=labeled_db,
+        query=spaced,
+        text_col="Tweet Body",
+        label_col="Sentiment Label",
+        label_names=("neutral", "bullish", "bearish"),
+    )
+    with pytest.raises(MarketpulseError) as caught:
+        load_labeled(source)
+    assert (
+        """--query 'SELECT "Tweet Body", "Sentiment Label" + 1 AS "Sentiment Label" FROM ...'"""
+    ) in str(caught.value)
+    query = _suggested_query(str(caught.value)).replace("FROM ...", f"FROM ({spaced})")
+    rows = load_labeled(dataclasses.replace(source, query=query))
     assert sorted(rows.labels) == sorted(TRUTH)

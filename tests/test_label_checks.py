@@ -5,6 +5,8 @@ and the counts that train and evaluate print about skipped rows and repeated tex
 from __future__ import annotations
 
 import csv
+import shlex
+import subprocess
 from dataclasses import replace
 
 import duckdb
@@ -305,3 +307,90 @@ def test_a_source_without_usable_rows_is_one_line_for_train_and_evaluate(
     assert result.exit_code == 1
     assert result.output.startswith("Error: no usable rows in table posts")
     assert len(result.output.strip().splitlines()) == 1
+
+
+# 6. the --query a fix suggests runs as given, whatever the column names
+
+
+def suggested_query(message: str) -> str:
+    """The SQL of the first `--query SQL` that `message` suggests, as a shell passes it on
+    (the prose after it may end the word with a comma)."""
+    lexer = shlex.shlex(message.split("--query ", 1)[1], posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    return lexer.get_token().removesuffix(",")
+
+
+def spaced_db(path, labels: list, sql_type: str = "VARCHAR") -> str:
+    """ext."Train Set"("Tweet Body" VARCHAR, "Sentiment Label" <sql_type>)."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA ext")
+    con.execute(
+        f'CREATE TABLE ext."Train Set" ("Tweet Body" VARCHAR, "Sentiment Label" {sql_type})'
+    )
+    rows = [(f"$T{i} {WORDS[i % 5]} after quarter {i}", y) for i, y in enumerate(labels)]
+    con.executemany('INSERT INTO ext."Train Set" VALUES (?, ?)', rows)
+    con.close()
+    return str(path)
+
+
+SPACED = [
+    "--table",
+    'ext."Train Set"',
+    "--text-col",
+    "Tweet Body",
+    "--label-col",
+    "Sentiment Label",
+]
+
+
+def test_collision_fix_quotes_columns_and_runs_as_given(tmp_path, tiny_checkpoint, monkeypatch):
+    from marketpulse.train import trainer
+
+    class Trained(Exception):
+        """fine_tune was reached: the rows passed every label check."""
+
+    def no_training(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(trainer, "fine_tune", no_training)
+    db = spaced_db(tmp_path / "posts.duckdb", ["Bullish", "bullish", " BEARISH ", "bearish"] * 4)
+    args = train_args(db, tmp_path / "model", tiny_checkpoint)
+    args[args.index("--table") : args.index("--out")] = SPACED
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    message = result.output.strip()
+    assert "collide once sanitized" in message
+    assert (
+        """--query 'SELECT "Tweet Body", lower("Sentiment Label") AS "Sentiment Label" FROM """
+        """...', or rename them"""
+    ) in message
+    query = suggested_query(message).replace("FROM ...", 'FROM ext."Train Set"')
+    assert query == (
+        'SELECT "Tweet Body", lower("Sentiment Label") AS "Sentiment Label" FROM ext."Train Set"'
+    )
+    # as given (the table filled in), through the CLI: past the label checks to training
+    args[args.index("--table") : args.index("--text-col")] = ["--query", query]
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, Trained), result.output
+
+
+def test_filter_fix_quotes_columns_and_escapes_for_the_shell(tmp_path):
+    labels = ["big"] * 10 + ["it's $5 `rare`"]
+    db = spaced_db(tmp_path / "posts.duckdb", labels)
+    source = DataSource(
+        db=db, table='ext."Train Set"', text_col="Tweet Body", label_col="Sentiment Label"
+    )
+    with pytest.raises(MarketpulseError) as caught:
+        require_trainable(load_labeled(source), source, 3)
+    message = str(caught.value)
+    assert (
+        """--query "SELECT ... WHERE \\"Sentiment Label\\" <> 'it''s \\$5 \\`rare\\`'\""""
+    ) in message
+    word = message.split("e.g. ", 1)[1]  # what a shell makes of it, not shlex's approximation
+    argv = subprocess.run(
+        ["sh", "-c", f'printf "%s\\n" {word}'], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert argv == ["--query", """SELECT ... WHERE "Sentiment Label" <> 'it''s $5 `rare`'"""]
+    query = argv[1].replace("SELECT ...", 'SELECT * FROM ext."Train Set"')
+    filtered = load_labeled(replace(source, table=None, query=query))
+    assert filtered.label_names == ["big"] and len(filtered.texts) == 10

@@ -13,7 +13,15 @@ import pytest
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import connect_read_only
-from marketpulse.train.data import DataSource, load_labeled, parse_label_names, require_trainable
+from marketpulse.sql import quote_ident
+from marketpulse.train.data import (
+    DataSource,
+    load_labeled,
+    parse_label_names,
+    query_flag,
+    require_trainable,
+    sql_name,
+)
 from marketpulse.train.split import parse_fractions, stratified_split
 
 
@@ -383,3 +391,68 @@ def test_count_phrase_reads_as_words_not_a_dict():
         "7,635 train, 954 validation, 954 test"
     )
     assert count_phrase({"null_text": 0}) == "none"
+
+
+@pytest.mark.parametrize(
+    ("name", "spelled"),
+    [
+        ("tag", "tag"),
+        ("Tag", "Tag"),  # DuckDB finds a column in any letter case
+        ("Sentiment Label", '"Sentiment Label"'),
+        ("order", '"order"'),  # a keyword
+        ("Left", '"Left"'),
+        ('say "hi"', '"say ""hi"""'),
+        ("2nd", '"2nd"'),
+    ],
+)
+def test_sql_name_quotes_a_column_only_where_sql_needs_it(name, spelled):
+    assert sql_name(name) == spelled
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE t ({quote_ident(name)} VARCHAR)")
+    con.execute("INSERT INTO t VALUES ('A')")
+    sql = f"SELECT lower({spelled}) AS {spelled} FROM t WHERE {spelled} NOT IN ('b', 'c')"
+    cursor = con.execute(sql)
+    assert [d[0] for d in cursor.description] == [name]
+    assert cursor.fetchall() == [("a",)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT ... WHERE tag <> 1",
+        'SELECT "Tweet Body", lower("Sentiment Label") AS "Sentiment Label" FROM ...',
+        """SELECT ... WHERE "a b" <> 'it''s $HOME `x` \\n \\\\'""",
+    ],
+)
+def test_query_flag_reaches_the_cli_as_one_argument(sql):
+    argv = subprocess.run(
+        ["sh", "-c", f'printf "%s\\n" {query_flag(sql)}'], capture_output=True, text=True
+    ).stdout.splitlines()
+    assert argv == ["--query", sql]
+
+
+def test_fractional_label_fix_quotes_the_column_and_works(tmp_path):
+    con = duckdb.connect(str(tmp_path / "a.duckdb"))
+    con.execute('CREATE TABLE posts ("Tweet Body" VARCHAR, "Score Value" DOUBLE)')
+    con.executemany(
+        "INSERT INTO posts VALUES (?, ?)", [(f"post {i}", i / 2 - 2.25) for i in range(10)]
+    )
+    con.close()
+    source = DataSource(
+        db=str(tmp_path / "a.duckdb"), table="posts", text_col="Tweet Body", label_col="Score Value"
+    )
+    with pytest.raises(MarketpulseError, match="not a whole number") as caught:
+        load_labeled(source)
+    message = str(caught.value)
+    assert message.endswith(
+        r"""e.g. --query "SELECT ..., CASE WHEN \"Score Value\" > 0 THEN 'up' ELSE 'down' END """
+        r'''AS \"Score Value\" FROM ..."'''
+    )
+    word = message.split("e.g. ", 1)[1]
+    argv = subprocess.run(
+        ["sh", "-c", f'printf "%s\\n" {word}'], capture_output=True, text=True
+    ).stdout.splitlines()
+    assert argv[0] == "--query"
+    query = argv[1].replace("SELECT ...", 'SELECT "Tweet Body"').replace("FROM ...", "FROM posts")
+    rows = load_labeled(dataclasses.replace(source, table=None, query=query))
+    assert rows.counts == {"down": 5, "up": 5}

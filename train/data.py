@@ -30,9 +30,11 @@ in case or punctuation would share one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -40,7 +42,7 @@ from decimal import Decimal
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_column
 from marketpulse.sources import Flags, open_source
-from marketpulse.sql import quote_ident
+from marketpulse.sql import quote_ident, spell_table
 from marketpulse.text import is_blank
 
 
@@ -64,6 +66,38 @@ class UnnamedValue(MarketpulseError):
     def __init__(self, message: str, values: list[int]):
         self.values = values
         super().__init__(message)
+
+
+@functools.cache
+def _keywords() -> frozenset[str]:
+    """DuckDB's keywords that may not stand unquoted as a column name everywhere (`order`,
+    `left`, `time`): every keyword but its unreserved ones, lower-cased."""
+    import duckdb
+
+    with duckdb.connect(":memory:") as con:
+        rows = con.execute(
+            "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'"
+        ).fetchall()
+    return frozenset(name.lower() for (name,) in rows)
+
+
+def sql_name(name: str) -> str:
+    """A column name as a suggested query writes it: bare where DuckDB reads it bare
+    (`label`, `Tag`), else double-quoted, a quote inside doubled (`"Sentiment Label"`,
+    `"order"`)."""
+    spelled = spell_table([name])  # bare when plain, else quoted
+    return quote_ident(name) if name.lower() in _keywords() else spelled
+
+
+def query_flag(sql: str) -> str:
+    """`--query SQL` as a shell passes it on as one argument, exactly: in double quotes
+    (`--query "SELECT ... WHERE tag <> 'rare'"`), in single quotes when the SQL holds a
+    double quote and no single one, else in double quotes with \\ before " \\ $ and `."""
+    if not re.search(r'["\\$`]', sql):
+        return f'--query "{sql}"'
+    if "'" not in sql:
+        return f"--query '{sql}'"
+    return '--query "' + re.sub(r'(["\\$`])', r"\\\1", sql) + '"'
 
 
 def count_phrase(counts: dict[str, int]) -> str:
@@ -219,10 +253,12 @@ def _as_int(value, column: str) -> int | None:
     if isinstance(value, float | Decimal):
         if math.isfinite(value) and value == int(value):
             return int(value)
+        name = sql_name(column) if column else "label"  # "": _literal, _is_integer
+        example = f"SELECT ..., CASE WHEN {name} > 0 THEN 'up' ELSE 'down' END AS {name} FROM ..."
         raise MarketpulseError(
             f"label {value} in column {column!r} is not a whole number; labels are classes: "
             "pass a --label-col of class names or integers, or make classes with --query, "
-            f"e.g. --query \"SELECT ..., CASE WHEN {column} > 0 THEN 'up' ELSE 'down' END AS label\""
+            f"e.g. {query_flag(example)}"
         )
     return None
 
@@ -252,6 +288,8 @@ def _no_name(value: int, values: list[int], source: DataSource) -> str:
     more names reach a value past the last name, but no name reaches a negative value,
     so those values must shift to start at 0, or be named by their own digits."""
     names, column = source.label_names, source.label_col
+    text, label = sql_name(source.text_col), sql_name(column)
+    shift = query_flag(f"SELECT {text}, {label} + {-value} AS {label} FROM ...")
     if value >= 0:
         return (
             f"label value {value} in column {column!r} has no name ({len(names)} names "
@@ -261,9 +299,8 @@ def _no_name(value: int, values: list[int], source: DataSource) -> str:
     return (
         f"label value {value} in column {column!r} has no name: --label-names names the "
         f"values 0..{len(names) - 1} by position, so a negative value has none; shift the "
-        f'values to start at 0 in a --query, e.g. --query "SELECT {source.text_col}, '
-        f'{column} + {-value} AS {column} FROM ...", or drop --label-names to name each '
-        "class by its value"
+        f"values to start at 0 in a --query, e.g. {shift}, or drop --label-names to name "
+        "each class by its value"
     )
 
 
@@ -414,10 +451,9 @@ def require_distinct_columns(rows: LabeledRows, source: DataSource) -> None:
     if rows.integer_labels and source.label_names:  # the names came from --label-names
         fix = "pass --label-names whose names differ in a letter or digit, not only in case"
     else:
-        fix = (
-            f'map them to one spelling with --query, e.g. --query "SELECT {source.text_col}, '
-            f'lower({column}) AS {column} FROM ...", or rename them'
-        )
+        text, label = sql_name(source.text_col), sql_name(column)
+        query = query_flag(f"SELECT {text}, lower({label}) AS {label} FROM ...")
+        fix = f"map them to one spelling with --query, e.g. {query}, or rename them"
     raise MarketpulseError(
         f"labels in column {column!r} collide once sanitized into probability column names "
         f"({which}), which `marketpulse score` refuses; {fix}"
@@ -454,17 +490,17 @@ def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int)
         if n >= min_per_class:
             continue
         if n and name in rows.literals:  # filtering the rows out works for any label
-            fix = (
-                f"add rows or leave that label out with --query, e.g. "
-                f'--query "SELECT ... WHERE {column} <> {rows.literals[name]}"'
+            where = f"{sql_name(column)} <> {rows.literals[name]}"
+            fix = "add rows or leave that label out with --query, e.g. " + query_flag(
+                f"SELECT ... WHERE {where}"
             )
         elif not rows.named_by_position:  # a name only --label-names gave: leave it out
             fix = "add rows with that label or leave it out of --label-names"
         else:  # --label-names names integers by position: a name cannot just be left out
             value = source.label_names.index(name) if source.label_names else name
             fix = (
-                f"add rows with {column} = {value}, or pass --label-names with one name per "
-                f"value {column} holds"
+                f"add rows with {sql_name(column)} = {value}, or pass --label-names with one "
+                f"name per value {column!r} holds"
             )
         raise MarketpulseError(
             f"label {name!r} has only {n} usable rows{note}; each class needs at least "

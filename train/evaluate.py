@@ -41,6 +41,8 @@ from marketpulse.train.data import (
     UnnamedValue,
     count_phrase,
     load_labeled,
+    query_flag,
+    sql_name,
 )
 
 _INTEGER = re.compile(r"^-?[0-9]+$")
@@ -194,14 +196,13 @@ def _not_the_models(
 ) -> MarketpulseError:
     """Labels (named by --label-names) the model lacks, with both fixes: map or filter."""
     values = [rows.literals[y] for y in unknown]  # every label read has its literal
-    where = (
-        f"{column} NOT IN ({', '.join(values)})" if len(values) > 1 else f"{column} <> {values[0]}"
-    )
+    name = sql_name(column)
+    where = f"{name} NOT IN ({', '.join(values)})" if len(values) > 1 else f"{name} <> {values[0]}"
     return MarketpulseError(
         f"labels {', '.join(unknown)} in column {column!r} are not among the model's labels "
         f"({', '.join(labels)}); map them onto the model's with --label-map "
         f"{unknown[0]}=LABEL, or leave those rows out with a filtering --query, e.g. "
-        f'--query "SELECT ... WHERE {where}"'
+        + query_flag(f"SELECT ... WHERE {where}")
     )
 
 
