@@ -121,10 +121,25 @@ def check_tables(con, results_table: str, id_type: str) -> dict[str, str] | None
     return have
 
 
-def table_key(name: str) -> str:
-    """How DuckDB resolves a table name here: case-insensitive, `main.` implied."""
-    name = name.lower()
-    return name[len("main.") :] if name.startswith("main.") else name
+def table_key(name: str, catalog: str | None = None) -> str:
+    """How DuckDB resolves a table name here: case-insensitive, `main.` implied, and the
+    file's own catalog name (`catalog`, the database file's stem) implied too, so that
+    `market.posts` and `market.main.posts` in market.duckdb are `posts`. (A schema named
+    like the file would make DuckDB refuse such a name as ambiguous before this runs.)"""
+    try:
+        parts = [p.lower() for p in split_table(name)]
+    except MarketpulseError:  # a name recorded by hand: compare it as written
+        parts = [name.lower()]
+    if catalog is not None and len(parts) > 1 and parts[0] == catalog.lower():
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0] == "main":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _catalog(path: str | None) -> str | None:
+    """The catalog name DuckDB gives a database file: its stem."""
+    return None if path is None else Path(path).stem
 
 
 # A run's source file when it was the results file itself (wherever that file is now).
@@ -152,7 +167,11 @@ def _source_files(con, results_table: str, results_db: str | None, apart: bool) 
         [results_table],
     ).fetchall()
     return {
-        (table_key(source), _file_of(source_db, then_results_db, results_db, apart), source)
+        (
+            table_key(source, _catalog(source_db)),
+            _file_of(source_db, then_results_db, results_db, apart),
+            source,
+        )
         for source, source_db, then_results_db in rows
     }
 
@@ -175,7 +194,9 @@ def scored_this_source(run_row: tuple, table: str, source_db: str, results_db: s
     the file `source_db`, its results in `results_db` (resolved paths): the same table
     name as DuckDB resolves it, and the same file or one not recorded."""
     source, then_source_db, then_results_db = run_row
-    if source is None or table_key(source) != table_key(table):
+    if source is None:
+        return False
+    if table_key(source, _catalog(then_source_db)) != table_key(table, _catalog(source_db)):
         return False
     apart = source_db != results_db
     where = _file_of(then_source_db, then_results_db, results_db, apart)
@@ -205,13 +226,13 @@ def check_one_source(
     for key, where, spelled in sorted(
         _source_files(con, results_table, results_db, apart), key=str
     ):
-        if key != table_key(table):
+        if key != table_key(table, _catalog(source_db)):
             others.append((spelled, None))
         elif mine is not None and where is not None and where != mine:
             others.append((spelled, where))
     if not others:
         return
-    suggestion = f"{table_key(table).replace('.', '_')}_scores"
+    suggestion = f"{sanitize(table_key(table, _catalog(source_db)).replace('.', '_'))}_scores"
     named = [o for o in others if o[1] is None]
     if named:
         raise MarketpulseError(

@@ -224,3 +224,22 @@ def test_a_results_db_named_src_scores_and_the_alias_name_is_refused(folder, bun
     result = run_cli(folder, bundle.path, "--results-db", str(folder / f"{SOURCE_ALIAS}.duckdb"))
     assert result.exit_code != 0 and "give the results file another name" in result.output
     assert listing(folder) == before
+
+
+def test_the_file_s_own_catalog_name_before_a_table_is_the_same_table(folder, bundle):
+    """In market.duckdb, `market.posts` and `market.main.posts` are `posts` as DuckDB binds
+    them: scoring under either spelling adds to posts' results instead of being refused as
+    another table's (trends judges its --source by the same rule, scored_this_source)."""
+    db = str(folder / "market.duckdb")
+    base = ["--id-col", "id", "--text-col", "text", "--bundle", str(bundle.path)]
+    first = CliRunner().invoke(
+        main, ["score", "--db", db, "--table", "posts", "--limit", "100", *base]
+    )
+    assert first.exit_code == 0, first.output
+    for spelled in ("market.posts", "MARKET.main.posts"):
+        again = CliRunner().invoke(main, ["score", "--db", db, "--table", spelled, "--limit", "100", *base])  # fmt: skip
+        assert again.exit_code == 0, again.output
+    other = CliRunner().invoke(main, ["score", "--db", db, "--table", "other.posts", *base])
+    assert "already holds the scores of table" not in other.output  # no such schema: DuckDB says so
+    with duckdb.connect(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == 300
