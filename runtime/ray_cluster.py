@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -54,6 +55,10 @@ def connect(ray, address: str | None, log) -> bool:
     ctx.print_on_execution_start = False
     if ray.is_initialized():
         return False
+    # ray.init puts its own SIGTERM handler (exit at once) in place of the run's, which
+    # commits the chunk in hand and marks the run interrupted: keep the run's
+    on_main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main else None
     try:
         ray.init(
             address=address or "local",
@@ -61,6 +66,8 @@ def connect(ray, address: str | None, log) -> bool:
             log_to_driver=False,
             logging_level="warning",
         )
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = first_line(exc)
         raise MarketpulseError(

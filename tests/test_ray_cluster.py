@@ -294,3 +294,25 @@ def test_a_run_beside_two_busy_loops_completes(bundle, tmp_path):
     assert scores_once(db) == 500
     outcome = "completed" if done.returncode == 0 else "watchdog's line, then a rerun completed"
     print(f"500 rows beside two busy loops: {seconds:.0f}s, {outcome}")
+
+
+def test_joining_ray_keeps_the_run_s_sigterm_handler():
+    """ray.init puts its own SIGTERM handler (exit at once, the run row left 'failed' with
+    error '15') in place of the run's graceful stop; connect puts the run's back (user test)."""
+    import signal
+
+    from marketpulse.runtime.ray_cluster import connect
+
+    def graceful(signum, frame):
+        pass
+
+    if ray.is_initialized():
+        ray.shutdown()
+    previous = signal.signal(signal.SIGTERM, graceful)
+    try:
+        assert connect(ray, None, lambda line: None) is True
+        assert signal.getsignal(signal.SIGTERM) is graceful
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
