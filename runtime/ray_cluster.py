@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +39,27 @@ DEFAULT_TIMEOUT_S = 600.0
 
 class Stalled(MarketpulseError):
     """No scored batch came back from the cluster within the watchdog's bound."""
+
+
+# How long `check_reachable` waits for a cluster's port (at most --ray-timeout).
+CONNECT_TIMEOUT_S = 30.0
+
+
+def check_reachable(address: str | None, timeout_s: float) -> None:
+    """Refuse a `host:port` (or `ray://host:port`) nobody answers at within `timeout_s`:
+    Ray itself retries such an address for minutes, past --ray-timeout."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address or "")
+    if found is None:  # "auto", a new local cluster, or a form Ray resolves itself
+        return
+    host, port = found.group(1), int(found.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise MarketpulseError(
+            f"cannot connect to Ray at {address}: nothing answered at {host}:{port} within "
+            f"{timeout_s:g}s ({exc.strerror or exc}); check the address, or start the head "
+            "with `ray start --head`"
+        ) from exc
 
 
 def connect(ray, address: str | None, log) -> bool:

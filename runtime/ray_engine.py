@@ -45,9 +45,11 @@ from marketpulse.runtime.canary import RAY as RAY_CANARY
 from marketpulse.runtime.canary import CanaryResult
 from marketpulse.runtime.database import owned_folder, remove_dead_folders
 from marketpulse.runtime.ray_cluster import (
+    CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     Stalled,
     check_nodes_read,
+    check_reachable,
     connect,
     limit_stalls,
     plan_workers,
@@ -326,6 +328,8 @@ def score_with_ray(
 
         # decided here, so every Scorer uses this number whatever its node's manifest says
         margin = rescore_margin_for(run.bundle, provider, variant, cfg.rescore_margin)
+        # before the run row: a cluster nobody answers for leaves no file behind
+        check_reachable(ray_address, min(CONNECT_TIMEOUT_S, timeout_s))
         with run.record(
             provider=provider,
             variant=variant,

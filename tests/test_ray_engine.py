@@ -455,3 +455,15 @@ def test_a_cluster_without_free_cpus_fails_within_the_timeout_and_a_rerun_comple
         )
     finally:
         con.close()
+
+
+def test_an_address_nobody_answers_at_is_one_line_before_ray_retries_for_minutes():
+    """Ray retries an unreachable host:port for minutes, past --ray-timeout (user test:
+    still retrying at 206 s): the port is tried first, within the timeout."""
+    from marketpulse.runtime.ray_cluster import check_reachable
+
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        with pytest.raises(MarketpulseError, match=r"nothing answered at 127\.0\.0\.1:1 within 5s"):
+            check_reachable(address, 5)
+    for address in (None, "auto", "local"):
+        check_reachable(address, 5)  # Ray resolves these itself
