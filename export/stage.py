@@ -224,9 +224,9 @@ def run(cfg: ExportConfig) -> Bundle:
             for variant, built in graphs.items():
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
-        if calibrates and cfg.rescore_margin:
-            manifest["variants"]["int8"]["rescore_margin"] = cfg.rescore_margin
         if calibrates:
+            # 0 recorded too: rescoring turned off, not a bundle from before it
+            manifest["variants"]["int8"]["rescore_margin"] = cfg.rescore_margin
             manifest["calibration_texts"] = calibrated_on
             manifest["calibration_rows"] = len(calibration.used())  # non-blank, capped
         publishable(staging)  # mkdtemp made it private; a bundle is read by other users

@@ -91,6 +91,8 @@ def format_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> str:
             detail += f"; check texts: agreement {on_sample['agreement']:.2%}"
         if result and "rescore_margin" in result:
             detail += "; " + _rescoring(result, on_sample)
+        elif meta.get("rescore_margin") == 0:
+            detail += "; rescoring off (exported with --rescore-margin 0)"
         if verdicts.get(variant, {}).get("passed") is False:
             # why: the macro-F1 drop or agreement the gate recorded for this graph
             gate = checks.get("gate", {})

@@ -304,3 +304,18 @@ def test_explain_gives_each_row_the_label_and_probability_its_run_wrote(bundle, 
     for row_id, label, confidence in scored:
         assert seen[row_id][0] == label
         assert seen[row_id][1] == pytest.approx(confidence, abs=1e-5)
+
+
+def test_a_bundle_exported_with_rescoring_off_says_so(bundle):
+    """`export --rescore-margin 0` records 0 (a bundle from before the margin has none),
+    and inspect says rescoring is off rather than nothing (user test)."""
+    manifest = json.loads((bundle.path / MANIFEST).read_text())
+    for results in (manifest["checks"]["variants"], (manifest["checks"].get("check_texts") or {}).get("variants", {})):  # fmt: skip
+        for key in ("rescore_margin", "rescored_share", "agreement_without_rescoring"):
+            results.get("int8", {}).pop(key, None)
+    manifest["variants"]["int8"]["rescore_margin"] = 0
+    assert "rescoring off (exported with --rescore-margin 0)" in format_manifest(
+        bundle.path, manifest
+    )
+    manifest["variants"]["int8"].pop("rescore_margin")
+    assert "rescoring off" not in format_manifest(bundle.path, manifest)
