@@ -81,17 +81,27 @@ class ExplainStats:
     # rows passed over for a blank text (`_count_skipped`), per reason as `score` counts them
     skipped: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)  # null_text, empty_text
+    # rows whose scores by this model were not found in the results table: explained by
+    # the device's default graph, which may not be the one that scored them
+    unscored: int = 0
+    results_table: str = SCORES
 
     def summary(self, db) -> str:
         graphs = ", ".join(f"{n:,} by {v}" for v, n in sorted(self.variants.items()))
         graphs = f"; {graphs}" if graphs else ""
+        unscored = (
+            f"; {self.unscored:,} not scored by this model in {self.results_table}, so "
+            "explained by the default graph (pass --results-table, or --variant)"
+            if self.unscored
+            else ""
+        )
         reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(self.skipped_reasons.items()) if n)
         reasons = f" ({reasons})" if reasons else ""
         return (
             f"explained {self.rows:,} row{'s' * (self.rows != 1)} "
             f"({self.words:,} word{'s' * (self.words != 1)} weighed{graphs}), "
             f"skipped {self.skipped:,} blank{reasons} -> "
-            f"{self.table} in {db} (model {self.model_version})"
+            f"{self.table} in {db} (model {self.model_version}){unscored}"
         )
 
 
@@ -269,8 +279,9 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         # each row with the graph, and the rescore margin, of the run that scored it
         runs = [scored.get(i, (None, None)) for i in ids]
         plans = [(_graph_for(v, cfg.device, bundle), m) for v, m in runs]
+        unscored = sum(1 for v, _ in runs if v is None)
     else:
-        plans = [(cfg.variant, None)] * len(ids)
+        plans, unscored = [(cfg.variant, None)] * len(ids), 0
     explanations: list[Explanation | None] = [None] * len(ids)
     graphs: list[str | None] = [graph for graph, _ in plans]
     used: dict[str, int] = {}
@@ -313,6 +324,8 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         variants=used,
         skipped=sum(skipped.values()),
         skipped_reasons=skipped,
+        unscored=unscored,
+        results_table=cfg.results_table,
     )
 
 

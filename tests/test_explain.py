@@ -292,6 +292,14 @@ def test_with_results_db_the_explanations_go_beside_the_scores(bundle, tmp_path)
     score(cfg)
     stats = _explain_rows(bundle, db, "feed.posts", limit=5, results_db=results)
     assert stats.rows == 5 and stats.variants == {"int8": 5}  # found the scores' graph
+    assert stats.unscored == 0 and "not scored" not in stats.summary("r")
+    # a results table that does not hold them: the default graph, and the line says so
+    wrong = _explain_rows(bundle, db, "feed.posts", limit=5, results_db=results, results_table="nope")  # fmt: skip
+    assert wrong.unscored == 5
+    assert wrong.summary("r").endswith(
+        "; 5 not scored by this model in nope, so explained by the default graph "
+        "(pass --results-table, or --variant)"
+    )
     assert _rows(db, "SELECT table_name FROM information_schema.tables") == [("posts",)]
     assert _rows(results, "SELECT count(DISTINCT id), min(source) FROM explanations") == [
         (5, "feed.posts")
