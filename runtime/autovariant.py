@@ -340,10 +340,13 @@ def checked_on_text(run, choice: AutoChoice, load) -> AutoChoice:
         return choice
     if not cfg.auto_check_rows:  # no sample: price the rescoring by export's share
         margin = gated if cfg.rescore_margin is None else cfg.rescore_margin
-        share = recorded_rescored_share(run.bundle, choice.variant) if margin else None
-        if share is None:
+        recorded = recorded_rescored_share(run.bundle, choice.variant) if margin else None
+        if recorded is None:
             return choice
-        return _priced(choice, share, "of export's check texts")
+        share, where = recorded
+        if margin != gated:  # export measured the share at its own margin
+            where += f" at margin {gated:g}"
+        return _priced(choice, share, where)
     with run.db.read() as con:
         # never more rows than the run will score (--limit)
         rows = min(cfg.auto_check_rows, run.pending)
@@ -390,14 +393,17 @@ def _priced(choice: AutoChoice, share: float, where: str) -> AutoChoice:
     return AutoChoice(ref, reason, choice.detail)
 
 
-def recorded_rescored_share(bundle: Bundle, variant: str) -> float | None:
-    """The share of rows export saw `variant` rescore: on the check texts when it had
-    them, else on the test split; None when not recorded (an older bundle)."""
+def recorded_rescored_share(bundle: Bundle, variant: str) -> tuple[float, str] | None:
+    """The share of rows export saw `variant` rescore, and of which texts: the check texts
+    when it had them, else the test split; None when not recorded (an older bundle)."""
     checks = bundle.manifest.get("checks") or {}
-    for results in ((checks.get("check_texts") or {}).get("variants"), checks.get("variants")):
+    for results, where in (
+        ((checks.get("check_texts") or {}).get("variants"), "of export's check texts"),
+        (checks.get("variants"), "of export's test split"),
+    ):
         share = ((results or {}).get(variant) or {}).get("rescored_share")
         if isinstance(share, int | float) and not isinstance(share, bool):
-            return float(share)
+            return float(share), where
     return None
 
 

@@ -274,7 +274,7 @@ def test_without_the_sample_check_auto_prices_the_share_export_saw(bundle, tmp_p
     assert stats.variant == "fp32"
     assert stats.variant_reason.startswith(
         "auto: fp32, int8 only 0.75x fp32 once fp32 rescores its hesitant rows (50.0% of "
-        "export's check texts; below 1.1x)"
+        "export's test split; below 1.1x)"
     )
 
 
