@@ -33,7 +33,7 @@ def confusion_matrix(
     unknown = sorted({str(y) for y in (*y_true, *y_pred) if y not in index})
     if unknown:
         raise MarketpulseError(
-            f"labels {', '.join(unknown)} are not among the model's labels "
+            f"{labels_are(unknown)} not among the model's labels "
             f"({', '.join(labels)}); map them to the model's label names first"
         )
     cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
@@ -124,3 +124,10 @@ def format_metrics(metrics: dict) -> str:
     for label, row in zip(labels, metrics["confusion_matrix"], strict=True):
         lines.append(f"{label:<{width}} " + " ".join(f"{v:>{cell}d}" for v in row))
     return "\n".join(lines)
+
+
+def labels_are(unknown: list[str], where: str = "") -> str:
+    """ "label x<where> is" or "labels x, y<where> are", for an error naming unknown labels."""
+    if len(unknown) == 1:
+        return f"label {unknown[0]}{where} is"
+    return f"labels {', '.join(unknown)}{where} are"

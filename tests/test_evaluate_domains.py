@@ -211,7 +211,7 @@ def test_label_map_without_domains_keeps_the_single_report(trained_checkpoint, d
         (["--label-map", "other:a=b"], "--label-map names domain 'other'"),
         (
             ["--domain", REVIEWS_SQL, "--label-map", "positive=bullish,negative=bearish"],
-            "domain 'reviews': labels meh are not among the model's labels (bearish, bullish, "
+            "domain 'reviews': label meh is not among the model's labels (bearish, bullish, "
             "neutral) after --label-map; map them with --label-map meh=LABEL",
         ),
     ],

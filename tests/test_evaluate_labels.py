@@ -212,7 +212,7 @@ def test_digits_the_model_has_as_labels_are_matched_by_value(mixed_checkpoint, l
     assert result.exit_code == 1, result.output
     literal = "'3'" if cast == "VARCHAR" else "3"
     assert result.output.strip().splitlines() == [
-        "Error: labels 3 in column 'label' are not among the model's labels (1, 2, unsure); "
+        "Error: label 3 in column 'label' is not among the model's labels (1, 2, unsure); "
         "map them onto the model's with --label-map 3=LABEL, or leave those rows out with a "
         f'filtering --query, e.g. --query "SELECT ... WHERE label <> {literal}"'
     ]

@@ -142,7 +142,7 @@ def test_a_named_label_the_model_lacks_fails_before_the_model_loads(
     result = CliRunner().invoke(main, [*args, *names])
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
-        "Error: labels mixed in column 'label' are not among the model's labels "
+        "Error: label mixed in column 'label' is not among the model's labels "
         "(bearish, bullish, neutral); map them onto the model's with --label-map mixed=LABEL, "
         'or leave those rows out with a filtering --query, e.g. --query "SELECT ... WHERE '
         'label <> 3"'

@@ -54,7 +54,7 @@ def test_matches_scikit_learn_on_random_labels():
 
 
 def test_unknown_label_is_a_one_line_error():
-    with pytest.raises(MarketpulseError, match="hold are not among the model's labels"):
+    with pytest.raises(MarketpulseError, match="label hold is not among the model's labels"):
         classification_metrics(["bearish", "hold"], ["bearish", "bearish"], LABELS)
 
 

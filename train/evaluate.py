@@ -33,7 +33,7 @@ from pathlib import Path
 from marketpulse.bundle import MANIFEST, read_manifest
 from marketpulse.checkpoint import CONFIG, METRICS, Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
-from marketpulse.metrics import classification_metrics, format_metrics
+from marketpulse.metrics import classification_metrics, format_metrics, labels_are
 from marketpulse.sources import Flags
 from marketpulse.train.data import (
     DataSource,
@@ -199,7 +199,7 @@ def _not_the_models(
     name = sql_name(column)
     where = f"{name} NOT IN ({', '.join(values)})" if len(values) > 1 else f"{name} <> {values[0]}"
     return MarketpulseError(
-        f"labels {', '.join(unknown)} in column {column!r} are not among the model's labels "
+        f"{labels_are(unknown, f' in column {column!r}')} not among the model's labels "
         f"({', '.join(labels)}); map them onto the model's with --label-map "
         f"{unknown[0]}=LABEL, or leave those rows out with a filtering --query, e.g. "
         + query_flag(f"SELECT ... WHERE {where}")
@@ -328,7 +328,7 @@ def _load_rows(
         unknown = sorted(set(rows.labels) - set(labels))
         if unknown:
             raise MarketpulseError(
-                f"labels {', '.join(unknown)} are not among the model's labels "
+                f"{labels_are(unknown)} not among the model's labels "
                 f"({', '.join(labels)}) after --label-map; map them with --label-map "
                 f"{unknown[0]}=LABEL onto those names"
             )
