@@ -193,9 +193,14 @@ def require_columns(
     where = where or f"table {table!r}"
     for flag, col in columns.items():
         if col not in have:
+            # column flags take the plain name: `Brand Name`, not SQL's `"Brand Name"`
+            bare = (
+                col[1:-1].replace('""', '"') if len(col) > 1 and col[0] == col[-1] == '"' else None
+            )
+            hint = f" ({flag} takes the name without SQL's quotes: {bare})" if bare in have else ""
             raise MarketpulseError(
                 f"column {col!r} not found in {where} (columns: {', '.join(have)}); "
-                f"pass {flag} with one of them"
+                f"pass {flag} with one of them{hint}"
             )
     return have
 

@@ -269,3 +269,21 @@ def test_columns_match_letter_case_as_duckdb_does_a_to_z_only(tmp_path):
         assert name not in cols
         with pytest.raises(duckdb.BinderException):
             con.execute(f'SELECT "{name}" FROM t')
+
+
+def test_a_column_flag_given_in_sql_quotes_names_the_plain_spelling():
+    """`--by '"Brand Name"'` (quoted as SQL writes it): the flag takes the plain name; the
+    error says so (user test)."""
+    import duckdb
+
+    from marketpulse.sql import require_columns
+
+    con = duckdb.connect()
+    con.execute('CREATE TABLE posts (id INTEGER, "Brand Name" VARCHAR)')
+    with pytest.raises(
+        MarketpulseError, match=r"--by takes the name without SQL's quotes: Brand Name\)$"
+    ):
+        require_columns(con, "posts", {"--by": '"Brand Name"'})
+    with pytest.raises(MarketpulseError, match=r"pass --by with one of them$"):
+        require_columns(con, "posts", {"--by": "brand"})
+    assert "Brand Name" in require_columns(con, "posts", {"--by": "Brand Name"})
