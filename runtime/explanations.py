@@ -356,12 +356,19 @@ def _write(
         name = quote_ident(EXPLANATIONS)
         con.execute("BEGIN TRANSACTION")
         if ids:
-            # the table as DuckDB resolves its name: `posts`, `POSTS` and `main.posts` are one
+            # the table as DuckDB resolves its name (`posts`, `POSTS` and `main.posts` are
+            # one; `"Market Posts"` is Market Posts): its spellings recorded here
+            recorded = con.execute(
+                f"SELECT DISTINCT source FROM {name} WHERE model_version = ? "
+                "AND source IS NOT NULL AND coalesce(source_db, ?) = ?",
+                [version, source_db, source_db],
+            ).fetchall()
+            key = results.table_key(table)
+            spellings = [s for (s,) in recorded if results.table_key(s) == key]
             con.execute(
                 f"DELETE FROM {name} WHERE model_version = ? AND id IN (SELECT unnest(?)) "
-                "AND regexp_replace(lower(source), '^main[.]', '') = ? "
-                "AND coalesce(source_db, ?) = ?",
-                [version, ids, results.table_key(table), source_db, source_db],
+                "AND source IN (SELECT unnest(?)) AND coalesce(source_db, ?) = ?",
+                [version, ids, spellings, source_db, source_db],
             )
         con.register("_marketpulse_explanations", chunk)
         try:

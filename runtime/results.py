@@ -137,9 +137,15 @@ def table_key(name: str, catalog: str | None = None) -> str:
     return ".".join(parts)
 
 
-def _catalog(path: str | None) -> str | None:
-    """The catalog name DuckDB gives a database file: its stem."""
-    return None if path is None else Path(path).stem
+def _catalog(source_db: str | None, results_db: str | None) -> str | None:
+    """The catalog a run's table name was read against when it is the source file's own:
+    the run scored a table of the results file itself (the file opened as the main
+    database, named by DuckDB after the file name up to its first dot). None when the
+    source was attached beside a --results-db (there `market.posts` is schema market's
+    table), or when the files are not known."""
+    if source_db is None or source_db != results_db:
+        return None
+    return Path(source_db).name.split(".")[0]
 
 
 # A run's source file when it was the results file itself (wherever that file is now).
@@ -168,7 +174,7 @@ def _source_files(con, results_table: str, results_db: str | None, apart: bool) 
     ).fetchall()
     return {
         (
-            table_key(source, _catalog(source_db)),
+            table_key(source, _catalog(source_db, then_results_db)),
             _file_of(source_db, then_results_db, results_db, apart),
             source,
         )
@@ -196,7 +202,8 @@ def scored_this_source(run_row: tuple, table: str, source_db: str, results_db: s
     source, then_source_db, then_results_db = run_row
     if source is None:
         return False
-    if table_key(source, _catalog(then_source_db)) != table_key(table, _catalog(source_db)):
+    mine = table_key(table, _catalog(source_db, results_db))
+    if table_key(source, _catalog(then_source_db, then_results_db)) != mine:
         return False
     apart = source_db != results_db
     where = _file_of(then_source_db, then_results_db, results_db, apart)
@@ -226,13 +233,14 @@ def check_one_source(
     for key, where, spelled in sorted(
         _source_files(con, results_table, results_db, apart), key=str
     ):
-        if key != table_key(table, _catalog(source_db)):
+        if key != table_key(table, _catalog(source_db, results_db)):
             others.append((spelled, None))
         elif mine is not None and where is not None and where != mine:
             others.append((spelled, where))
     if not others:
         return
-    suggestion = f"{sanitize(table_key(table, _catalog(source_db)).replace('.', '_'))}_scores"
+    key = table_key(table, _catalog(source_db, results_db))
+    suggestion = f"{sanitize(key.replace('.', '_'))}_scores"
     named = [o for o in others if o[1] is None]
     if named:
         raise MarketpulseError(

@@ -442,3 +442,18 @@ def test_rows_scored_by_fp16_are_explained_by_fp32_wherever_the_cpu_runs(bundle)
         assert _graph_for("fp16", "auto", bundle) == "fp32"
     assert _graph_for("int8", "auto", bundle) == "int8"
     assert _graph_for("nonsense", "auto", bundle) is None
+
+
+def test_rerunning_explain_on_a_quoted_table_replaces_its_rows(bundle, tmp_path):
+    """`"Market Posts"`: the rerun must find the rows the first run recorded under that
+    spelling and replace them, not add a second set (review)."""
+    pytest.importorskip("presidio_analyzer")
+    db = tmp_path / "m.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute('CREATE TABLE "Market Posts" (id INTEGER, text VARCHAR)')
+        con.executemany(
+            'INSERT INTO "Market Posts" VALUES (?, ?)', list(enumerate(MARKET_SENTENCES[:3]))
+        )
+    first = _explain_rows(bundle, db, '"Market Posts"', limit=3)
+    _explain_rows(bundle, db, '"Market Posts"', limit=3)
+    assert _rows(db, "SELECT count(*) FROM explanations") == [(first.words,)]

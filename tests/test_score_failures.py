@@ -243,3 +243,18 @@ def test_the_file_s_own_catalog_name_before_a_table_is_the_same_table(folder, bu
     assert "already holds the scores of table" not in other.output  # no such schema: DuckDB says so
     with duckdb.connect(db, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == 300
+
+
+def test_beside_a_results_db_a_schema_named_like_the_file_is_another_table(folder, bundle):
+    """With --results-db the source is attached under an alias, so `market.posts` there is
+    schema market's table, not main.posts: its scores must not be taken for posts' (review)."""
+    db = str(folder / "market.duckdb")
+    with duckdb.connect(db) as con:
+        con.execute("CREATE SCHEMA market")
+        con.execute("CREATE TABLE market.market.posts AS FROM main.posts LIMIT 50")
+    out = str(folder / "results.duckdb")
+    base = ["--id-col", "id", "--text-col", "text", "--bundle", str(bundle.path), "--results-db", out]  # fmt: skip
+    first = CliRunner().invoke(main, ["score", "--db", db, "--table", "posts", "--limit", "40", *base])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    other = CliRunner().invoke(main, ["score", "--db", db, "--table", "market.posts", *base])
+    assert other.exit_code != 0 and "already holds the scores of table 'posts'" in other.output

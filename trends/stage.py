@@ -151,11 +151,11 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             database = queries.Database.of(con)
             table = cfg.trend_table or queries.trend_table_name(cfg.source, cfg.grain, database)
             dependents = queries.dependent_tables(table)
-            _check_source(con, cfg, res, [table, *dependents.values()])
+            view = queries.latest_view_name(cfg.scores_table, database)
+            _check_source(con, cfg, res, [table, *dependents.values()], view)
             if cfg.trend_table is None:  # a name of the user's choosing is theirs to reuse
                 _check_owners(con, cfg, [table, *dependents.values()], database)
             _write_to(con, work)
-            view = queries.latest_view_name(cfg.scores_table, database)
             con.execute(queries.latest_scores_sql(view, res.scores, res.models, temporary=True))
             models, null_times, source_rows, unscored, skipped = _models(con, cfg, res, view)
             labels = union_labels(models)
@@ -405,7 +405,9 @@ def _check_config(cfg: TrendsConfig) -> None:
             )
 
 
-def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: list[str]) -> None:
+def _check_source(
+    con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: list[str], view: str
+) -> None:
     """Every input, checked before anything is written."""
     cols = {"--id-col": cfg.id_col, "--time-col": cfg.time_col}
     have = require_columns(con, cfg.source, cols, table_flag="--source")
@@ -450,7 +452,7 @@ def _check_source(con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: li
             f"into its own results table (`{_score_command(cfg, own)}`) and pass "
             f"--scores-table {own}"
         )
-    _check_outputs(cfg, outputs)
+    _check_outputs(cfg, outputs, view)
 
 
 def _check_text_col(con, cfg: TrendsConfig) -> None:
@@ -528,11 +530,11 @@ def _check_owners(con, cfg: TrendsConfig, names: list[str], database: queries.Da
             )
 
 
-def _check_outputs(cfg: TrendsConfig, outputs: list[str]) -> None:
+def _check_outputs(cfg: TrendsConfig, outputs: list[str], view: str) -> None:
     """Refuse a trend (or dependent) table name that would replace an input."""
     source = split_table(cfg.source)[-1]
     scores = split_table(cfg.scores_table)[-1]
-    input_names = {source, scores, MODELS, RUNS, queries.latest_view_name(cfg.scores_table)}
+    input_names = {source, scores, MODELS, RUNS, view}
     taken = {t.lower(): t for t in input_names}
     for name in outputs:
         if name.lower() in taken:
