@@ -89,26 +89,18 @@ def _seen_words(predictor, texts: list[str]) -> list[int]:
 def _score_all(predictor, variants: list[str], owners: list[tuple[int, int]]) -> np.ndarray:
     """Probabilities of every occluded copy; a rescoring predictor's copies of a text all
     go through the graph its full text was scored by (module docstring)."""
-    if getattr(predictor, "_rescorer", None) is None:
+    split = getattr(predictor, "split_rescoring", lambda: None)()  # a test fake has none
+    if split is None:
         return _score(predictor, variants)
-    from marketpulse import variants as registry
-    from marketpulse.inference.predictor import Predictor
-
     fulls = [k for k, (_, j) in enumerate(owners) if j < 0]
     batched = predictor.run_batches(predictor.encoder.encode([variants[k] for k in fulls]))
     rescored = {owners[k][0] for k, r in zip(fulls, batched.rescored, strict=True) if r}
     by_fp32 = np.array([i in rescored for i, _ in owners], dtype=bool)
     probs = np.empty((len(variants), len(predictor.labels)), dtype=np.float32)
-    for mask, graph, margin in ((by_fp32, registry.REFERENCE, None), (~by_fp32, None, 0)):
+    alone, reference = split
+    for mask, graph in ((by_fp32, reference), (~by_fp32, alone)):
         if mask.any():
-            alone = Predictor(
-                predictor.bundle,
-                graph or predictor.variant,
-                "cpu",
-                predictor.threads,
-                rescore_margin=margin,
-            )
-            probs[mask] = _score(alone, [v for v, m in zip(variants, mask, strict=True) if m])
+            probs[mask] = _score(graph, [v for v, m in zip(variants, mask, strict=True) if m])
     return probs
 
 

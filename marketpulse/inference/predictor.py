@@ -39,6 +39,7 @@ on CUDA the fp16 graph runs alone.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,13 +100,37 @@ def top_two_margin(probs: np.ndarray) -> np.ndarray:
     return top[:, -1] - top[:, -2]
 
 
+def hesitates(probs: np.ndarray, margin: float) -> np.ndarray:
+    """The rescoring rule: rows whose top two probabilities are closer than `margin`."""
+    return top_two_margin(probs) < margin
+
+
 def rescored_logits(
     quantized: np.ndarray, reference: np.ndarray, margin: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits, rescored mask): `reference`'s rows where `quantized` hesitates, the rule
     `Predictor.run_batches` applies, for export to gate the graph as it will run."""
-    rescored = top_two_margin(softmax(quantized)) < margin
+    rescored = hesitates(softmax(quantized), margin)
     return np.where(rescored[:, None], reference, quantized), rescored
+
+
+def _row_by_row_on_failure(score, idx: np.ndarray, errors: list[Exception]) -> list[int]:
+    """`score(idx)` on the batch; when it raises, `score` on each row alone, so one bad
+    row cannot sink its batch mates. Returns the rows that fail even alone; every error
+    goes to `errors`."""
+    try:
+        score(idx)
+        return []
+    except Exception as exc:
+        errors.append(exc)
+    alone_failed = []
+    for i in idx:
+        try:
+            score(np.array([i]))
+        except Exception as exc:
+            errors.append(exc)
+            alone_failed.append(i)
+    return alone_failed
 
 
 def rescore_margin_for(
@@ -323,6 +348,17 @@ class Predictor:
         self.batch_tokens = default_batch_tokens(self.device)
         self._pool = None
 
+    def split_rescoring(self) -> tuple[Predictor, Predictor] | None:
+        """(this graph alone, the fp32 graph) as predictors on this one's sessions, for a
+        caller that picks the graph per text (explain); None when nothing is rescored."""
+        if self._rescorer is None:
+            return None
+        alone = copy.copy(self)
+        alone._rescorer, alone.rescore_margin, alone._pool = None, 0.0, None
+        reference = copy.copy(alone)
+        reference.session, reference.variant = self._rescorer, variants.REFERENCE
+        return alone, reference
+
     def _cpu_session(self, variant: str, session_options):
         """A CPU session on one of the bundle's graphs, or the error saying to re-export."""
         import onnxruntime as ort
@@ -389,18 +425,11 @@ class Predictor:
         errors: list[Exception] = []
         pad_id = self.encoder.pad_id
 
+        def score(rows: np.ndarray) -> None:
+            probs[rows] = softmax(self.run(*encoded.batch(rows, pad_id)))
+
         def run_batch(idx: np.ndarray) -> None:
-            try:
-                probs[idx] = softmax(self.run(*encoded.batch(idx, pad_id)))
-                return
-            except Exception as exc:
-                errors.append(exc)
-            for i in idx:
-                try:
-                    probs[i] = softmax(self.run(*encoded.batch(np.array([i]), pad_id)))[0]
-                except Exception as exc:
-                    errors.append(exc)
-                    failed[i] = True
+            failed[_row_by_row_on_failure(score, idx, errors)] = True
 
         budget = batch_tokens or self.batch_tokens
         self._map(run_batch, plan_batches(encoded.lengths, budget, max_rows))
@@ -426,7 +455,7 @@ class Predictor:
         fp32 graph's. A batch fp32 fails on is retried row by row, as `run_batches` does,
         so a row's outcome never depends on its batch mates; a row fp32 fails on alone
         keeps its quantized probabilities (a valid score) and is not counted rescored."""
-        hesitant = np.flatnonzero(~failed & (top_two_margin(probs) < self.rescore_margin))
+        hesitant = np.flatnonzero(~failed & hesitates(probs, self.rescore_margin))
         if not len(hesitant):
             return
         pad_id = self.encoder.pad_id
@@ -437,15 +466,7 @@ class Predictor:
             rescored[rows] = True
 
         def run_batch(idx: np.ndarray) -> None:
-            try:
-                return rescore(hesitant[idx])
-            except Exception as exc:
-                errors.append(exc)
-            for row in hesitant[idx]:
-                try:
-                    rescore(np.array([row]))
-                except Exception as exc:
-                    errors.append(exc)
+            _row_by_row_on_failure(rescore, hesitant[idx], errors)
 
         self._map(run_batch, plan_batches(encoded.lengths[hesitant], budget, max_rows))
 
