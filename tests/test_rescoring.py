@@ -126,6 +126,16 @@ def test_a_run_counts_its_rescored_rows(bundle, tmp_path):
     assert f"({expected:,} rescored by fp32)" in stats.summary()
 
 
+def auto_config(bundle, tmp_path, int8_speedup: float, **kw) -> ScoreConfig:
+    """`--variant auto` on 60 rows: int8 timed `int8_speedup` x fp32 and past its gate."""
+    cache = tmp_path / "cache"
+    forge_timings(bundle, cache, int8_speedup)
+    passed = with_gate(bundle, tmp_path, True)
+    db = tmp_path / "m.duckdb"
+    make_source(db, 60)
+    return ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, **kw)
+
+
 @pytest.mark.skipif(cuda_provider_available(), reason="auto times CPU graphs only")
 def test_auto_prices_the_rescoring_and_runs_fp32_when_it_eats_the_speed_up(bundle, tmp_path):
     """int8 3x fp32 alone, but when fp32 must rescore nearly every row it is slower."""
@@ -141,12 +151,7 @@ def test_auto_prices_the_rescoring_and_runs_fp32_when_it_eats_the_speed_up(bundl
                 self.variant, self.rescore_margin = "int8", self.margin
                 self._rescorer = self._cpu_session("fp32", default_session_options())
 
-    cache = tmp_path / "cache"
-    forge_timings(bundle, cache, 3.0)
-    passed = with_gate(bundle, tmp_path, True)
-    db = tmp_path / "m.duckdb"
-    make_source(db, 60)
-    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, auto_check_rows=20)  # fmt: skip
+    cfg = auto_config(bundle, tmp_path, 3.0, auto_check_rows=20)
     stats = score(cfg, predictor_type=HesitantInt8)
     assert stats.variant == "fp32"
     assert stats.variant_reason.startswith("auto: fp32, int8 only 0.7")
@@ -154,8 +159,8 @@ def test_auto_prices_the_rescoring_and_runs_fp32_when_it_eats_the_speed_up(bundl
         stats.variant_reason
     )
     HesitantInt8.margin = 1e-12  # nothing hesitates: the 3x stands
-    db.unlink()
-    make_source(db, 60)
+    cfg.db.unlink()
+    make_source(cfg.db, 60)
     stats = score(cfg, predictor_type=HesitantInt8)
     assert stats.variant == "int8"
     assert stats.variant_reason == (
@@ -245,12 +250,7 @@ def test_ray_counts_the_same_rescored_rows_as_the_local_engine(bundle, tmp_path)
 
 @pytest.mark.skipif(cuda_provider_available(), reason="auto times CPU graphs only")
 def test_auto_does_not_run_int8_with_less_rescoring_than_its_gate_saw(bundle, tmp_path):
-    cache = tmp_path / "cache"
-    forge_timings(bundle, cache, 3.0)
-    passed = with_gate(bundle, tmp_path, True)
-    db = tmp_path / "m.duckdb"
-    make_source(db, 60)
-    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, rescore_margin=0.05)  # fmt: skip
+    cfg = auto_config(bundle, tmp_path, 3.0, rescore_margin=0.05)
     stats = score(cfg)
     assert stats.variant == "fp32" and stats.rescore_margin == 0.0
     assert stats.variant_reason.startswith(
@@ -261,15 +261,10 @@ def test_auto_does_not_run_int8_with_less_rescoring_than_its_gate_saw(bundle, tm
 
 @pytest.mark.skipif(cuda_provider_available(), reason="auto times CPU graphs only")
 def test_without_the_sample_check_auto_prices_the_share_export_saw(bundle, tmp_path):
-    cache = tmp_path / "cache"
-    forge_timings(bundle, cache, 1.2)
-    passed = with_gate(bundle, tmp_path, True)
-    manifest = json.loads((passed.path / MANIFEST).read_text())
+    cfg = auto_config(bundle, tmp_path, 1.2, auto_check_rows=0)
+    manifest = json.loads((cfg.bundle / MANIFEST).read_text())
     manifest["checks"]["variants"]["int8"]["rescored_share"] = 0.5  # 1 / (1/1.2 + 0.5) = 0.75
-    (passed.path / MANIFEST).write_text(json.dumps(manifest))
-    db = tmp_path / "m.duckdb"
-    make_source(db, 60)
-    cfg = ScoreConfig(db, "posts", "id", "text", passed.path, cache_dir=cache, auto_check_rows=0)  # fmt: skip
+    (cfg.bundle / MANIFEST).write_text(json.dumps(manifest))
     stats = score(cfg)
     assert stats.variant == "fp32"
     assert stats.variant_reason.startswith(
@@ -306,16 +301,25 @@ def test_explain_gives_each_row_the_label_and_probability_its_run_wrote(bundle, 
         assert seen[row_id][1] == pytest.approx(confidence, abs=1e-5)
 
 
-def test_a_bundle_exported_with_rescoring_off_says_so(bundle):
+def test_a_bundle_exported_with_rescoring_off_says_so(bundle, tmp_path):
     """`export --rescore-margin 0` records 0 (a bundle from before the margin has none),
     and inspect says rescoring is off rather than nothing (user test)."""
-    manifest = json.loads((bundle.path / MANIFEST).read_text())
-    for results in (manifest["checks"]["variants"], (manifest["checks"].get("check_texts") or {}).get("variants", {})):  # fmt: skip
-        for key in ("rescore_margin", "rescored_share", "agreement_without_rescoring"):
-            results.get("int8", {}).pop(key, None)
-    manifest["variants"]["int8"]["rescore_margin"] = 0
-    assert "rescoring off (exported with --rescore-margin 0)" in format_manifest(
-        bundle.path, manifest
+    from marketpulse.export import ExportConfig, run
+
+    off = run(
+        ExportConfig(
+            model=bundle.manifest["source_checkpoint"],
+            out=tmp_path / "off",
+            variants=("fp32", "int8"),
+            allow_accuracy_drop=True,
+            max_length=48,
+            rescore_margin=0,
+        )
     )
+    manifest = json.loads((off.path / MANIFEST).read_text())  # as written
+    assert manifest["variants"]["int8"]["rescore_margin"] == 0
+    assert off.rescore_margin("int8") == 0.0
+    assert "rescored_share" not in manifest["checks"]["variants"]["int8"]
+    assert "rescoring off (exported with --rescore-margin 0)" in format_manifest(off.path, manifest)
     manifest["variants"]["int8"].pop("rescore_margin")
-    assert "rescoring off" not in format_manifest(bundle.path, manifest)
+    assert "rescoring off" not in format_manifest(off.path, manifest)
