@@ -110,6 +110,15 @@ def test_string_labels_print_no_note(tiny_checkpoint, labeled_db):
     assert json.loads(result.stdout)["integer_labels"] is None
 
 
+def _no_position(value: str, label_map: str) -> str:
+    """evaluate's error for an integer label no position of the model's labels names."""
+    return (
+        f"Error: label value {value} in column 'label' has no name: with no --label-names, "
+        f"integer labels are read as positions in the model's label order ({ORDER}); name "
+        f"every value with --label-map {label_map}"
+    )
+
+
 def test_an_integer_past_the_model_labels_says_the_names_were_the_models(
     tiny_checkpoint, labeled_db
 ):
@@ -117,9 +126,7 @@ def test_an_integer_past_the_model_labels_says_the_names_were_the_models(
     result = _run(*args)
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
-        "Error: label value 3 in column 'label' has no name: with no --label-names, integer "
-        f"labels are read as positions in the model's label order ({ORDER}); name every "
-        "value with --label-map 1=LABEL,2=LABEL,3=LABEL"
+        _no_position("3", "1=LABEL,2=LABEL,3=LABEL")
     ]  # not --label-names: 0..3 takes four names, the model has three labels
     assert "names given" not in result.output  # the user gave none
     result = _run(*args, "--label-map", "1=neutral,2=bullish,3=bearish", "--json")
@@ -232,11 +239,7 @@ def test_negative_integers_name_the_fix_that_works(tiny_checkpoint, labeled_db):
     args = ["--model", str(tiny_checkpoint), "--db", labeled_db, "--query", _case(-1)]
     result = _run(*args)
     assert result.exit_code == 1, result.output
-    assert result.output.strip().splitlines() == [
-        "Error: label value -1 in column 'label' has no name: with no --label-names, integer "
-        f"labels are read as positions in the model's label order ({ORDER}); name every "
-        "value with --label-map -1=LABEL,0=LABEL,1=LABEL"
-    ]
+    assert result.output.strip().splitlines() == [_no_position("-1", "-1=LABEL,0=LABEL,1=LABEL")]
     result = _run(*args, "--label-names", "neutral,bullish,bearish")
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
