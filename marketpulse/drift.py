@@ -81,16 +81,45 @@ class Profile:
         }
 
     @classmethod
-    def from_manifest(cls, ref: dict) -> Profile:
-        labels = list(ref["labels"])
+    def from_manifest(cls, ref: dict, labels: list[str]) -> Profile:
+        """The manifest's reference, its label counts in `labels`' order (the bundle's).
+
+        The manifest is written with sorted keys, so the order of `ref["labels"]` says
+        nothing. A reference counted with other confidence bins or another unknown-heavy
+        cut-off than this version's cannot be compared: `UnreadableReference`.
+        """
+        try:
+            counts = {str(k): int(v) for k, v in ref["labels"].items()}
+            confidence = np.array(ref["confidence_counts"], np.int64)
+            rows = int(ref["rows"])
+            edges = [float(e) for e in ref.get("confidence_edges", CONFIDENCE_EDGES)]
+            fraction = float(ref.get("unknown_heavy_fraction", UNKNOWN_HEAVY_FRACTION))
+            unknown = ref.get("unknown_heavy")
+            unknown = None if unknown is None else int(unknown)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise UnreadableReference(f"{type(exc).__name__}: {exc}") from None
+        if set(counts) != set(labels):
+            raise UnreadableReference(
+                f"its labels {sorted(counts)} are not the bundle's {list(labels)}"
+            )
+        if edges != CONFIDENCE_EDGES or confidence.shape != (len(CONFIDENCE_EDGES) - 1,):
+            raise UnreadableReference(
+                f"confidence bins {edges} are not this version's {CONFIDENCE_EDGES}"
+            )
+        if fraction != UNKNOWN_HEAVY_FRACTION:
+            unknown = None  # counted at another cut-off: not comparable, not measured
         return cls(
-            labels=labels,
-            label_counts=np.array([ref["labels"][k] for k in labels], np.int64),
-            confidence_counts=np.array(ref["confidence_counts"], np.int64),
-            unknown_heavy=ref.get("unknown_heavy"),
-            rows=int(ref["rows"]),
+            labels=list(labels),
+            label_counts=np.array([counts[k] for k in labels], np.int64),
+            confidence_counts=confidence,
+            unknown_heavy=unknown,
+            rows=rows,
             source=ref.get("texts", ""),
         )
+
+
+class UnreadableReference(ValueError):
+    """A manifest's `drift_reference` this version cannot compare a run with."""
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

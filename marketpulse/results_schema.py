@@ -6,7 +6,7 @@
     runs(run_id, model_version, source, rows_scored, ... status, engine, error,
          psi_label, psi_confidence, unknown_heavy_share, drift_note, rows_duplicate,
          variant_reason, canary_rows, canary_disagree_share, canary_note, results_db,
-         rows_rescored, rescore_margin)
+         rows_rescored, rescore_margin, drift_warn)
     explanations(id VARCHAR, model_version, label, word, position, weight, explained_at,
                  source, variant, source_db)   -- one row per word weighed, by `explain`
 
@@ -62,6 +62,7 @@ RUN_COLUMNS = {
     "psi_confidence": "DOUBLE",
     "unknown_heavy_share": "DOUBLE",
     "drift_note": "VARCHAR",
+    "drift_warn": "BOOLEAN",  # the run warned of drift; NULL when not measured or in older runs
     # rows scored by copying the result of the same text earlier in their window
     # (counted in rows_scored too); NULL in runs recorded before it was counted
     "rows_duplicate": "BIGINT",
@@ -97,6 +98,7 @@ ADDED_RUN_COLUMNS = (
     "results_db",
     "rows_rescored",
     "rescore_margin",
+    "drift_warn",
 )
 EXPLANATIONS = "explanations"
 EXPLANATION_COLUMNS = {

@@ -8,10 +8,13 @@ figures into the run's row:
 
     psi_label, psi_confidence    PSI against the reference (NULL: not measured)
     unknown_heavy_share          share of this run's scored rows that are unknown heavy
-    drift_note                   the warning, or why there are no figures
+    drift_warn                   whether the run warned (NULL: not measured)
+    drift_note                   the warning, or a note on the figures (too few rows
+                                 to warn on, no reference to compare with)
 
 The warning goes to stderr as one line starting `warning: drift`. A bundle exported
-before drift references existed scores as before: NULL figures and a note.
+before drift references existed, or one whose reference this version cannot read,
+scores as before: NULL figures and a note saying to re-export.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ NO_REFERENCE = (
     "bundle has no drift reference (exported before drift checks existed); "
     "re-export it with `marketpulse export` to get drift figures"
 )
+RE_EXPORT = "re-export it with `marketpulse export` to get drift figures"
 
 
 @dataclass
@@ -37,7 +41,8 @@ class DriftResult:
     psi_confidence: float | None = None
     unknown_heavy_share: float | None = None
     note: str | None = None
-    warn: bool = False
+    warn: bool | None = None  # None: nothing measured to warn on
+    hint: str = ""  # what to do about the warning (printed, not stored)
 
     def to_dict(self) -> dict:
         return {
@@ -52,8 +57,14 @@ class DriftResult:
 class RunDrift:
     def __init__(self, bundle: Bundle):
         ref = bundle.drift_reference
-        self.reference = drift.Profile.from_manifest(ref) if ref else None
         self.labels = bundle.labels
+        self.reference = None
+        self.no_reference = NO_REFERENCE
+        if ref:
+            try:
+                self.reference = drift.Profile.from_manifest(ref, self.labels)
+            except drift.UnreadableReference as exc:
+                self.no_reference = f"bundle's drift reference is unreadable ({exc}); {RE_EXPORT}"
         self.profile = drift.Profile(self.labels)
         self._index = {label: i for i, label in enumerate(self.labels)}
 
@@ -75,37 +86,59 @@ class RunDrift:
     def finish(self) -> DriftResult:
         share = self.profile.unknown_share
         if self.reference is None:
-            return DriftResult(unknown_heavy_share=share, note=NO_REFERENCE)
+            return DriftResult(unknown_heavy_share=share, note=self.no_reference)
         if not self.profile.rows:
             return DriftResult(note="no rows scored in this run")
         d = drift.compare(self.reference, self.profile)
         result = DriftResult(d.psi_label, d.psi_confidence, d.unknown_heavy_share)
+        result.warn = bool(d.warnings)
         if d.warnings:
-            result.warn = True
             result.note = (
                 f"output unlike the bundle's reference ({self.reference.source}): "
                 f"{'; '.join(d.warnings)}"
             )
+            result.hint = _hint(d)
         elif self.profile.rows < drift.MIN_ROWS:
+            result.warn = None
             result.note = f"only {self.profile.rows} rows scored; no warning below {drift.MIN_ROWS}"
         return result
+
+
+def _hint(d: drift.Drift) -> str:
+    """What a user can do about the checks that fired."""
+    hints = []
+    if max(d.psi_label, d.psi_confidence) > drift.PSI_WARN:
+        hints.append(
+            f"PSI above {drift.PSI_WARN} means this text is no longer like the training "
+            "data; check the source, or retrain"
+        )
+    if any("unknown-token heavy" in w for w in d.warnings):
+        hints.append(
+            "many texts are word pieces the tokenizer does not know; check the text's "
+            "encoding and language, or train from a base model whose vocabulary covers it"
+        )
+    return "; ".join(hints)
 
 
 def record(con, run_id: str, result: DriftResult) -> None:
     con.execute(
         f"UPDATE {quote_ident(RUNS)} SET psi_label = ?, psi_confidence = ?, "
-        "unknown_heavy_share = ?, drift_note = ? WHERE run_id = ?",
-        [result.psi_label, result.psi_confidence, result.unknown_heavy_share, result.note, run_id],
+        "unknown_heavy_share = ?, drift_warn = ?, drift_note = ? WHERE run_id = ?",
+        [
+            result.psi_label,
+            result.psi_confidence,
+            result.unknown_heavy_share,
+            result.warn,
+            result.note,
+            run_id,
+        ],
     )
 
 
 def message(result: DriftResult) -> str | None:
     """The stderr line for a run, None when there is nothing to say."""
     if result.warn:
-        return (
-            f"warning: drift: {result.note} (PSI above {drift.PSI_WARN} means this text is "
-            "no longer like the training data; check the source, or retrain)"
-        )
-    if result.note == NO_REFERENCE:
-        return f"note: {NO_REFERENCE}"
+        return f"warning: drift: {result.note} ({result.hint})"
+    if result.note and result.note.endswith(RE_EXPORT):
+        return f"note: {result.note}"
     return None

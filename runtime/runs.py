@@ -42,7 +42,7 @@ from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime import autovariant, results
 from marketpulse.runtime import canary as run_canary
 from marketpulse.runtime.database import Database
-from marketpulse.runtime.drift import RunDrift
+from marketpulse.runtime.drift import DriftResult, RunDrift
 from marketpulse.runtime.drift import message as drift_message
 from marketpulse.runtime.drift import record as record_drift
 from marketpulse.runtime.progress import Progress, format_duration
@@ -252,7 +252,7 @@ class Run:
         # A signal while the run row is closed is handled too: the row is written whole.
         with self._signals():
             try:
-                self.drift = RunDrift(self.bundle)  # inside: a bad reference fails the run row
+                self.drift = RunDrift(self.bundle)
                 yield stats
                 if self.stop_signal is not None:
                     if not self._all_committed(stats):
@@ -285,7 +285,7 @@ class Run:
         spent_on_canary = self.canary.seconds if self.canary is not None else 0.0
         stats.seconds = time.perf_counter() - start - spent_on_canary
         stats.rows_per_s = (stats.rows_scored + stats.rows_skipped) / max(stats.seconds, 1e-9)
-        measured = self.drift.finish() if self.drift is not None else None
+        measured = self._measure_drift()
         if measured is not None:
             stats.drift = measured.to_dict()
             if line := drift_message(measured):
@@ -306,6 +306,15 @@ class Run:
             self.progress.log(f"could not close the run row: {exc}")
             if stats.status == "completed":
                 raise
+
+    def _measure_drift(self) -> DriftResult | None:
+        """The run's drift figures; a failure to measure them never keeps the row open."""
+        if self.drift is None:
+            return None
+        try:
+            return self.drift.finish()
+        except Exception as exc:  # the scores are committed: the row must still close
+            return DriftResult(note=f"drift not measured: {first_line(exc)}")
 
     def _start_row(
         self,

@@ -124,6 +124,76 @@ def test_bundle_without_reference_scores_with_a_note(bundle, tmp_path, capfd):
     assert "no drift reference" in note and "re-export" in err
 
 
+def relabeled_bundle(bundle, tmp_path, labels):
+    """The bundle with its labels renamed (same logit order), exported the normal way:
+    `write_manifest` sorts the manifest's keys, the reference's label counts included."""
+    from marketpulse.bundle import read_manifest, write_manifest
+
+    out = tmp_path / "relabeled"
+    shutil.copytree(bundle.path, out)
+    manifest = read_manifest(out)
+    renamed = dict(zip(bundle.labels, labels, strict=True))
+    manifest["labels"] = list(labels)
+    ref = manifest[DRIFT_REFERENCE]
+    ref["labels"] = {renamed[k]: v for k, v in ref["labels"].items()}
+    write_manifest(out, manifest)
+    return load_bundle(out)
+
+
+def test_labels_out_of_alphabetical_order_are_compared_in_the_bundles_order(
+    bundle, tmp_path, capfd
+):
+    labels = sorted(bundle.labels, reverse=True)  # never alphabetical
+    b = relabeled_bundle(bundle, tmp_path, [f"{x}_{i}" for i, x in enumerate(labels)])
+    stats, (psi_label, psi_conf, _, _), _ = run(tmp_path, b, IN_DOMAIN, capfd)
+    assert stats.status == "completed"
+    assert psi_label is not None and psi_conf is not None
+
+
+def test_an_unreadable_reference_scores_with_a_note_and_closes_the_run(bundle, tmp_path, capfd):
+    ref = dict(bundle.drift_reference)
+    ref.pop("rows")
+    b = copy_bundle(bundle, tmp_path, ref)
+    stats, (psi_label, _, _, note), err = run(tmp_path, b, IN_DOMAIN[:20], capfd)
+    assert stats.status == "completed" and psi_label is None
+    assert "drift reference is unreadable" in note and "re-export" in err
+
+
+def test_a_drift_failure_at_the_end_still_closes_the_run_row(bundle, tmp_path, capfd, monkeypatch):
+    from marketpulse.runtime import drift as run_drift
+
+    def broken(self):
+        raise ValueError("operands could not be broadcast")
+
+    monkeypatch.setattr(run_drift.RunDrift, "finish", broken)
+    stats, (psi_label, _, _, note), _ = run(tmp_path, bundle, IN_DOMAIN[:20], capfd)
+    assert stats.status == "completed" and stats.rows_scored == 20
+    db = duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True)
+    assert db.execute("SELECT status FROM runs").fetchone() == ("completed",)
+    db.close()
+    assert psi_label is None and note == "drift not measured: operands could not be broadcast"
+
+
+def test_drift_warn_says_whether_the_run_warned(bundle, tmp_path, capfd):
+    b = copy_bundle(bundle, tmp_path, in_domain_reference(bundle))
+    found = []
+    for texts in (IN_DOMAIN[:20], IN_DOMAIN, EMOJI):  # too few rows to warn on, quiet, warned
+        for name in ("m.duckdb", "m.duckdb.wal"):
+            (tmp_path / name).unlink(missing_ok=True)
+        run(tmp_path, b, texts, capfd)
+        con = duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True)
+        found.append(con.execute("SELECT drift_warn FROM runs").fetchone()[0])
+        con.close()
+    assert found == [None, False, True]
+
+
+def test_a_warning_on_unknown_tokens_alone_does_not_blame_psi():
+    from marketpulse.runtime.drift import _hint
+
+    d = drift.Drift(500, 0.01, 0.02, 0.1, 0.001, ["10.0% of texts are unknown-token heavy"])
+    assert "PSI" not in _hint(d) and "encoding" in _hint(d)
+
+
 def test_a_runs_table_from_before_drift_gets_the_new_columns(bundle, tmp_path, capfd):
     db = tmp_path / "m.duckdb"
     make_db(db, IN_DOMAIN[:10])
@@ -157,5 +227,43 @@ def test_profile_counts_match_numpy():
     assert p.label_counts.tolist() == [1, 2]
     assert p.confidence_counts[5] == 1 and p.confidence_counts[9] == 2
     assert p.unknown_share == pytest.approx(1 / 3)
-    again = drift.Profile.from_manifest(p.to_manifest())
+    again = drift.Profile.from_manifest(p.to_manifest(), ["a", "b"])
     assert again.label_counts.tolist() == [1, 2] and again.rows == 3
+
+
+def test_the_reference_keeps_the_bundles_label_order_through_a_sorted_manifest():
+    p = drift.Profile(["sell", "buy", "hold"])
+    p.add(np.array([0, 0, 0, 1, 2]), np.full(5, 0.9), 0)
+    written = json.loads(json.dumps(p.to_manifest(), sort_keys=True))  # as write_manifest does
+    again = drift.Profile.from_manifest(written, ["sell", "buy", "hold"])
+    assert again.label_counts.tolist() == [3, 1, 1]
+    assert drift.compare(again, p).psi_label == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda ref: ref.pop("rows"), "KeyError"),
+        (lambda ref: ref.update(labels={"x": 1, "y": 2}), "not the bundle's"),
+        (
+            lambda ref: ref.update(
+                confidence_edges=[i / 20 for i in range(21)], confidence_counts=[0] * 20
+            ),
+            "confidence bins",
+        ),
+    ],
+)
+def test_an_unreadable_reference_is_refused_with_the_reason(change, why):
+    p = drift.Profile(["a", "b"])
+    p.add(np.array([0, 1]), np.array([0.6, 0.9]), 0)
+    ref = p.to_manifest()
+    change(ref)
+    with pytest.raises(drift.UnreadableReference, match=why):
+        drift.Profile.from_manifest(ref, ["a", "b"])
+
+
+def test_a_reference_counted_at_another_unknown_cut_off_is_not_compared_on_it():
+    p = drift.Profile(["a", "b"])
+    p.add(np.array([0, 1]), np.array([0.6, 0.9]), 1)
+    ref = p.to_manifest() | {"unknown_heavy_fraction": 0.25}
+    assert drift.Profile.from_manifest(ref, ["a", "b"]).unknown_heavy is None
