@@ -65,6 +65,15 @@ CLEAN = [
     "Jobless claims 231,000 vs 220,000 expected; continuing claims 1.82 million",
     "Q4 call on 2025-01-29 at 17:00 CET, dial-in details to follow",
     "ISIN US0378331005 and CUSIP 037833100 identify the shares",
+    # numbers phonenumbers reads as phone numbers, and words run together (no domains)
+    "$ES equilibrium is 3107.50-3108, long above the open",
+    "Q2 EPS est. 1.23-4.56-7890 from the three brokers",
+    "The company bought back 1 234 567 890 shares in 2023",
+    "Revenue 4.155.501.234 EUR, up 3% on the year",
+    "CUSIP 037833-10-0 identifies the common stock",
+    "Shares fell.Analysts see more downside after the guidance cut",
+    "Revenue up 4.the margin too, says the CFO",
+    "I was impressed by this player.for the first hours of trading",
 ]
 
 FIRST = [
@@ -107,6 +116,8 @@ URLS = [
     "https://example.io/charts/nvda-weekly",
     "http://example.com",
     "https://research.example.co.uk/fomc-preview",
+    "https://en.wikipedia.org/wiki/Apple_(company)",
+    "https://example.com/path?q=a(b)&token=SECRET123",
 ]
 HANDLES = [
     "@marketdesk_jo",
