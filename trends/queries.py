@@ -47,6 +47,11 @@ TREND_COLUMNS = (
     "forecast_low",
     "forecast_high",
 )
+# Columns of the forecast and backtest tables (`forecast_tables.write_forecasts`), after
+# the --by columns: with forecasts, a --by column with one of these names collides too.
+FORECAST_COLUMNS = ("bucket", "step", "model", "forecast", "lo_80", "hi_80", "lo_95", "hi_95")
+BACKTEST_COLUMNS = ("model", "step", "mae", "mase", "coverage_80", "coverage_95", "points",
+                    "coverage_points", "chosen")  # fmt: skip
 
 # The trailing spread is floored at this fraction of the trailing buckets' sampling standard
 # error at their pooled label shares: it guards against a spread of ~0 by chance (identical

@@ -25,7 +25,7 @@ def summary(result) -> dict[str, Any]:
         "buckets": result.n_buckets,
         "null_time_rows": result.null_time_rows,
         "skipped_rows": result.skipped_rows,  # scored without a label (empty text, ...)
-        "sparse_note": result.sparse_note or None,  # most buckets empty: a stray time?
+        "sparse_note": result.sparse_note or None,  # stray times stretch the grid
         "models_note": result.models_note or None,  # several model versions behind it
         # source rows no model scored, left out of the trend (`marketpulse score` finishes it)
         "source_rows": result.source_rows,

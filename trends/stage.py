@@ -111,7 +111,7 @@ class TrendsResult:
     drivers: list[dict[str, Any]] = field(default_factory=list, repr=False)
     null_time_rows: int = 0  # scored rows left out because their time column is NULL
     skipped_rows: int = 0  # rows the scorer skipped (no label: empty text, ...): left out
-    sparse_note: str = ""  # set when most buckets of the grid are empty (a stray time?)
+    sparse_note: str = ""  # set when stray times stretch the grid (`_stray_note`)
     models_note: str = ""  # set when the latest scores come from several model versions
     time_col: str = ""
     source_rows: int = 0  # rows of the source
@@ -136,7 +136,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
     remove_dead_folders(temp, SCRATCH_PREFIX)  # a killed run's tables, drivers' words too
     with owned_folder(temp, SCRATCH_PREFIX, SCRATCH_MAKING_PREFIX) as scratch:
         work = Path(scratch) / "work.duckdb"
-        con = connect(cfg.db, read_only=True, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
+        con = _open_db(cfg)
         try:
             # buckets are cut at UTC (queries.bucket_sql), whatever the machine's time zone
             con.execute("SET TimeZone = 'UTC'")
@@ -162,13 +162,13 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             positive, negative = pick_labels(models, cfg.positive, cfg.negative)
             check_one_scheme(cfg.source, models, positive, negative)
             check_label_columns(cfg.source, models)
-            _check_collisions(cfg.by, labels)
+            _check_collisions(cfg.by, labels, forecasts=cfg.horizon > 0)
             if unscored:
                 note = _unscored_note(cfg, source_rows, unscored)
                 print(f"trends: warning: {note}", file=sys.stderr)
             _write_trend_table(con, cfg, table, view, labels, positive, negative)
             mixed = _models_note(con, cfg, view) if len(models) > 1 else ""
-            sparse = _sparse_note(con, cfg, table)
+            sparse = _stray_note(con, cfg, table, view)
             if sparse:  # before the forecasts, which take long on such a grid
                 print(f"trends: warning: {sparse}", file=sys.stderr)
             f_table, b_table, skill = _forecasts(con, cfg, table, dependents)
@@ -207,6 +207,17 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             )
             outputs["plot"] = plot_trends(result, cfg.plot, rows, fans)
     return replace(result, outputs=outputs)
+
+
+def _open_db(cfg: TrendsConfig):
+    """--db, read-only; a file that is not a DuckDB database is one line naming the flag."""
+    try:
+        return connect(cfg.db, read_only=True, timeout=cfg.lock_timeout, on_wait=_waiting(cfg))
+    except duckdb.Error as exc:  # a lock held too long is a MarketpulseError of its own
+        raise MarketpulseError(
+            f"cannot open {cfg.db} as a DuckDB database ({first_line(exc)[:200]}); pass --db "
+            "with the DuckDB file that holds the source"
+        ) from exc
 
 
 def _waiting(cfg: TrendsConfig):
@@ -421,6 +432,7 @@ def _check_source(
             f"column {cfg.time_col!r} is {have[cfg.time_col]}, not a date or timestamp; "
             f"pass --time-col with a {TIME_KINDS} column"
         )
+    _check_finite_times(con, cfg)
     for table, name, hint in (
         (res.scores, cfg.scores_table, "--scores-table"),
         (res.models, MODELS, None),
@@ -471,6 +483,25 @@ def _check_text_col(con, cfg: TrendsConfig) -> None:
                 f"--by column {col!r} clashes with a drivers column; rename it in a view "
                 "and pass that view as --source"
             )
+
+
+def _check_finite_times(con, cfg: TrendsConfig) -> None:
+    """Refuse 'infinity' and '-infinity' times (what a Postgres export writes for "no
+    time"): they have no bucket, and the grid between them would be endless."""
+    t = quote_ident(cfg.time_col)
+    as_time = f"TRY_CAST({t} AS TIMESTAMPTZ)"  # text that is not a time: refused later
+    n, example = con.execute(
+        f"SELECT count(*), any_value(CAST({t} AS VARCHAR)) FROM {quote_table(cfg.source)} "
+        f"WHERE NOT isfinite({as_time})"
+    ).fetchone()
+    if n:
+        raise MarketpulseError(
+            f"column {cfg.time_col!r} of {cfg.source!r} holds {n:,} time(s) that are not "
+            f"finite (e.g. {example!r}, an export's mark for no time?), which fall in no "
+            f"bucket; pass as --source a view that turns them into NULL (e.g. SELECT * "
+            f"REPLACE (CASE WHEN isfinite(CAST({t} AS TIMESTAMPTZ)) THEN {t} END AS {t}) "
+            f"FROM {cfg.source}): rows without a time are counted and left out"
+        )
 
 
 def _check_ids(con, cfg: TrendsConfig) -> None:
@@ -619,18 +650,25 @@ def _unscored_note(cfg: TrendsConfig, source_rows: int, unscored: int) -> str:
     )
 
 
-def _check_collisions(by: tuple[str, ...], labels: list[str]) -> None:
-    # DuckDB identifiers ignore case: `--by Volume` would collide with `volume`
+def _check_collisions(by: tuple[str, ...], labels: list[str], forecasts: bool) -> None:
+    # DuckDB identifiers ignore case: `--by Volume` would collide with `volume`, and a
+    # table made with two `model` columns silently renames one `model_1`
     made = {*queries.TREND_COLUMNS, "label"}  # label: the joined score column
     for lab in labels:
         made |= {"n_" + sanitize(lab), "share_" + sanitize(lab)}
     made = {m.lower() for m in made}
+    forecast_made = {c.lower() for c in (*queries.FORECAST_COLUMNS, *queries.BACKTEST_COLUMNS)}
     seen: set[str] = set()
     for col in by:
         if col.lower() in made or col.startswith("_"):
             raise MarketpulseError(
                 f"--by column {col!r} clashes with a trend column; rename it in a view "
                 "and pass that view as --source"
+            )
+        if forecasts and col.lower() in forecast_made:
+            raise MarketpulseError(
+                f"--by column {col!r} clashes with a forecast column; rename it in a view "
+                "and pass that view as --source, or pass --horizon 0 (no forecasts)"
             )
         if col.lower() in seen:
             raise MarketpulseError(
@@ -639,32 +677,81 @@ def _check_collisions(by: tuple[str, ...], labels: list[str]) -> None:
         seen.add(col.lower())
 
 
-# The grid runs from the first bucket with rows to the last, for every group. A grid of
-# more than SPARSE_MIN_BUCKETS buckets of which fewer than 1 in SPARSE_RATIO has rows is
-# reported: one stray time (1970-01-01 from a default) made 20,512 daily buckets for 425
-# days of posts, and the forecasts took minutes.
-SPARSE_MIN_BUCKETS = 200
-SPARSE_RATIO = 10
-
-
-def _sparse_note(con, cfg: TrendsConfig, table: str) -> str:
-    """One line when the trend's bucket grid is mostly empty, naming its first buckets."""
-    t = quote_ident(table)
-    total, filled = con.execute(
-        f"SELECT count(DISTINCT bucket), count(DISTINCT bucket) FILTER (WHERE volume > 0) FROM {t}"
-    ).fetchone()
-    if total <= SPARSE_MIN_BUCKETS or filled * SPARSE_RATIO >= total:
-        return ""
-    first = con.execute(
-        f"SELECT bucket, sum(volume) FROM {t} WHERE volume > 0 GROUP BY bucket "
-        "ORDER BY bucket LIMIT 2"
+def _stray_note(con, cfg: TrendsConfig, table: str, view: str) -> str:
+    """One line when stray times stretch the bucket grid, which runs from the first bucket
+    with rows to the last for every group: rows at either end of it cut off from the rest
+    by more than --window empty buckets (one post stamped 1970-01-01 made 20,512 daily
+    buckets, and the forecasts took minutes; one day/month swap months ahead made every
+    group's latest bucket an empty one and wiped every forecast band), or times later
+    than now. A warning, not a filter: a source that resumes after a pause looks alike."""
+    filled = con.execute(
+        f"SELECT * FROM (SELECT row_number() OVER (ORDER BY bucket), bucket, sum(volume) AS n "
+        f"FROM {quote_ident(table)} GROUP BY bucket) WHERE n > 0 ORDER BY bucket"
     ).fetchall()
-    earliest = ", then ".join(f"{n:,} row(s) in {b}" for b, n in first)
+    notes = []
+    for side, ends in (("first", filled), ("last", filled[::-1])):
+        k = _stray_end(ends, cfg.window)
+        if not k:
+            continue
+        n = sum(r[2] for r in ends[:k])
+        low, high = sorted((ends[0][1], ends[k - 1][1]))
+        where = f"bucket ({low})" if k == 1 else f"buckets ({low} to {high})"
+        gap = abs(ends[k][0] - ends[k - 1][0]) - 1
+        said = f"{_rows(n)} in the {side} {cfg.grain} {where} {_verb(n, 'lies', 'lie')} {gap:,}"
+        if side == "first":
+            notes.append(f"{said} empty buckets before the rest (which starts {ends[k][1]})")
+        else:
+            start = " and the forecasts start there" if cfg.horizon else ""
+            notes.append(
+                f"{said} empty buckets after the rest (which ends {ends[k][1]}), so every "
+                f"group's latest bucket is {high}{start}"
+            )
+    notes += _later_than_now(con, cfg, view, filled[-1][1])
+    if not notes:
+        return ""
     return (
-        f"{table} spans {total:,} {cfg.grain} buckets but only {filled:,} have rows "
-        f"(earliest: {earliest}): a stray {cfg.time_col!r} (a default date?) stretches every "
-        f"series; pass as --source a view that filters {cfg.time_col!r} to the span you mean"
+        f"{table}: {'; '.join(notes)}; a stray {cfg.time_col!r} (a default date, a day/month "
+        f"swap?): check that column, or pass as --source a view that filters "
+        f"{cfg.time_col!r} to the span you mean"
     )
+
+
+def _later_than_now(con, cfg: TrendsConfig, view: str, last_bucket) -> list[str]:
+    """[a note on the scored rows whose time is later than now], or []."""
+    (now,) = con.execute(f"SELECT {queries.bucket_sql(cfg.grain, 'now()')}").fetchone()
+    if last_bucket < now:  # the source is scanned only when a time can be later than now
+        return []
+    t = f"CAST(src.{quote_ident(cfg.time_col)} AS TIMESTAMPTZ)"
+    n, latest = con.execute(
+        f"SELECT count(*), max({t}) FROM {quote_table(cfg.source)} AS src "
+        f"JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)} "
+        f"WHERE ls.label IS NOT NULL AND {t} > now()"
+    ).fetchone()
+    if not n:
+        return []
+    return [
+        f"{_rows(n)} {_verb(n, 'has', 'have')} a {cfg.time_col!r} later than now (the latest {latest})"
+    ]
+
+
+def _stray_end(ends: list, window: int) -> int:
+    """How many buckets with rows (grid position, bucket, rows), from one end of the grid
+    inward, are cut off from the next by more than `window` empty buckets while spanning
+    at most `window` buckets themselves (too few for a trailing window); 0: none."""
+    for k in range(1, len(ends)):
+        if abs(ends[k - 1][0] - ends[0][0]) >= window:
+            return 0
+        if abs(ends[k][0] - ends[k - 1][0]) - 1 > window:
+            return k
+    return 0
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row{'' if n == 1 else 's'}"
+
+
+def _verb(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
 
 
 def _models_note(con, cfg: TrendsConfig, view: str) -> str:
