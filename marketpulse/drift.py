@@ -19,7 +19,8 @@ scoring run builds its own and compares:
 
 A run warns when either PSI is above PSI_WARN or the unknown-heavy share is more than
 UNKNOWN_RISE_WARN above the reference's, and only when it scored at least MIN_ROWS rows
-(below that, a PSI is mostly sampling noise).
+and the reference holds at least MIN_ROWS (below that, a PSI is mostly sampling noise:
+a 60-row reference against 60 more rows of the same text measured PSI 0.29-0.33).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def compare(ref: Profile, run: Profile) -> Drift:
         unknown_heavy_share=run.unknown_share,
         reference_unknown_share=ref.unknown_share,
     )
-    if run.rows < MIN_ROWS:
+    if run.rows < MIN_ROWS or ref.rows < MIN_ROWS:
         return drift
     if drift.psi_label > PSI_WARN:
         drift.warnings.append(f"label mix PSI {drift.psi_label:.2f} > {PSI_WARN}")

@@ -101,6 +101,12 @@ class RunDrift:
         elif self.profile.rows < drift.MIN_ROWS:
             result.warn = None
             result.note = f"only {self.profile.rows} rows scored; no warning below {drift.MIN_ROWS}"
+        elif self.reference.rows < drift.MIN_ROWS:
+            result.warn = None
+            result.note = (
+                f"the bundle's reference holds only {self.reference.rows} rows; no warning "
+                f"below {drift.MIN_ROWS} (train on more rows for a larger test split, and re-export)"
+            )
         return result
 
 

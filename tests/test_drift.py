@@ -187,6 +187,15 @@ def test_drift_warn_says_whether_the_run_warned(bundle, tmp_path, capfd):
     assert found == [None, False, True]
 
 
+def test_a_reference_of_few_rows_gives_figures_but_no_warning(bundle, tmp_path, capfd):
+    # the tiny bundle's own reference: 26 sentences, against emoji posts that would warn
+    assert bundle.drift_reference["rows"] < drift.MIN_ROWS
+    stats, (psi_label, _, unknown, note), err = run(tmp_path, bundle, EMOJI, capfd)
+    assert psi_label is not None and unknown == 1.0
+    assert "reference holds only 26 rows" in note and "warning: drift" not in err
+    assert stats.drift["warn"] is None
+
+
 def test_a_warning_on_unknown_tokens_alone_does_not_blame_psi():
     from marketpulse.runtime.drift import _hint
 
