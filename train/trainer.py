@@ -291,6 +291,9 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
             ignore_mismatched_sizes=True,
         )
 
+    if line := match_base_head(model, data.base_dir, labels):
+        log(line)
+
     def encode(texts: list[str], names: list[str]) -> _Encoded:
         enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
         return _Encoded(dict(enc), [label2id[name] for name in names])
@@ -362,6 +365,38 @@ def fine_tune(cfg: TrainConfig, data: FitData, work: Path, callbacks: tuple = ()
         train_time_s=train_time,
         train_rows_per_s=len(train_ds) * epochs_run / max(train_time, 1e-9),
     )
+
+
+def match_base_head(model, base_dir: Path, labels: list[str]) -> str | None:
+    """Line up a classifier base's head with `labels`; return what was done, if anything.
+
+    `from_pretrained` starts a new head only when the label count differs. A base trained
+    on the same labels in another order (a file whose string labels appear in another
+    order) would keep its rows where they were and classify every text as another label:
+    its rows are put in `labels`' order. A base with other label names gets a new head.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    named = AutoConfig.from_pretrained(base_dir).id2label or {}
+    base = [str(named[i]) for i in sorted(named)]
+    placeholders = all(name == f"LABEL_{i}" for i, name in enumerate(base))
+    if base == list(labels) or len(base) != len(labels) or placeholders:
+        return None
+    head = getattr(model, "classifier", None)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)] if head else []
+    if not linears or linears[-1].out_features != len(labels):
+        return None
+    out = linears[-1]
+    if sorted(base) == sorted(labels):
+        order = torch.tensor([base.index(label) for label in labels])
+        with torch.no_grad():
+            out.weight.copy_(out.weight[order])
+            if out.bias is not None:
+                out.bias.copy_(out.bias[order])
+        return f"base model's classifier head reordered from {base} to {list(labels)}"
+    model._init_weights(out)
+    return f"base model's classifier head ({base}) replaced by a new one for {list(labels)}"
 
 
 def save_and_score(
