@@ -357,3 +357,18 @@ def test_shift_fix_for_negative_integers_quotes_the_columns(labeled_db):
     query = _suggested_query(str(caught.value)).replace("FROM ...", f"FROM ({spaced})")
     rows = load_labeled(dataclasses.replace(source, query=query))
     assert sorted(rows.labels) == sorted(TRUTH)
+
+
+def test_label_names_and_a_label_map_that_contradict_each_other_are_refused(
+    tiny_checkpoint, labeled_db
+):
+    args = ["--model", str(tiny_checkpoint), "--db", labeled_db, "--query", _case(0)]
+    names = ["--label-names", "neutral,bullish,bearish"]
+    result = _run(*args, *names, "--label-map", "0=bullish,1=neutral,2=bearish")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        "Error: --label-names names label value 0 'neutral' but --label-map 0=bullish maps it "
+        "to 'bullish'; pass only one of them"
+    )
+    agreeing = _run(*args, *names, "--label-map", "0=neutral", "--json")  # no contradiction
+    assert agreeing.exit_code == 0, agreeing.output

@@ -291,6 +291,18 @@ def _position_note(labels: list[str], domain: str | None, flagged: str | None) -
     )
 
 
+def _no_contradiction(source: DataSource, label_map: dict[str, str]) -> None:
+    """--label-names and --label-map both name an integer label, differently: refuse (the
+    integers are named first, so the map would be silently ignored)."""
+    names = source.label_names
+    for value, name in label_map.items():
+        if value.isdigit() and int(value) < len(names) and names[int(value)] != name:
+            raise MarketpulseError(
+                f"--label-names names {source.label_col} value {value} {names[int(value)]!r} "
+                f"but --label-map {value}={name} maps it to {name!r}; pass only one of them"
+            )
+
+
 def _load_rows(
     source: DataSource,
     labels: list[str],
@@ -304,6 +316,7 @@ def _load_rows(
     `domain` names a --domain source, which --label-names does not describe. Every label
     is checked against the model's here, before any row is scored."""
     if source.label_names is not None:  # the user's --label-names: train's advice fits
+        _no_contradiction(source, label_map)
         try:
             rows = load_labeled(source, flags)
         except UnnamedValue as exc:  # but evaluate has --label-map too: say what works here
