@@ -93,6 +93,14 @@ def _read_json(path: Path, fix: str) -> dict[str, Any]:
     return data
 
 
+def are_placeholder_labels(labels: list[str] | tuple[str, ...]) -> bool:
+    """True when every label starts with `LABEL_`, as transformers names the logits of a
+    config given no names (`LABEL_0`, `LABEL_1`; for two classes it may leave `id2label` out
+    of config.json altogether): a checkpoint cannot tell such labels from no names, so
+    `load_checkpoint` refuses them and train refuses them before training."""
+    return bool(labels) and all(label.startswith("LABEL_") for label in labels)
+
+
 def _read_labels(config: dict[str, Any], config_path: Path) -> tuple[str, ...]:
     """Label names in logit order from a Hugging Face config's `id2label`."""
     id2label = config.get("id2label") or {}
@@ -103,7 +111,7 @@ def _read_labels(config: dict[str, Any], config_path: Path) -> tuple[str, ...]:
     if (
         len(labels) < 2
         or sorted(int(k) for k in id2label) != list(range(len(labels)))
-        or all(label.startswith("LABEL_") for label in labels)
+        or are_placeholder_labels(labels)
     ):
         raise MarketpulseError(
             f"{config_path} has no label names (id2label: {id2label}); train with "

@@ -394,3 +394,142 @@ def test_filter_fix_quotes_columns_and_escapes_for_the_shell(tmp_path):
     query = argv[1].replace("SELECT ...", 'SELECT * FROM ext."Train Set"')
     filtered = load_labeled(replace(source, table=None, query=query))
     assert filtered.label_names == ["big"] and len(filtered.texts) == 10
+
+
+# 7. labels that all start with LABEL_: a checkpoint reads them as no names
+
+
+def test_placeholder_labels_are_refused_before_training(tmp_path, tiny_checkpoint, monkeypatch):
+    from marketpulse.train import trainer
+
+    class Trained(Exception):
+        """fine_tune was reached: the rows passed every label check."""
+
+    def no_training(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(trainer, "fine_tune", no_training)
+    db = write_db(tmp_path / "posts.duckdb", ["LABEL_0", "LABEL_1", "LABEL_2"] * 4)
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, train_args(db, out, tiny_checkpoint))
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [
+        "Error: labels in column 'tag' all start with LABEL_ ('LABEL_0', 'LABEL_1' and "
+        "'LABEL_2'), which a checkpoint reads as transformers' placeholder names (no names), "
+        "so the trained model could not be saved; name the classes with --query, e.g. "
+        "--query \"SELECT body, CASE tag WHEN 'LABEL_0' THEN 'class_0' WHEN 'LABEL_1' THEN "
+        "'class_1' WHEN 'LABEL_2' THEN 'class_2' END AS tag FROM ...\", with your names for them"
+    ]
+    assert not out.exists()
+    # the query as given (the table filled in) passes every label check
+    query = suggested_query(lines[0]).replace("FROM ...", "FROM posts")
+    args = train_args(db, out, tiny_checkpoint)
+    args[args.index("--table") : args.index("--text-col")] = ["--query", query]
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, Trained), result.output
+
+
+def test_placeholder_label_names_for_integers_say_to_fix_label_names(tmp_path):
+    db = write_db(tmp_path / "posts.duckdb", [0, 1] * 4, "INTEGER")
+    source = DataSource(
+        db=db, table="posts", text_col="body", label_col="tag", label_names=("LABEL_0", "LABEL_1")
+    )
+    with pytest.raises(MarketpulseError) as caught:
+        require_trainable(load_labeled(source), source, 3)
+    assert str(caught.value).endswith(
+        "pass --label-names with the classes' names, e.g. --label-names class_0,class_1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "refused"),
+    [
+        (["LABEL_0", "LABEL_1"], True),
+        (["LABEL_buy", "LABEL_sell"], True),
+        (["LABEL_0", "neutral"], False),  # one real name: the checkpoint keeps them all
+        (["label_0", "label_1"], False),  # the placeholders are upper-case
+        (["bearish", "bullish"], False),
+    ],
+)
+def test_train_refuses_placeholder_labels_exactly_when_a_checkpoint_would(
+    tmp_path, labels, refused
+):
+    from marketpulse.checkpoint import _read_labels
+
+    config = {"id2label": {str(i): name for i, name in enumerate(labels)}}  # as config.json
+    if refused:
+        with pytest.raises(MarketpulseError, match="has no label names"):
+            _read_labels(config, tmp_path / "config.json")
+    else:
+        assert _read_labels(config, tmp_path / "config.json") == tuple(labels)
+    source = DataSource(
+        db=write_db(tmp_path / "posts.duckdb", labels * 3),
+        table="posts",
+        text_col="body",
+        label_col="tag",
+    )
+    if refused:
+        with pytest.raises(MarketpulseError, match="all start with LABEL_"):
+            require_trainable(load_labeled(source), source, 3)
+    else:
+        require_trainable(load_labeled(source), source, 3)
+
+
+# 8. labels that differ in more than case: column names keep only a-z, 0-9 and _
+
+
+def test_non_latin_labels_are_told_to_take_ascii_names_and_the_query_works(tmp_path):
+    db = write_db(tmp_path / "posts.duckdb", ["看跌", "看涨", "中性"] * 4)
+    source = DataSource(db=db, table="posts", text_col="body", label_col="tag")
+    with pytest.raises(MarketpulseError) as caught:
+        require_trainable(drop_duplicates(load_labeled(source)), source, 3)
+    message = str(caught.value)
+    assert message == (
+        "labels in column 'tag' collide once sanitized into probability column names "
+        "('中性', '看涨' and '看跌' become p___), which `marketpulse score` refuses; column "
+        "names keep only a-z, 0-9 and _, so give them ASCII names with --query, e.g. "
+        "--query \"SELECT body, CASE tag WHEN '中性' THEN 'class_0' WHEN '看涨' THEN 'class_1' "
+        "WHEN '看跌' THEN 'class_2' END AS tag FROM ...\", or rename them"
+    )
+    fixed = DataSource(
+        db=db,
+        query=suggested_query(message).replace("FROM ...", "FROM posts"),
+        text_col="body",
+        label_col="tag",
+    )
+    rows = drop_duplicates(load_labeled(fixed))
+    require_trainable(rows, fixed, 3)
+    assert rows.counts == {"class_0": 4, "class_1": 4, "class_2": 4}
+
+
+def test_non_latin_label_names_for_integers_say_to_pass_ascii_names(tmp_path):
+    db = write_db(tmp_path / "posts.duckdb", [0, 1, 2] * 4, "INTEGER")
+    source = DataSource(
+        db=db, table="posts", text_col="body", label_col="tag", label_names=("看跌", "看涨", "中性")
+    )
+    with pytest.raises(MarketpulseError) as caught:
+        require_trainable(load_labeled(source), source, 3)
+    assert str(caught.value).endswith(
+        "column names keep only a-z, 0-9 and _, so pass --label-names with ASCII names, "
+        "e.g. --label-names class_0,class_1,class_2"
+    )
+
+
+def test_one_query_fixes_punctuation_and_case_collisions_together(tmp_path):
+    labels = ["Pos", "pos", "Neg.", "neg!", "flat"] * 3
+    db = write_db(tmp_path / "posts.duckdb", labels)
+    source = DataSource(db=db, table="posts", text_col="body", label_col="tag")
+    with pytest.raises(MarketpulseError) as caught:
+        require_trainable(load_labeled(source), source, 3)
+    query = suggested_query(str(caught.value))
+    assert query == (
+        "SELECT body, CASE tag WHEN 'Neg.' THEN 'class_0' WHEN 'neg!' THEN 'class_1' "
+        "ELSE lower(tag) END AS tag FROM ..."
+    )
+    fixed = DataSource(
+        db=db, query=query.replace("FROM ...", "FROM posts"), text_col="body", label_col="tag"
+    )
+    rows = load_labeled(fixed)
+    require_trainable(rows, fixed, 3)
+    assert rows.counts == {"class_0": 3, "class_1": 3, "flat": 3, "pos": 6}

@@ -25,7 +25,10 @@ Given string labels, `label_names` is the allowed set (and fixes the label order
 
 `require_trainable` refuses labels that the runtime could not write: each label gets a
 probability column (`results_schema.probability_column`), and two labels that differ only
-in case or punctuation would share one.
+in case or in characters outside a-z, 0-9 and _ (punctuation, non-Latin letters) would
+share one. It refuses labels that all start with `LABEL_` too: a checkpoint reads them as
+transformers' placeholder names (`checkpoint.are_placeholder_labels`), so the run could not
+be saved.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from marketpulse.checkpoint import are_placeholder_labels
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_column
 from marketpulse.sources import Flags, open_source
@@ -433,6 +437,35 @@ def _and(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 
+def _rename_query(names: list[str], source: DataSource, others: str = "") -> str:
+    """`--query` naming each of `names` class_0, class_1, ... in a CASE, for the user to put
+    the real names in; `others` is what the other labels become (`ELSE`), if any."""
+    label = sql_name(source.label_col)
+    whens = " ".join(f"WHEN {_literal(n)} THEN 'class_{i}'" for i, n in enumerate(names))
+    other = f" ELSE {others}" if others else ""
+    case = f"CASE {label} {whens}{other} END"
+    return query_flag(f"SELECT {sql_name(source.text_col)}, {case} AS {label} FROM ...")
+
+
+def require_named_labels(rows: LabeledRows, source: DataSource) -> None:
+    """Labels a checkpoint can keep: not all `LABEL_...`, which `load_checkpoint` reads as
+    transformers' placeholder names, refusing the model only once it has been trained."""
+    names = rows.label_names
+    if not are_placeholder_labels(names):
+        return
+    if rows.integer_labels and source.label_names:  # the names came from --label-names
+        example = ",".join(f"class_{i}" for i in range(len(names)))
+        fix = f"pass --label-names with the classes' names, e.g. --label-names {example}"
+    else:
+        query = _rename_query(names, source)
+        fix = f"name the classes with --query, e.g. {query}, with your names for them"
+    raise MarketpulseError(
+        f"labels in column {source.label_col!r} all start with LABEL_ "
+        f"({_and([repr(n) for n in names])}), which a checkpoint reads as transformers' "
+        f"placeholder names (no names), so the trained model could not be saved; {fix}"
+    )
+
+
 def require_distinct_columns(rows: LabeledRows, source: DataSource) -> None:
     """Every label its own probability column, as `marketpulse score` requires.
 
@@ -448,7 +481,24 @@ def require_distinct_columns(rows: LabeledRows, source: DataSource) -> None:
         f"{_and([repr(n) for n in names])} become {col}" for col, names in shared.items()
     )
     column = source.label_col
-    if rows.integer_labels and source.label_names:  # the names came from --label-names
+    # labels that differ in more than case (`看涨`, `看跌`; `neg!`, `neg?`) stay apart
+    # under lower(): only new names for them can keep their columns apart
+    apart = [n for names in shared.values() if len({n.lower() for n in names}) > 1 for n in names]
+    by_label_names = rows.integer_labels and source.label_names  # names from --label-names
+    if apart:
+        ascii_only = "column names keep only a-z, 0-9 and _, so "
+        if by_label_names:
+            example = ",".join(f"class_{i}" for i in range(len(rows.label_names)))
+            fix = f"{ascii_only}pass --label-names with ASCII names, e.g. --label-names {example}"
+        else:
+            label = sql_name(column)
+            others = ""  # the rest as they are, or lower-cased when some differ only in case
+            if len(apart) < len(rows.label_names):
+                case_only = any(len({n.lower() for n in ns}) == 1 for ns in shared.values())
+                others = f"lower({label})" if case_only else label
+            query = _rename_query(apart, source, others)
+            fix = f"{ascii_only}give them ASCII names with --query, e.g. {query}, or rename them"
+    elif by_label_names:
         fix = "pass --label-names whose names differ in a letter or digit, not only in case"
     else:
         text, label = sql_name(source.text_col), sql_name(column)
@@ -462,7 +512,9 @@ def require_distinct_columns(rows: LabeledRows, source: DataSource) -> None:
 
 def require_trainable(rows: LabeledRows, source: DataSource, min_per_class: int) -> None:
     """Labels the runtime can write (`require_distinct_columns`); at least two classes,
-    each with enough rows to land in every split."""
+    each with enough rows to land in every split; not all `LABEL_...`
+    (`require_named_labels`)."""
+    require_named_labels(rows, source)
     require_distinct_columns(rows, source)
     skipped = sum(rows.skipped.values())
     # duplicates are skipped too (drop_duplicates), and are not "unusable": name each kind
