@@ -1135,12 +1135,14 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
 )
 @click.option(
     "--positive",
-    help="Label counted as positive [default: positive or bullish, in any letter case, "
+    help="Label counted as positive; several, comma-separated, for graded labels, e.g. "
+    '"positive,very positive" [default: positive or bullish, in any letter case, '
     "paired with --negative from the same model].",
 )
 @click.option(
     "--negative",
-    help="Label counted as negative [default: negative or bearish, in any letter case].",
+    help="Label counted as negative; several, comma-separated, for graded labels "
+    "[default: negative or bearish, in any letter case].",
 )
 @click.option("--scores-table", default="scores", show_default=True)
 @click.option(

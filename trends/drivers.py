@@ -28,7 +28,8 @@ How a driver is found, all inside DuckDB (regexp_extract_all, list lambdas, GROU
   is a ranking, not a test, so the floor only keeps out terms the bucket barely favours;
   the planted Contoso week of the demo, whose negatives are ordinary complaints, tops out
   near z = 2) and lean the shift's way: more of the
-  bucket's texts containing it carry the shift's label (`negative` for a falling index)
+  bucket's texts containing it carry a label of the shift's side (`negative` for a falling
+  index)
   than the opposite one. Scoring all texts but keeping only terms of the shift's side reads
   better than either alternative: comparing only the shift-labelled texts with all earlier
   texts ranks generic sentiment words ("terrible") first in every shift, and comparing
@@ -49,6 +50,8 @@ the token pattern and thresholds are bound parameters.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import duckdb
 
@@ -103,8 +106,8 @@ def write_drivers(
     grain: str,
     window: int,
     view: str,
-    positive: str,
-    negative: str,
+    positive: str | Sequence[str],
+    negative: str | Sequence[str],
     top_words: int = 10,
     top_examples: int = 3,
     min_count: int = 3,
@@ -133,8 +136,9 @@ def write_drivers(
         view=view,
     )
     params = {
-        "pos": positive,
-        "neg": negative,
+        # a side may be several labels (`very positive` too): lists, each label a str
+        "pos": [positive] if isinstance(positive, str) else list(positive),
+        "neg": [negative] if isinstance(negative, str) else list(negative),
         "pattern": TOKEN_PATTERN,
         "word": WORD_PATTERN,
         "stop": list(STOPWORDS),
@@ -234,8 +238,7 @@ CREATE OR REPLACE TABLE {quote_ident(drivers_table)} AS
 WITH flags AS (
     SELECT {g_list}bucket,
            CASE WHEN z_score < 0 THEN 'negative' ELSE 'positive' END AS direction,
-           CASE WHEN z_score < 0 THEN $neg ELSE $pos END AS _dir_label,
-           CASE WHEN z_score < 0 THEN $pos ELSE $neg END AS _opp_label
+           CASE WHEN z_score < 0 THEN $neg ELSE $pos END AS _dir_labels
     FROM {quote_ident(trend_table)}
     WHERE is_shift
 ),
@@ -259,8 +262,8 @@ docs AS MATERIALIZED (
 cell AS MATERIALIZED (
     -- texts per group x bucket x term, and how many carry each direction's label
     SELECT {g_list}bucket, term, count(*) AS n,
-           count(*) FILTER (WHERE _label = $pos) AS n_pos,
-           count(*) FILTER (WHERE _label = $neg) AS n_neg
+           count(*) FILTER (WHERE list_contains($pos, _label)) AS n_pos,
+           count(*) FILTER (WHERE list_contains($neg, _label)) AS n_neg
     FROM (SELECT {g_list}bucket, _label, unnest(_terms) AS term FROM {_terms_of("docs")})
     GROUP BY ALL
 ),
@@ -274,7 +277,7 @@ vocab_total AS (
     SELECT {g_list}sum(c) AS c_total FROM vocab GROUP BY ALL
 ),
 inside AS (
-    SELECT {cols("f")}f.bucket, f.direction, f._dir_label, c.term, c.n AS y_i,
+    SELECT {cols("f")}f.bucket, f.direction, c.term, c.n AS y_i,
            CASE WHEN f.direction = 'negative' THEN c.n_neg ELSE c.n_pos END AS n_dir,
            CASE WHEN f.direction = 'negative' THEN c.n_pos ELSE c.n_neg END AS n_opp,
            sum(c.n) OVER (PARTITION BY {key("f")}) AS n_i
@@ -333,7 +336,7 @@ candidates AS (
     -- texts of the flagged buckets that carry the shift's label, tokenized again (few)
     SELECT d.*
     FROM docs AS d
-    JOIN flags AS f ON f.bucket = d.bucket AND f._dir_label = d._label{same_group("f", "d")}
+    JOIN flags AS f ON f.bucket = d.bucket AND list_contains(f._dir_labels, d._label){same_group("f", "d")}
 ),
 example_texts AS (
     -- one row per distinct text: the demo and real feeds repeat texts

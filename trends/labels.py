@@ -1,11 +1,13 @@
-"""Which labels make the index: the positive and the negative label, one model's pair.
+"""Which labels make the index: the positive and the negative side, one model's labels.
 
 `pick_labels` takes `--positive`/`--negative` as given (exact spelling: they are values
-of `scores.label`), else the defaults, matched in any letter case (a model trained on
-`Positive`/`negative` needs no flags). Both sides come from ONE model's labels: when two
-models with different schemes scored the table, pairing `bullish` from one with
-`negative` from the other would make an index neither model has. `check_one_scheme`
-then refuses latest scores from a model that lacks either label, and
+of `scores.label`; several comma-separated ones make a graded side, `positive,very
+positive`, whose count is the sum of its labels' rows), else one default label per side,
+matched in any letter case (a model trained on `Positive`/`negative` needs no flags);
+`left_out_note` names the graded labels a default side leaves out. Both sides come from
+ONE model's labels: when two models with different schemes scored the table, pairing
+`bullish` from one with `negative` from the other would make an index neither model has.
+`check_one_scheme` then refuses latest scores from a model that lacks an index label, and
 `check_label_columns` two spellings of one label (they would share a trend column).
 
 `models` is what the stage reads: [(model version, its labels, rows)], newest first.
@@ -30,30 +32,37 @@ def union_labels(models) -> list[str]:
 
 def pick_labels(
     models, positive: str | None = None, negative: str | None = None
-) -> tuple[str, str]:
-    """(positive, negative) for the index: a pair one model has.
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(positive labels, negative labels) for the index: sides one model has.
 
     Among the models' pairs the one earliest in the defaults wins (positive/negative
     before bullish/bearish, as the defaults read), the newest model's on a tie.
     """
     labels = union_labels(models)
-    for given, flag in ((positive, "--positive"), (negative, "--negative")):
-        if given is not None and given not in labels:
-            raise MarketpulseError(_not_a_label(given, flag, labels))
+    given_pos = _given(positive, "--positive", labels)
+    given_neg = _given(negative, "--negative", labels)
     pairs = []
     for _, model_labels, _ in models:
-        pos = _side(positive, POSITIVE_DEFAULTS, model_labels)
-        neg = _side(negative, NEGATIVE_DEFAULTS, model_labels)
-        if pos is not None and pos == neg:  # `--negative bullish` meets the default bullish
+        pos = _side(given_pos, POSITIVE_DEFAULTS, model_labels)
+        neg = _side(given_neg, NEGATIVE_DEFAULTS, model_labels)
+        if pos == neg and pos is not None:  # `--negative bullish` meets the default bullish
             raise MarketpulseError(
-                f"--positive and --negative would both be {pos!r}, an index of 0 everywhere; "
-                "pass both --positive and --negative with two different labels"
+                f"--positive and --negative would both be {','.join(pos)!r}, an index of 0 "
+                "everywhere; pass both --positive and --negative with two different labels"
+            )
+        shared = [lab for lab in pos or () if lab in (neg or ())]
+        if shared:
+            raise MarketpulseError(
+                f"--positive and --negative would both count {', '.join(map(repr, shared))}; "
+                "pass both --positive and --negative with two different labels (each label on "
+                "one side at most)"
             )
         if pos is not None and neg is not None:
             pairs.append((pos, neg))
     if pairs:  # min() keeps the first (newest) of equal ranks
         return min(
-            pairs, key=lambda p: (_rank(p[0], POSITIVE_DEFAULTS), _rank(p[1], NEGATIVE_DEFAULTS))
+            pairs,
+            key=lambda p: (_rank(p[0][0], POSITIVE_DEFAULTS), _rank(p[1][0], NEGATIVE_DEFAULTS)),
         )
     for given, defaults, flag in (
         (positive, POSITIVE_DEFAULTS, "--positive"),
@@ -72,18 +81,54 @@ def pick_labels(
     )
 
 
-def check_one_scheme(source: str, models, positive: str, negative: str) -> None:
-    """Refuse latest scores whose models do not all have both index labels.
+def left_out_note(models, positive, negative, given_pos, given_neg) -> str:
+    """A note naming the labels a default side leaves out, '' without any.
+
+    A default side is one label, but a graded model (`very positive`, `strongly bullish`)
+    has more that carry the side's word: their rows would count in volume only.
+    """
+    labels = union_labels(models)
+    left: list[str] = []
+    flags: list[str] = []
+    for picked, given, flag in (
+        (positive, given_pos, "--positive"),
+        (negative, given_neg, "--negative"),
+    ):
+        if given is not None:
+            continue
+        word = picked[0].casefold()
+        more = [lab for lab in labels if lab not in picked and word in lab.casefold()]
+        if more:
+            left += more
+            flags.append(f'{flag} "{",".join([*picked, *more])}"')
+    if not left:
+        return ""
+    return (
+        f"index = {index_formula(','.join(positive), ','.join(negative))}: "
+        f"{', '.join(map(repr, left))} count in volume only; pass {' '.join(flags)} to add them"
+    )
+
+
+def index_formula(positive: str, negative: str) -> str:
+    """`(positive - negative) / volume`, a side of several labels (comma-joined) as a sum."""
+    pos = " + ".join(positive.split(","))
+    neg = "".join(f" - {lab}" for lab in negative.split(","))
+    return f"({pos}{neg}) / volume"
+
+
+def check_one_scheme(source: str, models, positive, negative) -> None:
+    """Refuse latest scores whose models do not all have every index label.
 
     A row from a model without them counts in `volume` but on neither side of the index,
     which would quietly pull the index towards 0 (say bullish/bearish rows among
     positive/negative ones, after a new model scored part of the table).
     """
-    lacking = [(v, labels, n) for v, labels, n in models if not {positive, negative} <= set(labels)]
+    needed = (*positive, *negative)
+    lacking = [(v, labels, n) for v, labels, n in models if not set(needed) <= set(labels)]
     if not lacking:
         return
     version, labels, n = lacking[0]
-    missing = [lab for lab in (positive, negative) if lab not in labels]
+    missing = [lab for lab in needed if lab not in labels]
     folded = {m.casefold() for m in missing}
     near = [lab for lab in labels if lab.casefold() in folded]
     others = f" (and {len(lacking) - 1:,} other models)" if len(lacking) > 1 else ""
@@ -127,11 +172,27 @@ def check_label_columns(source: str, models) -> None:
                 )
 
 
-def _side(given: str | None, defaults: tuple[str, ...], labels: list[str]) -> str | None:
-    """The given label if this model has it, else its first default; None without one."""
+def _given(given: str | None, flag: str, labels: list[str]) -> tuple[str, ...] | None:
+    """A flag's labels: the whole value when it is a label, else its comma-separated parts."""
+    if given is None:
+        return None
+    if given in labels:
+        return (given,)
+    parts = tuple(dict.fromkeys(p.strip() for p in given.split(",") if p.strip()))
+    for part in parts or (given,):
+        if part not in labels:
+            raise MarketpulseError(_not_a_label(part, flag, labels))
+    return parts
+
+
+def _side(
+    given: tuple[str, ...] | None, defaults: tuple[str, ...], labels: list[str]
+) -> tuple[str, ...] | None:
+    """The given labels if this model has them all, else its first default; None without."""
     if given is not None:
-        return given if given in labels else None
-    return _default(defaults, labels)
+        return given if set(given) <= set(labels) else None
+    found = _default(defaults, labels)
+    return None if found is None else (found,)
 
 
 def _default(defaults: tuple[str, ...], labels: list[str]) -> str | None:
@@ -160,5 +221,5 @@ def _not_a_label(given: str, flag: str, labels: list[str]) -> str:
         )
     return (
         f"{flag} {given!r} is not a label of the model (labels: {', '.join(labels)}); "
-        f"pass {flag} with one of them"
+        f"pass {flag} with one of them, or several separated by commas"
     )

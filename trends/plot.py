@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.trends.labels import index_formula
 from marketpulse.trends.report import group_text
 
 MAX_PANELS = 12
@@ -90,7 +91,7 @@ def draw_trends(result, rows: list[dict[str, Any]], forecasts: list[dict[str, An
             ax.set_visible(False)
         _label_dates(axes, len(shown))
         title = (
-            f"{result.trend_table}: net index = ({result.positive} - {result.negative}) / volume; "
+            f"{result.trend_table}: net index = {index_formula(result.positive, result.negative)}; "
             f"red circles: shifts at p <= {result.alpha:g}; shaded: 80% / 95% forecast bands"
         )
         if left_out:

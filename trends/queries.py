@@ -262,7 +262,7 @@ def trend_table_sql(
     """CREATE OR REPLACE TABLE for the trend of `source` joined with the latest scores.
 
     Parameters, in order: one label per `labels` entry (the n_<label> counts), then the
-    positive label and the negative label.
+    list of positive labels and the list of negative labels (a side counts all of its own).
 
     z_score = (net_index - trailing_mean) / sqrt(V), with V = the trailing variance of
     net_index (floored at SPREAD_FLOOR^2 x s2 x mean(1/volume) of the trailing buckets,
@@ -315,8 +315,8 @@ WITH joined AS (
 ),
 counts AS (
     SELECT {g_list}bucket, count(*) AS volume, {counts}
-           count(*) FILTER (WHERE label = ?) AS _pos,
-           count(*) FILTER (WHERE label = ?) AS _neg
+           count(*) FILTER (WHERE list_contains(CAST(? AS VARCHAR[]), label)) AS _pos,
+           count(*) FILTER (WHERE list_contains(CAST(? AS VARCHAR[]), label)) AS _neg
     FROM joined
     GROUP BY ALL
 ),

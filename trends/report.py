@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from marketpulse.trends.labels import index_formula
+
 MAX_EXAMPLE = 110  # characters of an example text in the report
 
 
@@ -27,6 +29,7 @@ def summary(result) -> dict[str, Any]:
         "skipped_rows": result.skipped_rows,  # scored without a label (empty text, ...)
         "sparse_note": result.sparse_note or None,  # stray times stretch the grid
         "models_note": result.models_note or None,  # several model versions behind it
+        "labels_note": result.labels_note or None,  # graded labels a default side leaves out
         # source rows no model scored, left out of the trend (`marketpulse score` finishes it)
         "source_rows": result.source_rows,
         "unscored_rows": result.unscored_rows,
@@ -57,7 +60,7 @@ def format_report(result, max_flagged: int = 20) -> str:
     lines = [
         f"{result.trend_table}: {result.n_rows} rows ({result.n_buckets} {result.grain} buckets"
         f"{' x ' + str(len(result.latest)) + ' groups' if result.by else ''}), "
-        f"index = ({result.positive} - {result.negative}) / volume; "
+        f"index = {index_formula(result.positive, result.negative)}; "
         + (
             f"latest scores per id in view {result.latest_view}"
             if result.latest_view
@@ -83,6 +86,8 @@ def format_report(result, max_flagged: int = 20) -> str:
         )
     if result.models_note:
         lines.append(f"note: {result.models_note}")
+    if result.labels_note:
+        lines.append(f"note: {result.labels_note}")
     if result.sparse_note:
         lines.append(f"warning: {result.sparse_note}")
     if result.skipped_rows:

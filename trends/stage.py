@@ -42,6 +42,7 @@ from marketpulse.trends import inputs, queries
 from marketpulse.trends.labels import (
     check_label_columns,
     check_one_scheme,
+    left_out_note,
     pick_labels,
     union_labels,
 )
@@ -96,7 +97,7 @@ class TrendsResult:
     by: tuple[str, ...]
     grain: str
     labels: list[str]
-    positive: str
+    positive: str  # the side's labels, comma-separated as --positive takes them
     negative: str
     alpha: float
     n_rows: int
@@ -113,6 +114,7 @@ class TrendsResult:
     skipped_rows: int = 0  # rows the scorer skipped (no label: empty text, ...): left out
     sparse_note: str = ""  # set when stray times stretch the grid (`_stray_note`)
     models_note: str = ""  # set when the latest scores come from several model versions
+    labels_note: str = ""  # set when a default side leaves out graded labels (`left_out_note`)
     time_col: str = ""
     source_rows: int = 0  # rows of the source
     unscored_rows: int = 0  # of those, rows no model scored: left out of the trend
@@ -161,6 +163,9 @@ def run(cfg: TrendsConfig) -> TrendsResult:
             labels = union_labels(models)
             positive, negative = pick_labels(models, cfg.positive, cfg.negative)
             check_one_scheme(cfg.source, models, positive, negative)
+            left_out = left_out_note(models, positive, negative, cfg.positive, cfg.negative)
+            if left_out:
+                print(f"trends: note: {left_out}", file=sys.stderr)
             check_label_columns(cfg.source, models)
             _check_collisions(cfg.by, labels, forecasts=cfg.horizon > 0)
             if unscored:
@@ -182,6 +187,7 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 skipped_rows=skipped,
                 sparse_note=sparse,
                 models_note=mixed,
+                labels_note=left_out,
                 time_col=cfg.time_col,
                 source_rows=source_rows,
                 unscored_rows=unscored,
@@ -189,7 +195,8 @@ def run(cfg: TrendsConfig) -> TrendsResult:
                 latest_view="" if res.apart else view,
             )
             if cfg.text_col:
-                result = _drivers(con, cfg, result, table, view, dependents["trend_drivers"])
+                sides = (positive, negative)
+                result = _drivers(con, cfg, result, table, view, dependents["trend_drivers"], sides)
         finally:
             con.close()
         latest = None if res.apart else queries.latest_scores_sql(view, res.scores, res.models)
@@ -309,7 +316,7 @@ def _write_trend_table(con, cfg: TrendsConfig, table, view, labels, positive, ne
         alpha=cfg.alpha,
     )
     try:
-        con.execute(sql, [*labels, positive, negative])
+        con.execute(sql, [*labels, list(positive), list(negative)])
     except duckdb.ConversionException as exc:
         raise MarketpulseError(
             f"column {cfg.time_col!r} holds values that are not dates or timestamps "
@@ -341,7 +348,7 @@ def _forecasts(con, cfg: TrendsConfig, table: str, dependents: dict[str, str]):
     return wanted[0], wanted[1], skill
 
 
-def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str, name: str):
+def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str, name, sides):
     """Write the drivers table for the flagged buckets; keep its rows for the report."""
     from marketpulse.trends.drivers import write_drivers
 
@@ -356,8 +363,8 @@ def _drivers(con, cfg: TrendsConfig, result: TrendsResult, table: str, view: str
         grain=cfg.grain,
         window=cfg.window,
         view=view,
-        positive=result.positive,
-        negative=result.negative,
+        positive=sides[0],
+        negative=sides[1],
         top_words=cfg.top_words,
         drivers_table=name,
     )
@@ -800,8 +807,8 @@ def _collect(con, cfg, table, view, labels, positive, negative) -> TrendsResult:
         by=tuple(cfg.by),
         grain=cfg.grain,
         labels=labels,
-        positive=positive,
-        negative=negative,
+        positive=",".join(positive),
+        negative=",".join(negative),
         alpha=cfg.alpha,
         n_rows=n_rows,
         n_buckets=n_buckets,
