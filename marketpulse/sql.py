@@ -285,11 +285,38 @@ def connect(
     """
     import duckdb
 
+    return retry_on_lock(
+        lambda: duckdb.connect(str(path), read_only=read_only, config=config or {}),
+        path,
+        read_only=read_only,
+        timeout=timeout,
+        on_wait=on_wait,
+        fix=fix,
+    )
+
+
+def lock_detail(exc: Exception) -> str:
+    """DuckDB's lock error in one line, without its trailing link to the docs."""
+    return first_line(exc).split(" See also")[0].rstrip(". ")
+
+
+def retry_on_lock(
+    attempt,
+    path,
+    *,
+    read_only: bool,
+    timeout: float,
+    on_wait=None,
+    fix: str = "close the other connection or raise --lock-timeout",
+):
+    """`attempt()` (a connect, or an ATTACH of `path`), retried as `connect` describes."""
+    import duckdb
+
     start = time.monotonic()
     delay, told = 0.02, None
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=config or {})
+            return attempt()
         except duckdb.Error as exc:
             if not is_lock_conflict(exc):
                 raise
@@ -297,8 +324,7 @@ def connect(
             if waited >= timeout:
                 who = "a writer" if read_only else "another process (a reader or writer)"
                 raise MarketpulseError(
-                    f"{path} stayed locked by {who} for {waited:.0f}s "
-                    f"({first_line(exc)[:160]}); {fix}"
+                    f"{path} stayed locked by {who} for {waited:.0f}s ({lock_detail(exc)}); {fix}"
                 ) from exc
             if on_wait is not None and (told is None or waited - told >= 30):
                 told = waited

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.source import SOURCE_ALIAS, checked_size
-from marketpulse.sql import connect, create_database
+from marketpulse.sql import connect, create_database, retry_on_lock
 
 # DuckDB checkpoints a write-ahead log above this size on its own (its default is 16MB,
 # under one segment's results, which would end row groups early); readers replay the log
@@ -201,10 +201,10 @@ class Database:
             fix = "rerun, and report it if it happens again"
         return MarketpulseError(f"cannot write to {self.target} ({first}); {fix}: {kept}")
 
-    def _waiting(self, seconds: float, error: str) -> None:
+    def _waiting(self, seconds: float, error: str, path: Path | None = None) -> None:
         self.log(
-            f"waiting for a reader to close {self.target} ({seconds:.0f}s so far, up to "
-            f"--lock-timeout {self.lock_timeout:.0f}s): {error}"
+            f"waiting for another process to release {path or self.target} ({seconds:.0f}s "
+            f"so far, up to --lock-timeout {self.lock_timeout:.0f}s): {error}"
         )
 
     def _open(self, read_only: bool):
@@ -231,8 +231,15 @@ class Database:
                 ) from exc
             raise self._write_error(exc) from exc
         try:
-            if self.attached:
-                con.execute(f"ATTACH ? AS {SOURCE_ALIAS} (READ_ONLY)", [str(self.db)])
+            if self.attached:  # a writer may hold the source: wait as for the target
+                retry_on_lock(
+                    lambda: con.execute(f"ATTACH ? AS {SOURCE_ALIAS} (READ_ONLY)", [str(self.db)]),
+                    self.db,
+                    read_only=True,
+                    timeout=self.lock_timeout,
+                    on_wait=lambda seconds, error: self._waiting(seconds, error, self.db),
+                    fix="close the process that writes it, or raise --lock-timeout",
+                )
             # Capped memory keeps the buffer cache (and so RSS) flat however large the
             # table is; operators spill beyond it. No insertion order: results need none.
             con.execute(f"SET memory_limit = '{checked_size(self.memory_limit)}'")
@@ -241,6 +248,9 @@ class Database:
             if not read_only:
                 con.execute("PRAGMA disable_checkpoint_on_shutdown")
                 con.execute(f"SET wal_autocheckpoint = '{WAL_AUTOCHECKPOINT}'")
+        except MarketpulseError:
+            con.close()
+            raise
         except duckdb.Error as exc:
             con.close()
             raise MarketpulseError(

@@ -142,7 +142,7 @@ def test_readers_poll_through_a_run_that_first_waits_for_a_reader(tmp_path, bund
     holder.wait(timeout=60)
 
     assert run.returncode == 0, run.stderr
-    assert "waiting for a reader" in run.stderr
+    assert "waiting for another process to release" in run.stderr
     assert elapsed >= 25  # it really waited for the holder rather than failing
     assert json.loads(run.stdout)["status"] == "completed"
     assert_scored_once(db, n)
@@ -416,3 +416,31 @@ def test_the_duckdb_1x_cli_reads_what_the_product_writes(tmp_path, bundle):
     assert out.returncode == 0, out.stderr
     n_labeled = query(db, "SELECT count(*) FROM scores WHERE label IS NOT NULL")[0][0]
     assert out.stdout.strip() == f"300,1,300,{n_labeled}"
+
+
+WRITER = HOLDER.replace("read_only=True", "read_only=False")
+
+
+def test_a_source_a_writer_holds_is_waited_for_beside_a_results_db(tmp_path, bundle):
+    db = new_source(tmp_path / "src.duckdb", 50)
+    results = tmp_path / "results.duckdb"
+    for hold, timeout in ((60, "2"), (4, "60")):  # outlasts --lock-timeout, then does not
+        holder = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), str(hold)], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout.readline().strip() == "holding"
+        extra = ("--results-db", str(results), "--lock-timeout", timeout)
+        run = subprocess.run(score_cmd(db, bundle, *extra), capture_output=True, text=True)
+        holder.kill() if hold == 60 else holder.wait(timeout=60)
+        holder.wait(timeout=60)
+        if hold == 60:
+            assert run.returncode == 1
+            error = run.stderr.strip().splitlines()[-1]
+            assert error.startswith(f"Error: {db} stayed locked by a writer for ")
+            assert error.endswith("close the process that writes it, or raise --lock-timeout")
+            assert "See also" not in error
+            assert not results.exists()  # nothing made
+        else:
+            assert run.returncode == 0, run.stderr
+            assert "waiting for another process to release" in run.stderr
+            assert query(results, "SELECT count(*) FROM scores") == [(50,)]
