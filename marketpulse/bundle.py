@@ -315,6 +315,16 @@ def _manifest_problem(manifest: dict) -> str | None:
         isinstance(v, dict) and isinstance(v.get("file"), str) for v in variants.values()
     ):
         return "'variants' does not name each graph's file"
+    for name, variant in variants.items():
+        margin = variant.get("rescore_margin", 0)
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1:
+            return f"'variants.{name}.rescore_margin' is not a number in [0, 1)"
+    checks = manifest.get("checks")
+    gate = checks.get("gate") if isinstance(checks, dict) else None
+    gated = gate.get("variants") if isinstance(gate, dict) else None
+    for name, result in (gated if isinstance(gated, dict) else {}).items():
+        if not isinstance(result, dict) or not isinstance(result.get("passed", False), bool):
+            return f"'checks.gate.variants.{name}.passed' is not true or false"
     return None
 
 

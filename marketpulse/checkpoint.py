@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marketpulse.errors import MarketpulseError
+from marketpulse.errors import MarketpulseError, first_line
 
 CHECKPOINT_FORMAT = 1
 CONFIG = "config.json"
@@ -120,6 +120,24 @@ def _read_labels(config: dict[str, Any], config_path: Path) -> tuple[str, ...]:
     return labels
 
 
+def _check_weights(path: Path) -> None:
+    """A safetensors file that is cut short or not one is refused here in one line (its
+    header is read, not its tensors), not as a traceback from deep inside transformers."""
+    weights = path / WEIGHTS[0]
+    if not weights.is_file() or not weights.name.endswith(".safetensors"):
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="np"):
+            pass
+    except Exception as exc:  # SafetensorError, OSError: unreadable either way
+        raise MarketpulseError(
+            f"{weights} is unreadable ({first_line(exc)}); {_RETRAIN}, or restore the "
+            "checkpoint from a copy"
+        ) from None
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint directory; raise MarketpulseError saying the fix when it is not one."""
     path = Path(path)
@@ -140,6 +158,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} has no model weights ({WEIGHTS[0]}); {_RETRAIN}, or save the model "
             "there with save_pretrained(DIR)"
         )
+    _check_weights(path)
     metrics_path = path / METRICS
     if not metrics_path.is_file():
         return Checkpoint(path, labels, DEFAULT_MAX_LENGTH, None, None)

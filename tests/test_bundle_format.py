@@ -57,6 +57,9 @@ def test_score_refuses_it_and_writes_nothing(tiny_bundle, tmp_path):
         ("model_version", 7, "'model_version' is not a string"),
         ("files", ["model.onnx"], "'files' is not a map of file names to hashes"),
         ("variants", {"fp32": "model.onnx"}, "'variants' does not name each graph's file"),
+        ("rescore_margin", -1, "'variants.int8.rescore_margin' is not a number in [0, 1)"),
+        ("rescore_margin", "0.2", "'variants.int8.rescore_margin' is not a number in [0, 1)"),
+        ("passed", "false", "'checks.gate.variants.int8.passed' is not true or false"),
     ],
 )
 def test_a_damaged_manifest_is_one_line_in_load_and_inspect(
@@ -64,7 +67,11 @@ def test_a_damaged_manifest_is_one_line_in_load_and_inspect(
 ):
     out = Path(shutil.copytree(tiny_bundle.path, tmp_path / "bundle"))
     manifest = json.loads((out / MANIFEST).read_text())
-    if value is None:
+    if key == "rescore_margin":  # int8's: a damaged one silently turned rescoring off
+        manifest["variants"]["int8"][key] = value
+    elif key == "passed":  # a string read as a failed gate, while inspect showed none
+        manifest["checks"]["gate"]["variants"]["int8"][key] = value
+    elif value is None:
         del manifest[key]
     else:
         manifest[key] = value

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from safetensors.numpy import save_file
 
 from marketpulse.checkpoint import (
     DEFAULT_MAX_LENGTH,
@@ -29,7 +31,7 @@ def _hf_dir(path: Path, labels=LABELS) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = {"model_type": "bert", "id2label": {str(i): lab for i, lab in enumerate(labels)}}
     (path / "config.json").write_text(json.dumps(config))
-    (path / "model.safetensors").write_bytes(b"weights")
+    save_file({"weight": np.zeros(4, np.float32)}, str(path / "model.safetensors"))
     return path
 
 
@@ -139,6 +141,7 @@ def _metrics(**changes):
         ("bad config", "config.json is unreadable"),
         ("unnamed labels", "has no label names"),
         ("no weights", "has no model weights \\(model.safetensors\\)"),
+        ("cut weights", "model.safetensors is unreadable"),
         ("bad metrics", "metrics.json is unreadable"),
         ("metrics list", "metrics.json is not a JSON object"),
         ("no max_length", "lacks max_length"),
@@ -160,6 +163,9 @@ def test_broken_checkpoints_are_refused_in_one_line_saying_the_fix(tmp_path, dam
         (out / "config.json").write_text(json.dumps({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
     elif damage == "no weights":
         (out / "model.safetensors").unlink()
+    elif damage == "cut weights":
+        weights = out / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8])
     elif damage == "bad metrics":
         metrics.write_text('{"format": 1, ')
     elif damage == "metrics list":
