@@ -35,8 +35,9 @@ def test_help_does_not_import_heavy_libraries():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
-# Each command's options are typed out in cli.py (so that `--help` stays light), and the
-# stage's config dataclass has its own defaults for callers from Python. They must agree.
+# Each command's options are typed out in marketpulse/commands/ (so that `--help` stays
+# light), and the stage's config dataclass has its own defaults for callers from Python.
+# They must agree.
 CONFIGS = {
     "train": "marketpulse.train.config:TrainConfig",
     "adapt": "marketpulse.train.adapt:AdaptConfig",

@@ -1,0 +1,1 @@
+"""The `marketpulse` subcommands, one module per stage; `marketpulse.cli` registers them."""
