@@ -487,14 +487,14 @@ def test_suggested_commands_survive_a_shell_and_name_a_valid_table(tmp_path):
     """`--table "Market Posts"` pasted raw lost its quotes in the shell, and the suggested
     results table `Market Posts_scores` was one score refuses (review finding)."""
     from marketpulse.runtime.results import check_results_table_name
-    from marketpulse.trends.stage import _score_command
+    from marketpulse.trends.notes import score_command
 
     cfg = trends_config(tmp_path / "my db.duckdb", source='"Market Posts"')
-    command = _score_command(cfg, "market_posts_scores")
+    command = score_command(cfg, "market_posts_scores")
     assert f"--db '{tmp_path}/my db.duckdb' --table '\"Market Posts\"'" in command
     assert command.endswith(" --results-table market_posts_scores ...")
     check_results_table_name("market_posts_scores")  # what the refusal suggests
-    from marketpulse.trends.stage import _own_results_table
+    from marketpulse.trends.checks import _own_results_table
 
     digits = _own_results_table(trends_config(tmp_path / "m.duckdb", source='"2024 posts"'))
     check_results_table_name(digits)  # `2024_posts_scores` was refused
