@@ -17,13 +17,9 @@ from conftest import train_args
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.results_schema import probability_columns
-from marketpulse.train.data import (
-    DataSource,
-    Duplicates,
-    drop_duplicates,
-    load_labeled,
-    require_trainable,
-)
+from marketpulse.train.data import DataSource, load_labeled
+from marketpulse.train.dedup import Duplicates, drop_duplicates
+from marketpulse.train.label_checks import require_trainable
 
 WORDS = ["rallies", "slumps", "holds", "beats", "misses"]
 

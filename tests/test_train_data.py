@@ -14,14 +14,10 @@ import pytest
 from marketpulse.errors import MarketpulseError
 from marketpulse.sources import connect_read_only
 from marketpulse.sql import quote_ident
-from marketpulse.train.data import (
-    DataSource,
-    load_labeled,
-    parse_label_names,
-    query_flag,
-    require_trainable,
-    sql_name,
-)
+from marketpulse.train.advice import query_flag, sql_name
+from marketpulse.train.data import DataSource, load_labeled
+from marketpulse.train.label_checks import require_trainable
+from marketpulse.train.labels import parse_label_names
 from marketpulse.train.split import parse_fractions, stratified_split
 
 
@@ -382,7 +378,7 @@ def test_a_label_that_is_not_a_whole_number_is_an_error(tmp_path, label_type):
 
 
 def test_count_phrase_reads_as_words_not_a_dict():
-    from marketpulse.train.data import count_phrase
+    from marketpulse.train.advice import count_phrase
 
     assert count_phrase({"null_text": 2, "empty_text": 0, "null_label": 1}) == (
         "2 null text, 1 null label"

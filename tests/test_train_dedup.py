@@ -1,6 +1,6 @@
 """Duplicate texts in the labeled rows: each text is trained on or tested on, never both.
 
-`train.data.drop_duplicates` keeps a text once (after stripping surrounding whitespace,
+`train.dedup.drop_duplicates` keeps a text once (after stripping surrounding whitespace,
 case kept); a text with conflicting labels keeps its strict-majority label or is
 dropped; `train.trainer.prepare` applies it before the split and records the counts.
 """
@@ -19,7 +19,8 @@ from conftest import TINY_LABELS, train_args
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.config import TrainConfig
-from marketpulse.train.data import DataSource, drop_duplicates, load_labeled
+from marketpulse.train.data import DataSource, load_labeled
+from marketpulse.train.dedup import drop_duplicates
 
 REPEATED = "Apple beats estimates"
 # (text, label) rows beside 6 distinct texts per class: one text on three rows that

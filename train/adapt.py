@@ -40,8 +40,9 @@ from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
 from marketpulse.staging import publishable, replace_dir
 from marketpulse.text import blank_sql
+from marketpulse.train.advice import count_phrase
 from marketpulse.train.basemodel import resolve_base_model
-from marketpulse.train.data import DataSource, count_phrase
+from marketpulse.train.data import DataSource
 from marketpulse.train.hf_trainer import (
     WORK_DIR,
     library_versions,

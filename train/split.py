@@ -3,7 +3,7 @@
 Reproducible by construction: rows arrive in canonical order (see `data.py`), each
 class is shuffled by its own generator seeded from (seed, label), and every class
 gives at least one row to each part. The trainer passes each text once
-(`data.drop_duplicates`), so splitting rows splits texts: no text is in two parts.
+(`dedup.drop_duplicates`), so splitting rows splits texts: no text is in two parts.
 The trainer saves the test rows with `marketpulse.checkpoint.write_test_split`, so
 export and evaluation score exactly the rows training never saw.
 """

@@ -1,6 +1,6 @@
 """Fine-tune a BERT-family encoder as a text classifier, read top to bottom by `run`.
 
-load rows -> keep each text once (`data.drop_duplicates`) -> stratified split (test
+load rows -> keep each text once (`dedup.drop_duplicates`) -> stratified split (test
 rows saved) -> tokenize (web addresses as one token, marketpulse/urls.py, unless
 --keep-urls) -> transformers Trainer (dynamic padding, length-grouped training
 batches, early stopping on validation macro-F1) -> save checkpoint -> score the test
@@ -55,15 +55,11 @@ from marketpulse.checkpoint import (
 from marketpulse.errors import MarketpulseError
 from marketpulse.metrics import classification_metrics, format_metrics
 from marketpulse.staging import publishable, replace_dir
+from marketpulse.train.advice import count_phrase
 from marketpulse.train.basemodel import resolve_base_model
 from marketpulse.train.config import TrainConfig
-from marketpulse.train.data import (
-    LabeledRows,
-    count_phrase,
-    drop_duplicates,
-    load_labeled,
-    require_trainable,
-)
+from marketpulse.train.data import LabeledRows, load_labeled
+from marketpulse.train.dedup import drop_duplicates
 from marketpulse.train.hf_trainer import (
     WORK_DIR,
     library_versions,
@@ -73,6 +69,7 @@ from marketpulse.train.hf_trainer import (
     quiet_transformers,
     training_arguments,
 )
+from marketpulse.train.label_checks import require_trainable
 from marketpulse.train.predict import predict_logits, resolve_device
 from marketpulse.train.split import Split, stratified_split
 from marketpulse.urls import URL_LOG_LINE, set_url_normalizer

@@ -59,7 +59,8 @@ keep_urls_option = click.option(
 
 
 def data_source(db, table, query, input_path, text_col, label_col, label_names):
-    from marketpulse.train.data import DataSource, parse_label_names
+    from marketpulse.train.data import DataSource
+    from marketpulse.train.labels import parse_label_names
 
     if sum(x is not None for x in (table, query, input_path)) != 1:
         raise click.UsageError("pass exactly one of --table, --query or --input")

@@ -248,6 +248,8 @@ def evaluate(
     from pathlib import Path
 
     from marketpulse.train import evaluate as stage
+    from marketpulse.train.eval_domains import build_domains
+    from marketpulse.train.eval_report import format_domains_report, format_report
 
     if out and not Path(out).resolve().parent.is_dir():  # before minutes of scoring
         raise click.UsageError(
@@ -258,17 +260,17 @@ def evaluate(
         source = data_source(db, table, query, input_path, text_col, label_col, label_names)
     elif name or label_names:
         raise click.UsageError("--name and --label-names describe --table/--query/--input rows")
-    domains = stage.build_domains(
+    domains = build_domains(
         source, name, domain_specs, label_maps, db=db, text_col=text_col, label_col=label_col
     )
     options = dict(variant=variant, device=device, batch_size=batch_size, max_length=max_length)
     if domain_specs:
         result = stage.evaluate_domains(model, domains, **options)
-        report = stage.format_domains_report
+        report = format_domains_report
     else:
         label_map = dict(domains[0].label_map)
         result = stage.evaluate(model, source, label_map=label_map, **options)
-        report = stage.format_report
+        report = format_report
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     click.echo(json.dumps(result, indent=2) if as_json else report(result))
