@@ -185,6 +185,7 @@ def test_non_empty_out_is_refused_without_overwrite(market_db, tiny_checkpoint, 
     (out / "notes.txt").write_text("keep me")
     result = CliRunner().invoke(main, _adapt_args(market_db, out, tiny_checkpoint))
     assert result.exit_code == 1 and "is not empty" in result.output
+    assert "or --overwrite" not in result.output  # it could not replace this folder
     # --overwrite replaces a checkpoint only, never an arbitrary directory
     result = CliRunner().invoke(main, _adapt_args(market_db, out, tiny_checkpoint, "--overwrite"))
     assert result.exit_code == 1 and "holds no checkpoint" in result.output

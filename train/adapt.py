@@ -158,11 +158,12 @@ def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an --out that holds anything, unless --overwrite and it is a checkpoint."""
     if not out_in_use(out):
         return
-    if not overwrite:
+    holds_checkpoint = (out / "config.json").is_file()
+    if not overwrite and holds_checkpoint:
         raise MarketpulseError(
-            f"--out {out} is not empty; pass another --out, or --overwrite to replace it"
+            f"--out {out} holds a checkpoint; pass another --out, or --overwrite to replace it"
         )
-    if not (out / "config.json").is_file():
+    if not holds_checkpoint:
         raise MarketpulseError(
             f"--out {out} is not empty and holds no checkpoint (no config.json); --overwrite "
             "only replaces a checkpoint directory, pass another --out"
