@@ -43,7 +43,7 @@ from marketpulse.results_schema import probability_columns
 from marketpulse.runtime import autovariant
 from marketpulse.runtime.canary import RAY as RAY_CANARY
 from marketpulse.runtime.canary import CanaryResult
-from marketpulse.runtime.database import owned_folder, remove_dead_folders
+from marketpulse.runtime.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.runtime.ray_cluster import (
     CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,

@@ -19,7 +19,7 @@ from test_runtime_support import MARKER, make_source, poison_onnx, spread_bundle
 
 from marketpulse.errors import MarketpulseError
 from marketpulse.runtime import ScoreConfig, score
-from marketpulse.runtime.database import STAGE_OWNER
+from marketpulse.runtime.owned_folders import STAGE_OWNER
 from marketpulse.runtime.ray_cluster import Stalled, watched
 from marketpulse.runtime.ray_engine import (
     COPIED,

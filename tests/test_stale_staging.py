@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from test_runtime_support import make_source
 
 from marketpulse.cli import main
-from marketpulse.runtime.database import STAGE_OWNER, STAGE_PREFIX, Database
+from marketpulse.runtime.database import STAGE_PREFIX, Database
+from marketpulse.runtime.owned_folders import STAGE_OWNER
 from marketpulse.sql import DEFAULT_STORAGE_VERSION
 
 N = 120
@@ -182,7 +183,7 @@ def test_the_sweep_leaves_a_folder_whose_owner_is_alive_in_this_process(tmp_path
 
 def test_only_this_hosts_dead_folders_are_swept(tmp_path):
     """On a shared folder another host's flock may not show here: its folders are kept."""
-    from marketpulse.runtime.database import STAGE_OWNER, remove_dead_folders
+    from marketpulse.runtime.owned_folders import STAGE_OWNER, remove_dead_folders
 
     for name, owner in (
         ("x-here", socket.gethostname()),

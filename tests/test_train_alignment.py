@@ -24,8 +24,8 @@ from transformers import (  # noqa: E402
 from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
 
 from marketpulse.train.basemodel import default_base_model_dir  # noqa: E402
+from marketpulse.train.fit import _Encoded, _make_trainer_class  # noqa: E402
 from marketpulse.train.predict import predict_logits  # noqa: E402
-from marketpulse.train.trainer import _Encoded, _make_trainer_class  # noqa: E402
 
 N_CLASSES = 64
 

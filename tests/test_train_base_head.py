@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from marketpulse.checkpoint import load_checkpoint  # noqa: E402
-from marketpulse.train.trainer import match_base_head  # noqa: E402
+from marketpulse.train.fit import match_base_head  # noqa: E402
 
 
 def load(path, labels):

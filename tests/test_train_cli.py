@@ -20,7 +20,7 @@ from marketpulse.checkpoint import (
 )
 from marketpulse.cli import main
 from marketpulse.errors import MarketpulseError
-from marketpulse.train.trainer import check_train_out
+from marketpulse.train.out_dir import check_train_out
 from marketpulse.urls import normalizes_urls
 
 pytest.importorskip("torch")

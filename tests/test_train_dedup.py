@@ -135,7 +135,8 @@ def test_counts_recorded_in_metrics_json_and_logged(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from marketpulse.checkpoint import read_test_split
-    from marketpulse.train.trainer import Fit, prepare, save_and_score, write_test_rows
+    from marketpulse.train.fit import Fit
+    from marketpulse.train.trainer import prepare, save_and_score, write_test_rows
 
     cfg = config(duplicated_db, tmp_path / "model", tiny_checkpoint)
     prepared = prepare(cfg)

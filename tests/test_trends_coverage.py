@@ -506,7 +506,7 @@ def test_a_killed_runs_scratch_tables_are_swept_by_the_next_run(db, tmp_path, mo
     """The scratch file holds drivers' words from the texts; a kill -9 left it in /tmp."""
     import tempfile
 
-    from marketpulse.runtime.database import STAGE_OWNER
+    from marketpulse.runtime.owned_folders import STAGE_OWNER
     from marketpulse.trends.stage import SCRATCH_PREFIX
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -1,4 +1,4 @@
-"""The transformers Trainer set-up that fine-tuning (trainer.py) and adaptation (adapt.py) share.
+"""The transformers Trainer set-up that fine-tuning (fit.py) and adaptation (adapt.py) share.
 
 Both stages run one `transformers.Trainer` the same way: the same hyperparameters
 mapped onto `TrainingArguments` (`training_arguments`), progress printed as one stderr

@@ -1,6 +1,6 @@
 """`marketpulse train --tune`: a bounded Optuna search over the fine-tuning hyperparameters.
 
-One trial is one `trainer.fine_tune` call, on the train and validation rows only
+One trial is one `fit.fine_tune` call, on the train and validation rows only
 (`FitData` does not hold the test rows). The study maximises the trial's best
 validation macro-F1 over learning rate, epochs, batch size and warmup ratio
 (`TuneConfig`), with a TPE sampler seeded by `--seed`, and stops at `--tune-trials`
@@ -12,7 +12,7 @@ The final checkpoint is the best completed trial's model, kept in memory: it is 
 retrained. Its test rows are scored once, by that model, when the study is over.
 metrics.json is what a plain run writes, with that trial's hyperparameters and
 validation record, plus a `tuning` block listing every trial. As in a plain run, it
-is all built beside --out and replaces it only when complete (`trainer.staged_out`).
+is all built beside --out and replaces it only when complete (`out_dir.staged_out`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,10 @@ from pathlib import Path
 from marketpulse.checkpoint import Checkpoint, load_checkpoint
 from marketpulse.errors import MarketpulseError
 from marketpulse.train.config import TrainConfig, TuneConfig
+from marketpulse.train.fit import fine_tune
 from marketpulse.train.hf_trainer import WORK_DIR, log
-from marketpulse.train.trainer import (
-    Prepared,
-    fine_tune,
-    prepare,
-    save_and_score,
-    staged_out,
-    write_test_rows,
-)
+from marketpulse.train.out_dir import staged_out
+from marketpulse.train.trainer import Prepared, prepare, save_and_score, write_test_rows
 
 PRUNER = {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2}  # steps are epochs
 

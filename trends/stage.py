@@ -26,7 +26,7 @@ import duckdb
 
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.results_schema import SCORES
-from marketpulse.runtime.database import owned_folder, remove_dead_folders
+from marketpulse.runtime.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.sql import connect, quote_ident, quote_table
 from marketpulse.trends import inputs, queries
 from marketpulse.trends.checks import (
