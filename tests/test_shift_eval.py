@@ -41,7 +41,8 @@ def test_build_db_writes_real_snippets_and_their_labels_as_scores(tmp_path):
     assert len(rows) == n_posts > 1000
     assert all(human[sid] == label for sid, label in rows)  # the score is the human label
     assert run == ("completed", n_posts)
-    assert kinds == {"steady": 4, "wobble": 4, "permuted": 4, "shock": 2 * len(cfg.deltas)}
+    no_shock = {"steady": 4, "wobble": 4, "permuted": 4, "one_label": 4}
+    assert kinds == no_shock | {"shock": 2 * len(cfg.deltas)}
     assert n_weeks == 12
 
 
@@ -54,7 +55,7 @@ def test_eval_runs_the_trends_stage_and_reports(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     w4 = report["windows"]["4"]
-    assert w4["checks"] == {"steady": 135, "wobble": 135, "permuted": 135}
+    assert w4["checks"] == dict.fromkeys(shift_eval.NULL_KINDS, 135)
     assert w4["detection"]["0.8"]["planted"] == 8
     assert w4["detection"]["0.8"]["is_shift"] >= 0.5  # the demo-sized shock is found
     for kind in shift_eval.NULL_KINDS:  # is_shift is the trends run's own column at alpha
@@ -83,10 +84,11 @@ def _report(rates: dict[str, float], checks: int = 10_000) -> dict:
 
 def test_verdict_rule():
     cfg = shift_eval.EvalConfig(snippets=None, alpha=0.01)
-    assert shift_eval._verdict(_report({"steady": 6, "wobble": 9, "permuted": 12}), cfg) == []
-    over = shift_eval._verdict(_report({"steady": 6, "wobble": 9, "permuted": 25}), cfg)
-    assert len(over) == 1 and "permuted: 25.0 false alarms" in over[0]
-    under = shift_eval._verdict(_report({"steady": 1, "wobble": 2, "permuted": 2}), cfg)
+    fine = {"steady": 6, "wobble": 9, "permuted": 12, "one_label": 3}
+    assert shift_eval._verdict(_report(fine), cfg) == []
+    over = shift_eval._verdict(_report(fine | {"one_label": 25}), cfg)
+    assert len(over) == 1 and "one_label: 25.0 false alarms" in over[0]
+    under = shift_eval._verdict(_report(dict.fromkeys(fine, 2)), cfg)
     assert len(under) == 1 and "no longer means a rate" in under[0]
 
 

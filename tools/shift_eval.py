@@ -14,11 +14,14 @@ Series kinds, all in one database per seed:
 - wobble:   steady, plus real week-to-week movement (net index sd 0.10 between weeks)
 - permuted: the demo's drifting brand (+/-0.01 a week each side, so +/-0.02 of index),
             its weeks shuffled: a real series' levels with no time order left
+- one_label: steady, at a mix of almost one label (`ONE_LABEL_MIXES`: 99% positive, 96%
+            neutral or 96% negative): a side expected a few times a week or less, a count
+            the t p-value alone misread (one post of it gave |z| ~ 7; trends/queries.py)
 - shock:    steady, plus one week whose net index moves by `delta` (either sign), as the
             demo's planted Contoso week does (there by about -0.8)
 
 False alarms are flagged buckets per 1,000 bucket checks (buckets with a z_score) of the
-three kinds without a shock; detection is the share of planted shock weeks flagged. The
+four kinds without a shock; detection is the share of planted shock weeks flagged. The
 previous rule (abs(z) >= 2 with z = (index - trailing mean) / max(trailing sd, bucket SE))
 is recomputed from the same table for comparison.
 
@@ -50,7 +53,11 @@ from marketpulse.runtime import results
 from marketpulse.tools.demo_data import LABELS, SHARED_COPY, StreamSpec, read_snippets
 from marketpulse.tools.options import data_option
 
-NULL_KINDS = ("steady", "wobble", "permuted")
+NULL_KINDS = ("steady", "wobble", "permuted", "one_label")
+# (positive, neutral, negative) mixes of the one_label kind: brands whose posts are almost
+# all one label, so that the other side is a count of 0-2 a week (a reviewer's finding:
+# the t p-value alone flagged 4.7% of such weeks at alpha 0.01)
+ONE_LABEL_MIXES = ((0.99, 0.0, 0.01), (0.02, 0.96, 0.02), (0.01, 0.03, 0.96))
 ALPHAS = (0.001, 0.01, 0.05)
 START = date(2026, 6, 1)  # a Monday, as the demo's stream
 MODEL = "human-labels"
@@ -91,7 +98,9 @@ def _series_plan(cfg: EvalConfig, rng: np.random.Generator):
     for i, (kind, delta) in enumerate(kinds):
         mix = np.tile(base[i % len(base)], (cfg.weeks, 1)).astype(float)
         week = None
-        if kind == "wobble":
+        if kind == "one_label":
+            mix = np.tile(ONE_LABEL_MIXES[i % len(ONE_LABEL_MIXES)], (cfg.weeks, 1))
+        elif kind == "wobble":
             move = rng.normal(0, cfg.wobble_sd / 2, cfg.weeks)
             move = np.clip(move, -mix[:, 0], mix[:, 2])  # shares stay >= 0
             mix[:, 0] += move
@@ -315,7 +324,7 @@ def format_table(report: dict) -> str:
         "|" + "|".join(" --- " for _ in head) + "|",
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
-        "steady / wobble / permuted: false alarms per 1,000 bucket checks "
+        f"{' / '.join(NULL_KINDS)}: false alarms per 1,000 bucket checks "
         f"({', '.join(f'{k} {checks[k]:,}' for k in NULL_KINDS)} checks at window "
         f"{next(iter(report['windows']))}); d=: share of {planted} planted one-week shocks "
         "of that net-index size flagged",

@@ -59,6 +59,13 @@ BACKTEST_COLUMNS = ("model", "step", "mae", "mase", "coverage_80", "coverage_95"
 # the default window with fewer false alarms; 1.0 loses detection (README).
 SPREAD_FLOOR = 0.5
 
+# A side (positive or negative) expected fewer than this many times in a bucket (volume x
+# its pooled trailing share) is a count too small for the t p-value's normal approximation:
+# one negative post among 20, against none in 160 trailing posts, reads z = -6.8 (p 0.0003)
+# though a brand with 1% negative posts has one in 18% of its weeks. There p_value is also
+# the exact tail of the side's count (`trend_table_sql`). 5 is the usual rule of thumb.
+RARE_EXPECTED = 5
+
 
 def latest_view_name(scores_table: str, database: Database | None = None) -> str:
     """`latest_<scores>`: the table's name alone in the main schema (`scores`:
@@ -239,6 +246,32 @@ def t_p_value_sql(t: str, df: str, dfs: range) -> str:
     )
 
 
+def beta_binomial_tail_sql(k: str, n: str, a: str, b: str) -> str:
+    """SQL for P(K >= k) of K ~ beta-binomial(n, a, b): how often at least k of n rows
+    are of a kind whose rate is uncertain as Beta(a, b). With a and b a window's count
+    of the kind and of the other rows plus the prior's, it is the chance of k or more in
+    the next n rows, the rate's own uncertainty included. `k`, `n`, `a`, `b` are SQL
+    expressions; P(K <= k) is `beta_binomial_tail_sql(n - k, n, b, a)`, the other kind's.
+
+    DuckDB has no incomplete beta function, so the probabilities are summed from lgamma,
+    over the shorter of the tail and its complement (at most n / 2 + 1 terms)."""
+    k, n, a, b = (f"({x})" for x in (k, n, a, b))
+    log_pmf = (
+        f"lgamma({n} + 1) - lgamma(_j + 1) - lgamma({n} - _j + 1)"
+        f" + lgamma(_j + {a}) + lgamma({n} - _j + {b}) - lgamma({n} + {a} + {b})"
+        f" + lgamma({a} + {b}) - lgamma({a}) - lgamma({b})"
+    )
+
+    def total(first: str, last: str) -> str:
+        return f"list_sum(list_transform(range({first}, {last} + 1), lambda _j: exp({log_pmf})))"
+
+    return (
+        f"CASE WHEN {k} <= 0 THEN 1.0 WHEN {k} > {n} THEN 0.0 "
+        f"WHEN {n} - {k} + 1 <= {k} THEN least({total(k, n)}, 1) "
+        f"ELSE greatest(1 - {total('0', f'{k} - 1')}, 0) END"
+    )
+
+
 def _horner(coefs: list[float], x: str) -> str:
     expr = repr(coefs[-1])
     for c in reversed(coefs[:-1]):
@@ -273,6 +306,10 @@ def trend_table_sql(
     its volume; the extra is
     s2 x (1/volume - mean(1/volume) of the trailing buckets), never below 0. The bucket's
     own shares would give a one-post bucket (every row one label) a variance of 0.
+    p_value is the two-sided t p-value of z_score with n - 1 degrees of freedom; where a
+    side is expected fewer than RARE_EXPECTED times in the bucket (volume x its pooled
+    share), it is the larger of that and the exact two-sided p-value of the side's count
+    that moved (`exact_test` below), so that is_shift = p_value <= alpha keeps its rate.
     The forecast_* columns are NULL here; `forecast_tables.write_forecasts` fills them.
     """
     if grain not in GRAINS:
@@ -302,6 +339,20 @@ def trend_table_sql(
     w_roll = f"({part}ORDER BY bucket ROWS BETWEEN {window - 1} PRECEDING AND CURRENT ROW)"
     w_trail = f"({part}ORDER BY bucket ROWS BETWEEN {window} PRECEDING AND 1 PRECEDING)"
     w_prev = f"({part}ORDER BY bucket)"
+    # the exact tails of `exact_test`: a side's count in the bucket against its trailing rate
+    side = {
+        s: (f"_{s}", "volume", f"_trail_n_{s} + 0.5", f"_trail_volume - _trail_n_{s} + 1.0")
+        for s in ("pos", "neg")
+    }
+
+    def more(s: str) -> str:  # P(K >= this bucket's count)
+        return beta_binomial_tail_sql(*side[s])
+
+    def fewer(s: str) -> str:  # P(K <= count) = P(the other rows >= volume - count)
+        k, n, a, b = side[s]
+        return beta_binomial_tail_sql(f"{n} - {k}", n, b, a)
+
+    neg_more, pos_fewer, pos_more, neg_fewer = more("neg"), fewer("pos"), more("pos"), fewer("neg")
     return f"""
 CREATE OR REPLACE TABLE {quote_ident(table)} AS
 WITH joined AS (
@@ -348,17 +399,24 @@ windowed AS (
            avg(net_index) OVER {w_trail} AS trailing_mean,
            var_samp(net_index) OVER {w_trail} AS _trail_var,
            count(net_index) OVER {w_trail} AS _trail_n,
-           -- pooled shares with half a row of each kind (+1, -1, 0) added (Jeffreys):
-           -- a window without a single positive row does not make one impossible
-           (sum(_pos) OVER {w_trail} + 0.5) / (sum(volume) OVER {w_trail} + 1.5) AS _trail_pos,
-           (sum(_neg) OVER {w_trail} + 0.5) / (sum(volume) OVER {w_trail} + 1.5) AS _trail_neg,
+           sum(_pos) OVER {w_trail} AS _trail_n_pos,
+           sum(_neg) OVER {w_trail} AS _trail_n_neg,
+           sum(volume) OVER {w_trail} AS _trail_volume,
            avg(_inv_volume) OVER {w_trail} AS _trail_inv_volume
     FROM indexed
+),
+shares AS (
+    -- pooled shares with half a row of each kind (+1, -1, 0) added (Jeffreys):
+    -- a window without a single positive row does not make one impossible
+    SELECT *,
+           (_trail_n_pos + 0.5) / (_trail_volume + 1.5) AS _trail_pos,
+           (_trail_n_neg + 0.5) / (_trail_volume + 1.5) AS _trail_neg
+    FROM windowed
 ),
 pooled AS (
     -- per-row variance of the score (+1, 0, -1) at the trailing window's pooled shares
     SELECT *, _trail_pos + _trail_neg - (_trail_pos - _trail_neg) ** 2 AS _trail_row_var
-    FROM windowed
+    FROM shares
 ),
 scored AS (
     SELECT *,
@@ -372,16 +430,39 @@ scored AS (
                    + greatest(_trail_row_var * (_inv_volume - _trail_inv_volume), 0)), 0)
            END AS z_score
     FROM pooled
+),
+t_test AS (
+    SELECT *, {t_p_value_sql("z_score", "_trail_n - 1", range(MIN_HISTORY - 1, window))} AS _p_t
+    FROM scored
+),
+exact_test AS (
+    -- A side expected fewer than {RARE_EXPECTED} times in the bucket is a count too small for
+    -- the t approximation (at a brand with 1% negative posts, one negative among 20 reads
+    -- z = -6.8), so there the count of the side that moved must be surprising too: its
+    -- exact tail under the trailing rate, the predictive beta-binomial of the pooled counts
+    -- (the marginal of the shares above: a = the side's rows + 1/2, b = the other rows + 1,
+    -- half a row for each of the two other kinds). A fall is more negative rows or fewer
+    -- positive ones (a rise the mirror); the smaller tail, doubled since the data chose the
+    -- direction, is a two-sided p-value like the t one, and p_value is the larger of the
+    -- two: is_shift = p_value <= alpha still, and it needs both.
+    SELECT *,
+           CASE WHEN _p_t IS NOT NULL
+                     AND volume * least(_trail_pos, _trail_neg) < {RARE_EXPECTED} THEN
+               least(1, 2 * CASE WHEN z_score < 0
+                   THEN least({neg_more}, {pos_fewer})
+                   ELSE least({pos_more}, {neg_fewer}) END)
+           END AS _p_exact
+    FROM t_test
 )
 SELECT {g_list}bucket, volume, {", ".join(quote_ident("n_" + sanitize(lab)) for lab in labels)},
        {", ".join(quote_ident("share_" + sanitize(lab)) for lab in labels)},
        net_index, index_rolling, index_change, trailing_mean, z_score,
-       {t_p_value_sql("z_score", "_trail_n - 1", range(MIN_HISTORY - 1, window))} AS p_value,
+       greatest(_p_t, _p_exact) AS p_value,  -- greatest() skips the NULL _p_exact
        coalesce(p_value <= {float(alpha)!r}, false) AS is_shift,
        -- documented columns even without forecasts (--horizon 0), so queries keep working
        CAST(NULL AS DOUBLE) AS forecast_next,
        CAST(NULL AS DOUBLE) AS forecast_low,
        CAST(NULL AS DOUBLE) AS forecast_high
-FROM scored
+FROM exact_test
 ORDER BY {g_list}bucket
 """
