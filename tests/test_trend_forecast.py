@@ -17,6 +17,7 @@ from marketpulse.trends import TrendsConfig, format_report, run
 from marketpulse.trends.forecast import (
     AUTO,
     MIN_SCORED,
+    SEASONS,
     SHORT,
     candidates,
     forecast_series,
@@ -172,6 +173,31 @@ def test_a_candidate_that_cannot_forecast_is_never_chosen():
     assert not result.backtest["model"].str.startswith("SeasonalNaive").any()
     assert np.isfinite(_backtest(result, AUTO)["mae"]).all()
     assert result.history["forecast_next"].notna().all()
+
+
+def test_a_daily_weekday_pattern_is_fitted_with_its_season():
+    """A daily index with a weekday/weekend cycle: AutoETS and AutoTheta are told the
+    7-day season (statsforecast's default, season_length=1, is never seasonal, and then
+    both did worse than seasonal naive here), so they beat seasonal naive one step ahead,
+    and the shipped forecast follows the cycle."""
+    rng = np.random.default_rng(7)
+    t = np.arange(124)
+    cycle = 0.1 + 0.25 * (t % 7 >= 5) + 0.1 * np.sin(2 * np.pi * t / 7)
+    series = {f"s{i}": cycle[:120] + rng.normal(0, 0.06, 120) for i in range(2)}
+    result = forecast_series(series, SEASONS["day"], 4, 4)
+    ets, theta, snaive = (
+        _backtest(result, m)["mae"] for m in ("AutoETS", "AutoTheta", "SeasonalNaive")
+    )
+    assert (ets < 0.85 * snaive).all() and (theta < 0.85 * snaive).all()
+    for uid in series:
+        future = result.future[result.future["unique_id"] == uid].sort_values("step")
+        assert np.abs(future["forecast"].to_numpy() - cycle[120:]).max() < 0.05
+    # the season goes to ETS and Theta up to 24 buckets: none at 52 weeks (statsforecast's
+    # ETS has no seasonal form beyond 24), nor to AutoARIMA (its cost)
+    for season, fitted in ((7, 7), (12, 12), (52, 1), (None, 1)):
+        lengths = {repr(m): getattr(m, "season_length", None) for m in candidates(season, 4, True)}
+        assert lengths["AutoETS"] == lengths["AutoTheta"] == fitted
+        assert lengths["AutoARIMA"] == 1
 
 
 def test_horizon_zero_skips_forecasts_and_the_report_still_reads(weekly_db):
