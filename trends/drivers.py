@@ -4,8 +4,8 @@
 source table's text and the `latest_<scores>` view, and (re)creates one table with a row
 per driver of every bucket where `is_shift` is true:
 
-    <by columns>, bucket, direction, rank, term, z, n_bucket, n_trailing, n_direction,
-    examples VARCHAR[], example_ids <id type>[]
+    <by columns>, bucket, direction, rank, term, z, share_of_shift DOUBLE, n_bucket,
+    n_trailing, n_direction, examples VARCHAR[], example_ids <id type>[]
 
 How a driver is found, all inside DuckDB (regexp_extract_all, list lambdas, GROUP BY):
 
@@ -25,18 +25,39 @@ How a driver is found, all inside DuckDB (regexp_extract_all, list lambdas, GROU
   and a0 = PRIOR_WEIGHT * (n_i + n_j): the prior weighs as much as the two samples, so a
   group's z does not shrink merely because its history is long.
 - A driver must be over-represented (z >= `min_z`, default 1: the z of thousands of terms
-  is a ranking, not a test, so the floor only keeps out terms the bucket barely favours;
-  the planted Contoso week of the demo, whose negatives are ordinary complaints, tops out
-  near z = 2) and lean the shift's way: more of the
-  bucket's texts containing it carry a label of the shift's side (`negative` for a falling
-  index)
-  than the opposite one. Scoring all texts but keeping only terms of the shift's side reads
+  is a ranking, not a test, so the floor only keeps out terms the bucket barely favours),
+  lean the shift's way (more of the bucket's texts containing it carry a label of the
+  shift's side, `negative` for a falling index, than the opposite one), and its texts must
+  account for at least `min_share` (default 0.10) of the shift, `share_of_shift`:
+      D = I - T, the shift: the bucket's net index I against the trend table's
+          `trailing_mean` T (the mean index of the window's non-empty buckets before it);
+      C = v * (x - T) / V, what the v texts containing the term, of net index x, account
+          for, V being the bucket's `volume` (the count its net index divides by);
+      share_of_shift = C / D.
+  I - T is the sum over the bucket's texts of (score - T) / V (score +1, 0 or -1), so C
+  adds up exactly over any partition of the bucket's texts and the shares of a partition
+  sum to 1. A text holds several terms, so the shares of a bucket's driver rows overlap
+  and need not sum to 1. A share can exceed 1 (texts more negative than the fall, offset
+  by others) or be negative (texts that held the index up); every text of the shift's side
+  counts toward it, ordinary complaints too, and z is what keeps steady topics out.
+  Measured against the baseline, a neutral topic new in a negative week (45 neutral texts
+  and 1 negative beside 40 negative "screen cracked" ones; index 0 before, -0.353 then) is
+  the most over-represented term but accounts for 1/41 of the fall: left out; a second
+  cause whose texts are half negative (40 "battery drains" posts, 20 of them negative,
+  beside 40 negative "screen cracked" ones) accounts for a third of it: kept. A shift made
+  by texts that stopped coming (a promotion's positive posts dying down) has no text to
+  show: its steady complaints account for most of the move but are not over-represented,
+  so it gets no driver rows; nor does a bucket without a trailing mean or with D = 0
+  (neither has a z to be flagged by). Random complaints with no common topic (the demo's
+  planted week, 80 posts) get none either: no term's texts reach a tenth of the move.
+  Scoring all texts but keeping only terms of the shift's side reads
   better than either alternative: comparing only the shift-labelled texts with all earlier
   texts ranks generic sentiment words ("terrible") first in every shift, and comparing
   shift-labelled texts with earlier shift-labelled texts finds nothing when a shift is a
   rise in ordinary complaints. A concurrent topic of the other side (a promotion during a
   negative week) is over-represented too, but it does not explain the shift, so it is left
   out.
+- Drivers rank by z; terms of equal z (the same counts) by share_of_shift, then by name.
 - A unigram found only inside one kept bigram ("class" in "class action": same counts) is
   dropped in favour of the phrase.
 - `examples` holds the `top_examples` distinct texts of the bucket that contain the term
@@ -47,6 +68,8 @@ How a driver is found, all inside DuckDB (regexp_extract_all, list lambdas, GROU
 The table is rebuilt on each call (CREATE OR REPLACE), like the trend table it explains,
 so a rerun replaces its rows. Identifiers go through `marketpulse.sql`; labels, stopwords,
 the token pattern and thresholds are bound parameters.
+Working columns inside the query all start with `_`, as no `--by` column may, so a group
+column (`n`, `y_i`, ...) can never stand in for one.
 """
 
 from __future__ import annotations
@@ -65,12 +88,15 @@ DRIVER_COLUMNS = (
     "rank",
     "term",
     "z",
+    "share_of_shift",
     "n_bucket",
     "n_trailing",
     "n_direction",
     "examples",
     "example_ids",
 )
+# The least share of the shift a driver's texts must account for (share_of_shift).
+MIN_SHARE = 0.10
 # Weight of the prior relative to the compared texts (a0 = PRIOR_WEIGHT * (n_i + n_j)).
 PRIOR_WEIGHT = 1.0
 # $tickers, runs of letters/digits with inner apostrophes (don't, it's), or punctuation,
@@ -112,12 +138,14 @@ def write_drivers(
     top_examples: int = 3,
     min_count: int = 3,
     min_z: float = 1.0,
+    min_share: float = MIN_SHARE,
     drivers_table: str = "trend_drivers",
 ) -> int:
     """(Re)create `drivers_table` with the drivers of every flagged bucket; return its rows.
 
-    `trend_table` must have been built from the same source, grouping, grain and window
-    (its `is_shift`, `z_score` and `bucket` are read); `view` is the latest-scores view.
+    `trend_table` must have been built from the same source, grouping, grain, window and
+    sides (`positive`, `negative`: its `is_shift`, `z_score`, `bucket`, `net_index`,
+    `trailing_mean` and `volume` are read); `view` is the latest-scores view.
     """
     _check(con, trend_table, source, id_col, time_col, text_col, by, grain, window, view)
     for n, name in ((top_words, "top_words"), (top_examples, "top_examples")):
@@ -146,6 +174,7 @@ def write_drivers(
         "min_count": min_count,
         "prior_weight": PRIOR_WEIGHT,
         "min_z": min_z,
+        "min_share": min_share,
         "top_words": top_words,
         "top_examples": top_examples,
     }
@@ -163,7 +192,8 @@ def _check(con, trend_table, source, id_col, time_col, text_col, by, grain, wind
     for col in by:
         require_columns(con, source, {"--by": col})
     have = table_columns(con, trend_table)
-    missing = [c for c in (*by, "bucket", "z_score", "is_shift") if c not in have]
+    need = (*by, "bucket", "volume", "net_index", "trailing_mean", "z_score", "is_shift")
+    missing = [c for c in need if c not in have]
     if missing:
         raise MarketpulseError(
             f"trend table {trend_table!r} lacks {', '.join(missing)}; rebuild it with "
@@ -176,7 +206,7 @@ def _check(con, trend_table, source, id_col, time_col, text_col, by, grain, wind
             "pass the view `marketpulse trends` made (latest_<scores table>)"
         )
     for col in by:
-        if col in DRIVER_COLUMNS or col.startswith("_"):
+        if col.lower() in DRIVER_COLUMNS or col.startswith("_"):  # names ignore case
             raise MarketpulseError(
                 f"--by column {col!r} clashes with a drivers column; rename it in a view "
                 "and pass that view as --source"
@@ -238,7 +268,14 @@ CREATE OR REPLACE TABLE {quote_ident(drivers_table)} AS
 WITH flags AS (
     SELECT {g_list}bucket,
            CASE WHEN z_score < 0 THEN 'negative' ELSE 'positive' END AS direction,
-           CASE WHEN z_score < 0 THEN $neg ELSE $pos END AS _dir_labels
+           CASE WHEN z_score < 0 THEN $neg ELSE $pos END AS _dir_labels,
+           -- the shift D = I - T, as the trend table measured it: the bucket's net index
+           -- against the mean of the window's (non-empty) buckets before it. NULL without
+           -- a trailing mean or at D = 0 (neither has a z to be flagged by; a share of
+           -- D = 0 would be infinite), so such a bucket gets no drivers.
+           nullif(net_index - trailing_mean, 0) AS _shift,
+           trailing_mean AS _trailing_mean,
+           volume AS _volume
     FROM {quote_ident(trend_table)}
     WHERE is_shift
 ),
@@ -261,44 +298,48 @@ docs AS MATERIALIZED (
 ),
 cell AS MATERIALIZED (
     -- texts per group x bucket x term, and how many carry each direction's label
-    SELECT {g_list}bucket, term, count(*) AS n,
-           count(*) FILTER (WHERE list_contains($pos, _label)) AS n_pos,
-           count(*) FILTER (WHERE list_contains($neg, _label)) AS n_neg
+    SELECT {g_list}bucket, term, count(*) AS _n,
+           count(*) FILTER (WHERE list_contains($pos, _label)) AS _n_pos,
+           count(*) FILTER (WHERE list_contains($neg, _label)) AS _n_neg
     FROM (SELECT {g_list}bucket, _label, unnest(_terms) AS term FROM {_terms_of("docs")})
     GROUP BY ALL
 ),
 vocab AS (
-    SELECT {g_list}term, sum(n) AS c
+    SELECT {g_list}term, sum(_n) AS _c
     FROM cell
     GROUP BY ALL
-    HAVING sum(n) >= $min_count
+    HAVING sum(_n) >= $min_count
 ),
 vocab_total AS (
-    SELECT {g_list}sum(c) AS c_total FROM vocab GROUP BY ALL
+    SELECT {g_list}sum(_c) AS _c_total FROM vocab GROUP BY ALL
 ),
 inside AS (
-    SELECT {cols("f")}f.bucket, f.direction, c.term, c.n AS y_i,
-           CASE WHEN f.direction = 'negative' THEN c.n_neg ELSE c.n_pos END AS n_dir,
-           CASE WHEN f.direction = 'negative' THEN c.n_pos ELSE c.n_neg END AS n_opp,
-           sum(c.n) OVER (PARTITION BY {key("f")}) AS n_i
+    SELECT {cols("f")}f.bucket, f.direction, c.term, c._n AS _y_i,
+           CASE WHEN f.direction = 'negative' THEN c._n_neg ELSE c._n_pos END AS _n_dir,
+           CASE WHEN f.direction = 'negative' THEN c._n_pos ELSE c._n_neg END AS _n_opp,
+           -- C / D: the term's v texts, of net index x = (_n_pos - _n_neg) / v, account
+           -- for C = v * (x - T) / V of the shift D (V = the bucket's volume)
+           CAST((c._n_pos - c._n_neg - c._n * f._trailing_mean) / f._volume / f._shift
+                AS DOUBLE) AS share_of_shift,
+           sum(c._n) OVER (PARTITION BY {key("f")}) AS _n_i
     FROM flags AS f
     JOIN cell AS c ON c.bucket = f.bucket{same_group("c", "f")}
     JOIN vocab AS v ON v.term = c.term{same_group("v", "c")}
 ),
 before AS (
-    SELECT {cols("t")}t.bucket, c.term, sum(c.n) AS y_j
+    SELECT {cols("t")}t.bucket, c.term, sum(c._n) AS _y_j
     FROM window_buckets AS t
     JOIN cell AS c ON c.bucket = t._before{same_group("c", "t")}
     JOIN vocab AS v ON v.term = c.term{same_group("v", "c")}
     GROUP BY ALL
 ),
 before_total AS (
-    SELECT {flag_key}, sum(y_j) AS n_j FROM before GROUP BY ALL
+    SELECT {flag_key}, sum(_y_j) AS _n_j FROM before GROUP BY ALL
 ),
 prior AS (
-    SELECT i.*, coalesce(b.y_j, 0) AS y_j, coalesce(bt.n_j, 0) AS n_j,
-           $prior_weight * (i.n_i + coalesce(bt.n_j, 0)) AS a0,
-           $prior_weight * (i.n_i + coalesce(bt.n_j, 0)) * v.c / vt.c_total AS a_w
+    SELECT i.*, coalesce(b._y_j, 0) AS _y_j, coalesce(bt._n_j, 0) AS _n_j,
+           $prior_weight * (i._n_i + coalesce(bt._n_j, 0)) AS _a0,
+           $prior_weight * (i._n_i + coalesce(bt._n_j, 0)) * v._c / vt._c_total AS _a_w
     FROM inside AS i
     LEFT JOIN before AS b ON b.bucket = i.bucket AND b.term = i.term{same_group("b", "i")}
     LEFT JOIN before_total AS bt ON bt.bucket = i.bucket{same_group("bt", "i")}
@@ -308,13 +349,16 @@ prior AS (
 scored AS (
     -- Monroe, Colaresi & Quinn (2008), eq. 22
     SELECT *,
-           (ln((y_i + a_w) / nullif(n_i + a0 - y_i - a_w, 0))
-            - ln((y_j + a_w) / nullif(n_j + a0 - y_j - a_w, 0)))
-           / sqrt(1 / (y_i + a_w) + 1 / (y_j + a_w)) AS z
+           (ln((_y_i + _a_w) / nullif(_n_i + _a0 - _y_i - _a_w, 0))
+            - ln((_y_j + _a_w) / nullif(_n_j + _a0 - _y_j - _a_w, 0)))
+           / sqrt(1 / (_y_i + _a_w) + 1 / (_y_j + _a_w)) AS z
     FROM prior
 ),
 kept AS (
-    SELECT * FROM scored WHERE z >= $min_z AND n_dir > n_opp
+    -- Over-represented (z), leaning the shift's way (_n_dir > _n_opp), and accounting for
+    -- at least $min_share of the move from the trailing mean (share_of_shift, above).
+    SELECT * FROM scored
+    WHERE z >= $min_z AND _n_dir > _n_opp AND share_of_shift >= $min_share
 ),
 phrased AS (
     -- a unigram seen only inside a kept bigram reads better as that bigram
@@ -324,11 +368,12 @@ phrased AS (
         WHERE b.bucket = u.bucket{same_group("b", "u")}
           AND contains(b.term, ' ') AND NOT contains(u.term, ' ')
           AND list_contains(string_split(b.term, ' '), u.term)
-          AND b.y_i = u.y_i AND b.y_j = u.y_j
+          AND b._y_i = u._y_i AND b._y_j = u._y_j
     )
 ),
 ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY {flag_key} ORDER BY z DESC, term) AS rank
+    SELECT *, row_number() OVER (
+               PARTITION BY {flag_key} ORDER BY z DESC, share_of_shift DESC, term) AS rank
     FROM phrased
     QUALIFY rank <= $top_words
 ),
@@ -361,7 +406,7 @@ examples AS (
     GROUP BY ALL
 )
 SELECT {cols("r")}r.bucket, r.direction, CAST(r.rank AS INTEGER) AS rank, r.term,
-       r.z, r.y_i AS n_bucket, r.y_j AS n_trailing, r.n_dir AS n_direction,
+       r.z, r.share_of_shift, r._y_i AS n_bucket, r._y_j AS n_trailing, r._n_dir AS n_direction,
        e.examples, e.example_ids
 FROM ranked AS r
 LEFT JOIN examples AS e ON e.bucket = r.bucket AND e.term = r.term{same_group("e", "r")}

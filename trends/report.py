@@ -141,10 +141,15 @@ def format_report(result, max_flagged: int = 20) -> str:
 
 
 def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]:
-    """Per flagged bucket: its top terms (log-odds z, posts) and one example post."""
+    """Per flagged bucket: its top terms (log-odds z, posts, share of the shift) and one
+    example post."""
     from marketpulse.privacy import mask
+    from marketpulse.trends.drivers import MIN_SHARE
 
-    lines = [f"Why (words over-represented against the trailing window; {result.drivers_table}):"]
+    lines = [
+        "Why (words over-represented against the trailing window, with their z, posts and "
+        f"share of the shift; {result.drivers_table}):"
+    ]
     for shift in flagged:
         group = tuple(shift[c] for c in result.by)
         rows = [
@@ -154,9 +159,15 @@ def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]
         ]
         where = " / ".join(map(group_text, group)) + (" " if group else "") + str(shift["bucket"])
         if not rows:
-            lines.append(f"  {where}: no term stands out")
+            lines.append(
+                f"  {where}: no term stands out (no over-represented term's posts account "
+                f"for {MIN_SHARE:.0%} of the shift)"
+            )
             continue
-        words = ", ".join(f"{r['term']} ({r['z']:.1f}, {r['n_bucket']})" for r in rows[:terms])
+        words = ", ".join(
+            f"{r['term']} ({r['z']:.1f}, {r['n_bucket']}, {_share(r.get('share_of_shift'))})"
+            for r in rows[:terms]
+        )
         lines.append(f"  {where} ({rows[0]['direction']}): {words}")
         example = next((e for r in rows for e in (r["examples"] or [])), None)
         if example:
@@ -172,6 +183,13 @@ def group_text(value) -> str:
     if value is None:
         return "(null)"
     return "(empty)" if value == "" else str(value)
+
+
+def _share(value) -> str:
+    """A driver's share_of_shift as a percentage ("-" when unknown)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.0%}"
 
 
 def _num(value, signed: bool = False) -> str:
