@@ -2,10 +2,11 @@
 naming the flag or the view that fixes it.
 
 `check_config` checks the flags alone, before --db is opened. `check_source` checks the
-inputs on the run's connection: the --source columns and their types, times that fall in
-no bucket, an id column that keys the source and matches `scores.id`, results tables
-that are there and hold this source's scores, and trend table names that would replace
-an input. `check_owners` refuses to replace another source's trend tables (each names
+inputs on the run's connection: the --source columns and their types (a number column of
+epoch times gets the view that converts it), times that fall in no bucket, an id column
+that keys the source and matches `scores.id`, results tables that are there and hold
+this source's scores, trend table names that would replace an input, and a source or a
+table that has the latest-scores view's name. `check_owners` refuses to replace another source's trend tables (each names
 its source in its comment: `queries.source_note`), and `check_collisions` --by columns
 that would clash with a column trends makes. The label checks are `labels.py`'s; those
 on where the results tables are, `inputs.py`'s. Nothing here writes.
@@ -25,6 +26,7 @@ from marketpulse.sql import (
     quote_ident,
     quote_table,
     require_columns,
+    spell_table,
     split_table,
     table_columns,
 )
@@ -61,8 +63,8 @@ def check_config(cfg: TrendsConfig) -> None:
         raise MarketpulseError(f"alpha {cfg.alpha} must be between 0 and 1; pass e.g. 0.01")
     if cfg.trend_table is not None and not queries.is_plain_name(cfg.trend_table):
         raise MarketpulseError(
-            f"invalid --trend-table {cfg.trend_table!r}; use letters, digits and underscores "
-            "(a table in the database's main schema)"
+            f"invalid --trend-table {cfg.trend_table!r}; use ASCII letters, digits and _, "
+            "not starting with a digit (a table in the database's main schema)"
         )
     for flag, path in (("--csv", cfg.csv), ("--parquet", cfg.parquet), ("--plot", cfg.plot)):
         if path is None:
@@ -84,6 +86,7 @@ def check_source(
     con, cfg: TrendsConfig, res: inputs.ResultsTables, outputs: list[str], view: str
 ) -> None:
     """Every input, checked before anything is written."""
+    _check_latest_view(con, cfg, res, view)
     cols = {"--id-col": cfg.id_col, "--time-col": cfg.time_col}
     have = require_columns(con, cfg.source, cols, table_flag="--source")
     for col in cfg.by:
@@ -92,9 +95,10 @@ def check_source(
         _check_text_col(con, cfg)
     time_type = have[cfg.time_col].upper()
     if not time_type.startswith(TIME_TYPES):
+        hint = _numeric_time_hint(con, cfg, time_type)
         raise MarketpulseError(
             f"column {cfg.time_col!r} is {have[cfg.time_col]}, not a date or timestamp; "
-            f"pass --time-col with a {TIME_KINDS} column"
+            f"{hint}pass --time-col with a {TIME_KINDS} column"
         )
     _check_finite_times(con, cfg)
     for table, name, hint in (
@@ -129,6 +133,80 @@ def check_source(
             f"--scores-table {own}"
         )
     _check_outputs(cfg, outputs, view)
+
+
+def _check_latest_view(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str) -> None:
+    """Refuse names that the latest-scores view `view` would take over. The run makes it
+    as a temporary view, which DuckDB resolves before any table of that name (so a
+    --source of that name would read the view instead), and then, scores in --db, writes
+    it to --db's main schema with CREATE OR REPLACE VIEW, which fails at the very end on a
+    table of that name (one an analyst materialized for speed, say)."""
+    scores = split_table(cfg.scores_table)[-1]
+    fix = "or pass --scores-table with a results table of another name (its view is latest_<name>)"
+    database = queries.Database.of(con)
+    source = queries.source_parts(cfg.source, database)
+    if (
+        len(source) == 2
+        and ascii_fold(source[0]) == "main"
+        and ascii_fold(source[1]) == ascii_fold(view)
+    ):
+        raise MarketpulseError(
+            f"--source {cfg.source!r} has the name of the view trends makes of the newest "
+            f"score per id in {scores!r} ({view}), which would stand in for the source; pass "
+            f"as --source the rows under another name (rename the table, or a view of it), "
+            f"{fix}"
+        )
+    if res.apart:  # the view stays temporary: nothing of that name is written to --db
+        return
+    row = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND lower(table_name) = lower(?)",
+        [view],
+    ).fetchall()
+    taken = [r[0] for r in row if ascii_fold(r[0]) == ascii_fold(view)]
+    if taken:
+        name = spell_table([taken[0]])
+        raise MarketpulseError(
+            f"{cfg.db} has a table {taken[0]!r}, the name of the view trends keeps of the "
+            f"newest score per id in {scores!r}, so the run could not write that view; rename "
+            f"or drop the table (e.g. ALTER TABLE {name} RENAME TO {view}_snapshot), {fix}"
+        )
+
+
+def _numeric_time_hint(con, cfg: TrendsConfig, time_type: str) -> str:
+    """For a number column of epoch times (or yyyymmdd dates), the view that converts it,
+    read from the size of its values; else ""."""
+    integer = time_type in INTEGER_TYPES
+    if not (integer or time_type.startswith(("DOUBLE", "FLOAT", "REAL", "DECIMAL"))):
+        return ""
+    t = quote_ident(cfg.time_col)
+    as_double = f"CAST({t} AS DOUBLE)"
+    (top,) = con.execute(
+        f"SELECT max(abs({as_double})) FROM {quote_table(cfg.source)} WHERE isfinite({as_double})"
+    ).fetchone()
+    if top is None:
+        return ""
+    ms = f"epoch_ms({t})" if integer else f"to_timestamp({t} / 1000)"
+    if 19000101 <= top <= 21001231 and integer:
+        what = "yyyymmdd dates"
+        convert = f"strptime(CAST({t} AS VARCHAR), '%Y%m%d')"
+        other = ""
+    elif 1e8 <= top < 1e11:
+        what, convert = "epoch seconds", f"to_timestamp({t})"
+        other = f" ({ms} if it holds milliseconds)"
+    elif 1e11 <= top < 1e14:
+        what, convert = "epoch milliseconds", ms
+        other = f" (to_timestamp({t}) if it holds seconds)"
+    elif 1e14 <= top < 1e17:
+        what = "epoch microseconds"
+        convert = f"make_timestamp({t})" if integer else f"to_timestamp({t} / 1000000)"
+        other = f" (to_timestamp({t}) if it holds seconds)"
+    else:
+        return ""
+    return (
+        f"its values look like {what}: pass as --source a view that converts it, e.g. "
+        f"SELECT * REPLACE ({convert} AS {t}) FROM {cfg.source}{other}, or "
+    )
 
 
 def _check_text_col(con, cfg: TrendsConfig) -> None:

@@ -3,7 +3,8 @@
 
 `unscored_note` says how much of the source no model scored, `stray_note` which stray
 times stretch the bucket grid (or lie later than now), `models_note` which model versions
-the latest scores mix; each is "" when there is nothing to say. `score_command` is the
+the latest scores mix; each is "" when there is nothing to say. `all_skipped_note` is an
+error's text: the scorer skipped every scored row, why (its reasons) and the fix. `score_command` is the
 `marketpulse score` line the notes and the errors suggest, quoted for a shell, and
 `waiting` the line logged while another process holds --db. Labels left out of a default
 side are `labels.left_out_note`'s. These functions read and never write.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import shlex
 import sys
 from typing import TYPE_CHECKING
+
+import duckdb
 
 from marketpulse.results_schema import SCORES
 from marketpulse.sql import quote_ident, quote_table
@@ -29,6 +32,31 @@ def unscored_note(cfg: TrendsConfig, source_rows: int, unscored: int) -> str:
         f"{unscored:,} of {source_rows:,} rows of {cfg.source!r} ({unscored / source_rows:.1%}) "
         f"have no score and are left out of the trend; finish scoring the source with "
         f"`{score_command(cfg)}` (or pass as --source a view of the rows you mean to score)"
+    )
+
+
+def all_skipped_note(con, cfg: TrendsConfig, res, view: str, skipped: int, unscored: int) -> str:
+    """The error when every scored row of the source was skipped by the scorer (NULL or
+    empty text, so a NULL label): how many, why (the `reason` counts of the latest
+    scores) and the fix, which is upstream of trends: the text column `score` read."""
+    try:
+        reasons = con.execute(
+            f"SELECT coalesce(ls.reason, 'no reason'), count(*) "
+            f"FROM {quote_table(cfg.source)} AS src JOIN {quote_ident(view)} AS ls ON ls.id = src.{quote_ident(cfg.id_col)} "
+            "WHERE ls.label IS NULL GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+    except duckdb.Error:  # a scores table from before `reason`
+        reasons = []
+    why = ", ".join(f"{n:,} {reason}" for reason, n in reasons)
+    rows = f"all {skipped:,} rows" if not unscored else f"all {skipped:,} scored rows"
+    rest = f" ({unscored:,} more have no score)" if unscored else ""
+    where = f"in {res.file}: " if res.apart else ""
+    return (
+        f"{rows} of {cfg.source!r}{rest} were skipped by the scorer (their text is NULL or "
+        f"empty{': ' + why if why else ''}), so no row has a label to trend; check the "
+        f"--text-col given to `marketpulse score` (the column that holds the text) and the "
+        f"source's texts, then delete those results ({where}DELETE FROM {cfg.scores_table} "
+        f"WHERE reason IS NOT NULL) and score again: `{score_command(cfg)}`"
     )
 
 

@@ -43,7 +43,14 @@ from marketpulse.trends.labels import (
     pick_labels,
     union_labels,
 )
-from marketpulse.trends.notes import models_note, score_command, stray_note, unscored_note, waiting
+from marketpulse.trends.notes import (
+    all_skipped_note,
+    models_note,
+    score_command,
+    stray_note,
+    unscored_note,
+    waiting,
+)
 from marketpulse.trends.publish import after_commit, publish, write_to
 
 # the scratch file's temp folder holds a flocked owner.lock: a killed run's is swept
@@ -244,6 +251,11 @@ def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
     source_rows = sum(r[3] for r in rows)
     unscored = sum(r[3] for r in rows if r[0])
     rows = [r[1:] for r in rows if not r[0]]
+    if not source_rows:
+        raise MarketpulseError(
+            f"source {cfg.source!r} of {cfg.db} has no rows, so there is nothing to trend; "
+            "pass --source with the table (or view) that holds the scored rows"
+        )
     if not rows:
         raise MarketpulseError(
             f"no row of {cfg.source!r} has a score in {cfg.scores_table!r} of {res.file}; "
@@ -256,13 +268,15 @@ def _models(con, cfg: TrendsConfig, res: inputs.ResultsTables, view: str):
                 "re-run `marketpulse score` so it registers the model"
             )
     null_times = sum(r[3] for r in rows)
+    skipped = sum(r[5] for r in rows)
+    if not null_times and not sum(r[4] for r in rows):  # no scored row has a label
+        raise MarketpulseError(all_skipped_note(con, cfg, res, view, skipped, unscored))
     if not sum(r[4] for r in rows):
         raise MarketpulseError(
             f"no scored row of {cfg.source!r} has a {cfg.time_col!r} ({null_times:,} have it "
             f"NULL, the rest were skipped by the scorer); pass --time-col with a filled column"
         )
     models = [(version, list(labels), int(n)) for version, labels, n, *_ in rows]
-    skipped = sum(r[5] for r in rows)
     return models, int(null_times), int(source_rows), int(unscored), int(skipped)
 
 

@@ -104,9 +104,9 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
 )
 @click.option(
     "--trend-table",
-    help="Name of the trend table (default trend_<source>_<grain>, <source> being "
-    "schema_table outside main); its forecast, backtest and drivers tables are named after "
-    "it (forecast_<name without trend_>, ...).",
+    help="Name of the trend table (ASCII letters, digits and _; default "
+    "trend_<source>_<grain>, <source> being schema_table outside main); its forecast, "
+    "backtest and drivers tables are named after it (forecast_<name without trend_>, ...).",
 )
 @click.option(
     "--alpha",
