@@ -4,6 +4,8 @@
               rows the gate does not check when there are enough: `calibration_source`),
               fp16 conversion
     staging   graphs + tokenizer.json + labels written to a hidden sibling of --out
+              (graphs built in the temp folder first; both folders are `owned_folder`s,
+              so the next export removes those a killed one left: `sweep_dead_runs`)
     checks    fp32 parity with PyTorch, then agreement and macro-F1 per variant, on the
               test split and on the check texts (a sample of what will be scored)
     publish   manifest with the results, then one rename puts the bundle in place
@@ -20,6 +22,8 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -54,6 +58,7 @@ from marketpulse.export.graphs import (
 from marketpulse.export.log import log
 from marketpulse.export.outliers import CALIBRATION_ROWS, MIN_CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
+from marketpulse.runtime.owned_folders import owned_folder, sweep_dead_runs
 from marketpulse.staging import publishable
 from marketpulse.text import is_blank
 
@@ -71,6 +76,8 @@ DEFAULT_OPTIMIZATION = "O1"
 # macro-F1 0.6) hesitates more: 14.6% rescored, 99.17% -> 100% (README, Export).
 DEFAULT_RESCORE_MARGIN = 0.2
 DEFAULT_INT8_ORDER = "optimize-then-quantize"
+# the graphs' work folder in the temp folder ($TMPDIR), removed when the export ends
+WORK_PREFIX = "marketpulse-export-"
 LIBRARIES = (
     "torch",
     "transformers",
@@ -215,12 +222,20 @@ def run(cfg: ExportConfig) -> Bundle:
         log(warning)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    temp = Path(tempfile.gettempdir())
+    sweep_dead_runs(out.parent, staging_prefix(out), log)  # those of killed runs
+    sweep_dead_runs(temp, WORK_PREFIX, log)
+    # owned folders, made under a name with ~ and renamed once their lock is held
+    with owned_folder(out.parent, staging_prefix(out), staging_prefix(out)[:-1] + "~") as owned:
+        staging = owned / "bundle"  # beside owner.lock, which is not the bundle's
+        staging.mkdir()
         write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
-        with tempfile.TemporaryDirectory(prefix="marketpulse-export-") as work:
+        with (
+            owned_folder(temp, WORK_PREFIX, WORK_PREFIX[:-1] + "~") as work,
+            _temp_folder(work / "tmp"),  # the libraries' temp files too (ORT's ort.quant.*)
+        ):
             calibration = Calibration(staging / TOKENIZER, max_length, calibration_texts)
-            graphs = build_graphs(checkpoint, Path(work), cfg, calibration)
+            graphs = build_graphs(checkpoint, work, cfg, calibration)
             for variant, built in graphs.items():
                 shutil.move(built.path, staging / registry.get(variant).file)
         manifest = base_manifest(cfg, trained, max_length, graphs)
@@ -229,10 +244,27 @@ def run(cfg: ExportConfig) -> Bundle:
             manifest["variants"]["int8"]["rescore_margin"] = cfg.rescore_margin
             manifest["calibration_texts"] = calibrated_on
             manifest["calibration_rows"] = len(calibration.used())  # non-blank, capped
-        publishable(staging)  # mkdtemp made it private; a bundle is read by other users
+        publishable(staging)  # a bundle is read by other users
         return check_and_publish(cfg, checkpoint, texts, sample, staging, out, manifest)
+
+
+@contextmanager
+def _temp_folder(folder: Path) -> Iterator[None]:
+    """`tempfile`'s folder is `folder` inside the block: what the libraries make there
+    (the quantizer's copy of the model) goes with the owned folder it is in, even when
+    the run is killed."""
+    folder.mkdir()
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        tempfile.tempdir = before
+
+
+def staging_prefix(out: Path) -> str:
+    """The name of the folders a bundle for --out `out` is built in, up to their suffix."""
+    return f".{out.name}.export-"
 
 
 def build_graphs(

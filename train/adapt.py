@@ -7,7 +7,8 @@ a classifier most when that text is the text it will score. Read top to bottom b
 read distinct non-blank texts (sampled by seed) -> hold out 5% -> tokenize -> mask the
 held-out rows once (seeded) -> held-out loss before -> transformers Trainer with
 DataCollatorForLanguageModeling -> held-out loss after -> save the checkpoint and
-adapt.json into a temp dir beside --out -> rename it to --out.
+adapt.json into a folder beside --out (`.<out>.adapt-*`, removed by the next run if
+this one is killed) -> rename it to --out.
 
 The result is an ordinary Hugging Face checkpoint (`BertForMaskedLM` and its tokenizer)
 that `resolve_base_model` accepts, so `marketpulse train --base-model OUT` fine-tunes
@@ -28,7 +29,6 @@ import dataclasses
 import json
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +36,7 @@ from pathlib import Path
 
 from marketpulse.checkpoint import out_in_use
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.owned_folders import owned_folder, sweep_dead_runs
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
 from marketpulse.staging import publishable, replace_dir
@@ -305,8 +306,11 @@ def run(cfg: AdaptConfig) -> Path:
     )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    prefix = f".{out.name}.adapt-"  # an owned folder: a killed run's is removed by the next
+    sweep_dead_runs(out.parent, prefix, lambda line: log(f"adapt: {line}"))
+    with owned_folder(out.parent, prefix, prefix[:-1] + "~") as owned:
+        tmp = owned / "checkpoint"  # beside owner.lock, which is not the checkpoint's
+        tmp.mkdir()
         args = training_arguments(
             cfg,
             tmp / WORK_DIR,
@@ -381,10 +385,8 @@ def run(cfg: AdaptConfig) -> Path:
         }
         (tmp / ADAPT_JSON).write_text(json.dumps(record, indent=2) + "\n")
         resolve_base_model(tmp)  # the contract `train --base-model` checks, before publishing
-        publishable(tmp)  # not mkdtemp's 0700 nor safetensors' 0600: readable by others
+        publishable(tmp)  # not safetensors' 0600: readable by others
         replace_dir(tmp, out)  # a crash before this leaves --out untouched
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote the adapted checkpoint and {ADAPT_JSON} to {out}")
     return out
 

@@ -6,12 +6,15 @@ checkpoint in (trainer.py and tune.py write everything there); it replaces --out
 once the block succeeds, so a failed or interrupted run leaves an earlier training in
 --out as it was, never mixed with this run's files. What the directory holds is
 `marketpulse.checkpoint`'s to define; this module only stages and swaps it.
+
+The directory is `checkpoint/` inside an `owned_folder` `.<out>.train-*` whose
+`owner.lock` the run holds: a run killed with `kill -9` cannot remove it, so each run
+first removes those of dead runs beside --out (`sweep_dead_runs`, a line for each), never
+a live run's.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,7 @@ from marketpulse.checkpoint import (
     out_in_use,
 )
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.owned_folders import owned_folder, sweep_dead_runs
 from marketpulse.staging import publishable, replace_dir
 from marketpulse.train.hf_trainer import log
 
@@ -41,17 +45,24 @@ def check_train_out(out: Path) -> None:
 @contextmanager
 def staged_out(out: Path) -> Iterator[Path]:
     """Yield a new directory beside `out` to build the checkpoint in; it replaces `out`
-    when the block succeeds. On any failure (Ctrl-C too) it is deleted and `out` keeps
-    what it held."""
+    when the block succeeds. On any failure (Ctrl-C, SIGTERM too) it is deleted and `out`
+    keeps what it held. Folders that dead runs left beside `out` are removed first."""
     target = out.resolve()  # a symlinked --out: stage and swap beside the real directory
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.train-", dir=target.parent))
-    try:
+    prefix = staging_prefix(target)
+    sweep_dead_runs(target.parent, prefix, lambda line: log(f"train: {line}"))
+    # made as .<out>.train~*, renamed once locked: a .<out>.train-* always has its lock
+    with owned_folder(target.parent, prefix, prefix[:-1] + "~") as owned:
+        stage = owned / "checkpoint"  # beside owner.lock, which is not the checkpoint's
+        stage.mkdir()
         yield stage
-        publishable(stage)  # not mkdtemp's 0700 nor safetensors' 0600: readable by others
+        publishable(stage)  # not safetensors' 0600: readable by others
         _publish(stage, target, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+
+
+def staging_prefix(target: Path) -> str:
+    """The name of the folders a training of --out `target` is built in, up to their suffix."""
+    return f".{target.name}.train-"
 
 
 def _publish(stage: Path, target: Path, out: Path) -> None:

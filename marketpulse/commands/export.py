@@ -9,6 +9,7 @@ import click
 
 from marketpulse import variants as registry
 from marketpulse.errors import MarketpulseError
+from marketpulse.runtime.owned_folders import stop_on_sigterm
 
 
 def _parse_variants(ctx, param, value):
@@ -182,7 +183,8 @@ def export_(
         test_rows=test_rows,
         check_source=_check_source(check_input, check_db, check_table, check_text_col, check_rows),
     )
-    bundle = run(cfg)
+    with stop_on_sigterm(cfg.out, "bundle"):  # SIGTERM cleans up as Ctrl-C does, exits 143
+        bundle = run(cfg)
     click.echo(
         json.dumps(bundle.manifest, indent=2)
         if as_json

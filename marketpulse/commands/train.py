@@ -14,6 +14,7 @@ from marketpulse.commands.options import (
     precision_option,
     source_options,
 )
+from marketpulse.runtime.owned_folders import stop_on_sigterm
 
 
 @click.command()
@@ -145,14 +146,18 @@ def train(
         device=device,
         precision=precision,
     )
-    if tune:
-        from marketpulse.train.config import TuneConfig
-        from marketpulse.train.tune import run as run_tuned
+    # SIGTERM (a scheduler's timeout) cleans up as Ctrl-C does, and exits 143
+    with stop_on_sigterm(cfg.out, "checkpoint"):
+        if tune:
+            from marketpulse.train.config import TuneConfig
+            from marketpulse.train.tune import run as run_tuned
 
-        bounds = TuneConfig(trials=tune_trials, minutes=tune_minutes, max_epochs=tune_max_epochs)
-        metrics = run_tuned(cfg, bounds).metrics
-    else:
-        metrics = run(cfg).metrics
+            bounds = TuneConfig(
+                trials=tune_trials, minutes=tune_minutes, max_epochs=tune_max_epochs
+            )
+            metrics = run_tuned(cfg, bounds).metrics
+        else:
+            metrics = run(cfg).metrics
     click.echo(json.dumps(metrics, indent=2) if as_json else format_summary(metrics))
 
 
@@ -361,5 +366,6 @@ def adapt(
         normalize_urls=not keep_urls,
         overwrite=overwrite,
     )
-    record = read_record(run(cfg))
+    with stop_on_sigterm(cfg.out, "adapted checkpoint"):  # cleans up as Ctrl-C does
+        record = read_record(run(cfg))
     click.echo(json.dumps(record, indent=2) if as_json else format_summary(record, Path(out)))

@@ -1,0 +1,259 @@
+"""SIGTERM and kill -9 during `train` and `export`: nothing is left behind.
+
+SIGTERM (a scheduler's timeout) cleans up as Ctrl-C does: the run's folders beside --out
+and in the temp folder are removed, one line says what --out holds, and it exits 143.
+kill -9 cannot be handled, so the next run removes the folders of dead runs (their
+`owner.lock` free) and keeps those of live ones. The signals go to real `marketpulse`
+processes; a dead run's folder is made by a process that is then killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import train_args
+
+from marketpulse.cli import main
+from marketpulse.runtime.owned_folders import (
+    STAGE_OWNER,
+    Terminated,
+    owned_folder,
+    remove_dead_folders,
+    sigterm_raises,
+)
+
+CLI = "from marketpulse.cli import main; main()"
+# `export` pausing once its graphs are built (both of its folders then exist), so a
+# signal is sure to land mid-run whatever the speed of the machine
+PAUSED_EXPORT = """
+import sys, time
+from marketpulse.export import stage
+built = stage.build_graphs
+def paused(*args, **kwargs):
+    graphs = built(*args, **kwargs)
+    print("export: graphs built, pausing", file=sys.stderr, flush=True)
+    time.sleep(300)
+    return graphs
+stage.build_graphs = paused
+from marketpulse.cli import main
+main()
+"""
+
+
+@pytest.fixture
+def start(tmp_path):
+    """Start `python -c CODE ARGS` with stderr to a log file; killed if a test fails."""
+    procs: list[subprocess.Popen] = []
+
+    def start(code: str, args: list[str], log: Path, env: dict | None = None):
+        with log.open("w") as stderr:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code, *args],
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env={**os.environ, **(env or {})},
+                )
+            )
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for(log: Path, proc: subprocess.Popen, pattern: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while pattern not in log.read_text():
+        if proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode} before {pattern!r}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {pattern!r} in {timeout}s:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def _ours(temp: Path) -> list[Path]:
+    """marketpulse's folders in a temp folder (a library drops a .ses file there too)."""
+    return sorted(p for p in temp.iterdir() if p.name.startswith("marketpulse"))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _dead_run_folder(parent: Path, prefix: str, size: int = 2_000_000) -> tuple[Path, int]:
+    """A folder `parent/<prefix>*` as a run killed with kill -9 leaves it: an owned folder
+    (its owner.lock) made by a child process, which is then SIGKILLed; and its pid."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from marketpulse.runtime.owned_folders import owned_folder\n"
+        "prefix = sys.argv[2]\n"
+        "with owned_folder(Path(sys.argv[1]), prefix, prefix[:-1] + '~') as folder:\n"
+        "    (folder / 'part.bin').write_bytes(bytes(int(sys.argv[3])))\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(parent), prefix, str(size)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    folder = Path(proc.stdout.readline().strip())
+    proc.kill()  # SIGKILL: no finally runs
+    proc.wait()
+    proc.stdout.close()
+    assert folder.is_dir() and (folder / STAGE_OWNER).is_file()
+    return folder, proc.pid
+
+
+def _older_folder(parent: Path, name: str) -> Path:
+    """A staging folder as an older marketpulse made it: no owner.lock."""
+    folder = parent / name
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(bytes(3000))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def earlier_training(market_db, tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("earlier") / "model"
+    result = CliRunner().invoke(main, train_args(market_db, out, tiny_checkpoint))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_sigterm_during_train_removes_its_folder_and_keeps_the_earlier_training(
+    earlier_training, market_db, tiny_checkpoint, tmp_path, start
+):
+    """SIGTERM mid-training: exit 143, one line saying --out kept what it held, --out
+    byte for byte as it was and no .model.train-* beside it (the old code died silently
+    and left the staging folder)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = runs / "model"
+    shutil.copytree(earlier_training, out)
+    before = _snapshot(out)
+    args = train_args(market_db, out, tiny_checkpoint, small=False)
+    args += ["--epochs", "300", "--patience", "300", "--batch-size", "8"]
+    log = tmp_path / "train.log"
+    proc = start(CLI, args, log)
+    _wait_for(log, proc, "validation epoch 1.00")
+    staged = [p.name for p in runs.iterdir() if p.name.startswith(".model.train-")]
+    assert len(staged) == 1  # the run is staging beside --out
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == (
+        "marketpulse: interrupted by SIGTERM before the checkpoint was complete: nothing was "
+        f"written to --out {out} (it keeps what it held before); this run's temporary folders "
+        "were removed"
+    )
+    assert [p.name for p in runs.iterdir()] == ["model"]
+    assert _snapshot(out) == before
+
+
+def test_sigterm_during_export_removes_both_of_its_folders(tiny_checkpoint, tmp_path, start):
+    """SIGTERM while the graphs are built: exit 143, one line saying nothing was written,
+    no .bundle.export-* beside --out and no marketpulse-export-* in $TMPDIR."""
+    temp, where = tmp_path / "temp", tmp_path / "bundles"
+    temp.mkdir()
+    where.mkdir()
+    out = where / "bundle"
+    args = ["export", "--model", str(tiny_checkpoint), "--out", str(out), "--variants", "fp32"]
+    log = tmp_path / "export.log"
+    proc = start(PAUSED_EXPORT, args, log, env={"TMPDIR": str(temp)})
+    _wait_for(log, proc, "graphs built, pausing")
+    assert [p.name[:19] for p in _ours(temp)] == ["marketpulse-export-"]
+    assert [p.name[:15] for p in where.iterdir()] == [".bundle.export-"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == (
+        "marketpulse: interrupted by SIGTERM before the bundle was complete: nothing was "
+        f"written to --out {out}; this run's temporary folders were removed"
+    )
+    assert _ours(temp) == [] and list(where.iterdir()) == []
+
+
+def test_train_removes_a_dead_runs_folder_and_keeps_a_live_ones(
+    market_db, tiny_checkpoint, tmp_path
+):
+    """Beside --out: a killed run's folder is removed (one line: size, pid, path); a live
+    run's, and one an older marketpulse left (no lock: nothing tells whether its run is
+    alive), are kept, the latter named in a line."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dead, pid = _dead_run_folder(runs, ".model.train-")
+    older = _older_folder(runs, ".model.train-older")
+    with owned_folder(runs, ".model.train-", ".model.train~") as live:
+        result = CliRunner().invoke(main, train_args(market_db, runs / "model", tiny_checkpoint))
+        assert result.exit_code == 0, result.output
+        assert live.is_dir()
+    assert not dead.exists() and older.is_dir()
+    assert f"train: removed 2 MB left by a dead run (pid {pid}): {dead}\n" in result.output
+    assert re.search(
+        rf"train: kept 1 folder\(s\) an older marketpulse left, .*: {re.escape(str(older))} "
+        r"\(3 kB\)\n",
+        result.output,
+    )
+    assert sorted(p.name for p in runs.iterdir()) == [".model.train-older", "model"]
+
+
+def test_export_removes_dead_runs_folders_beside_out_and_in_tmp(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """A killed export's folders beside --out and in $TMPDIR are removed by the next
+    export, each with a line; a live export's are kept."""
+    temp, where = tmp_path / "temp", tmp_path / "bundles"
+    temp.mkdir()
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    dead_stage, stage_pid = _dead_run_folder(where, ".bundle.export-")
+    dead_work, work_pid = _dead_run_folder(temp, "marketpulse-export-")
+    with ExitStack() as live:
+        live_stage = live.enter_context(owned_folder(where, ".bundle.export-", ".bundle.x~"))
+        live_work = live.enter_context(owned_folder(temp, "marketpulse-export-", "mp-x~"))
+        args = ["export", "--model", str(tiny_checkpoint), "--out", str(where / "bundle")]
+        result = CliRunner().invoke(main, [*args, "--variants", "fp32"])
+        assert result.exit_code == 0, result.output
+        assert live_stage.is_dir() and live_work.is_dir()
+        assert _ours(temp) == [live_work]
+        assert sorted(where.iterdir()) == [live_stage, where / "bundle"]
+    for folder, pid in ((dead_stage, stage_pid), (dead_work, work_pid)):
+        assert f"export: removed 2 MB left by a dead run (pid {pid}): {folder}\n" in result.output
+    assert "older marketpulse" not in result.output
+
+
+def test_the_sweep_takes_out_names_literally(tmp_path):
+    """--out `m[1]`: its dead folders are found (a glob would read [1] as a character
+    class and miss them), and those of --out `m1` are not its to remove."""
+    ours, _ = _dead_run_folder(tmp_path, ".m[1].train-", size=10)
+    other = _older_folder(tmp_path, ".m1.train-x")
+    assert remove_dead_folders(tmp_path, ".m[1].train-") == (1, 0)
+    assert not ours.exists() and other.is_dir()
+
+
+def test_sigterm_raises_only_inside_the_block():
+    """SIGTERM raises Terminated (a KeyboardInterrupt, so every `finally` runs) inside the
+    block; the handler before it is put back after."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated) as caught, sigterm_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at once
+    assert isinstance(caught.value, KeyboardInterrupt) and caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
