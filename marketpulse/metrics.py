@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from marketpulse import display
 from marketpulse.errors import MarketpulseError
 
 
@@ -93,19 +94,21 @@ def classification_metrics(
 def format_metrics(metrics: dict) -> str:
     """Render `classification_metrics` output as a plain-text table."""
     labels = metrics["labels"] if "labels" in metrics else list(metrics["per_class"])
-    width = max(12, *(len(label) for label in labels))
+    # padded by display width (marketpulse.display): a CJK label takes 2 columns a character
+    width = max(12, *(display.width(label) for label in labels))
+    pad = display.ljust
     lines = [
-        f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}",
+        f"{pad('label', width)} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}",
     ]
     for label in labels:
         c = metrics["per_class"][label]
         lines.append(
-            f"{label:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} "
+            f"{pad(label, width)} {c['precision']:>9.4f} {c['recall']:>9.4f} "
             f"{c['f1']:>9.4f} {c['support']:>9d}"
         )
     total = sum(metrics["per_class"][label]["support"] for label in labels)
     lines.append(
-        f"{'macro avg':<{width}} {metrics['macro_precision']:>9.4f} "
+        f"{pad('macro avg', width)} {metrics['macro_precision']:>9.4f} "
         f"{metrics['macro_recall']:>9.4f} {metrics['macro_f1']:>9.4f} {total:>9d}"
     )
     lines.append("")
@@ -119,10 +122,10 @@ def format_metrics(metrics: dict) -> str:
         )
     lines.append("")
     lines.append("confusion matrix (rows = true, columns = predicted)")
-    cell = max(7, *(len(label) for label in labels))
-    lines.append(" " * width + " " + " ".join(f"{label:>{cell}}" for label in labels))
+    cell = max(7, *(display.width(label) for label in labels))
+    lines.append(" " * width + " " + " ".join(display.rjust(label, cell) for label in labels))
     for label, row in zip(labels, metrics["confusion_matrix"], strict=True):
-        lines.append(f"{label:<{width}} " + " ".join(f"{v:>{cell}d}" for v in row))
+        lines.append(f"{pad(label, width)} " + " ".join(f"{v:>{cell}d}" for v in row))
     return "\n".join(lines)
 
 

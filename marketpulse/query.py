@@ -21,6 +21,7 @@ import math
 import sys
 from pathlib import Path
 
+from marketpulse.display import ljust, width
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.sql import connect
 
@@ -173,10 +174,13 @@ def format_rows(columns: list[str], rows: list, style: str) -> str:
         writer.writerows([["" if v is None else _plain(v) for v in r] for r in rows])
         return out.getvalue().rstrip("\n")
     cells = [["NULL" if v is None else str(v) for v in r] for r in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    # padded by display width: a CJK character takes two terminal columns
+    widths = [max([width(c), *(width(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+        "  ".join(ljust(c, w) for c, w in zip(columns, widths, strict=True)),
         "  ".join("-" * w for w in widths),
     ]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines += [
+        "  ".join(ljust(v, w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    ]
     return "\n".join(lines + [f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])

@@ -12,6 +12,9 @@ and counted per reason as `score` counts them (`ExplainStats.skipped`):
 
 `id` is the source id as DuckDB casts it to text (`CAST(id AS VARCHAR)`), so tables
 with any id type share the table; join it back with `e.id = CAST(p.id AS VARCHAR)`.
+A TIMESTAMPTZ id is rendered in UTC (`2026-05-28 20:56:40+00`) whatever the machine's or
+session's time zone (`id_text_sql`), so runs under any TZ store, and replace, one id per
+row; join it back with the session's TimeZone set to 'UTC'.
 `source` is the table as named (`runs.source` spells it the same way), `source_db` the
 source file's resolved path (one results file may hold the explanations of several
 source files), `variant` the graph that was explained. `label` is the label the weights explain (the predicted one);
@@ -159,6 +162,24 @@ def _prepare_explanations(con, have: dict[str, str] | None) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {sql_type}")
 
 
+_TIMESTAMPTZ = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ")
+
+
+def id_text_sql(expr: str, id_type: str) -> str:
+    """SQL for the stored text of an id: `CAST(expr AS VARCHAR)`, except that a TIMESTAMPTZ
+    is rendered as that cast renders it under TimeZone 'UTC' (`... 20:56:40+00`), not in
+    the session's zone (which DuckDB takes from the machine's TZ). The session itself is
+    left alone: `--where` reads times in it, as `score` does."""
+    if id_type.upper() not in _TIMESTAMPTZ:
+        return f"CAST({expr} AS VARCHAR)"
+    # timezone('UTC', x) is the UTC wall clock as a TIMESTAMP: its text plus '+00' is the
+    # UTC rendering, BC dates and 5-digit years included; infinities render alike anywhere
+    return (
+        f"CASE WHEN isfinite({expr}) THEN CAST(timezone('UTC', {expr}) AS VARCHAR) || '+00' "
+        f"ELSE CAST({expr} AS VARCHAR) END"
+    )
+
+
 def _scored_variants(
     cfg: ExplainConfig, raw_ids: list, id_type: str, version: str
 ) -> dict[str, tuple[str, float | None]]:
@@ -177,8 +198,8 @@ def _scored_variants(
         results_col = "r.results_db" if "results_db" in runs else "NULL"
         margin_col = "r.rescore_margin" if "rescore_margin" in runs else "NULL"
         rows = con.execute(
-            f"SELECT CAST(s.id AS VARCHAR), r.variant, {margin_col}, r.source, r.source_db, "
-            f"{results_col} "
+            f"SELECT {id_text_sql('s.id', id_type)}, r.variant, {margin_col}, r.source, "
+            f"r.source_db, {results_col} "
             f"FROM {quote_table(cfg.results_table)} AS s JOIN {quote_ident(RUNS)} AS r "
             "ON r.run_id = s.run_id WHERE s.model_version = ? AND s.id IN (SELECT unnest(?))",
             [version, raw_ids],
@@ -261,7 +282,7 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
         ident, text = quote_ident(source.id_col), quote_ident(source.text_col)
         with reading(cfg.table, cfg.where):
             rows = con.execute(
-                f"SELECT s.{ident}, CAST(s.{ident} AS VARCHAR), s.{text} "
+                f"SELECT s.{ident}, {id_text_sql('s.' + ident, source.id_type)}, s.{text} "
                 f"FROM {source.table_sql} AS s WHERE {source.where_sql} "
                 f"AND NOT {blank_sql('s.' + text)} ORDER BY s.{ident} LIMIT ?",
                 [*source.where_params, int(cfg.limit)],
@@ -316,7 +337,8 @@ def explain_table(cfg: ExplainConfig, on_row=None) -> ExplainStats:
             )  # fmt: skip
             for word, w in zip(words[: e.occluded], e.words[: e.occluded], strict=True)
         ]
-    _write(db, have, records, ids, bundle.version, cfg.table, source_db)
+    zoned = source.id_type.upper() in _TIMESTAMPTZ
+    _write(db, have, records, ids, bundle.version, cfg.table, source_db, zoned)
     return ExplainStats(
         rows=len(ids),
         words=len(records),
@@ -337,10 +359,13 @@ def _write(
     version: str,
     table: str,
     source_db: str,
+    zoned: bool = False,
 ):
     """Replace this source's rows for `ids` and `version` by `records`, in one transaction:
     its table in its file (rows without a file, from before it was recorded, were written
-    into the source file itself, so they count as that file's)."""
+    into the source file itself, so they count as that file's). `zoned`: the ids are
+    TIMESTAMPTZ, so a row stored by an earlier version in another time zone
+    (`...05:56:40+09`) is the same id as its UTC text, and replaced too."""
     import pyarrow as pa
 
     types = {"position": pa.int32(), "weight": pa.float64(), "explained_at": pa.timestamp("us")}
@@ -365,10 +390,16 @@ def _write(
             ).fetchall()
             key = results.table_key(table)
             spellings = [s for (s,) in recorded if results.table_key(s) == key]
+            same_id = "id IN (SELECT unnest(?))"
+            if zoned:  # the same instant, whatever zone its text was written in
+                same_id = (
+                    f"({same_id} OR TRY_CAST(id AS TIMESTAMPTZ) IN "
+                    "(SELECT TRY_CAST(unnest(?) AS TIMESTAMPTZ)))"
+                )
             con.execute(
-                f"DELETE FROM {name} WHERE model_version = ? AND id IN (SELECT unnest(?)) "
+                f"DELETE FROM {name} WHERE model_version = ? AND {same_id} "
                 "AND source IN (SELECT unnest(?)) AND coalesce(source_db, ?) = ?",
-                [version, ids, spellings, source_db, source_db],
+                [version, ids, *([ids] if zoned else []), spellings, source_db, source_db],
             )
         con.register("_marketpulse_explanations", chunk)
         try:

@@ -9,6 +9,7 @@ and the gaps. These functions only format; they compute nothing.
 
 from __future__ import annotations
 
+from marketpulse import display
 from marketpulse.metrics import format_metrics
 from marketpulse.train.advice import count_phrase
 
@@ -55,12 +56,12 @@ def format_summary(result: dict) -> str:
         note = f"gap = domain minus training ({ref['source']})"
     else:
         note = f"gap = domain minus {ref['name']!r} (the model records no training test metrics)"
-    width = max(12, *(len(r[0]) for r in rows))
+    width = max(12, *(display.width(r[0]) for r in rows))  # a CJK name: 2 columns a character
     heads = ("rows", "accuracy", "macro-F1", "base acc", "base F1", "gap acc", "gap F1")
-    lines = [note, f"{'domain':<{width}} " + " ".join(f"{h:>9}" for h in heads)]
+    lines = [note, display.ljust("domain", width) + " " + " ".join(f"{h:>9}" for h in heads)]
     for name, *values in rows:
         cells = [_cell(v, 9, signed=i >= 5) for i, v in enumerate(values)]
-        lines.append(f"{name:<{width}} " + " ".join(cells))
+        lines.append(display.ljust(name, width) + " " + " ".join(cells))
     return "\n".join(lines)
 
 

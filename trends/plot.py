@@ -10,11 +10,20 @@ put its shifts at the wrong time.
 
 matplotlib is imported inside `draw_trends` (Agg backend, no display needed), so the
 trends stage imports without it and only `--plot` needs it.
+
+A name the fonts cannot draw (a CJK brand on a machine with matplotlib's own DejaVu
+only) is drawn as empty boxes: instead of matplotlib's "Glyph ... missing from font"
+UserWarning for each character, `plot_trends` prints one `trends: note:` line naming
+the labels concerned. matplotlib's fonts are its own choice (`font.sans-serif` in a
+matplotlibrc); none is installed or picked here.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,10 @@ from marketpulse.trends.report import group_text
 
 MAX_PANELS = 12
 COLUMNS = 3
+# matplotlib's warning for a character no font in its list has (3.6+: "Glyph 26666
+# (\N{CJK UNIFIED IDEOGRAPH-682A}) missing from font(s) DejaVu Sans."; before: "Glyph
+# 26666 missing from current font.")
+_MISSING_GLYPH = re.compile(r"Glyph (\d+)\b.*missing from")
 
 
 def choose_groups(series: dict[str, list[dict[str, Any]]], limit: int = MAX_PANELS) -> list[str]:
@@ -41,15 +54,57 @@ def choose_groups(series: dict[str, list[dict[str, Any]]], limit: int = MAX_PANE
 def plot_trends(
     result, path: Path, rows: list[dict[str, Any]], forecasts: list[dict[str, Any]] = ()
 ) -> Path:
-    """Write a PNG of `rows` (trend table) and `forecasts` (forecast table) to `path`."""
-    fig = draw_trends(result, rows, forecasts)
-    import matplotlib.pyplot as plt  # there: draw_trends imported it
-
+    """Write a PNG of `rows` (trend table) and `forecasts` (forecast table) to `path`;
+    characters the fonts lack are one `trends: note:` line on stderr, not a warning each."""
+    caught: list[warnings.WarningMessage] = []
     try:
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+        with warnings.catch_warnings(record=True) as caught:
+            # each missing glyph, not once per code location: collected here, not shown
+            warnings.filterwarnings("always", message=r"Glyph \d+", category=UserWarning)
+            fig = draw_trends(result, rows, forecasts)
+            import matplotlib.pyplot as plt  # there: draw_trends imported it
+
+            try:
+                fig.savefig(path)
+            finally:
+                plt.close(fig)
+    finally:  # out of catch_warnings: the other warnings are shown again, as they were
+        missing = _missing_glyphs(caught)
+    names = [n for n in _drawn_names(result, rows) if missing & set(n)]
+    if missing:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        print(
+            f"trends: note: the plot's fonts cannot draw some characters of "
+            f"{shown or 'its labels'} (drawn as empty boxes in {path}); name an installed "
+            "font that has them in matplotlib's font.sans-serif (matplotlibrc) to draw them",
+            file=sys.stderr,
+        )
     return Path(path)
+
+
+def _missing_glyphs(caught: list[warnings.WarningMessage]) -> set[str]:
+    """The characters of matplotlib's missing-glyph warnings in `caught`; any other
+    warning is shown as it would have been."""
+    missing: set[str] = set()
+    for w in caught:
+        found = _MISSING_GLYPH.match(str(w.message)) if w.category is UserWarning else None
+        if found:
+            missing.add(chr(int(found.group(1))))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return missing
+
+
+def _drawn_names(result, rows: list[dict[str, Any]]) -> list[str]:
+    """The names the figure draws: its panels' groups, the groups the title names as left
+    out, the table and the index's labels (as `draw_trends` draws them)."""
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        series[_key(row, result.by)].append(row)
+    shown = choose_groups(series)
+    left_out = sorted(set(series) - set(shown))[:8]
+    labels = f"{result.positive},{result.negative}".split(",")
+    return list(dict.fromkeys([*shown, *left_out, result.trend_table, *labels]))
 
 
 def draw_trends(result, rows: list[dict[str, Any]], forecasts: list[dict[str, Any]] = ()):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from marketpulse.display import clip, ljust, width
 from marketpulse.trends.labels import index_formula
 
-MAX_EXAMPLE = 110  # characters of an example text in the report
+MAX_EXAMPLE = 110  # terminal columns of an example text in the report
 
 
 def summary(result) -> dict[str, Any]:
@@ -172,7 +173,7 @@ def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]
         example = next((e for r in rows for e in (r["examples"] or [])), None)
         if example:
             text = mask(example)
-            text = text if len(text) <= MAX_EXAMPLE else text[: MAX_EXAMPLE - 3] + "..."
+            text = clip(text, MAX_EXAMPLE)  # by display width: CJK takes 2 columns
             lines.append(f'    e.g. "{text}"')
     return lines
 
@@ -207,10 +208,11 @@ def _forecast(row) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
-    ]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [
-        fmt.format(*r) for r in rows
-    ]
+    """Columns padded by display width (marketpulse.display): a CJK group name takes
+    two terminal columns per character."""
+    widths = [max([width(h), *(width(r[i]) for r in rows)]) for i, h in enumerate(head)]
+
+    def line(cells) -> str:
+        return "  ".join(ljust(c, w) for c, w in zip(cells, widths, strict=True))
+
+    return [line(head), line("-" * w for w in widths)] + [line(r) for r in rows]
