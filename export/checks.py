@@ -39,7 +39,8 @@ CHECK_ROWS = 2000
 # even a graph that agrees on all 200 has a 95% interval reaching down to 98.1%, so the
 # gate cannot tell it from one that changes 2% of the labels.
 PRECISE_CHECK_ROWS = 200
-_FLAGS = Flags(db="--check-db", table="--check-table", input="--check-input")
+# export takes no query: its errors suggest a view passed as --check-table instead
+_FLAGS = Flags(db="--check-db", table="--check-table", query=None, input="--check-input")
 
 # Used for parity (and agreement) when a checkpoint has no test split, e.g. one that
 # was not made by `marketpulse train`. Real-looking market text, mixed lengths.

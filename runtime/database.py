@@ -51,6 +51,7 @@ from pathlib import Path
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.runtime.source import SOURCE_ALIAS, checked_size
+from marketpulse.sources import not_duckdb_error
 from marketpulse.sql import connect, create_database, retry_on_lock
 
 # DuckDB checkpoints a write-ahead log above this size on its own (its default is 16MB,
@@ -71,6 +72,10 @@ _IO_WORDS = re.compile(
     r"permission denied|read-only|disk quota|i/o error|input/output error",
     re.IGNORECASE,
 )
+
+
+# DuckDB's words for a file that exists but is no DuckDB database.
+_NOT_A_DATABASE = re.compile(r"not a valid DuckDB database", re.IGNORECASE)
 
 
 def _is_io_error(exc: BaseException) -> bool:
@@ -112,6 +117,11 @@ class Database:
     @property
     def target(self) -> Path:
         return Path(self.results_db) if self.attached else Path(self.db)
+
+    @property
+    def target_flag(self) -> str:
+        """The flag that named `target`, for messages about it."""
+        return "--results-db" if self.attached else "--db"
 
     def prepare(self) -> None:
         """Check the source file exists, and that a missing results file can be made.
@@ -221,12 +231,10 @@ class Database:
         except MarketpulseError:
             raise
         except duckdb.Error as exc:
-            first = first_line(exc)[:240]
-            if read_only:
-                raise MarketpulseError(
-                    f"cannot open {self.target} as a DuckDB database ({first}); pass --db "
-                    "with a DuckDB file"
-                ) from exc
+            # a file that is not a database is refused as one, also when opened to write
+            # (DuckDB says so with an IO error, which is no disk's fault)
+            if read_only or _NOT_A_DATABASE.search(str(exc)):
+                raise not_duckdb_error(self.target, exc, self.target_flag) from exc
             raise self._write_error(exc) from exc
         try:
             if self.attached:  # a writer may hold the source: wait as for the target
@@ -251,10 +259,7 @@ class Database:
             raise
         except duckdb.Error as exc:
             con.close()
-            raise MarketpulseError(
-                f"cannot open {self.db} as a DuckDB database ({first_line(exc)}); "
-                "pass --db with a DuckDB file"
-            ) from exc
+            raise not_duckdb_error(self.db, exc, "--db") from exc
         return con
 
     def _in_place_of_target(self):

@@ -27,11 +27,13 @@ from pathlib import Path
 
 from marketpulse.errors import MarketpulseError, first_line
 from marketpulse.runtime.where import compile_where
+from marketpulse.sources import Flags, not_text_error
 from marketpulse.sql import (
     Columns,
     ascii_fold,
     quote_ident,
     quote_table,
+    spell_table,
     split_table,
     table_columns,
     table_names,
@@ -43,6 +45,9 @@ from marketpulse.text import blank_sql
 # an unusual name, and `Database.prepare` refuses the one stem that collides.
 SOURCE_ALIAS = "marketpulse_source"
 _TEXT_TYPES = ("VARCHAR",)
+# score and explain read a table (or view) and take no query: a text column that needs SQL
+# to become text gets a view to pass as --table
+_FLAGS = Flags(query=None)
 # Ids that cannot key scores: not comparable exactly, or changed on the way through
 # Arrow (a TIMETZ loses its offset, a UHUGEINT above 2**127 wraps)
 _BAD_ID_PREFIXES = (
@@ -171,9 +176,17 @@ def check_source(
             "--id-col with an integer (up to HUGEINT), text, UUID, date or timestamp key column"
         )
     if text_type.upper() not in _TEXT_TYPES:
-        raise MarketpulseError(
-            f"text column {text_col!r} has type {text_type}, not VARCHAR; pass --text-col with "
-            "a text column"
+        what = f"text column {text_col!r}"
+        source_sql = spell_table(split_table(table))
+        raise not_text_error(
+            what,
+            text_col,
+            text_type,
+            "--text-col",
+            _FLAGS,
+            source_sql,
+            con=con,
+            relation_sql=table_sql,
         )
     where_sql, params = compile_where(con, where or "", list(cols))
     source = Source(table_sql, id_col, text_col, id_type, where_sql, params, table, where)
