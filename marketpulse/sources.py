@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shlex
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -268,14 +269,15 @@ def not_utf8_error(
     stem = path.name[:-3] if lower.endswith(".gz") else path.name
     suffix = next((s for s in (".csv", ".tsv", ".txt") if stem.lower().endswith(s)), "")
     new = path.with_name(f"{stem[: len(stem) - len(suffix)]}.utf8{suffix or '.csv'}")
+    src, dst = shlex.quote(str(path)), shlex.quote(str(new))  # paths with spaces
     iconv = f"iconv -f {encoding} -t utf-8{' -c' if encoding == 'utf-8' else ''}"
-    iconv = f"gunzip -c {path} | {iconv}" if lower.endswith(".gz") else f"{iconv} {path}"
+    iconv = f"gunzip -c {src} | {iconv}" if lower.endswith(".gz") else f"{iconv} {src}"
     if encoding == "utf-8":
-        fix = f"drop the bytes that are not UTF-8 ({iconv} > {new})"
+        fix = f"drop the bytes that are not UTF-8 ({iconv} > {dst})"
     else:
         name = {"latin1": "Latin-1", "cp1252": "Windows-1252"}[encoding]
-        fix = f"re-encode it from {name} to UTF-8 ({iconv} > {new})"
-    fix += f" and read {new} instead" if in_query else f" and pass {new} with {flags.input}"
+        fix = f"re-encode it from {name} to UTF-8 ({iconv} > {dst})"
+    fix += f" and read {new} instead" if in_query else f" and pass {dst} with {flags.input}"
     if encoding == "latin1" and flags.query:
         read = f"read_csv({_sql_string(str(path))}, encoding='latin-1')"
         if in_query:

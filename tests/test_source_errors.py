@@ -9,6 +9,9 @@ that the command then reads the text.
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import duckdb
@@ -86,6 +89,23 @@ def test_windows_1252_and_stray_bytes_get_the_re_encoding_that_fits(tmp_path):
     message = _error(lambda: load_labeled(DataSource(input=str(mixed))))
     fix = f"drop the bytes that are not UTF-8 (iconv -f utf-8 -t utf-8 -c {mixed} > "
     assert fix in message and "latin" not in message.lower()
+
+
+@pytest.mark.skipif(shutil.which("iconv") is None, reason="needs iconv (glibc's libc-bin)")
+def test_the_iconv_command_works_on_a_path_with_spaces(tmp_path):
+    """The suggested command is quoted for a shell: run as printed, it writes the file
+    the message then says to pass, and that file reads."""
+    folder = tmp_path / "My Exports"
+    folder.mkdir()
+    csv = _csv(folder / "posts (1).csv", 4, b" caf\xe9")
+    message = _error(lambda: load_labeled(DataSource(input=str(csv))))
+    command = re.search(r"\((iconv .+?)\) and pass (.+?) with --input", message)
+    assert command, message
+    subprocess.run(["bash", "-c", command.group(1)], check=True)
+    (new,) = shlex.split(command.group(2))
+    assert new == str(folder / "posts (1).utf8.csv")
+    rows = load_labeled(DataSource(input=new))
+    assert "Apple shares jump after earnings café" in rows.texts
 
 
 def test_export_check_input_suggests_no_query(tmp_path):
