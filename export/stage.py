@@ -58,7 +58,7 @@ from marketpulse.export.graphs import (
 from marketpulse.export.log import log
 from marketpulse.export.outliers import CALIBRATION_ROWS, MIN_CALIBRATION_ROWS, Calibration
 from marketpulse.export.publish import check_and_publish
-from marketpulse.runtime.owned_folders import owned_folder, sweep_dead_runs
+from marketpulse.owned_folders import owned_folder, sweep_dead_runs
 from marketpulse.staging import publishable
 from marketpulse.text import is_blank
 

@@ -6,15 +6,19 @@ half-written output or destroys the previous one. `tempfile.mkdtemp` creates tha
 sibling private (0700), and some writers (safetensors) create their files 0600: once
 renamed, a scoring service running as another user could not read the bundle. So
 `publishable` gives the folder and its files the modes a plain `mkdir` and `open` would
-have had under the process's umask; `replace_dir` swaps the finished folder into place.
+have had under the process's umask; `replace_dir` swaps the finished folder into place,
+moving what --out held into the run's owned folder, which removes it (owned_folders.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from marketpulse.owned_folders import STAGE_OWNER
+
+# the name the folder swapped out of --out takes in the owned folder, beside the staging one
+SWAPPED_OUT = "swapped-out"
 
 
 def _umask() -> int:
@@ -38,17 +42,21 @@ def publishable(folder: Path) -> Path:
 
 
 def replace_dir(staging: Path, out: Path) -> None:
-    """Put `staging` at `out`; an existing folder there is swapped out, then deleted (if
-    the swap fails, it is put back)."""
+    """Put `staging` at `out`. `staging` is built in an `owned_folder` (owned_folders.py):
+    an existing folder at `out` is swapped out into that owned folder, beside `staging`
+    (put back if the swap fails), and goes with it, lock file last, when the run's block
+    ends; a run killed meanwhile leaves it in a folder the next run's sweep removes, never
+    in a `.OUT.old-*` folder nothing removes."""
+    owned = staging.parent
+    if not (owned / STAGE_OWNER).is_file():
+        raise ValueError(f"{staging} is not in an owned folder (no {STAGE_OWNER} beside it)")
     if not out.exists():
         staging.rename(out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
+    old = owned / SWAPPED_OUT
     out.rename(old)
     try:
         staging.rename(out)
     except BaseException:
         old.rename(out)
         raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -5,7 +5,6 @@ texts. The modules, one job each:
 
     runs.py          ScoreConfig, RunStats; input checks, the `runs` row, chunk commits
     database.py      the file held only per session: read-only reads, brief commits, run lock
-    owned_folders.py staging folders a live process owns; those of dead ones swept
     source.py        check the source table, read pending rows
     windows.py       a window of rows -> tokenized -> inferred -> scores rows
     local_engine.py  score(): reader / inference / writer threads on this machine

@@ -29,8 +29,8 @@ was there before (`run_lock`).
 A view's pending rows are staged to Parquet in a folder beside the results file
 (`staging_dir`), removed when the run ends; a killed run cannot remove it. Each folder
 holds an `owner.lock` that its run keeps flocked, so a later run removes the folders whose
-lock nobody holds, and only those (`remove_stale_staging`); owned_folders.py makes and
-sweeps such folders.
+lock nobody holds, and only those (`remove_stale_staging`); marketpulse/owned_folders.py
+makes and sweeps such folders.
 
 Within the process one mutex serialises the sessions: DuckDB refuses a read-only and a
 read-write connection to one file in the same process at once.
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marketpulse.errors import MarketpulseError, first_line
-from marketpulse.runtime.owned_folders import owned_folder, remove_dead_folders
+from marketpulse.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.runtime.source import SOURCE_ALIAS, checked_size
 from marketpulse.sources import not_duckdb_error
 from marketpulse.sql import connect, create_database, retry_on_lock

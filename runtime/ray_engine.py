@@ -39,11 +39,11 @@ from pathlib import Path
 from marketpulse import variants as registry
 from marketpulse.bundle import MANIFEST, load_bundle
 from marketpulse.errors import MarketpulseError
+from marketpulse.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.results_schema import probability_columns
 from marketpulse.runtime import autovariant
 from marketpulse.runtime.canary import RAY as RAY_CANARY
 from marketpulse.runtime.canary import CanaryResult
-from marketpulse.runtime.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.runtime.ray_cluster import (
     CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -62,6 +62,7 @@ from marketpulse.runtime.source import export_pending, pending_query
 # The pending rows' Parquet shards, in a folder of --stage-dir (or the temp dir) holding
 # an `owner.lock` its run keeps flocked: a killed run's folder is removed by a later run.
 RAY_STAGE_PREFIX = "marketpulse-ray-"
+RAY_RUN_ID = r"[0-9a-f]{1,32}-"  # what follows the prefix, before mkdtemp's part: a run id
 RAY_MAKING_PREFIX = ".marketpulse-ray-making-"  # not under RAY_STAGE_PREFIX: not swept
 
 INSTALL_HINT = "pip install 'marketpulse[ray]'"
@@ -369,7 +370,7 @@ def _run(ray, run: Run, device: str, threads: int, cluster: dict):
     try:
         # Pending rows are raw texts: a killed run's folder goes at the next run here
         parent = Path(cluster["stage_dir"] or tempfile.gettempdir())
-        removed, _ = remove_dead_folders(parent, RAY_STAGE_PREFIX)
+        removed, _ = remove_dead_folders(parent, RAY_STAGE_PREFIX, between=RAY_RUN_ID)
         if removed:
             progress.log(f"removed {removed} stale Ray staging folder(s) of interrupted runs")
         prefix = f"{RAY_STAGE_PREFIX}{stats.run_id}-"

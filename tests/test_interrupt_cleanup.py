@@ -25,12 +25,14 @@ from click.testing import CliRunner
 from conftest import train_args
 
 from marketpulse.cli import main
-from marketpulse.runtime.owned_folders import (
+from marketpulse.errors import MarketpulseError
+from marketpulse.owned_folders import (
     STAGE_OWNER,
     Terminated,
     owned_folder,
     remove_dead_folders,
     sigterm_raises,
+    sweep_dead_runs,
 )
 
 CLI = "from marketpulse.cli import main; main()"
@@ -101,7 +103,7 @@ def _dead_run_folder(parent: Path, prefix: str, size: int = 2_000_000) -> tuple[
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from marketpulse.runtime.owned_folders import owned_folder\n"
+        "from marketpulse.owned_folders import owned_folder\n"
         "prefix = sys.argv[2]\n"
         "with owned_folder(Path(sys.argv[1]), prefix, prefix[:-1] + '~') as folder:\n"
         "    (folder / 'part.bin').write_bytes(bytes(int(sys.argv[3])))\n"
@@ -199,7 +201,7 @@ def test_train_removes_a_dead_runs_folder_and_keeps_a_live_ones(
     runs = tmp_path / "runs"
     runs.mkdir()
     dead, pid = _dead_run_folder(runs, ".model.train-")
-    older = _older_folder(runs, ".model.train-older")
+    older = _older_folder(runs, ".model.train-older_01")
     with owned_folder(runs, ".model.train-", ".model.train~") as live:
         result = CliRunner().invoke(main, train_args(market_db, runs / "model", tiny_checkpoint))
         assert result.exit_code == 0, result.output
@@ -211,7 +213,7 @@ def test_train_removes_a_dead_runs_folder_and_keeps_a_live_ones(
         r"\(3 kB\)\n",
         result.output,
     )
-    assert sorted(p.name for p in runs.iterdir()) == [".model.train-older", "model"]
+    assert sorted(p.name for p in runs.iterdir()) == [".model.train-older_01", "model"]
 
 
 def test_export_removes_dead_runs_folders_beside_out_and_in_tmp(
@@ -243,7 +245,7 @@ def test_the_sweep_takes_out_names_literally(tmp_path):
     """--out `m[1]`: its dead folders are found (a glob would read [1] as a character
     class and miss them), and those of --out `m1` are not its to remove."""
     ours, _ = _dead_run_folder(tmp_path, ".m[1].train-", size=10)
-    other = _older_folder(tmp_path, ".m1.train-x")
+    other = _older_folder(tmp_path, ".m1.train-xxxxxxxx")
     assert remove_dead_folders(tmp_path, ".m[1].train-") == (1, 0)
     assert not ours.exists() and other.is_dir()
 
@@ -256,4 +258,239 @@ def test_sigterm_raises_only_inside_the_block():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises at once
     assert isinstance(caught.value, KeyboardInterrupt) and caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_sweep_takes_only_its_own_exact_names(tmp_path):
+    """--out `model`'s prefix `.model.train-` starts the names of --out `model.train-b`'s
+    folders too: its dead folder and one still being made (no lock yet) are not this
+    sweep's (the old glob `.model.train-*` removed the one and named the other as left by
+    an older marketpulse); only `.model.train-` + mkdtemp's 8 characters are."""
+    ours, pid = _dead_run_folder(tmp_path, ".model.train-", size=10)
+    theirs, _ = _dead_run_folder(tmp_path, ".model.train-b.train-", size=10)
+    making = Path(tempfile.mkdtemp(prefix=".model.train-b.train~", dir=tmp_path))
+    lines: list[str] = []
+    sweep_dead_runs(tmp_path, ".model.train-", lines.append)
+    assert lines == [f"removed 0 kB left by a dead run (pid {pid}): {ours}"]
+    assert sorted(tmp_path.iterdir()) == sorted([theirs, making])
+
+
+def test_each_callers_sweep_matches_the_folders_it_makes(tmp_path):
+    """Score's, the Ray engine's (a run id in its names), trends', train's, adapt's and
+    export's folders, as `owned_folder` names them, are the ones their sweeps take."""
+    import uuid
+
+    from marketpulse.export.stage import WORK_PREFIX
+    from marketpulse.export.stage import staging_prefix as export_prefix
+    from marketpulse.runtime.database import STAGE_PREFIX
+    from marketpulse.runtime.ray_engine import RAY_RUN_ID, RAY_STAGE_PREFIX
+    from marketpulse.train.out_dir import staging_prefix as train_prefix
+    from marketpulse.trends.stage import SCRATCH_PREFIX
+
+    out = tmp_path / "model"
+    run_id = uuid.uuid4().hex[:12]  # runs.py's
+    for made, swept, between in (
+        (STAGE_PREFIX, STAGE_PREFIX, ""),
+        (f"{RAY_STAGE_PREFIX}{run_id}-", RAY_STAGE_PREFIX, RAY_RUN_ID),
+        (SCRATCH_PREFIX, SCRATCH_PREFIX, ""),
+        (train_prefix(out), train_prefix(out), ""),
+        (".model.adapt-", ".model.adapt-", ""),  # adapt.py's, inline
+        (export_prefix(out), export_prefix(out), ""),
+        (WORK_PREFIX, WORK_PREFIX, ""),
+    ):
+        folder, _ = _dead_run_folder(tmp_path, made, size=10)
+        assert remove_dead_folders(tmp_path, swept, between=between) == (1, 0), made
+        assert not folder.exists()
+
+
+def test_a_lock_another_process_holds_stops_the_run(tmp_path, monkeypatch):
+    """The new folder's owner.lock locked by another process: the run stops with one line
+    (it went on unlocked, and a sweep could remove its folder under it) and removes it."""
+    making = tmp_path / ".x~abcdefgh"
+    making.mkdir()
+    (making / STAGE_OWNER).touch()
+    code = (
+        "import fcntl, sys, time\n"
+        "held = open(sys.argv[1])\n"
+        "fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(making / STAGE_OWNER)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix, dir: str(making))
+        with pytest.raises(MarketpulseError) as err, owned_folder(tmp_path, ".x-", ".x~"):
+            pytest.fail("the block ran without its lock")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert f"cannot lock {making / STAGE_OWNER}" in str(err.value)
+    assert "another process holds it" in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_filesystem_without_locks_runs_unlocked(tmp_path, monkeypatch):
+    """flock failing with ENOLCK (no locks on that filesystem): the folder is made all the
+    same; the sweep cannot lock it either, so it takes it for a live run's."""
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with owned_folder(tmp_path, ".x-", ".x~") as folder:
+        assert (folder / STAGE_OWNER).is_file()
+        assert remove_dead_folders(tmp_path, ".x-") == (0, 0) and folder.is_dir()
+    assert list(tmp_path.iterdir()) == []
+
+
+# An owned folder of 20 parts, removed by its run with the removal of the last part
+# paused (once) for argv[4] s, so that a signal lands mid-removal: the run leaves the
+# block (argv[3] `exit`), raises in it (`error`), waits in it for a SIGTERM (`wait`), or
+# swaps its staged output into --out `out` whose parts are then removed (`replace`).
+SLOW_REMOVAL = """
+import os, sys, time
+from pathlib import Path
+from marketpulse.owned_folders import owned_folder, stop_on_sigterm
+from marketpulse.staging import replace_dir
+
+parent, prefix, mode, pause = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+real_unlink, paused = os.unlink, False
+
+def unlink(path, *args, **kwargs):
+    global paused
+    name = os.path.basename(os.fsdecode(path))
+    if not paused and name.startswith("part-") and len(list(parent.rglob("part-*"))) == 1:
+        paused = True
+        print("removing the last part", flush=True)
+        time.sleep(pause)
+    real_unlink(path, *args, **kwargs)
+
+os.unlink = unlink
+out = parent / "out"
+with stop_on_sigterm(out, "bundle"), owned_folder(parent, prefix, prefix[:-1] + "~") as owned:
+    if mode == "replace":
+        (owned / "bundle").mkdir()
+        (owned / "bundle" / "new.bin").write_bytes(b"new")
+        replace_dir(owned / "bundle", out)
+    else:
+        for i in range(20):
+            (owned / f"part-{i:02}.bin").write_bytes(bytes(1000))
+    print(owned, flush=True)
+    if mode == "error":
+        raise RuntimeError("failed")
+    if mode == "wait":
+        time.sleep(300)
+"""
+
+
+@pytest.fixture
+def slow_removal(tmp_path):
+    """Start SLOW_REMOVAL in `tmp_path/runs`; (process, its folder, its stderr log)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(mode: str, pause: float = 300) -> tuple[subprocess.Popen, Path, Path]:
+        runs, log = tmp_path / "runs", tmp_path / f"{mode}.log"
+        runs.mkdir(exist_ok=True)
+        with log.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", SLOW_REMOVAL, str(runs), ".out.x-", mode, str(pause)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        procs.append(proc)
+        folder = Path(proc.stdout.readline().strip())
+        assert folder.name.startswith(".out.x-"), log.read_text()
+        return proc, folder, log
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_a_removal_cut_short_by_kill_9_is_finished_by_the_next_sweep(slow_removal, tmp_path):
+    """kill -9 while a run removes its folder: the lock file goes last, so what is left
+    still has it and the next sweep removes it (rmtree could take owner.lock first,
+    leaving a folder every later run kept as an older marketpulse's)."""
+    proc, folder, _ = slow_removal("exit")
+    assert proc.stdout.readline() == "removing the last part\n"
+    assert (folder / STAGE_OWNER).is_file()
+    proc.kill()
+    proc.wait()
+    assert remove_dead_folders(tmp_path / "runs", ".out.x-") == (1, 0)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup_short(slow_removal, tmp_path):
+    """A scheduler's second SIGTERM while the first one's cleanup runs is ignored: the
+    folder is removed, and the line saying so is true (it raised mid-removal, left the
+    folder, and the line still said it was removed)."""
+    proc, folder, log = slow_removal("wait", pause=3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "removing the last part\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == (
+        "marketpulse: interrupted by SIGTERM before the bundle was complete: nothing was "
+        f"written to --out {tmp_path / 'runs' / 'out'}; this run's temporary folders were removed"
+    )
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_sigterm_during_an_errors_cleanup_finishes_it(slow_removal, tmp_path):
+    """SIGTERM while a failed run removes its folder: the removal it cut short is finished
+    before the line says the folders were removed."""
+    proc, folder, log = slow_removal("error")
+    assert proc.stdout.readline() == "removing the last part\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert (
+        log.read_text()
+        .strip()
+        .splitlines()[-1]
+        .endswith("; this run's temporary folders were removed")
+    )
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_what_out_held_goes_with_the_owned_folder_even_after_kill_9(slow_removal, tmp_path):
+    """replace_dir swaps --out's earlier content into the run's owned folder: kill -9
+    while it is removed leaves it there, for the next sweep (it was renamed to a
+    `.out.old-*` folder beside --out, which nothing removed)."""
+    runs = tmp_path / "runs"
+    (runs / "out").mkdir(parents=True)
+    for i in range(5):
+        (runs / "out" / f"part-{i}.bin").write_bytes(b"earlier")
+    proc, folder, _ = slow_removal("replace")
+    assert proc.stdout.readline() == "removing the last part\n"
+    proc.kill()
+    proc.wait()
+    assert sorted(runs.iterdir()) == [folder, runs / "out"]
+    assert [p.name for p in (runs / "out").iterdir()] == ["new.bin"]
+    assert remove_dead_folders(runs, ".out.x-") == (1, 0)
+    assert [p.name for p in runs.iterdir()] == ["out"]
+
+
+def test_sigterm_raises_ignores_further_sigterms_until_the_block_ends():
+    """After the first SIGTERM raised Terminated, the cleanup it runs is not interrupted
+    by another; the handler before is put back at the end."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), sigterm_raises():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once
+        finally:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: this cleanup goes on
+            time.sleep(0.1)
     assert signal.getsignal(signal.SIGTERM) is before

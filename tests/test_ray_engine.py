@@ -18,8 +18,8 @@ import pytest
 from test_runtime_support import MARKER, make_source, poison_onnx, spread_bundle
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.owned_folders import STAGE_OWNER
 from marketpulse.runtime import ScoreConfig, score
-from marketpulse.runtime.owned_folders import STAGE_OWNER
 from marketpulse.runtime.ray_cluster import Stalled, watched
 from marketpulse.runtime.ray_engine import (
     COPIED,
@@ -262,7 +262,8 @@ def test_a_killed_runs_staged_texts_are_removed_by_the_next_ray_run(ray_cluster,
     import fcntl
 
     stage = tmp_path / "stage"
-    dead, live = stage / "marketpulse-ray-dead-1", stage / "marketpulse-ray-live-2"
+    dead = stage / "marketpulse-ray-0123456789ab-dead_001"  # <prefix><run id>-<mkdtemp's>
+    live = stage / "marketpulse-ray-ba9876543210-live_002"
     for folder in (dead, live):
         folder.mkdir(parents=True)
         (folder / "pending-00000.parquet").write_bytes(b"raw texts")

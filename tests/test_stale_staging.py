@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from test_runtime_support import make_source
 
 from marketpulse.cli import main
+from marketpulse.owned_folders import STAGE_OWNER
 from marketpulse.runtime.database import STAGE_PREFIX, Database
-from marketpulse.runtime.owned_folders import STAGE_OWNER
 from marketpulse.sql import DEFAULT_STORAGE_VERSION
 
 N = 120
@@ -183,15 +183,15 @@ def test_the_sweep_leaves_a_folder_whose_owner_is_alive_in_this_process(tmp_path
 
 def test_only_this_hosts_dead_folders_are_swept(tmp_path):
     """On a shared folder another host's flock may not show here: its folders are kept."""
-    from marketpulse.runtime.owned_folders import STAGE_OWNER, remove_dead_folders
+    from marketpulse.owned_folders import STAGE_OWNER, remove_dead_folders
 
     for name, owner in (
-        ("x-here", socket.gethostname()),
-        ("x-there", "other-host"),
-        ("x-old", None),
+        ("x-here_000", socket.gethostname()),
+        ("x-there_00", "other-host"),
+        ("x-old_0000", None),
     ):
         folder = tmp_path / name
         folder.mkdir()
         (folder / STAGE_OWNER).write_text(f"123 {owner}\n" if owner else "123\n")
     assert remove_dead_folders(tmp_path, "x-") == (2, 0)  # not "kept": not ours to judge
-    assert [p.name for p in tmp_path.iterdir()] == ["x-there"]
+    assert [p.name for p in tmp_path.iterdir()] == ["x-there_00"]

@@ -506,11 +506,11 @@ def test_a_killed_runs_scratch_tables_are_swept_by_the_next_run(db, tmp_path, mo
     """The scratch file holds drivers' words from the texts; a kill -9 left it in /tmp."""
     import tempfile
 
-    from marketpulse.runtime.owned_folders import STAGE_OWNER
+    from marketpulse.owned_folders import STAGE_OWNER
     from marketpulse.trends.stage import SCRATCH_PREFIX
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / f"{SCRATCH_PREFIX}dead"
+    dead = tmp_path / f"{SCRATCH_PREFIX}dead_123"  # mkdtemp's 8 characters
     dead.mkdir()
     (dead / "work.duckdb").write_bytes(b"words of the texts")
     (dead / STAGE_OWNER).write_text("123\n")

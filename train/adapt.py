@@ -36,7 +36,7 @@ from pathlib import Path
 
 from marketpulse.checkpoint import out_in_use
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.owned_folders import owned_folder, sweep_dead_runs
+from marketpulse.owned_folders import owned_folder, sweep_dead_runs
 from marketpulse.sources import open_source
 from marketpulse.sql import quote_ident
 from marketpulse.staging import publishable, replace_dir

@@ -27,7 +27,7 @@ from marketpulse.checkpoint import (
     out_in_use,
 )
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.owned_folders import owned_folder, sweep_dead_runs
+from marketpulse.owned_folders import owned_folder, sweep_dead_runs
 from marketpulse.staging import publishable, replace_dir
 from marketpulse.train.hf_trainer import log
 

@@ -25,8 +25,8 @@ from typing import Any
 import duckdb
 
 from marketpulse.errors import MarketpulseError, first_line
+from marketpulse.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.results_schema import SCORES
-from marketpulse.runtime.owned_folders import owned_folder, remove_dead_folders
 from marketpulse.sql import connect, quote_ident, quote_table
 from marketpulse.trends import inputs, queries
 from marketpulse.trends.checks import (

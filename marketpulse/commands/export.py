@@ -9,7 +9,7 @@ import click
 
 from marketpulse import variants as registry
 from marketpulse.errors import MarketpulseError
-from marketpulse.runtime.owned_folders import stop_on_sigterm
+from marketpulse.owned_folders import stop_on_sigterm
 
 
 def _parse_variants(ctx, param, value):

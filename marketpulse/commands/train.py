@@ -14,7 +14,7 @@ from marketpulse.commands.options import (
     precision_option,
     source_options,
 )
-from marketpulse.runtime.owned_folders import stop_on_sigterm
+from marketpulse.owned_folders import stop_on_sigterm
 
 
 @click.command()

@@ -9,24 +9,36 @@ holds, and only those (`remove_dead_folders`): a killed process releases its loc
 its file descriptors. The lock file names its host, and only this host's folders are
 judged, since a flock on a network filesystem may be visible on its own host only.
 
+A folder is `<prefix><random>`, the random part `tempfile.mkdtemp`'s (8 characters), and
+the sweep takes those exact names only: the prefix `.model.train-` of --out `model` is also
+the start of `.model.train-b.train-*`, --out `model.train-b`'s, which are not its to judge.
 `sweep_dead_runs` is that sweep with a line per folder removed (its size and owner's
 pid), and one for folders made by an older marketpulse, which are kept.
+
+A folder is removed lock file last (`remove_owned`), by its run and by the sweep alike: a
+removal cut short (kill -9 mid-way) leaves a folder that still has its lock, which the next
+sweep removes, never one without a lock, which it would keep as an older marketpulse's.
 
 A run removes its folders in `finally` blocks, which Ctrl-C (KeyboardInterrupt) runs but
 SIGTERM, a scheduler's timeout, does not: the process just ends. `stop_on_sigterm` raises
 `Terminated` (a KeyboardInterrupt) in the main thread instead, so SIGTERM cleans up as
 Ctrl-C does, then prints what --out holds and exits 143; train, adapt and export run in it.
+Further SIGTERMs (a scheduler may send several before its SIGKILL) are ignored until then,
+so they cannot cut the removal short; one that came during a removal already under way
+(an error's) is finished before the line says the folders were removed.
 `score` stops gracefully on its own (runs.py).
 
-This module knows nothing of DuckDB: database.py, ray_engine.py, trends' stage.py,
-train's out_dir.py and adapt.py and export's stage.py choose the folders' parent and
-prefixes.
+This module knows nothing of DuckDB: runtime's database.py and ray_engine.py, trends'
+stage.py, train's out_dir.py and adapt.py and export's stage.py choose the folders' parent
+and prefixes; staging.py's `replace_dir` moves the folder it swaps out of --out into one.
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,46 +49,104 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from marketpulse.errors import MarketpulseError
+
 STAGE_OWNER = "owner.lock"
+# tempfile.mkdtemp's random part, which an owned folder's name ends with: 8 characters of
+# "abcdefghijklmnopqrstuvwxyz0123456789_" (CPython's tempfile._RandomNameSequence)
+RANDOM_PART = r"[a-z0-9_]{8}"
+# flock's errors on a filesystem without locks: there the folder goes unlocked, and the
+# sweep, unable to lock it either, takes it for a live run's and keeps it
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+# this process's owned folders (both names) whose removal has not ended: those of a
+# block SIGTERM stopped are finished by `stop_on_sigterm` if a signal cut their removal short
+_UNREMOVED: set[Path] = set()
 
 
 @contextmanager
 def owned_folder(parent: Path, prefix: str, making_prefix: str) -> Iterator[Path]:
-    """A new folder `parent/<prefix>...` holding an `owner.lock` this process keeps
-    flocked until the folder is removed, at the end. It is made as `<making_prefix>...`
-    and renamed once locked, so a folder under `prefix` always has its lock file."""
+    """A new folder `parent/<prefix><random>` holding an `owner.lock` this process keeps
+    flocked until the folder is removed (lock file last: `remove_owned`), at the end. It is
+    made as `<making_prefix><random>` and renamed once locked, so a folder under `prefix`
+    always has its lock file. A lock another process holds stops the run
+    (MarketpulseError): that process could remove the folder while it is in use."""
     making = Path(tempfile.mkdtemp(prefix=making_prefix, dir=parent))
     path = making.with_name(prefix + making.name.removeprefix(making_prefix))
+    names = (making, path)
+    _UNREMOVED.update(names)
     owner = None
     try:
         owner = open(making / STAGE_OWNER, "w")  # noqa: SIM115 - held while staged
-        try:
-            import fcntl
-
-            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody holds it
-        except (ImportError, OSError):  # not POSIX, or a filesystem without flock: the
-            pass  # lock is free to whoever looks, and our folder may be swept; ours is new
+        _lock_new(owner)
         # the host: a flock on a network filesystem may be visible on this host only
         owner.write(f"{os.getpid()} {socket.gethostname()}\n")
         owner.flush()
         making.rename(path)
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(making, ignore_errors=True)
+        remove_owned(path)
+        remove_owned(making)
+        _UNREMOVED.difference_update(name for name in names if not os.path.lexists(name))
         if owner is not None:
             owner.close()
+
+
+def _lock_new(owner) -> None:
+    """Flock the new `owner.lock` open as `owner`, as database.py's run lock is taken: held
+    by another process, it is an error; a filesystem without locks is let be."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks here, and no sweep either
+        return
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            return
+        held = isinstance(exc, BlockingIOError) or exc.errno in (errno.EAGAIN, errno.EACCES)
+        why = "another process holds it" if held else (exc.strerror or str(exc))
+        raise MarketpulseError(
+            f"cannot lock {owner.name}, the owner lock of a new working folder ({why}); "
+            "without it another run could remove the folder while this one uses it: retry, "
+            "or use a folder on a local filesystem"
+        ) from exc
+
+
+def remove_owned(folder: Path) -> None:
+    """Remove an `owned_folder`: everything in it but `owner.lock` first, then the lock
+    file, then the folder. Cut short (a signal, kill -9), the removal leaves a folder that
+    still has its lock file, which the next sweep judges (its run is dead: removed), never
+    one without, which it would keep as an older marketpulse's. Errors are ignored: what
+    could not be removed is left with its lock file, for a later sweep."""
+    try:
+        entries = [entry for entry in folder.iterdir() if entry.name != STAGE_OWNER]
+    except OSError:  # gone already
+        return
+    for entry in entries:
+        _remove(entry)
+    try:
+        if any(entry.name != STAGE_OWNER for entry in folder.iterdir()):
+            return  # something could not be removed: the lock file stays with it
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        (folder / STAGE_OWNER).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def remove_dead_folders(
     parent: Path,
     prefix: str,
     *,
+    between: str = "",
     without_lock: Callable[[Path], bool] | None = None,
     on_removed: Callable[[Path, int | None, int], None] | None = None,
 ) -> tuple[int, int]:
-    """Remove the `owned_folder`s `parent/<prefix>*` whose process is dead; return
-    (removed, kept because their owner cannot be told).
+    """Remove the `owned_folder`s `parent/<prefix><random>` whose process is dead; return
+    (removed, kept because their owner cannot be told). Only names `prefix`, then what the
+    regular expression `between` matches (ray_engine.py's run id), then mkdtemp's random
+    part are judged: those of a longer prefix (another --out's) are not this sweep's.
 
     A folder whose `owner.lock` can be locked belongs to a dead process (a killed one
     releases its locks with its file descriptors); one whose lock is held is alive and
@@ -94,21 +164,19 @@ def remove_dead_folders(
     def remove(folder: Path, pid: int | None) -> None:
         nonlocal removed
         size = _size(folder) if on_removed is not None else 0
-        # the lock file last: a removal cut short (a signal) leaves a folder still judged dead
-        try:
-            entries = [entry for entry in folder.iterdir() if entry.name != STAGE_OWNER]
-        except OSError:
-            entries = []
-        for entry in entries:
-            _remove(entry)
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_owned(folder)  # the lock file last: one cut short is still judged dead
         if not folder.exists():
             removed += 1
             if on_removed is not None:
                 on_removed(folder, pid, size)
 
-    # escaped: a prefix naming --out may hold [ ] * ?
-    for folder in sorted(Path(parent).glob(glob.escape(prefix) + "*")):
+    # exact names: `prefix` (escaped: a prefix naming --out may hold [ ] * ?) + mkdtemp's part
+    name = re.compile(re.escape(prefix) + between + RANDOM_PART)
+    try:
+        folders = sorted(path for path in Path(parent).iterdir() if name.fullmatch(path.name))
+    except OSError:  # no such folder: nothing to sweep
+        folders = []
+    for folder in folders:
         if folder.is_symlink() or not folder.is_dir():
             continue
         try:  # read-write: NFS emulates flock with byte-range locks, which need it
@@ -137,7 +205,7 @@ def remove_dead_folders(
 
 
 def sweep_dead_runs(parent: Path, prefix: str, log: Callable[[str], None]) -> None:
-    """`remove_dead_folders` on `parent/<prefix>*`, logging one line per folder removed
+    """`remove_dead_folders` on `parent/<prefix><random>`, logging one line per folder removed
     (`removed 350 MB left by a dead run (pid 1234): PATH`), and one naming the folders
     without a lock file, which are kept: an older marketpulse made them, and whether its
     run is alive cannot be told."""
@@ -218,12 +286,15 @@ class Terminated(KeyboardInterrupt):
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Inside the block, SIGTERM raises `Terminated` in the main thread (elsewhere,
-    where no handler can be set, the block runs as it is); the handler before is put back."""
+    where no handler can be set, the block runs as it is); the handler before is put back.
+    Once one has, further SIGTERMs are ignored to the block's end: a scheduler's second
+    one cannot cut short the cleanup the first one started."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup it starts runs to its end
         raise Terminated(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -236,25 +307,41 @@ def sigterm_raises() -> Iterator[None]:
 @contextmanager
 def stop_on_sigterm(out: Path, what: str) -> Iterator[None]:
     """A command writing `what` (a checkpoint, a bundle) to --out `out`: on SIGTERM the
-    block's `finally` blocks remove its folders (`sigterm_raises`), then one line says it
-    was interrupted and what --out holds, and the process exits 143."""
+    block's `finally` blocks remove its folders (`sigterm_raises`; one whose removal the
+    signal cut short is finished here), then one line says it was interrupted and what
+    --out holds, and the process exits 143."""
     before = _identity(out)
     held = before is not None and _holds_something(out)
-    try:
-        with sigterm_raises():
+    earlier = set(_UNREMOVED)  # folders of enclosing blocks are not this block's to remove
+    with sigterm_raises():
+        try:
             yield
-    except Terminated:
-        after = _identity(out)
-        if after is not None and after != before:  # swapped into place just before
-            line = f"after the {what} was written to --out {out}"
-        else:
-            kept = " (it keeps what it held before)" if held else ""
-            line = (
-                f"before the {what} was complete: nothing was written to --out {out}{kept}; "
-                "this run's temporary folders were removed"
+        except Terminated:  # further SIGTERMs are ignored from here (sigterm_raises)
+            left = _finish_removal(_UNREMOVED - earlier)
+            after = _identity(out)
+            if after is not None and after != before:  # swapped into place just before
+                line, folders = f"after the {what} was written to --out {out}", ""
+            else:
+                kept = " (it keeps what it held before)" if held else ""
+                line = f"before the {what} was complete: nothing was written to --out {out}{kept}"
+                folders = "; this run's temporary folders were removed"
+            if left:
+                folders = "; this run's temporary folders could not all be removed: " + ", ".join(
+                    str(folder) for folder in left
+                )
+            print(
+                f"marketpulse: interrupted by SIGTERM {line}{folders}", file=sys.stderr, flush=True
             )
-        print(f"marketpulse: interrupted by SIGTERM {line}", file=sys.stderr, flush=True)
-        raise SystemExit(Terminated.exit_code) from None
+            raise SystemExit(Terminated.exit_code) from None
+
+
+def _finish_removal(folders: set[Path]) -> list[Path]:
+    """Remove the owned `folders` a signal left half-removed; return those still there."""
+    for folder in sorted(folders):
+        remove_owned(folder)
+        if not os.path.lexists(folder):
+            _UNREMOVED.discard(folder)
+    return sorted(folder for folder in folders if os.path.lexists(folder))
 
 
 def _holds_something(folder: Path) -> bool:
