@@ -1,9 +1,12 @@
-"""`marketpulse sql`: read-only SQL against a DuckDB file, for scripts and make targets.
+"""`marketpulse sql`: SQL against a DuckDB file, for scripts and make targets.
 
 The file is opened read-only, so the SQL cannot change that file (DuckDB still runs
 COPY ... TO or ATTACH of another file: this is a tool for the file's owner), and the open is
 retried while a scoring run holds the file for a commit (a fraction of a second at a
 time; see runtime/database.py), so a script never fails because a nightly is running.
+With `write` (`sql --write`: a CREATE VIEW that trends asks for, say) it is opened
+read-write as every writer opens it: the open waits while another process (a reader
+too) holds the file, and each statement commits as it ends.
 
 The SQL may hold several statements: DuckDB's parser splits them (a ';' inside a string
 or comment stays where it is), they run in order on one connection, and each one that
@@ -32,17 +35,23 @@ Result = tuple[list[str], list]  # (column names, rows) of one statement
 
 
 def run_queries(
-    db: Path, sql: str, timeout: float = DEFAULT_TIMEOUT, *, one_result: str | None = None
+    db: Path,
+    sql: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    one_result: str | None = None,
+    write: bool = False,
 ) -> list[Result]:
     """The result set of each statement of `sql` that returns rows, in order, run on `db`
-    opened read-only; when none does, the last statement's result as DuckDB gives it.
+    opened read-only (read-write with `write`); when none does, the last statement's
+    result as DuckDB gives it.
 
     `one_result` names what takes a single result set (`--json`): SQL with more than one
     statement that returns rows is then refused before any statement runs.
     """
     import duckdb
 
-    con = _connect(Path(db), timeout)
+    con = _connect(Path(db), timeout, write)
     try:
         try:
             statements = con.extract_statements(sql)
@@ -69,23 +78,27 @@ def run_queries(
                 which = (
                     "query" if len(statements) == 1 else f"statement {i + 1} of {len(statements)}"
                 )
-                raise MarketpulseError(f"{which} failed ({first_line(exc)}); {_fix(exc)}") from exc
+                done = _committed(statements[:i]) if write else ""
+                raise MarketpulseError(
+                    f"{which} failed ({first_line(exc)}){done}; {_fix(exc, write)}"
+                ) from exc
         return results
     finally:
         con.close()
 
 
-def _connect(db: Path, timeout: float):
+def _connect(db: Path, timeout: float, write: bool = False):
     import duckdb
 
     if not db.is_file():
         raise MarketpulseError(f"database file {db} not found; pass --db with a DuckDB file")
 
     def waiting(seconds: float, error: str) -> None:
-        print(f"marketpulse: waiting for a writer to commit ({error})", file=sys.stderr)
+        who = "another process to close the file" if write else "a writer to commit"
+        print(f"marketpulse: waiting for {who} ({error})", file=sys.stderr)
 
     try:
-        return connect(db, read_only=True, timeout=timeout, on_wait=waiting)
+        return connect(db, read_only=not write, timeout=timeout, on_wait=waiting)
     except duckdb.Error as exc:
         raise MarketpulseError(
             f"cannot open {db} as a DuckDB database ({first_line(exc)}); pass --db "
@@ -106,21 +119,37 @@ def _result(relation) -> Result:
     return [d[0] for d in relation.description], relation.fetchall()
 
 
-def _fix(exc: Exception) -> str:
-    if "read-only" in str(exc).lower():
-        return "the database is opened read-only, so only queries that read work"
+def _committed(before) -> str:
+    """What --write leaves of the statements `before` the one that failed: each commits as
+    it ends, unless the SQL opened a transaction (then closing the file rolls it back)."""
+    if not before or any(s.type.name == "TRANSACTION" for s in before):
+        return ""
+    if len(before) == 1:
+        return " (statement 1 was committed)"
+    return f" (statements 1 to {len(before)} were committed)"
+
+
+def _fix(exc: Exception, write: bool = False) -> str:
+    if "read-only" in str(exc).lower() and not write:
+        return (
+            "the database is opened read-only, so only queries that read work; pass --write "
+            "to run it on the file opened read-write"
+        )
     return "check the SQL"
 
 
 def _plain(value) -> object:
     """A DuckDB value as one CSV cell: booleans as DuckDB writes them (true/false), lists
-    and structs as JSON (not Python's repr), anything else as text."""
+    and structs as JSON (not Python's repr; other scripts as they are, not \\u escapes),
+    BLOBs as hex (as --json gives them), anything else as text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None or isinstance(value, int | float | str):
         return value
     if isinstance(value, list | tuple | dict):
-        return json.dumps(_json_value(value))
+        return json.dumps(_json_value(value), ensure_ascii=False)
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
     return str(value)
 
 

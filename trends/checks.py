@@ -14,6 +14,7 @@ on where the results tables are, `inputs.py`'s. Nothing here writes.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,20 @@ TIME_KINDS = "DATE, TIMESTAMP, TIMESTAMPTZ or ISO-8601 text"  # what --time-col 
 # (text to a number) and fails on the first that does not convert
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
                  "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")  # fmt: skip
+# The --plot formats: what matplotlib's Agg canvas saves on every supported matplotlib
+# (`Figure().canvas.get_supported_filetypes()`, checked by a test) without anything else
+# installed: not pgf (it runs LaTeX), nor gif and avif (matplotlib 3.10+ only). Static, so
+# that check_config refuses `--plot out.txt` before anything is written without importing
+# matplotlib.
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "ps", "eps", "jpg", "jpeg", "tif", "tiff", "webp",
+                "raw", "rgba")  # fmt: skip
+
+
+def plot_path(path) -> Path:
+    """The file --plot writes: `path`, or `path`.png without an extension, as matplotlib
+    names it (the extension picks the format, in any letter case)."""
+    path = Path(path)
+    return path if path.suffix else path.with_name(path.name.rstrip(".") + ".png")
 
 
 def check_config(cfg: TrendsConfig) -> None:
@@ -66,7 +81,10 @@ def check_config(cfg: TrendsConfig) -> None:
             f"invalid --trend-table {cfg.trend_table!r}; use ASCII letters, digits and _, "
             "not starting with a digit (a table in the database's main schema)"
         )
-    for flag, path in (("--csv", cfg.csv), ("--parquet", cfg.parquet), ("--plot", cfg.plot)):
+    if cfg.plot is not None:
+        _check_plot(Path(cfg.plot))
+    plot = cfg.plot and plot_path(cfg.plot)
+    for flag, path in (("--csv", cfg.csv), ("--parquet", cfg.parquet), ("--plot", plot)):
         if path is None:
             continue
         parent = Path(path).parent
@@ -80,6 +98,22 @@ def check_config(cfg: TrendsConfig) -> None:
             raise MarketpulseError(
                 f"folder {parent} does not exist; create it or pass another path"
             )
+
+
+def _check_plot(path: Path) -> None:
+    """A --plot path matplotlib can write, with matplotlib there: refused before the trend
+    tables are written, not after."""
+    ext = plot_path(path).suffix[1:]
+    if ext.lower() not in PLOT_FORMATS:
+        raise MarketpulseError(
+            f"--plot {path}: matplotlib cannot draw a .{ext} file; pass a path ending in "
+            f"{', '.join('.' + f for f in PLOT_FORMATS)} (e.g. {path.with_suffix('.png')})"
+        )
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MarketpulseError(
+            "--plot needs matplotlib; install it with `pip install 'marketpulse[trends]'`, or "
+            "leave out --plot"
+        )
 
 
 def check_source(

@@ -74,10 +74,58 @@ def pick_labels(
                 f"{', '.join(defaults)}; pass {flag} with one of them"
             )
     schemes = "; ".join(f"{version} ({', '.join(labs)})" for version, labs, _ in models)
+    _check_spellings(models, given_pos, given_neg, schemes)
+    which = (
+        f"both the --positive and the --negative labels ({','.join(given_pos)} and "
+        f"{','.join(given_neg)})"
+        if given_pos and given_neg
+        else "both a positive and a negative label"
+    )
     raise MarketpulseError(
-        f"no one model has both a positive and a negative label among the models behind "
+        f"no one model has {which} among the models behind "
         f"the latest scores ({schemes}); pass --positive and --negative with two labels of "
         "one model, and score the whole table with that model"
+    )
+
+
+def _check_spellings(models, given_pos, given_neg, schemes: str) -> None:
+    """Refuse flags naming labels of several models, none of which has a whole side: two
+    spellings of one label (`positive,Positive`, one per model) most often. The index
+    alone would count both, but the trend table has a column per label, and two
+    spellings make one (n_positive) that would count one of them only (see
+    `check_label_columns`), so both sides come from one model's labels."""
+    sides = [
+        (flag, given)
+        for flag, given in (("--positive", given_pos), ("--negative", given_neg))
+        if given is not None and not any(set(given) <= set(labs) for _, labs, _ in models)
+    ]
+    if not sides:
+        return
+    columns: dict[str, list[str]] = {}
+    for _, given in sides:
+        for lab in given:
+            columns.setdefault("n_" + sanitize(lab), []).append(lab)
+    twice = [(c, labs) for c, labs in columns.items() if len(labs) > 1]
+    verb = "s" if len(sides) == 1 else ""
+    what = (
+        f"spell{verb} a label two ways, as two models do ("
+        + "; ".join(
+            f"{' and '.join(map(repr, labs))} would share trend column {c}" for c, labs in twice
+        )
+        + ")"
+        if twice
+        else f"name{verb} labels of different models"
+    )
+    flags = " and ".join(f"{flag} {','.join(given)!r}" for flag, given in sides)
+    newest = models[0][1]
+    pos, neg = _default(POSITIVE_DEFAULTS, newest), _default(NEGATIVE_DEFAULTS, newest)
+    defaults = (
+        f" (or leave them out: the defaults pick its {pos!r} and {neg!r})" if pos and neg else ""
+    )
+    raise MarketpulseError(
+        f"{flags} {what}, and trends takes both sides from one model's labels ({schemes}); "
+        f"score the whole table with one model (the newest, {models[0][0]}, without --limit "
+        f"or --where), then pass --positive/--negative with that model's labels only{defaults}"
     )
 
 

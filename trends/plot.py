@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from marketpulse.errors import MarketpulseError
+from marketpulse.trends.checks import plot_path
 from marketpulse.trends.labels import index_formula
 from marketpulse.trends.report import group_text
 
@@ -54,8 +55,11 @@ def choose_groups(series: dict[str, list[dict[str, Any]]], limit: int = MAX_PANE
 def plot_trends(
     result, path: Path, rows: list[dict[str, Any]], forecasts: list[dict[str, Any]] = ()
 ) -> Path:
-    """Write a PNG of `rows` (trend table) and `forecasts` (forecast table) to `path`;
-    characters the fonts lack are one `trends: note:` line on stderr, not a warning each."""
+    """Draw `rows` (trend table) and `forecasts` (forecast table) to `path` in the format
+    its extension names (`checks.PLOT_FORMATS`; none: `path`.png, as matplotlib names it)
+    and return the path written; characters the fonts lack are one `trends: note:` line
+    on stderr, not a warning each."""
+    path = plot_path(path)
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -65,7 +69,8 @@ def plot_trends(
             import matplotlib.pyplot as plt  # there: draw_trends imported it
 
             try:
-                fig.savefig(path)
+                # the format named: a matplotlibrc's savefig.format never renames the file
+                fig.savefig(path, format=path.suffix[1:].lower())
             finally:
                 plt.close(fig)
     finally:  # out of catch_warnings: the other warnings are shown again, as they were
@@ -79,7 +84,7 @@ def plot_trends(
             "font that has them in matplotlib's font.sans-serif (matplotlibrc) to draw them",
             file=sys.stderr,
         )
-    return Path(path)
+    return path
 
 
 def _missing_glyphs(caught: list[warnings.WarningMessage]) -> set[str]:

@@ -5,7 +5,8 @@ to it where every CREATE TABLE lands while every name still reads from --db. `pu
 then copies the tables it made into --db in one transaction, each commented with its
 source, and drops those of the set it did not make, so a reader sees the old set or the
 new one, never a mix; then it writes the --csv/--parquet files. `after_commit` turns a
-failed file write after that commit into one line saying the tables were written.
+failed file write after that commit (those files, or the --plot picture) into one line
+saying the tables were written.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def publish(cfg: TrendsConfig, work: Path, names: list[str], latest: str | None,
 
 @contextmanager
 def after_commit(cfg: TrendsConfig, table: str, flag: str):
-    """A file write after the tables were committed: one line saying they were."""
+    """A file write after the tables were committed (the --csv/--parquet files, the
+    --plot picture): any failure is one line saying the tables were written, and that
+    only this file failed."""
     try:
         yield
     except OSError as exc:  # pyarrow's IO errors are OSErrors too
@@ -89,6 +92,15 @@ def after_commit(cfg: TrendsConfig, table: str, flag: str):
             f"the trend tables were written to {cfg.db} ({table}), but writing the {flag} file "
             f"failed ({first_line(exc)[:200]}); pass another path, or read the table with "
             "`marketpulse sql`"
+        ) from exc
+    except Exception as exc:  # matplotlib's, pyarrow's or a re-read's: not a traceback
+        detail = first_line(exc)
+        if not isinstance(exc, MarketpulseError):  # its message names the cause and fix
+            detail = f"{type(exc).__name__}: {detail[:200]}"
+        raise MarketpulseError(
+            f"the trend tables were written to {cfg.db} ({table}); only the {flag} file "
+            f"failed ({detail}); rerun trends to write it once that is fixed, or read the "
+            "table with `marketpulse sql`"
         ) from exc
 
 

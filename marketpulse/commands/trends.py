@@ -1,5 +1,6 @@
-"""The commands that read what score wrote: `sql` (read-only queries that wait out a
-scoring run's commits) and `trends` (volume, sentiment index, shifts and forecasts)."""
+"""The commands that read what score wrote: `sql` (queries that wait out a scoring
+run's commits; read-only unless --write) and `trends` (volume, sentiment index, shifts
+and forecasts)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import click
 @click.command("sql")
 @click.argument("query")
 @click.option(
-    "--db", required=True, type=click.Path(dir_okay=False), help="DuckDB file, opened read-only."
+    "--db",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="DuckDB file, opened read-only (read-write with --write).",
+)
+@click.option(
+    "--write",
+    is_flag=True,
+    help="Open --db read-write, to run statements that change it (CREATE VIEW, ...); each "
+    "commits as it ends. Waits, like any writer, while another process holds the file.",
 )
 @click.option(
     "--json",
@@ -18,18 +28,24 @@ import click
     help="Print the rows as a JSON list of objects (strict JSON: NaN and infinities null, "
     "lists and structs nested, dates ISO 8601, BLOBs hex).",
 )
-@click.option("--csv", "as_csv", is_flag=True, help="Print the rows as CSV with a header.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print the rows as CSV with a header (lists and structs as JSON, BLOBs hex).",
+)
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0),
     default=60,
     show_default=True,
-    help="Seconds to keep retrying the open while a scoring run commits.",
+    help="Seconds to keep retrying the open while a scoring run commits (with --write: "
+    "while any other process has the file open).",
 )
-def sql_(query, db, as_json, as_csv, lock_timeout):
-    """Run read-only SQL (one or more statements) on a DuckDB file, waiting out a scoring
-    run's commits. Every statement that returns rows prints its table, in order; --json
-    and --csv print one result set.
+def sql_(query, db, write, as_json, as_csv, lock_timeout):
+    """Run SQL (one or more statements) on a DuckDB file, read-only unless --write,
+    waiting out a scoring run's commits. Every statement that returns rows prints its
+    table, in order; --json and --csv print one result set.
 
     Example: marketpulse sql "SELECT label, count(*) FROM scores GROUP BY label" --db market.duckdb --csv
     """
@@ -41,7 +57,7 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
         raise click.UsageError("pass at most one of --json and --csv")
     style = "json" if as_json else "csv" if as_csv else "table"
     one_result = None if style == "table" else f"--{style}"
-    results = run_queries(Path(db), query, lock_timeout, one_result=one_result)
+    results = run_queries(Path(db), query, lock_timeout, one_result=one_result, write=write)
     click.echo(format_results(results, style))
 
 
@@ -122,7 +138,10 @@ def sql_(query, db, as_json, as_csv, lock_timeout):
     "--parquet", type=click.Path(dir_okay=False), help="Also write the trend table as Parquet."
 )
 @click.option(
-    "--plot", type=click.Path(dir_okay=False), help="Draw the index per group to this PNG."
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Draw the index per group to this picture, in the format its extension names "
+    "(.png, .pdf, .svg, .jpg, ...; none: .png is added).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option(
