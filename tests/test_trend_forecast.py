@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from datetime import datetime, timedelta
 
 import duckdb
@@ -19,6 +20,8 @@ from marketpulse.trends.forecast import (
     MIN_SCORED,
     SEASONS,
     SHORT,
+    TIE_RTOL,
+    _pick,
     candidates,
     forecast_series,
     min_points,
@@ -39,9 +42,11 @@ def test_naive_backtest_error_is_the_mean_one_step_change():
     y = np.cumsum(rng.normal(0, 0.05, 60))
     result = forecast_series({"s": y}, None, 4, 3, max_origins=20)
     naive = _backtest(result, "Naive").loc["s"]
-    # 20 origins at step 3 end 3 buckets before the end; step 1 uses the same cutoffs
-    cutoffs = np.arange(60 - 3 - 20, 60 - 3)
-    assert naive["points"] == 20
+    # 20 origins at step 3 end 3 buckets before the end; step 1 starts at the same cutoff
+    # and runs to the last bucket whose next one is known (22 origins)
+    cutoffs = np.arange(60 - 3 - 20, 60 - 1)
+    assert naive["points"] == 22
+    assert _backtest(result, "Naive", step=3).loc["s"]["points"] == 20
     assert naive["mae"] == pytest.approx(np.mean(np.abs(y[cutoffs + 1] - y[cutoffs])))
     # MASE scales by naive's in-sample one-step error before the first origin
     scale = np.mean(np.abs(np.diff(y[: cutoffs[0] + 1])))
@@ -219,9 +224,10 @@ def test_horizon_zero_skips_forecasts_and_the_report_still_reads(weekly_db):
     assert result.trend_table in written and not {t for t in written if "forecast" in t}
 
 
-def _posts_db(path, weeks: int, every: dict[str, int]):
-    """Brands posting 20 times in every `every[brand]`-th week of `weeks`, labels drawn
-    around an index that wanders (so no model is exact)."""
+def _posts_db(path, weeks: int, every: dict[str, int], stop: dict[str, int] | None = None):
+    """Brands posting 20 times in every `every[brand]`-th week of `weeks` (before week
+    `stop[brand]`, when given), labels drawn around an index that wanders (so no model is
+    exact)."""
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE posts (id BIGINT, brand VARCHAR, posted_at TIMESTAMP, text VARCHAR)")
     create_results_tables(con, id_type="BIGINT")
@@ -229,7 +235,7 @@ def _posts_db(path, weeks: int, every: dict[str, int]):
     rng = np.random.default_rng(6)
     posts, scores = [], []
     for brand, k in every.items():
-        for week in range(0, weeks, k):
+        for week in range(0, (stop or {}).get(brand, weeks), k):
             p_pos = 0.35 + 0.15 * np.sin(week / 4)
             for hour in range(20):
                 u = rng.random()
@@ -270,14 +276,15 @@ def test_backtest_scores_only_buckets_that_had_rows(tmp_path):
             "WHERE step = 1"
         ).fetchall()
     naive = {b: (mae, points) for b, m, mae, points, _ in rows if m == "Naive"}
-    # 24 origins; the last training bucket of the first is 60 - 24 - 4 = 32
-    cutoffs = np.arange(32, 56)
+    # 24 origins; the last training bucket of the first is 60 - 24 - 4 = 32; one step
+    # ahead, every later bucket but the last is an origin too
+    cutoffs = np.arange(32, 59)
     for brand in "AS":
         y = index[brand]
         filled = pd.Series(y).ffill().to_numpy()
         scored = [abs(y[c + 1] - filled[c]) for c in cutoffs if not np.isnan(y[c + 1])]
         assert naive[brand] == (pytest.approx(np.mean(scored)), len(scored))
-    assert naive["S"][1] == 12 and naive["T"][1] == 8 < MIN_SCORED
+    assert naive["S"][1] == 13 and naive["T"][1] == 9 < MIN_SCORED
     assert all(mae is None for b, _, mae, *_ in rows if b == "T")  # too few to judge
     assert all(cov <= points for *_, points, cov in rows)
     assert (result.skill["backtested"], result.skill["judged"]) == (3, 2)
@@ -326,33 +333,57 @@ def test_the_shipped_forecast_is_the_backtested_model():
     assert result.future.sort_values("step")["forecast"].to_numpy() == pytest.approx(backtested)
 
 
-def test_unknown_figures_are_none_so_the_json_summary_is_valid(weekly_db):
-    """30 weeks, horizon 4: 19 origins, and the 95% band needs 19 past errors, so its
-    coverage is unknown: None, not NaN (which is not JSON)."""
-    result = run(_cfg(weekly_db, horizon=4))
+def test_unknown_figures_are_none_so_the_json_summary_is_valid(tmp_path):
+    """26 weeks, horizon 4: 18 one-step origins, and the 95% band needs 19 past errors,
+    so its coverage is unknown: None, not NaN (which is not JSON)."""
+    db = _posts_db(tmp_path / "short.duckdb", 26, {"A": 1, "B": 1})
+    result = run(_cfg(db, horizon=4))
     assert result.skill["coverage_95"] is None and result.skill["coverage_80"] is not None
+    assert result.skill["coverage_checks_95"] == 0
     json.dumps(summary(result), allow_nan=False)
     assert "the 95% band not measured yet (needs 19 past errors)" in format_report(result)
     unknown = {**result.skill, "mae_ratio_naive": None, "coverage_80": None}
     assert "nan" not in skill_line(unknown)
 
 
-def test_coverage_says_how_many_checks_it_rests_on_and_flags_too_few(weekly_db):
-    """With one band check per series, each series' coverage is 0% or 100%: the pooled
-    rate over a handful of them is reported as too few to judge."""
+def test_each_band_is_pooled_and_counted_on_its_own_checks(weekly_db):
+    """The 95% band needs 19 past errors, the 80% band 10: it is checked less often, so
+    its pooled coverage is weighted by its own checks, the report gives each band's count,
+    and a band with too few checks is flagged on its own (user test: "covered 79% (80%)
+    and 100% (95%) ... on 100 check(s)", 100 being the 80% band's count; the 95% band's
+    was 28). 30 weeks, horizon 4, every week with rows: 22 one-step origins, so 12 checks
+    of the 80% band at step 1 and 3 of the 95% band, and then 19 origins at steps 2-4
+    (8, 7, 6 checks of the 80% band; none of the 95% band)."""
     result = run(_cfg(weekly_db, horizon=4))
-    checks = result.skill["coverage_checks"]
+    skill = result.skill
     with duckdb.connect(str(weekly_db), read_only=True) as con:
-        (want,) = con.execute(
-            f"SELECT sum(coverage_points) FROM {result.backtest_table} "
-            "WHERE model = 'auto' AND coverage_80 IS NOT NULL"
-        ).fetchone()
-    assert checks == want > 0
-    line = skill_line(result.skill)
-    assert f"out of sample on {checks:,} check(s)" in line
-    assert ("too few to judge the bands" in line) == (checks < 20)
-    few = skill_line({**result.skill, "coverage_checks": 3})
-    assert "on 3 check(s), too few to judge the bands (fewer than 20)" in few
+        rows = con.execute(
+            f"SELECT step, coverage_80, coverage_95, points, coverage_points FROM "
+            f"{result.backtest_table} WHERE model = 'auto'"
+        ).fetchall()
+    assert all(points == n for step, *_, points, _ in rows for n in [22 if step == 1 else 19])
+    # every bucket has rows, so every origin is scored: the 95% band, needing 9 more past
+    # errors than the 80% band, has 9 fewer checks per row
+    checks95 = {step: max(0, cp - 9) for step, *_, cp in rows}
+    assert skill["coverage_checks_80"] == sum(cp for *_, cp in rows) == 2 * (12 + 8 + 7 + 6)
+    assert skill["coverage_checks_95"] == sum(max(0, cp - 9) for *_, cp in rows) == 2 * 3
+    assert checks95 == {1: 3, 2: 0, 3: 0, 4: 0}
+    want95 = sum(c95 * max(0, cp - 9) for _, _, c95, _, cp in rows if c95 is not None) / 6
+    assert skill["coverage_95"] == pytest.approx(want95)
+    want80 = sum(c80 * cp for _, c80, _, _, cp in rows) / skill["coverage_checks_80"]
+    assert skill["coverage_80"] == pytest.approx(want80)
+    line = skill_line(skill)
+    assert f"% of 66 checks (80% band) and {skill['coverage_95']:.0%} of 6 checks (95% band)" in (
+        line
+    )
+    # 6 checks of the 95% band are too few to judge it; the 80% band's 66 are not
+    assert "; too few checks to judge the 95% band (fewer than 20)" in line
+    assert "judge the 80%" not in line
+    few = skill_line({**skill, "coverage_checks_80": 3})
+    assert "of 3 checks (80% band)" in few
+    assert "too few checks to judge the 80% and 95% bands (fewer than 20)" in few
+    one = skill_line({**skill, "coverage_checks_95": 1})
+    assert "of 1 check (95% band)" in one
 
 
 def test_too_few_scored_origins_ship_the_window_average():
@@ -370,15 +401,124 @@ def test_too_few_scored_origins_ship_the_window_average():
 
 
 def test_the_scored_origins_counted_are_the_backtest_tables_own():
-    """The one-step history has horizon - 1 origins more than the table's step-1 rows: 10
-    scored there while the table showed 9 (and no MAE) shipped a model (review finding)."""
-    from marketpulse.trends.forecast import min_points
-
+    """A model ships only on as many scored one-step origins as the backtest table's
+    step-1 rows show (an MAE needs MIN_SCORED): here 13 one-step origins, 4 of their
+    targets empty, so 9 scored, no MAE in the table, and the window average ships."""
     n = min_points(4)
     rng = np.random.default_rng(0)
     y = np.linspace(-0.8, 0.8, n) + rng.normal(0, 0.05, n)
-    y[n - 4 - 10 + 1] = np.nan
+    first = n - 4 - 10 + 1  # the first one-step target: 13 of them, to the last bucket
+    y[[first, first + 3, first + 6, first + 9]] = np.nan
     result = forecast_series({"s": y}, None, 4, 4)
     one = result.backtest[(result.backtest["step"] == 1) & (result.backtest["model"] != "auto")]
     assert one["mae"].isna().all() and (one["points"] == 9).all()
     assert set(result.future["model"]) == {"WindowAverage"}
+    # one more scored target: the table shows MAEs, and the lowest ships
+    y[first + 9] = 0.5
+    result = forecast_series({"s": y}, None, 4, 4)
+    bt = result.backtest
+    one = bt[(bt["step"] == 1) & (bt["model"] != AUTO)]
+    assert (one["points"] == 10).all() and one["mae"].notna().all()
+    assert set(result.future["model"]) == {one.loc[one["mae"].idxmin(), "model"]}
+
+
+def _daily_db(path):
+    """The user test's database: two brands posting 20 times a day for 60 days (A at 50%
+    positive / 30% negative, with a bad day 45; B at 40% / 40%)."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE posts (id BIGINT, brand VARCHAR, posted_at TIMESTAMP, text VARCHAR)")
+    create_results_tables(con, id_type="BIGINT")
+    register_model(con, "v1", datetime(2030, 1, 1))
+    rng = random.Random(1)
+    posts, scores = [], []
+    for brand, p_pos, p_neg in (("A", 0.5, 0.3), ("B", 0.4, 0.4)):
+        for day in range(60):
+            for k in range(20):
+                u = rng.random()
+                if brand == "A" and day == 45:
+                    label = "negative" if u < 0.8 else "positive"
+                else:
+                    label = (
+                        "positive"
+                        if u < p_pos
+                        else ("negative" if u < p_pos + p_neg else "neutral")
+                    )
+                    rng.randint(0, 30), rng.randint(0, 30)  # the user test's words
+                at = datetime(2024, 3, 4) + timedelta(days=day, minutes=37 * k)
+                posts.append([len(posts) + 1, brand, at, "x"])
+                scores.append((len(posts), label))
+    con.executemany("INSERT INTO posts VALUES (?, ?, ?, ?)", posts)
+    insert_scores(con, "v1", scores)
+    con.close()
+    return path
+
+
+def test_the_chosen_model_is_the_lowest_step_one_mae_in_the_backtest_table(tmp_path):
+    """User test: brand A's `chosen` was AutoTheta at a step-1 `mae` of 0.1831 while
+    AutoETS and AutoARIMA showed 0.1754: the choice used 27 one-step origins, the table's
+    step-1 rows only the 24 multi-step ones. The step-1 rows now hold every one-step
+    origin (the 3 most recent too), and the choice is their lowest `mae`."""
+    db = _daily_db(tmp_path / "daily.duckdb")
+    result = run(_cfg(db, grain="day", horizon=4))
+    order = [repr(m) for m in candidates(SEASONS["day"], 8, True)]
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            f"SELECT brand, model, mae, points, coverage_points, chosen FROM "
+            f"{result.backtest_table} WHERE step = 1 AND model <> 'auto'"
+        ).fetchall()
+        shipped = dict(
+            con.execute(f"SELECT DISTINCT brand, model FROM {result.forecast_table}").fetchall()
+        )
+    for brand in "AB":
+        mine = [r for r in rows if r[0] == brand]
+        # 24 origins at step 4, and one step ahead from those and the 3 later buckets; all
+        # targets have rows; the 80% band's checks start after 10 errors
+        assert {(points, cp) for *_, points, cp, _ in mine} == {(27, 17)}
+        (chosen,) = [model for _, model, *_, c in mine if c]
+        lowest = min(mae for _, _, mae, *_ in mine)
+        tied = [
+            m
+            for m in order
+            for _, model, mae, *_ in mine
+            if model == m and mae - lowest <= TIE_RTOL * lowest
+        ]
+        assert chosen == tied[0] == shipped[brand]
+    assert shipped["A"] == "AutoTheta"
+
+
+def test_a_tie_goes_to_the_candidate_listed_first():
+    """MAEs a rounding apart (the same errors summed another way) are a tie: the candidate
+    listed first wins, not whichever rounding came out lower."""
+    base = np.array([0.1, 0.3, 0.2, 0.7, 0.05, 0.4, 0.25, 0.15, 0.35, 0.1, 0.2])
+    errors = {"AutoETS": base, "AutoTheta": base * (1 - 1e-15), "Naive": base + 0.01}
+    assert _pick(errors, ["Naive", "AutoETS", "AutoTheta"], len(base), "Naive") == "AutoETS"
+    assert _pick(errors, ["Naive", "AutoTheta", "AutoETS"], len(base), "Naive") == "AutoTheta"
+    clearly = {**errors, "AutoTheta": base * 0.999}
+    assert _pick(clearly, ["Naive", "AutoETS", "AutoTheta"], len(base), "Naive") == "AutoTheta"
+
+
+def test_a_group_that_stopped_posting_is_named_with_its_stale_forecast(tmp_path):
+    """Z stopped 11 weeks before the latest bucket (more than --window 8): its forecast
+    only carries its last index forward, and the report says so; Y stopped 8 weeks before
+    (not more than --window) and is not named."""
+    db = _posts_db(tmp_path / "stale.duckdb", 40, {"A": 1, "Y": 1, "Z": 1}, stop={"Y": 32, "Z": 29})
+    result = run(_cfg(db, horizon=4))
+    assert result.skill["stale"] == [
+        {"group": {"brand": "Z"}, "last_bucket": "2024-07-15", "buckets_since": 11}
+    ]
+    assert (
+        json.loads(json.dumps(summary(result)))["forecast_skill"]["stale"] == result.skill["stale"]
+    )
+    report = format_report(result)
+    assert (
+        "note: no rows for more than --window (8 weeks) before the latest bucket: Z (last "
+        "rows 2024-07-15, 11 weeks before the latest bucket); the forecast there carries the "
+        "last value with rows forward"
+    ) in report
+    assert "Y (last rows" not in report
+
+
+def test_one_group_reads_as_one_group(tmp_path):
+    db = _posts_db(tmp_path / "one.duckdb", 12, {"A": 1})
+    report = format_report(run(_cfg(db, horizon=0)))
+    assert "(12 week buckets x 1 group)" in report

@@ -103,7 +103,9 @@ def evaluate(origins: int, horizon: int, window: int, data: Path | None = None) 
             .to_dict(),
             "coverage_80": float(auto["coverage_80"].mean()),
             "coverage_95": float(auto["coverage_95"].mean()),
-            "origins": int(auto["points"].max()),
+            # backtest origins (the multi-step ones; one step ahead, horizon - 1 more)
+            "origins": int(auto.loc[auto["step"] == horizon, "points"].max()),
+            "one_step_origins": int(auto.loc[auto["step"] == 1, "points"].max()),
             "seconds": round(time.perf_counter() - start, 1),
         }
     return out

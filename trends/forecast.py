@@ -23,21 +23,27 @@ before the group's first row are left out):
    AutoARIMA stays non-seasonal: seasonal ARIMA made `forecast_eval` 7x slower (El Nino's
    backtest 3.9 s -> 51 s) for one more gain (El Nino's MAE -10%, the rest within 1%).
 2. **Rolling-origin backtest** (`StatsForecast.cross_validation`): every candidate
-   forecasts 1..H buckets ahead from each of the last origins. Naive, WindowAverage and
-   SeasonalNaive refit at every origin (it costs nothing). The others are fitted once, on
-   the buckets before the first origin, and then only take in the later buckets with
-   their orders and parameters fixed (`refit=False`, the models' `forward`): AutoARIMA
-   picks its order once, there. So no forecast ever sees its own target, and what is
+   forecasts 1..H buckets ahead from each of the last origins, and one bucket ahead from
+   those and the H - 1 later ones (every bucket whose next one is known: the most recent
+   one-step errors count too). Naive, WindowAverage and SeasonalNaive refit at every
+   origin (it costs nothing). The others are fitted once, on the buckets before the first
+   origin, and then only take in the later buckets with their orders and parameters
+   fixed (`refit=False`, the models' `forward`): AutoARIMA picks its order once, there. So no forecast ever sees its own target, and what is
    measured is that one fitted model, not the whole Auto* search redone at each origin
-   (that costs ~10x for AutoETS/AutoTheta and ~20x for AutoARIMA).
+   (that costs ~10x for AutoETS/AutoTheta and ~20x for AutoARIMA). The table's step-1
+   rows are those one-step origins, steps 2..H the multi-step ones.
 3. **Choice, evaluated honestly.** At each origin the product uses the candidate with
    the lowest one-step MAE on the scored origins before it (online selection; before any
    is scored, the window average, or naive without one), so the skill reported for
    "auto" is what following the product would have given, selection included. The
    forecast for the future uses the candidate with the lowest one-step MAE over all
-   origins, made the way the backtest made its forecasts (`_ship`): the shipped model is
-   the one whose errors were measured. A candidate that failed to forecast an origin is
-   left out of the choice.
+   origins: the step-1 `mae` of the backtest table, on the same errors. MAEs within
+   `TIE_RTOL` of the lowest (floating-point rounding of the same errors, e.g. two fits
+   that make the same forecasts) are a tie, won by the candidate listed first in
+   `candidates` (Naive, WindowAverage, AutoETS, AutoTheta, SeasonalNaive, AutoARIMA:
+   roughly the cheapest first). The shipped forecast is made the way the backtest made
+   its forecasts (`_ship`): the shipped model is the one whose errors were measured. A
+   candidate that failed to forecast an origin is left out of the choice.
 4. **Bands by split conformal prediction.** The band for step s is the forecast +/- the
    empirical 80% / 95% quantile of the chosen model's past |errors| at step s. Coverage
    is measured the same way online: each origin's band uses only errors known by then.
@@ -78,6 +84,9 @@ MIN_ERRORS = 10  # past errors needed before a conformal band (and its coverage)
 # Band checks (backtest targets) below which the pooled coverage is flagged as too few to
 # judge: with 20 checks a band that truly covers 80% reads anywhere from about 62% to 98%.
 MIN_COVERAGE_CHECKS = 20
+# one-step MAEs this close (relative) to the lowest tie with it; the candidate listed
+# first wins (see 3. above)
+TIE_RTOL = 1e-9
 AUTO = "auto"
 SHORT = "WindowAverage (short series)"
 WINDOW = "WindowAverage"
@@ -89,7 +98,10 @@ CHEAP = ("Naive", "WindowAverage", "SeasonalNaive")
 @dataclass(frozen=True)
 class Forecasts:
     future: pd.DataFrame  # unique_id, step, model, forecast, lo_80, hi_80, lo_95, hi_95
-    backtest: pd.DataFrame  # unique_id, model, step, mae, mase, coverage_80, coverage_95, points, coverage_points, chosen
+    # unique_id, model, step, mae, mase, coverage_80, coverage_95, points, coverage_points
+    # (the 80% band's checks), coverage_points_95 (the 95% band's; not in the DuckDB
+    # table), chosen
+    backtest: pd.DataFrame
     history: (
         pd.DataFrame
     )  # unique_id, t (index of the bucket forecast from), forecast_next, low, high
@@ -258,26 +270,30 @@ def _one_series(uid, y, filled, models, one, many, origins: int, horizon: int):
     default = WINDOW if WINDOW in eligible else NAIVE
     online = _online_choice(errors1, eligible, default)
     cvh = many[many["unique_id"] == uid]
-    # shipped only when the backtest table's step-1 rows (cvh's origins, fewer than
-    # cv1's) have as many scored origins as an MAE needs (MIN_SCORED): on fewer, no MAE
-    # in the table justifies a choice, and the default ships
-    step1 = cvh[cvh["step"] == 1]
-    scored = np.isfinite(np.vstack([_errors(step1, m, observed) for m in eligible]))
-    enough = int(scored.all(axis=0).sum()) >= MIN_SCORED
+    # the backtest table's rows per step: step 1 from every one-step origin (cv1, the
+    # errors the choice is made on), steps 2.. from the multi-step origins
+    by_step = {
+        1: cv1,
+        **{s: cvh[cvh["step"] == s].sort_values("cutoff") for s in range(2, horizon + 1)},
+    }
+    # a model ships only when the table's step-1 rows have as many scored origins as an
+    # MAE needs (MIN_SCORED): on fewer, no MAE in the table justifies a choice, and the
+    # default ships
+    scored = np.isfinite(np.vstack([errors1[m] for m in eligible])).all(axis=0)
+    enough = int(scored.sum()) >= MIN_SCORED
     best = _pick(errors1, eligible, len(cv1), default) if enough else default
     scale = _naive_scale(y, filled, first)
     forecast = _ship(models[names.index(best)], filled, first, horizon)
     return (
-        _future(uid, forecast, best, cvh, observed),
+        _future(uid, forecast, best, by_step, observed),
         _metrics(
             uid,
-            cvh,
+            by_step,
             names,
             best,
             dict(zip(cv1["cutoff"], online, strict=True)),
             observed,
             scale,
-            horizon,
         ),
         _history(uid, cv1, online, errors1),
     )
@@ -293,11 +309,17 @@ def _errors(cv: pd.DataFrame, model: str, observed: np.ndarray) -> np.ndarray:
 
 def _pick(errors: dict[str, np.ndarray], eligible: list[str], k: int, default: str) -> str:
     """The eligible model with the lowest mean error over the scored origins before `k`
-    (all eligible models forecast every origin, so they are compared on the same ones);
-    `default` before any origin is scored."""
+    (all eligible models forecast every origin, so they are compared on the same ones),
+    a tie (`TIE_RTOL`) going to the one listed first; `default` before any origin is
+    scored. Each mean is taken as `_metrics` takes the table's `mae`: over all the origins
+    (k = all), the choice is the lowest step-1 `mae` of the backtest table."""
     past = np.vstack([errors[m][:k] for m in eligible])
-    past = past[:, ~np.isnan(past).any(axis=0)]
-    return eligible[int(np.argmin(past.mean(axis=1)))] if past.shape[1] else default
+    keep = ~np.isnan(past).any(axis=0)
+    if not keep.any():
+        return default
+    maes = [float(errors[m][:k][keep].mean()) for m in eligible]
+    lowest = min(maes)
+    return next(m for m, v in zip(eligible, maes, strict=True) if v - lowest <= TIE_RTOL * lowest)
 
 
 def _online_choice(errors: dict[str, np.ndarray], eligible: list[str], default: str) -> list[str]:
@@ -339,13 +361,13 @@ def _history(uid, cv1, online, errors1) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["unique_id", "t", "forecast_next", "low", "high"])
 
 
-def _metrics(uid, cvh, names, best, auto_by_cutoff, observed, scale, horizon) -> pd.DataFrame:
-    """MAE, MASE and online conformal coverage per model and step, on scored origins
-    only; `auto` is the product (its pick per cutoff: `auto_by_cutoff`)."""
-    cutoffs = sorted(cvh["cutoff"].unique())
+def _metrics(uid, by_step, names, best, auto_by_cutoff, observed, scale) -> pd.DataFrame:
+    """MAE, MASE and online conformal coverage per model and step (`by_step`: the
+    backtest rows of each step, in cutoff order), on scored origins only; `auto` is the
+    product (its pick per cutoff: `auto_by_cutoff`)."""
     rows = []
-    for step in range(1, horizon + 1):
-        at = cvh[cvh["step"] == step].set_index("cutoff").loc[cutoffs]
+    for step, at in by_step.items():
+        cutoffs = at["cutoff"].tolist()
         errs = {m: _errors(at, m, observed) for m in names}
         for model in [*names, AUTO]:
             pick = [auto_by_cutoff[c] for c in cutoffs] if model == AUTO else [model] * len(cutoffs)
@@ -364,6 +386,7 @@ def _metrics(uid, cvh, names, best, auto_by_cutoff, observed, scale, horizon) ->
                     "coverage_95": float(np.mean(covered[95])) if covered[95] else np.nan,
                     "points": len(scored),
                     "coverage_points": len(covered[80]),
+                    "coverage_points_95": len(covered[95]),
                     "chosen": model == best,
                 }
             )
@@ -385,11 +408,10 @@ def _coverage(errs, pick, err, step: int) -> dict[int, list[bool]]:
     return covered
 
 
-def _future(uid, forecast: np.ndarray, best: str, cvh, observed) -> pd.DataFrame:
+def _future(uid, forecast: np.ndarray, best: str, by_step, observed) -> pd.DataFrame:
     rows = []
     for step, f in enumerate(np.asarray(forecast, float), start=1):
-        at = cvh[cvh["step"] == step].sort_values("cutoff")
-        err = _errors(at, best, observed)
+        err = _errors(by_step[step], best, observed)
         out = {"unique_id": uid, "step": step, "model": best, "forecast": float(f)}
         for level in LEVELS:
             q = _quantile(err, level)
@@ -438,6 +460,9 @@ def _skill(backtest: pd.DataFrame, n_series: int, window: int) -> dict:
     with_window = window_mae.notna()
     ratio = (auto / naive).replace([np.inf, -np.inf], np.nan).dropna()
     auto_rows = backtest[backtest["model"] == AUTO]
+    bands = {}  # coverage_80, coverage_checks_80, coverage_95, coverage_checks_95
+    for level in LEVELS:
+        bands[f"coverage_{level}"], bands[f"coverage_checks_{level}"] = _pooled(auto_rows, level)
     return {
         "series": n_series,
         "backtested": len(one),
@@ -448,19 +473,20 @@ def _skill(backtest: pd.DataFrame, n_series: int, window: int) -> dict:
         "no_window": len(one) - backtest.loc[backtest["model"] == WINDOW, "unique_id"].nunique(),
         "window": window,
         "mae_ratio_naive": float(ratio.median()) if len(ratio) else None,
-        "coverage_80": _pooled(auto_rows, "coverage_80"),
-        "coverage_95": _pooled(auto_rows, "coverage_95"),
-        "coverage_checks": int(
-            auto_rows.loc[auto_rows["coverage_80"].notna(), "coverage_points"].sum()
-        ),
+        **bands,
     }
 
 
-def _pooled(rows: pd.DataFrame, col: str) -> float | None:
-    """A coverage rate over all series and steps, weighted by the checks each rests on."""
-    ok = rows[col].notna()
-    checks = rows["coverage_points"][ok]
-    return float((rows[col][ok] * checks).sum() / checks.sum()) if ok.any() else None
+_CHECKS = {80: "coverage_points", 95: "coverage_points_95"}  # each band's own checks
+
+
+def _pooled(rows: pd.DataFrame, level: int) -> tuple[float | None, int]:
+    """The `level`% band's coverage over all series and steps, each row weighted by that
+    band's own checks, and how many checks that is (None, 0 before any)."""
+    ok = rows[f"coverage_{level}"].notna()
+    rate, checks = rows[f"coverage_{level}"][ok], rows[_CHECKS[level]][ok]
+    n = int(checks.sum())
+    return (float((rate * checks).sum() / n) if n else None), n
 
 
 def skill_line(skill: dict) -> str:
@@ -513,16 +539,30 @@ def _bands(skill: dict) -> str:
     known = {lv: skill[f"coverage_{lv}"] for lv in LEVELS if skill[f"coverage_{lv}"] is not None}
     if not known:
         return f"band coverage not measured yet (needs {MIN_ERRORS} past errors before an origin)"
-    rates = " and ".join(f"{rate:.0%} ({lv}%)" for lv, rate in known.items())
-    checks = skill.get("coverage_checks")
+    checks = {lv: skill.get(f"coverage_checks_{lv}") for lv in known}
+    rates = " and ".join(
+        f"{rate:.0%}"
+        + (f" of {_n(checks[lv], 'check')}" if checks[lv] is not None else "")
+        + f" ({lv}% band)"
+        for lv, rate in known.items()
+    )
     out = f"bands covered {rates} out of sample"
-    if checks is not None:
-        out += f" on {checks:,} check(s)"
-        if checks < MIN_COVERAGE_CHECKS:  # one check per series: 0% or 100% each
-            out += f", too few to judge the bands (fewer than {MIN_COVERAGE_CHECKS})"
+    # one check per series gives each series 0% or 100%
+    few = [lv for lv, n in checks.items() if n is not None and n < MIN_COVERAGE_CHECKS]
+    if few:
+        which = " and ".join(f"{lv}%" for lv in few)
+        out += (
+            f"; too few checks to judge the {which} band{'s' if len(few) > 1 else ''} "
+            f"(fewer than {MIN_COVERAGE_CHECKS})"
+        )
     for lv in sorted(set(LEVELS) - set(known)):
         out += f"; the {lv}% band not measured yet (needs {_errors_needed(lv)} past errors)"
     return out
+
+
+def _n(count: int, noun: str) -> str:
+    """`count` `noun`s, singular for 1."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _errors_needed(level: int) -> int:

@@ -12,6 +12,9 @@ forecast it (`forecast.py`), and write what came out as tables SQL clients can q
                                          at each bucket, the one-step forecast the product
                                          would have made there, with its 95% band (the
                                          latest bucket: the chosen model's forecast)
+
+`write_forecasts` returns the skill summary (`forecast._skill`) with `stale`: the groups
+that had no rows in the last --window buckets, whose forecast carries a stale value.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def write_forecasts(
         f"ORDER BY {''.join(f't.{g}, ' for g in groups)}t.bucket"
     )
     con.unregister("_history")
-    return result.skill
+    stale = _stale(con, by, series, buckets, window)
+    return {**result.skill, "window": window, "stale": stale}
 
 
 _FORECAST_COLUMNS = ("forecast_next", "forecast_low", "forecast_high")
@@ -135,6 +139,41 @@ def _series(rows) -> tuple[dict[str, np.ndarray], dict[str, list[date]]]:
         dates.setdefault(uid, []).append(bucket)
     series = {uid: np.array(v, dtype=float) for uid, v in values.items()}
     return series, dates
+
+
+def _stale(con, by, series: dict[str, np.ndarray], buckets, window: int) -> list[dict]:
+    """Groups whose last bucket with rows is more than `window` buckets before the latest
+    bucket (the grid runs every group to it): their forecast only carries that last value
+    forward. JSON-ready: {"group": {by column: value}, "last_bucket", "buckets_since"}."""
+    stale = {}
+    for uid, y in series.items():
+        last = int(np.flatnonzero(~np.isnan(y))[-1])
+        if len(y) - 1 - last > window:
+            stale[int(uid)] = (buckets[uid][last], len(y) - 1 - last)
+    if not stale:
+        return []
+    cols = ", ".join(quote_ident(c) for c in by)
+    keys = {
+        gid: values
+        for gid, *values in con.execute(
+            f"SELECT _gid{', ' + cols if by else ''} FROM _trend_groups"
+        ).fetchall()
+    }
+    return [
+        {
+            "group": {c: _plain(v) for c, v in zip(by, keys[gid], strict=True)},
+            "last_bucket": last.isoformat() if hasattr(last, "isoformat") else str(last),
+            "buckets_since": since,
+        }
+        for gid, (last, since) in sorted(stale.items())
+    ]
+
+
+def _plain(value):
+    """A --by value as JSON can hold it."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _history_rows(result, buckets: dict[str, list[date]]) -> pd.DataFrame:

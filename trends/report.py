@@ -60,7 +60,7 @@ def format_report(result, max_flagged: int = 20) -> str:
 
     lines = [
         f"{result.trend_table}: {result.n_rows} rows ({result.n_buckets} {result.grain} buckets"
-        f"{' x ' + str(len(result.latest)) + ' groups' if result.by else ''}), "
+        f"{' x ' + _plural(len(result.latest), 'group') if result.by else ''}), "
         f"index = {index_formula(result.positive, result.negative)}; "
         + (
             f"latest scores per id in view {result.latest_view}"
@@ -84,6 +84,10 @@ def format_report(result, max_flagged: int = 20) -> str:
         lines.append(
             f"left out: {result.null_time_rows:,} scored rows with a NULL "
             f"{result.time_col or 'time column'}"
+        )
+    if result.skill and result.skill.get("stale"):
+        lines.append(
+            f"note: {stale_note(result.skill['stale'], result.grain, result.skill['window'])}"
         )
     if result.models_note:
         lines.append(f"note: {result.models_note}")
@@ -176,6 +180,26 @@ def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]
             text = clip(text, MAX_EXAMPLE)  # by display width: CJK takes 2 columns
             lines.append(f'    e.g. "{text}"')
     return lines
+
+
+def stale_note(stale: list[dict[str, Any]], grain: str, window: int, most: int = 5) -> str:
+    """The groups with no rows in the last `window` buckets (`forecast_tables._stale`):
+    their forecast carries their last value forward, however old."""
+    named = [
+        f"{' / '.join(map(group_text, s['group'].values())) or 'the table'} (last rows "
+        f"{s['last_bucket']}, {_plural(s['buckets_since'], grain)} before the latest bucket)"
+        for s in stale[:most]
+    ]
+    if len(stale) > most:
+        named.append(f"{len(stale) - most} more")
+    return (
+        f"no rows for more than --window ({_plural(window, grain)}) before the latest bucket: "
+        f"{', '.join(named)}; the forecast there carries the last value with rows forward"
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def group_text(value) -> str:
