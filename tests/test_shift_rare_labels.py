@@ -20,22 +20,28 @@ import pytest
 from trends_fixtures import create_results_tables, insert_scores, register_model, trends_config
 
 from marketpulse.trends import run
-from marketpulse.trends.queries import RARE_EXPECTED, beta_binomial_tail_sql
+from marketpulse.trends.queries import (
+    EXACT_TERMS,
+    RARE_EXPECTED,
+    beta_binomial_tail_sql,
+    normal_upper_tail_sql,
+)
 
 LABELS = np.array(["positive", "neutral", "negative"])
 ALPHA = 0.01  # the default --alpha
 WINDOW = 8
 
 
-def _write(path, brands: np.ndarray, weeks: np.ndarray, labels: np.ndarray):
+def _write(path, brands: np.ndarray, weeks: np.ndarray, labels: np.ndarray, step="h"):
     """posts(id, brand, posted_at, text), one model's scores: a post per array entry, in
-    week `weeks[i]` (an hour apart within the week)."""
+    week `weeks[i]` (an hour apart within the week; `step="m"`: a minute, for busy weeks)."""
     seen: Counter = Counter()
-    hour = []
+    nth = []
     for key in zip(brands.tolist(), weeks.tolist(), strict=True):
-        hour.append(seen[key])
+        nth.append(seen[key])
         seen[key] += 1
-    at = np.datetime64("2024-01-01T00:00", "us") + (weeks * 168 + hour) * np.timedelta64(1, "h")
+    at = np.datetime64("2024-01-01T00:00", "us") + weeks * np.timedelta64(168, "h")
+    at = at + np.array(nth) * np.timedelta64(1, step)
     ids = np.arange(1, len(labels) + 1)
     con = duckdb.connect(str(path))
     posts = pa.table({"id": ids, "brand": brands, "posted_at": at, "text": labels})
@@ -88,6 +94,42 @@ def _expected_rarest(r) -> float:
 def _t_p(r) -> float:
     stats = pytest.importorskip("scipy.stats")
     return 2 * stats.t.sf(abs(r["z"]), r["trail_n"] - 1)
+
+
+def _normal_tail(k, n, a, b) -> float:
+    """P(K >= k) by the normal approximation the SQL takes past EXACT_TERMS: the
+    beta-binomial's mean and variance, continuity-corrected."""
+    stats = pytest.importorskip("scipy.stats")
+    mean = n * a / (a + b)
+    var = n * a * b * (a + b + n) / ((a + b) ** 2 * (a + b + 1))
+    return stats.norm.sf((k - 0.5 - mean) / math.sqrt(var))
+
+
+def _tail(k, n, a, b) -> float:
+    """P(K >= k), K ~ beta-binomial(n, a, b), as `beta_binomial_tail_sql` computes it:
+    exact (scipy) where the shorter sum has at most EXACT_TERMS terms, else normal."""
+    stats = pytest.importorskip("scipy.stats")
+    if k <= 0 or k > n:
+        return float(k <= 0)
+    if min(k, n - k + 1) <= EXACT_TERMS:
+        return float(stats.betabinom(n, a, b).sf(k - 1))
+    return _normal_tail(k, n, a, b)
+
+
+def _expected_p(r) -> float:
+    """p_value as documented: the t p-value, and where a side is rare, the larger of it and
+    twice the smaller tail of the two sides' counts in the direction of z."""
+    if _expected_rarest(r) >= RARE_EXPECTED:
+        return _t_p(r)
+    n, tv = r["volume"], r["trail_volume"]
+    pos = (r["pos"], n, r["trail_pos"] + 0.5, tv - r["trail_pos"] + 1.0)
+    neg = (r["neg"], n, r["trail_neg"] + 0.5, tv - r["trail_neg"] + 1.0)
+
+    def fewer(k, n, a, b):  # P(K <= k): the other rows number n - k or more
+        return _tail(n - k, n, b, a)
+
+    exact = min(_tail(*neg), fewer(*pos)) if r["z"] < 0 else min(_tail(*pos), fewer(*neg))
+    return max(_t_p(r), min(1.0, 2 * exact))
 
 
 @pytest.mark.parametrize(
@@ -161,3 +203,90 @@ def test_beta_binomial_tail_sql_is_scipys():
         want = stats.betabinom(n, a, b).sf(k - 1) if n else float(k <= 0)
         assert p == pytest.approx(want, abs=1e-12), (k, n, a, b)
         assert 0 <= p <= 1 and not math.isnan(p)
+
+
+def test_busy_brand_without_negatives_is_flagged_on_its_positives(tmp_path):
+    """A brand with no negative post and 1,500 posts a week, half positive: the negatives
+    are the rare side in every week, and the positives' tail would be a sum of ~750
+    terms, past EXACT_TERMS, so it is the normal approximation. A week at 40% positive is
+    flagged: the fall is in the common side, whose tail must count (taken as 1 because
+    that side is not rare, p_value would stay at 1, as P(negatives >= 0) = 1). Every
+    check's p_value is the documented one, exact and normal tails alike."""
+    rng = np.random.default_rng(7)
+    per_week, weeks = 1500, 16
+    shares = [0.5] * weeks
+    shares[12] = 0.4
+    labels = np.concatenate(
+        [np.where(rng.random(per_week) < share, "positive", "neutral") for share in shares]
+    )
+    week = np.repeat(np.arange(weeks), per_week)
+    path = _write(tmp_path / "busy.duckdb", np.full(len(week), "A"), week, labels, step="m")
+    rows = _trend(path)
+    assert len(rows) == weeks - 3
+    assert all(r["neg"] == 0 and _expected_rarest(r) < RARE_EXPECTED for r in rows)
+    assert all(min(r["pos"], r["volume"] - r["pos"]) > EXACT_TERMS for r in rows)
+    for r in rows:
+        assert r["p"] == pytest.approx(_expected_p(r), rel=1e-6), r
+    flagged = [r for r in rows if r["flag"]]
+    assert [r["pos"] / r["volume"] for r in flagged] == [pytest.approx(0.4, abs=0.02)]
+    (shock,) = flagged
+    assert shock["z"] < 0 and shock["p"] < 1e-3
+
+
+def test_beta_binomial_tail_sql_past_exact_terms():
+    """Where the shorter sum would exceed EXACT_TERMS terms, the SQL takes the normal
+    approximation: within x0.6-1.5 of the exact tail (scipy) for tails of 0.001-0.5 at a
+    trailing window of 1 to 8 buckets' volume, and quick at any n (no list is built).
+    Where the shorter sum is short, it stays exact at any n."""
+    stats = pytest.importorskip("scipy.stats")
+    with duckdb.connect() as con:
+
+        def tails(cases):
+            values = ", ".join(f"({k}, {n}, {a}::DOUBLE, {b}::DOUBLE)" for k, n, a, b in cases)
+            sql = beta_binomial_tail_sql("k", "n", "a", "b")
+            query = f"SELECT {sql} FROM (VALUES {values}) AS v(k, n, a, b)"
+            return [p for (p,) in con.execute(query).fetchall()]
+
+        # short sums at a large n: exact (a rare side's count, or its complement's), to the
+        # ~1e-10 that differences of lgamma near 2e6 keep (scipy's too, against mpmath)
+        n = 20_000
+        cases = [(k, n, a, b) for k in (1, 3, 40, EXACT_TERMS, n - EXACT_TERMS + 1, n - 2, n)
+                 for a, b in ((0.5, 160_001.0), (9.5, 159_992.0), (159_992.5, 9.0))]  # fmt: skip
+        for (k, n, a, b), p in zip(cases, tails(cases), strict=True):
+            want = stats.betabinom(n, a, b).sf(k - 1)
+            assert p == pytest.approx(want, rel=1e-7, abs=1e-9), (k, a, b)
+
+        # long sums: the normal approximation, against the exact tail
+        checked = 0
+        for n, volumes, share in [(1200, 1, 0.5), (1200, 8, 0.5), (3000, 1, 0.3), (3000, 8, 0.2)]:
+            trail = n * volumes
+            a, b = round(share * trail) + 0.5, trail - round(share * trail) + 1.0
+            pmf = np.exp(stats.betabinom.logpmf(np.arange(n + 1), n, a, b))
+            exact_sf = np.cumsum(pmf[::-1])[::-1]  # P(K >= k)
+            ks = [k for k in range(EXACT_TERMS + 1, n - EXACT_TERMS + 1)
+                  if 1e-3 <= exact_sf[k] <= 0.5 or 1e-3 <= 1 - exact_sf[k] <= 0.5]  # fmt: skip
+            cases = [(k, n, a, b) for k in ks]
+            for (k, *_), p in zip(cases, tails(cases), strict=True):
+                assert p == pytest.approx(_normal_tail(k, n, a, b), rel=1e-6)
+                if exact_sf[k] <= 0.5:
+                    assert 0.6 <= p / exact_sf[k] <= 1.5, (k, n, a, b)
+                else:  # the lower tail P(K <= k - 1), as a fewer-side check reads it
+                    assert 0.6 <= (1 - p) / (1 - exact_sf[k]) <= 1.5, (k, n, a, b)
+                checked += 1
+        assert checked > 200
+
+        # a huge bucket: no list of millions of terms
+        n = 10_000_000
+        cases = [(n // 2, n, 4e7, 4e7), (n // 2 + 9000, n, 4e7, 4e7), (600, n, 2.5, 8e7)]
+        for (k, n, a, b), p in zip(cases, tails(cases), strict=True):
+            assert p == pytest.approx(_normal_tail(k, n, a, b), rel=1e-6)
+
+
+def test_normal_upper_tail_sql_keeps_relative_digits():
+    """P(Z >= z) in SQL (no erf in DuckDB) against scipy, far tails included."""
+    stats = pytest.importorskip("scipy.stats")
+    zs = np.linspace(-8, 30, 381).tolist()
+    with duckdb.connect() as con:
+        got = con.execute(f"SELECT z, {normal_upper_tail_sql('z')} FROM unnest(?) AS u(z)", [zs])
+        for z, p in got.fetchall():
+            assert p == pytest.approx(stats.norm.sf(z), rel=2e-7), z

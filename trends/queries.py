@@ -65,6 +65,14 @@ SPREAD_FLOOR = 0.5
 # though a brand with 1% negative posts has one in 18% of its weeks. There p_value is also
 # the exact tail of the side's count (`trend_table_sql`). 5 is the usual rule of thumb.
 RARE_EXPECTED = 5
+# That tail is summed exactly over at most this many counts (lgamma terms): where a count
+# and its complement are both larger (a busy bucket's common side: 5,000 positive posts of
+# 10,000 were 5,000 terms in every row) it is the normal approximation of the same
+# beta-binomial (its mean and variance, continuity-corrected). Against scipy's exact tails
+# past 500 both ways, for tails of 0.001-0.5: x0.64-1.44 where the trailing window holds at
+# least one bucket's volume (x0.78-1.25 at eight), x0.16-2.4 for a bucket ten times the
+# window's volume, the most the rare-side condition allows (`volume x share < 5`).
+EXACT_TERMS = 500
 
 
 def latest_view_name(scores_table: str, database: Database | None = None) -> str:
@@ -246,30 +254,65 @@ def t_p_value_sql(t: str, df: str, dfs: range) -> str:
     )
 
 
-def beta_binomial_tail_sql(k: str, n: str, a: str, b: str) -> str:
+def beta_binomial_tail_sql(k: str, n: str, a: str, b: str, log_norm: str | None = None) -> str:
     """SQL for P(K >= k) of K ~ beta-binomial(n, a, b): how often at least k of n rows
     are of a kind whose rate is uncertain as Beta(a, b). With a and b a window's count
     of the kind and of the other rows plus the prior's, it is the chance of k or more in
     the next n rows, the rate's own uncertainty included. `k`, `n`, `a`, `b` are SQL
-    expressions; P(K <= k) is `beta_binomial_tail_sql(n - k, n, b, a)`, the other kind's.
+    expressions (a, b > 0); P(K <= k) is `beta_binomial_tail_sql(n - k, n, b, a)`, the
+    other kind's.
 
     DuckDB has no incomplete beta function, so the probabilities are summed from lgamma,
-    over the shorter of the tail and its complement (at most n / 2 + 1 terms)."""
+    over the shorter of the tail and its complement, where that is at most EXACT_TERMS
+    counts; where both are longer (k and n - k both over EXACT_TERMS), the normal
+    approximation at the distribution's mean and variance, continuity-corrected. No row
+    builds a list of more than EXACT_TERMS terms.
+
+    `log_norm`, where given, names `beta_binomial_log_norm_sql(n, a, b)` computed once per
+    row (a column): written out, its five lgamma calls would run for every term."""
     k, n, a, b = (f"({x})" for x in (k, n, a, b))
+    norm = f"({log_norm})" if log_norm else beta_binomial_log_norm_sql(n, a, b)
     log_pmf = (
-        f"lgamma({n} + 1) - lgamma(_j + 1) - lgamma({n} - _j + 1)"
-        f" + lgamma(_j + {a}) + lgamma({n} - _j + {b}) - lgamma({n} + {a} + {b})"
-        f" + lgamma({a} + {b}) - lgamma({a}) - lgamma({b})"
+        f"{norm} - lgamma(_j + 1) - lgamma({n} - _j + 1)"
+        f" + lgamma(_j + {a}) + lgamma({n} - _j + {b})"
     )
 
     def total(first: str, last: str) -> str:
         return f"list_sum(list_transform(range({first}, {last} + 1), lambda _j: exp({log_pmf})))"
 
+    # in DOUBLE: a product of DECIMAL counts (`sum(...) + 0.5`) can overflow DECIMAL(38)
+    dn, da, db = (f"CAST({x} AS DOUBLE)" for x in (n, a, b))
+    mean = f"{dn} * {da} / ({da} + {db})"
+    var = f"{dn} * {da} * {db} * ({da} + {db} + {dn}) / (({da} + {db}) ** 2 * ({da} + {db} + 1))"
     return (
         f"CASE WHEN {k} <= 0 THEN 1.0 WHEN {k} > {n} THEN 0.0 "
-        f"WHEN {n} - {k} + 1 <= {k} THEN least({total(k, n)}, 1) "
-        f"ELSE greatest(1 - {total('0', f'{k} - 1')}, 0) END"
+        f"WHEN {n} - {k} + 1 <= least({k}, {EXACT_TERMS}) THEN least({total(k, n)}, 1) "
+        f"WHEN {k} <= {EXACT_TERMS} THEN greatest(1 - {total('0', f'{k} - 1')}, 0) "
+        f"ELSE {normal_upper_tail_sql(f'({k} - 0.5 - {mean}) / sqrt({var})')} END"
     )
+
+
+def beta_binomial_log_norm_sql(n: str, a: str, b: str) -> str:
+    """The terms of the beta-binomial's log pmf that do not depend on the count:
+    lgamma(n + 1) + lgamma(a + b) - lgamma(a) - lgamma(b) - lgamma(n + a + b). Symmetric
+    in a and b, so a kind's tails both ways share it."""
+    n, a, b = (f"({x})" for x in (n, a, b))
+    return (
+        f"(lgamma({n} + 1) - lgamma({n} + {a} + {b})"
+        f" + lgamma({a} + {b}) - lgamma({a}) - lgamma({b}))"
+    )
+
+
+def normal_upper_tail_sql(z: str) -> str:
+    """SQL for P(Z >= z) of a standard normal Z. DuckDB has no erf: this is erfc(|z| /
+    sqrt(2)) / 2 by the Chebyshev fit of Numerical Recipes' erfcc (relative error under
+    1.2e-7 at every z, so a far tail keeps its digits), mirrored for z < 0."""
+    x = f"(abs({z}) / sqrt(2))"
+    t = f"(1 / (1 + 0.5 * {x}))"
+    coefs = [-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+             -1.13520398, 1.48851587, -0.82215223, 0.17087277]  # fmt: skip
+    half_erfc = f"0.5 * {t} * exp(-{x} * {x} + {_horner(coefs, t)})"
+    return f"CASE WHEN {z} >= 0 THEN {half_erfc} ELSE 1 - {half_erfc} END"
 
 
 def _horner(coefs: list[float], x: str) -> str:
@@ -345,12 +388,14 @@ def trend_table_sql(
         for s in ("pos", "neg")
     }
 
+    norms = ", ".join(f"{beta_binomial_log_norm_sql(*side[s][1:])} AS _log_norm_{s}" for s in side)
+
     def more(s: str) -> str:  # P(K >= this bucket's count)
-        return beta_binomial_tail_sql(*side[s])
+        return beta_binomial_tail_sql(*side[s], log_norm=f"_log_norm_{s}")
 
     def fewer(s: str) -> str:  # P(K <= count) = P(the other rows >= volume - count)
         k, n, a, b = side[s]
-        return beta_binomial_tail_sql(f"{n} - {k}", n, b, a)
+        return beta_binomial_tail_sql(f"{n} - {k}", n, b, a, log_norm=f"_log_norm_{s}")
 
     neg_more, pos_fewer, pos_more, neg_fewer = more("neg"), fewer("pos"), more("pos"), fewer("neg")
     return f"""
@@ -432,7 +477,8 @@ scored AS (
     FROM pooled
 ),
 t_test AS (
-    SELECT *, {t_p_value_sql("z_score", "_trail_n - 1", range(MIN_HISTORY - 1, window))} AS _p_t
+    SELECT *, {t_p_value_sql("z_score", "_trail_n - 1", range(MIN_HISTORY - 1, window))} AS _p_t,
+           {norms}
     FROM scored
 ),
 exact_test AS (
@@ -444,7 +490,11 @@ exact_test AS (
     -- half a row for each of the two other kinds). A fall is more negative rows or fewer
     -- positive ones (a rise the mirror); the smaller tail, doubled since the data chose the
     -- direction, is a two-sided p-value like the t one, and p_value is the larger of the
-    -- two: is_shift = p_value <= alpha still, and it needs both.
+    -- two: is_shift = p_value <= alpha still, and it needs both. Both sides' tails, the
+    -- common one's too: with 1 for a side that is not rare, a fall of the positives at a
+    -- brand without negatives (P(negatives >= 0) = 1) could never be flagged. The rare
+    -- side's tail is a short sum (its count, + 1 terms), the common side's is the normal
+    -- approximation where its sum would exceed {EXACT_TERMS} terms (`beta_binomial_tail_sql`).
     SELECT *,
            CASE WHEN _p_t IS NOT NULL
                      AND volume * least(_trail_pos, _trail_neg) < {RARE_EXPECTED} THEN
