@@ -6,7 +6,10 @@ retried while a scoring run holds the file for a commit (a fraction of a second 
 time; see runtime/database.py), so a script never fails because a nightly is running.
 With `write` (`sql --write`: a CREATE VIEW that trends asks for, say) it is opened
 read-write as every writer opens it: the open waits while another process (a reader
-too) holds the file, and each statement commits as it ends.
+too) holds the file, and all the statements run in one transaction, committed when the
+last one ends: if any fails, none of them changes the file (`DROP VIEW v; CREATE VIEW v
+AS ...` with a typo keeps the old view). SQL with its own BEGIN, COMMIT or ROLLBACK is
+refused there, before anything runs.
 
 The SQL may hold several statements: DuckDB's parser splits them (a ';' inside a string
 or comment stays where it is), they run in order on one connection, and each one that
@@ -17,6 +20,7 @@ set, or (for one result set only) JSON (a list of objects) or CSV.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -51,7 +55,8 @@ def run_queries(
     """
     import duckdb
 
-    con = _connect(Path(db), timeout, write)
+    db = Path(db)
+    con = _connect(db, timeout, write)
     try:
         try:
             statements = con.extract_statements(sql)
@@ -68,6 +73,14 @@ def run_queries(
                 "statements that return rows; run them one at a time"
             )
         shown = shown or [len(statements) - 1]
+        if write:
+            own = [i + 1 for i, s in enumerate(statements) if s.type.name == "TRANSACTION"]
+            if own:  # theirs and ours cannot nest: a COMMIT would end ours half-way
+                raise MarketpulseError(
+                    "--write runs all the statements in one transaction; leave out BEGIN, "
+                    f"COMMIT and ROLLBACK (statement {own[0]} of {len(statements)} is one)"
+                )
+            con.begin()
         results = []
         for i, statement in enumerate(statements):
             try:
@@ -78,13 +91,21 @@ def run_queries(
                 which = (
                     "query" if len(statements) == 1 else f"statement {i + 1} of {len(statements)}"
                 )
-                done = _committed(statements[:i]) if write else ""
                 raise MarketpulseError(
-                    f"{which} failed ({first_line(exc)}){done}; {_fix(exc, write)}"
+                    f"{which} failed ({first_line(exc)}){_unchanged(con, write)}; "
+                    f"{_fix(exc, write, db)}"
+                ) from exc
+        if write:
+            try:
+                con.commit()
+            except duckdb.Error as exc:  # the WAL cannot be written, say: DuckDB rolls back
+                raise MarketpulseError(
+                    f"commit failed ({first_line(exc)}){_unchanged(con, write)}; "
+                    f"{_fix(exc, write, db)}"
                 ) from exc
         return results
     finally:
-        con.close()
+        con.close()  # an open --write transaction is rolled back here too
 
 
 def _connect(db: Path, timeout: float, write: bool = False):
@@ -100,6 +121,11 @@ def _connect(db: Path, timeout: float, write: bool = False):
     try:
         return connect(db, read_only=not write, timeout=timeout, on_wait=waiting)
     except duckdb.Error as exc:
+        if _denied(exc):  # a DuckDB file all the same: --db is right, the permissions not
+            how = "read-write" if write else "read-only"
+            raise MarketpulseError(
+                f"cannot open {db} {how} ({first_line(exc)}); {_permission_fix(db, write)}"
+            ) from exc
         raise MarketpulseError(
             f"cannot open {db} as a DuckDB database ({first_line(exc)}); pass --db "
             "with a DuckDB file"
@@ -119,22 +145,41 @@ def _result(relation) -> Result:
     return [d[0] for d in relation.description], relation.fetchall()
 
 
-def _committed(before) -> str:
-    """What --write leaves of the statements `before` the one that failed: each commits as
-    it ends, unless the SQL opened a transaction (then closing the file rolls it back)."""
-    if not before or any(s.type.name == "TRANSACTION" for s in before):
+def _unchanged(con, write: bool) -> str:
+    """After a --write statement or the commit failed: roll the one transaction back (so
+    no statement of the SQL changed the file) and say so."""
+    if not write:
         return ""
-    if len(before) == 1:
-        return " (statement 1 was committed)"
-    return f" (statements 1 to {len(before)} were committed)"
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):  # a failed commit has rolled back already
+        con.rollback()
+    return "; nothing was changed (--write commits all the statements or none)"
 
 
-def _fix(exc: Exception, write: bool = False) -> str:
+def _denied(exc: Exception) -> bool:
+    """Whether a DuckDB error is the operating system refusing a file (EACCES, EPERM, EROFS)."""
+    text = str(exc).lower()
+    return any(s in text for s in ("permission denied", "read-only file system", "not permitted"))
+
+
+def _permission_fix(db: Path, write: bool) -> str:
+    if not write:
+        return f"sql needs read permission on {db}"
+    return (
+        f"--write needs write permission on {db} and on its folder {db.parent} (DuckDB "
+        f"writes {db.name}.wal there as it commits)"
+    )
+
+
+def _fix(exc: Exception, write: bool = False, db: Path | None = None) -> str:
     if "read-only" in str(exc).lower() and not write:
         return (
             "the database is opened read-only, so only queries that read work; pass --write "
             "to run it on the file opened read-write"
         )
+    if write and db is not None and _denied(exc):
+        return _permission_fix(db, write)
     return "check the SQL"
 
 

@@ -7,6 +7,9 @@
 3. `--positive positive,Positive --negative negative,Negative` (two models spelling the
    labels two ways) was refused as "no one model has both a positive and a negative label".
 4. `sql "CREATE VIEW ..."` was refused as read-only with no way to run it: `sql --write`.
+   Review: --write committed each statement as it ended (DROP VIEW; CREATE VIEW with a
+   typo left no view; BEGIN; ... exited 0 and wrote nothing): now one transaction, all or
+   nothing, and SQL with its own BEGIN/COMMIT is refused; a permission failure named --db.
 5. `sql --csv` wrote BLOBs as Python's repr and non-ASCII in structs as \\u escapes.
 
 Every test runs on a real DuckDB file.
@@ -15,6 +18,7 @@ Every test runs on a real DuckDB file.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -215,18 +219,147 @@ def test_a_write_refused_as_read_only_names_write_and_write_runs_it(db):
     assert read.output.splitlines() == ["n", str(sum(sum(c) for c in COUNTS.values()))]
 
 
-def test_write_names_what_was_committed_before_a_failing_statement(db):
+def _view(db, name):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(f"SELECT * FROM {name}").fetchall()
+
+
+def _tables(db):
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    return {r[0] for r in rows}
+
+
+_UNCHANGED = "; nothing was changed (--write commits all the statements or none); "
+
+
+def test_write_is_all_or_nothing_so_a_failed_replace_keeps_the_old_view(db):
+    """Each statement used to commit as it ended: DROP VIEW; CREATE VIEW (typo) left none."""
+    assert _sql(db, "CREATE VIEW v AS SELECT 1 AS x", "--write").exit_code == 0
+    result = _sql(db, "DROP VIEW v; CREATE VIEW v AS SELECT nope FROM posts", "--write")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: statement 2 of 2 failed (Binder Error: ")
+    assert result.output.rstrip().endswith(_UNCHANGED + "check the SQL")
+    assert _view(db, "v") == [(1,)]  # the DROP was rolled back with the failed CREATE
+    before = _tables(db)
     result = _sql(
         db, "CREATE TABLE a (x INT); INSERT INTO a VALUES (1); SELECT * FROM nope", "--write"
     )
+    assert result.exit_code == 1 and _UNCHANGED in result.output
+    assert "committed" not in result.output
+    assert _tables(db) == before
+
+
+def test_write_commits_all_the_statements_together(db):
+    sql = (
+        "CREATE TABLE a AS SELECT 1 AS x; INSERT INTO a VALUES (2); "
+        "CREATE VIEW s AS SELECT sum(x) AS total FROM a; SELECT total FROM s"
+    )
+    result = _sql(db, sql, "--write", "--csv")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["total", "3"]
+    assert _view(db, "s") == [(3,)]
+
+
+@pytest.mark.parametrize(
+    "sql, which",
+    [
+        ("BEGIN; CREATE VIEW w AS SELECT 1 AS x;", "statement 1 of 2"),
+        ("CREATE VIEW w AS SELECT 1 AS x; COMMIT", "statement 2 of 2"),
+        ("CREATE VIEW w AS SELECT 1 AS x; ROLLBACK", "statement 2 of 2"),
+    ],
+)
+def test_write_refuses_sql_with_its_own_transaction_before_anything_runs(db, sql, which):
+    """BEGIN; CREATE VIEW ... exited 0 and close() rolled it back: success, nothing written."""
+    result = _sql(db, sql, "--write")
     assert result.exit_code == 1
-    assert "(statements 1 to 2 were committed); check the SQL" in result.output
-    with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT x FROM a").fetchall() == [(1,)]
-    rolled = _sql(db, "BEGIN; INSERT INTO a VALUES (2); SELECT * FROM nope", "--write")
-    assert rolled.exit_code == 1 and "committed" not in rolled.output
-    with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT x FROM a").fetchall() == [(1,)]
+    assert result.output == (
+        "Error: --write runs all the statements in one transaction; leave out BEGIN, "
+        f"COMMIT and ROLLBACK ({which} is one)\n"
+    )
+    assert "w" not in _tables(db)
+
+
+def test_a_read_only_query_may_still_hold_its_own_transaction(db):
+    result = _sql(db, "BEGIN; SELECT count(*) AS n FROM posts; COMMIT", "--csv")
+    assert result.exit_code == 0, result.output
+
+
+def test_write_says_the_file_and_its_folder_must_be_writable(db, monkeypatch):
+    """A --write open refused by the system said "pass --db with a DuckDB file"."""
+    from marketpulse import query
+
+    for why in ("Permission denied", "Read-only file system"):
+        error = f'IO Error: Cannot open file "{db}": {why}'
+
+        def refused(*args, error=error, **kwargs):
+            raise duckdb.IOException(error)
+
+        monkeypatch.setattr(query, "connect", refused)
+        result = _sql(db, "CREATE VIEW v AS SELECT 1 AS x", "--write")
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: cannot open {db} read-write ({error}); --write needs write permission "
+            f"on {db} and on its folder {db.parent} (DuckDB writes market.duckdb.wal there "
+            "as it commits)\n"
+        )
+    junk = db.parent / "junk.duckdb"
+    junk.write_text("not a database")
+    monkeypatch.undo()
+    result = _sql(junk, "CREATE VIEW v AS SELECT 1 AS x", "--write")
+    assert result.exit_code == 1
+    assert f"cannot open {junk} as a DuckDB database (" in result.output
+    assert "pass --db with a DuckDB file" in result.output
+
+
+class _WalRefused:
+    """A real connection whose commit fails as DuckDB's does when the folder is read-only
+    (the open succeeds; the WAL cannot be created)."""
+
+    def __init__(self, con, db):
+        self._con, self._db = con, db
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def commit(self):
+        raise duckdb.TransactionException(
+            f'TransactionContext Error: Failed to commit: Cannot open file "{self._db}.wal": '
+            "Permission denied"
+        )
+
+
+def test_write_a_commit_refused_for_the_wal_says_the_folder_must_be_writable(db, monkeypatch):
+    from marketpulse import query
+
+    real = query.connect
+    monkeypatch.setattr(query, "connect", lambda *a, **k: _WalRefused(real(*a, **k), db))
+    result = _sql(db, "CREATE VIEW v AS SELECT 1 AS x", "--write")
+    assert result.exit_code == 1
+    assert result.output == (
+        f'Error: commit failed (TransactionContext Error: Failed to commit: Cannot open file "'
+        f'{db}.wal": Permission denied){_UNCHANGED}--write needs write permission on {db} '
+        f"and on its folder {db.parent} (DuckDB writes market.duckdb.wal there as it "
+        "commits)\n"
+    )
+    assert "v" not in _tables(db)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission")
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_write_to_a_read_only_file_or_folder_names_the_permission(tmp_path, what):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    db = build_db(folder / "market.duckdb")
+    (db if what == "file" else folder).chmod(0o444 if what == "file" else 0o555)
+    try:
+        result = _sql(db, "CREATE VIEW v AS SELECT 1 AS x", "--write")
+    finally:
+        folder.chmod(0o755)
+        db.chmod(0o644)
+    assert result.exit_code == 1
+    assert f"--write needs write permission on {db} and on its folder {folder}" in result.output
+    assert "v" not in _tables(db)
 
 
 _READER = """

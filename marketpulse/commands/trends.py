@@ -18,8 +18,9 @@ import click
 @click.option(
     "--write",
     is_flag=True,
-    help="Open --db read-write, to run statements that change it (CREATE VIEW, ...); each "
-    "commits as it ends. Waits, like any writer, while another process holds the file.",
+    help="Open --db read-write, to run statements that change it (CREATE VIEW, ...), all in "
+    "one transaction: committed together, or none if any fails (so leave out BEGIN and "
+    "COMMIT). Waits, like any writer, while another process holds the file.",
 )
 @click.option(
     "--json",
