@@ -23,9 +23,13 @@ A run removes its folders in `finally` blocks, which Ctrl-C (KeyboardInterrupt) 
 SIGTERM, a scheduler's timeout, does not: the process just ends. `stop_on_sigterm` raises
 `Terminated` (a KeyboardInterrupt) in the main thread instead, so SIGTERM cleans up as
 Ctrl-C does, then prints what --out holds and exits 143; train, adapt and export run in it.
-Further SIGTERMs (a scheduler may send several before its SIGKILL) are ignored until then,
-so they cannot cut the removal short; one that came during a removal already under way
-(an error's) is finished before the line says the folders were removed.
+Further SIGTERMs (a scheduler may send several before its SIGKILL) are ignored once the
+cleanup has started (an owned folder's removal, or `stop_on_sigterm`'s own), so they cannot
+cut the removal short; one that came during a removal already under way (an error's) is
+finished before the line says the folders were removed. Until then each SIGTERM raises:
+a `Terminated` swallowed where Python ignores exceptions (a `__del__`, a weakref or GC
+callback: "Exception ignored in ...") starts no cleanup, and must not leave SIGTERM
+ignored for the rest of the run.
 `score` stops gracefully on its own (runs.py).
 
 This module knows nothing of DuckDB: runtime's database.py and ray_engine.py, trends'
@@ -83,6 +87,9 @@ def owned_folder(parent: Path, prefix: str, making_prefix: str) -> Iterator[Path
         owner.flush()
         making.rename(path)
         yield path
+    except Terminated:
+        sigterm_cleanup_started()  # the removal below runs to its end
+        raise
     finally:
         remove_owned(path)
         remove_owned(making)
@@ -283,25 +290,44 @@ class Terminated(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM  # the shell's convention, as `score` exits: 143
 
 
+# whether the cleanup a `Terminated` started is under way (`sigterm_cleanup_started`):
+# from then on the `sigterm_raises` block ignores SIGTERM
+_CLEANING = {"started": False}
+
+
+def sigterm_cleanup_started() -> None:
+    """Say that the cleanup a `Terminated` started is under way: further SIGTERMs are
+    ignored to the end of the `sigterm_raises` block, so a scheduler's second one cannot
+    cut it short. Called where a `Terminated` is caught to clean up (`owned_folder`,
+    `stop_on_sigterm`), not by the handler: a `Terminated` raised in a `__del__` or a GC
+    callback is swallowed ("Exception ignored in ...") and starts no cleanup."""
+    _CLEANING["started"] = True
+
+
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Inside the block, SIGTERM raises `Terminated` in the main thread (elsewhere,
     where no handler can be set, the block runs as it is); the handler before is put back.
-    Once one has, further SIGTERMs are ignored to the block's end: a scheduler's second
-    one cannot cut short the cleanup the first one started."""
+    The handler stays set: each SIGTERM raises until `sigterm_cleanup_started`, and is
+    ignored from then to the block's end. (Setting SIG_IGN on the first one would leave
+    SIGTERM ignored for the rest of the run if that `Terminated` were swallowed.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup it starts runs to its end
+        if _CLEANING["started"]:
+            return  # the cleanup an earlier one started runs to its end
         raise Terminated(signal.Signals(signum).name)
 
+    outer = _CLEANING["started"]
+    _CLEANING["started"] = False
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        _CLEANING["started"] = outer
 
 
 @contextmanager
@@ -316,7 +342,8 @@ def stop_on_sigterm(out: Path, what: str) -> Iterator[None]:
     with sigterm_raises():
         try:
             yield
-        except Terminated:  # further SIGTERMs are ignored from here (sigterm_raises)
+        except Terminated:
+            sigterm_cleanup_started()  # further SIGTERMs are ignored from here
             left = _finish_removal(_UNREMOVED - earlier)
             after = _identity(out)
             if after is not None and after != before:  # swapped into place just before

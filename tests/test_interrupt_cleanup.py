@@ -31,6 +31,7 @@ from marketpulse.owned_folders import (
     Terminated,
     owned_folder,
     remove_dead_folders,
+    sigterm_cleanup_started,
     sigterm_raises,
     sweep_dead_runs,
 )
@@ -481,16 +482,41 @@ def test_what_out_held_goes_with_the_owned_folder_even_after_kill_9(slow_removal
     assert [p.name for p in runs.iterdir()] == ["out"]
 
 
-def test_sigterm_raises_ignores_further_sigterms_until_the_block_ends():
-    """After the first SIGTERM raised Terminated, the cleanup it runs is not interrupted
-    by another; the handler before is put back at the end."""
+def test_sigterm_raises_ignores_further_sigterms_once_the_cleanup_started():
+    """After the first SIGTERM raised Terminated, the cleanup it runs (once it says so:
+    `sigterm_cleanup_started`) is not interrupted by another; the handler before is put
+    back at the end, and the next block raises again."""
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated), sigterm_raises():
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises at once
         finally:
-            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            sigterm_cleanup_started()
             os.kill(os.getpid(), signal.SIGTERM)  # ignored: this cleanup goes on
             time.sleep(0.1)
     assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(Terminated), sigterm_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+
+def test_a_swallowed_terminated_leaves_sigterm_raising(monkeypatch):
+    """A Terminated raised while a `__del__` runs is swallowed by Python ("Exception
+    ignored in ...") and starts no cleanup: the next SIGTERM still raises (the handler
+    once set SIG_IGN on the first one, and every later SIGTERM went ignored: a
+    scheduler had to kill -9)."""
+    swallowed: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_value))
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, inside __del__
+
+    with pytest.raises(Terminated), sigterm_raises():
+        obj = SignalledWhileCollected()
+        del obj  # __del__ runs now; its Terminated goes to sys.unraisablehook
+        assert [type(exc) for exc in swallowed] == [Terminated]
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # raises at once

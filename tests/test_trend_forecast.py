@@ -21,6 +21,7 @@ from marketpulse.trends.forecast import (
     SEASONS,
     SHORT,
     TIE_RTOL,
+    _one_series,
     _pick,
     candidates,
     forecast_series,
@@ -497,9 +498,48 @@ def test_a_tie_goes_to_the_candidate_listed_first():
     assert _pick(clearly, ["Naive", "AutoETS", "AutoTheta"], len(base), "Naive") == "AutoTheta"
 
 
+def test_a_failure_at_a_late_origin_does_not_rule_a_candidate_out_earlier():
+    """AutoETS forecasts every one-step origin almost exactly but fails (no forecast) at
+    the last one. The online choice ("auto") at an origin knows only the failures up to
+    it: AutoETS is chosen from the second origin until the one it fails at (ruling it out
+    everywhere for that one failure was look-ahead, and made "auto" naive's), and then
+    another candidate forecasts. The shipped choice, after every origin, leaves it out."""
+    models = candidates(None, None, False)  # Naive, AutoETS, AutoTheta
+    rng = np.random.default_rng(3)
+    y = np.clip(np.cumsum(rng.normal(0, 0.05, 40)), -1, 1)
+    origins, horizon = 24, 1
+    cutoffs = np.arange(len(y) - origins - 1, len(y) - 1)  # the one-step origins
+    one = pd.DataFrame(
+        {
+            "unique_id": "s",
+            "ds": cutoffs + 1,
+            "cutoff": cutoffs,
+            "y": y[cutoffs + 1],
+            "Naive": y[cutoffs],
+            "AutoETS": y[cutoffs + 1] + 0.001,
+            "AutoTheta": y[cutoffs] + 0.05,
+        }
+    )
+    one.loc[origins - 1, "AutoETS"] = np.nan  # fails at the last origin only
+    one["step"] = one["ds"] - one["cutoff"]
+    many = one.iloc[:0]  # horizon 1: no steps 2..
+    future, backtest, history = _one_series("s", y, y, models, one, many, origins, horizon)
+    forecast_next = history["forecast_next"].to_numpy()
+    # the first origin has nothing scored before it: the default (naive, no window)
+    assert forecast_next[0] == one["Naive"].iloc[0]
+    np.testing.assert_array_equal(forecast_next[1:-1], one["AutoETS"].to_numpy()[1:-1])
+    assert forecast_next[-1] == one["Naive"].iloc[-1]  # AutoETS gave none there
+    auto = backtest[(backtest["model"] == AUTO) & (backtest["step"] == 1)]
+    naive = backtest[(backtest["model"] == "Naive") & (backtest["step"] == 1)]
+    assert int(auto["points"].iloc[0]) == origins  # every origin forecast and scored
+    assert float(auto["mae"].iloc[0]) < float(naive["mae"].iloc[0]) / 2
+    assert future["model"].tolist() == ["Naive"]
+    assert bool(backtest.loc[backtest["model"] == "Naive", "chosen"].all())
+
+
 def test_a_group_that_stopped_posting_is_named_with_its_stale_forecast(tmp_path):
     """Z stopped 11 weeks before the latest bucket (more than --window 8): its forecast
-    only carries its last index forward, and the report says so; Y stopped 8 weeks before
+    is built on its last index carried forward, and the report says so; Y stopped 8 weeks before
     (not more than --window) and is not named."""
     db = _posts_db(tmp_path / "stale.duckdb", 40, {"A": 1, "Y": 1, "Z": 1}, stop={"Y": 32, "Z": 29})
     result = run(_cfg(db, horizon=4))
@@ -512,8 +552,8 @@ def test_a_group_that_stopped_posting_is_named_with_its_stale_forecast(tmp_path)
     report = format_report(result)
     assert (
         "note: no rows for more than --window (8 weeks) before the latest bucket: Z (last "
-        "rows 2024-07-15, 11 weeks before the latest bucket); the forecast there carries the "
-        "last value with rows forward"
+        "rows 2024-07-15, 11 weeks before the latest bucket); the forecast there is built on "
+        "that last value carried forward, so read it with care"
     ) in report
     assert "Y (last rows" not in report
 

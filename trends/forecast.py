@@ -43,7 +43,9 @@ before the group's first row are left out):
    `candidates` (Naive, WindowAverage, AutoETS, AutoTheta, SeasonalNaive, AutoARIMA:
    roughly the cheapest first). The shipped forecast is made the way the backtest made
    its forecasts (`_ship`): the shipped model is the one whose errors were measured. A
-   candidate that failed to forecast an origin is left out of the choice.
+   candidate that failed to forecast an origin (no forecast, unlike an empty target) is
+   left out of the choice from that origin on: the online choice at an origin knows only
+   the failures up to it, and the shipped choice, after them all, leaves it out.
 4. **Bands by split conformal prediction.** The band for step s is the forecast +/- the
    empirical 80% / 95% quantile of the chosen model's past |errors| at step s. Coverage
    is measured the same way online: each origin's band uses only errors known by then.
@@ -265,10 +267,12 @@ def _one_series(uid, y, filled, models, one, many, origins: int, horizon: int):
     first = _first_fit(len(y), origins, horizon)
     cv1 = one[one["unique_id"] == uid].sort_values("cutoff")
     errors1 = {m: _errors(cv1, m, observed) for m in names}
-    # a candidate that failed to forecast an origin is left out of the choice
-    eligible = [m for m in names if np.isfinite(cv1[m].to_numpy(float)).all()]
-    default = WINDOW if WINDOW in eligible else NAIVE
-    online = _online_choice(errors1, eligible, default)
+    # a model's failures (no forecast), apart from empty targets (NaN errors too)
+    failed = {m: ~np.isfinite(cv1[m].to_numpy(float)) for m in names}
+    online = _online_choice(errors1, failed)
+    # the shipped choice comes after every origin: a candidate that failed at any is out
+    eligible = [m for m in names if not failed[m].any()]
+    default = _default(eligible)
     cvh = many[many["unique_id"] == uid]
     # the backtest table's rows per step: step 1 from every one-step origin (cv1, the
     # errors the choice is made on), steps 2.. from the multi-step origins
@@ -309,7 +313,8 @@ def _errors(cv: pd.DataFrame, model: str, observed: np.ndarray) -> np.ndarray:
 
 def _pick(errors: dict[str, np.ndarray], eligible: list[str], k: int, default: str) -> str:
     """The eligible model with the lowest mean error over the scored origins before `k`
-    (all eligible models forecast every origin, so they are compared on the same ones),
+    (every eligible model forecast every origin before `k`, so they are compared on the
+    same ones: the origins whose target bucket had rows),
     a tie (`TIE_RTOL`) going to the one listed first; `default` before any origin is
     scored. Each mean is taken as `_metrics` takes the table's `mae`: over all the origins
     (k = all), the choice is the lowest step-1 `mae` of the backtest table."""
@@ -322,10 +327,23 @@ def _pick(errors: dict[str, np.ndarray], eligible: list[str], k: int, default: s
     return next(m for m, v in zip(eligible, maes, strict=True) if v - lowest <= TIE_RTOL * lowest)
 
 
-def _online_choice(errors: dict[str, np.ndarray], eligible: list[str], default: str) -> list[str]:
-    """Per origin, the model `_pick` chooses from the origins before it."""
-    n = len(errors[eligible[0]])
-    return [_pick(errors, eligible, k, default) for k in range(n)]
+def _default(eligible: list[str]) -> str:
+    """The choice before any origin is scored: the window average, or naive without one."""
+    return WINDOW if WINDOW in eligible else NAIVE
+
+
+def _online_choice(errors: dict[str, np.ndarray], failed: dict[str, np.ndarray]) -> list[str]:
+    """Per origin k, the model `_pick` chooses from the origins before it, among the
+    candidates that have not failed (`failed`: no forecast, per origin) up to k: a failure
+    at k is known when the forecast is made there (its target is not), and one after k
+    is not known yet, so it cannot rule a candidate out at k (that was look-ahead)."""
+    n = len(next(iter(errors.values())))
+    picks = []
+    for k in range(n):
+        eligible = [m for m in errors if not failed[m][: k + 1].any()]
+        default = _default(eligible)
+        picks.append(_pick(errors, eligible, k, default) if eligible else default)
+    return picks
 
 
 def _quantile(errors: np.ndarray, level: int) -> float:

@@ -184,7 +184,9 @@ def _drivers(result, flagged: list[dict[str, Any]], terms: int = 6) -> list[str]
 
 def stale_note(stale: list[dict[str, Any]], grain: str, window: int, most: int = 5) -> str:
     """The groups with no rows in the last `window` buckets (`forecast_tables._stale`):
-    their forecast carries their last value forward, however old."""
+    their model input ends in their last value carried forward, however old, so whatever
+    the model (naive repeats it; ETS, Theta or ARIMA may extrapolate from it), the forecast
+    rests on it."""
     named = [
         f"{' / '.join(map(group_text, s['group'].values())) or 'the table'} (last rows "
         f"{s['last_bucket']}, {_plural(s['buckets_since'], grain)} before the latest bucket)"
@@ -194,7 +196,8 @@ def stale_note(stale: list[dict[str, Any]], grain: str, window: int, most: int =
         named.append(f"{len(stale) - most} more")
     return (
         f"no rows for more than --window ({_plural(window, grain)}) before the latest bucket: "
-        f"{', '.join(named)}; the forecast there carries the last value with rows forward"
+        f"{', '.join(named)}; the forecast there is built on that last value carried "
+        "forward, so read it with care"
     )
 
 
