@@ -18,6 +18,7 @@ from marketpulse import privacy  # noqa: E402
 from marketpulse.errors import MarketpulseError  # noqa: E402
 from marketpulse.trends import format_report  # noqa: E402
 from marketpulse.trends.drivers import (  # noqa: E402
+    FIND_CAP,
     MAYBE_PERSONAL,
     NEGATIONS,
     STOPWORDS,
@@ -86,6 +87,42 @@ def test_a_shock_weeks_contact_details_are_no_drivers(tmp_path, cause, text, con
     assert cause in why
     shown = _pieces(why.replace("<EMAIL>", "").replace("<PHONE>", "").replace("<URL>", ""))
     assert not shown & (PIECES - _pieces(cause)), shown & PIECES
+
+
+def test_a_term_privacy_find_takes_out_is_dropped_and_the_next_takes_its_place(
+    tmp_path, monkeypatch
+):
+    # privacy.find runs after the terms are chosen, on the texts that hold the top terms
+    # (at most FIND_CAP of each); a term it takes out of any of them is dropped and the
+    # next candidate moves up. Here a stand-in for a detector the RE2 patterns lack
+    # finds the name "aldo quist", in all 200 posts of the cause: with the cause's counts
+    # it ranked first (ties by name), and is no driver now.
+    shock = [("negative", f"battery drains {k}, aldo quist") for k in range(200)]
+    posts = _steady_then(shock)
+    found = privacy.find
+    read: list[str] = []
+
+    def find(text):
+        read.append(text)
+        name = text.find("aldo quist")
+        extra = [privacy.Span(name, name + 10, "HANDLE")] if name >= 0 else []
+        return sorted(found(text) + extra, key=lambda s: s.start)
+
+    _, before = _trend_run(tmp_path / "raw.duckdb", posts, ["A"] * len(posts))
+    assert [r["term"] for r in before][:2] == ["aldo quist", "battery drains"]
+    monkeypatch.setattr(privacy, "find", find)
+    _, rows = _trend_run(tmp_path / "found.duckdb", posts, ["A"] * len(posts))
+    terms = [r["term"] for r in rows]
+    assert terms[0] == "battery drains" and rows[0]["rank"] == 1
+    assert not [t for t in terms if {"aldo", "quist"} & set(t.split())], terms
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    # the cost is bounded by the terms kept, not the bucket's texts: each checked term
+    # reads at most FIND_CAP texts (the shift's most confident first), only ones that
+    # may hold personal data (here: a digit), and only from the flagged week
+    checked = [t for t in read if t]
+    assert checked and set(checked) <= {text for _, text in shock}
+    assert len(checked) <= FIND_CAP * (len(before) + 1) < len(shock) * 2
+    assert len(set(checked)) < len(shock)
 
 
 def _terms(con: duckdb.DuckDBPyConnection, texts: list[str], patterns: bool) -> list[set[str]]:

@@ -14,20 +14,29 @@ How a driver is found, all inside DuckDB (regexp_extract_all, list lambdas, GROU
   one-character tokens; bigrams are adjacent tokens in the original text where neither is
   a stopword, so "not working" and "class action" survive but "the recall" does not.
 - Personal data never makes a term, nor a piece of one (the report prints the terms, the
-  table keeps them): every text of a flagged bucket that may hold any (an @, a digit, a
-  dot before a letter; every kind `marketpulse.privacy.find` looks for needs one) goes
-  through `privacy.find`, as the report's examples go through `privacy.mask`; then every
-  text read, of the whole history too, goes through RE2 patterns (`personal_patterns`:
-  e-mails, URLs, host names with presidio's top-level domains, @handles, IBANs, runs of 6
-  or more digits with separators) that caught all privacy.find catches on its labeled set
-  (tests/data/pii_set.jsonl) and more: dates, long decimals, ids. Each span becomes `<>`,
-  punctuation to the tokenizer, so it is no term and no bigram spans it; a placeholder
-  such as `<EMAIL>` would have left the word "email". privacy.find costs ~0.3 ms a text
-  in Python, a single thread: over the whole history of the flagged groups (600,000 texts
-  of 1,000,000 tweets) it took 86 s against 11 s without masking, so it is kept to the
-  texts the terms come from, and the patterns, the same over every text, keep the counts
-  compared with each other alike (masking only the flagged buckets made their texts
-  shorter than the window's, and 23 more terms looked over-represented).
+  table keeps them). Every text read, of the whole history too, that may hold any (an @, a
+  digit, a dot before a letter: every kind `marketpulse.privacy.find` looks for needs one)
+  goes through RE2 patterns (`personal_patterns`: e-mails, URLs, host names with
+  presidio's top-level domains, @handles, IBANs, runs of 6 or more digits with separators)
+  that caught all privacy.find catches on its labeled set (tests/data/pii_set.jsonl) and
+  more: dates, long decimals, ids. Each span becomes `<>`, punctuation to the tokenizer,
+  so it is no term and no bigram spans it; a placeholder such as `<EMAIL>` would have left
+  the word "email". privacy.find itself (~0.3 ms a text in Python, one thread) runs after
+  the terms are chosen, as a check: for each bucket's top `top_words` terms, on the
+  bucket's distinct texts that hold the term and may hold personal data, at most FIND_CAP
+  (50) of them, the shift's most confident first (the examples), then a fixed
+  pseudo-random order. A term that privacy.find takes out of any of them (the term is
+  among the text's terms read through the patterns, not once privacy.find's spans are
+  marked too) is dropped and the next candidate takes its place (of 2 x `top_words` kept
+  in rank order; past them a bucket has fewer drivers). Cost: at most `top_words` x
+  FIND_CAP texts a flagged bucket (and as many again for each replaced term), whatever its
+  size: run over every candidate text of the flagged buckets it took ~0.3 ms a text (a
+  flagged week of 50,000 texts with digits and URLs: 71 s, against 1.2 s now). The
+  trade-off: a term is checked on a sample once more than FIND_CAP of its texts may hold
+  personal data, so a piece privacy.find alone finds (none on the labeled sets) in only
+  a few of a common term's thousands of texts is missed; such a term owes its counts to
+  its other texts. A piece repeated in the term's texts, as a shock week's pasted contact
+  details are, is in the sample and the term dropped.
 - A term counts once per text (`n_*` are numbers of texts), so one post repeating a word
   cannot make it a driver, and the counts read as "posts mentioning it".
 - Terms found in fewer than `min_count` texts of the group's whole history are dropped.
@@ -134,15 +143,22 @@ STOPWORDS = tuple(
     when where which while who whom why will with would you you're your yours yourself
     yourselves""".split()
 )
-# Personal data (see the docstring): a text that may hold any (an @, a digit or a dot
-# before a letter, which every kind privacy.find looks for needs) goes through privacy.find
-# in a flagged bucket; the RE2 patterns of `personal_patterns`, one per kind below, go over
-# every text. Each span becomes MARK, punctuation to TOKEN_PATTERN.
+# Personal data (see the docstring): the RE2 patterns of `personal_patterns`, one per kind
+# below, go over every text that may hold any (an @, a digit or a dot before a letter,
+# which every kind privacy.find looks for needs); privacy.find checks the chosen terms on
+# such texts. Each span becomes MARK, punctuation to TOKEN_PATTERN.
 MAYBE_PERSONAL = r"[@\p{Nd}]|\.\p{L}"
 PERSONAL_KINDS = ("EMAIL", "URL", "HOST", "HANDLE", "IBAN", "NUMBER")
 MARK = "<>"
 NO_MATCH = r"\b\B"  # the patterns bound when no bucket is flagged (no text is read)
-_MARK_FUNCTION = "_marketpulse_mark_personal"
+# privacy.find is run after the terms are chosen, on at most FIND_CAP texts of each kept
+# term (see the module's docstring); the query's working tables, dropped when it is done
+FIND_CAP = 50
+_FLAGGED = "_marketpulse_driver_flags"
+_DOCS = "_marketpulse_driver_docs"
+_CANDIDATES = "_marketpulse_driver_candidates"
+_DROPPED = "_marketpulse_driver_dropped"
+_TEMP_TABLES = (_DROPPED, _CANDIDATES, _DOCS, _FLAGGED)
 
 
 def write_drivers(
@@ -211,12 +227,77 @@ def write_drivers(
     patterns = personal_patterns() if flagged else (NO_MATCH,) * len(PERSONAL_KINDS)
     params["maybe_personal"] = MAYBE_PERSONAL
     params.update({f"personal_{k}": pattern for k, pattern in enumerate(patterns)})
-    con.create_function(_MARK_FUNCTION, _mark_found, ["VARCHAR"], "VARCHAR", type="arrow")
+
+    def run(name: str, extra: dict | None = None) -> None:
+        bound = {**params, **(extra or {})}
+        con.execute(
+            sql[name], {k: v for k, v in bound.items() if re.search(rf"\${k}\b", sql[name])}
+        )
+
     try:
-        con.execute(sql, params)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_DROPPED} (_flag BIGINT, term VARCHAR)")
+        for name in ("flags", "docs", "candidates"):
+            run(name)
+        if flagged:
+            _check_found(con, params, top_words)
+        run("table")
     finally:
-        con.remove_function(_MARK_FUNCTION)
+        for table in _TEMP_TABLES:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     return con.execute(f"SELECT count(*) FROM {quote_ident(drivers_table)}").fetchone()[0]
+
+
+def _check_found(con: duckdb.DuckDBPyConnection, params: dict, top_words: int) -> None:
+    """Fill the working table of dropped terms, (flag, term): the candidates that
+    `privacy.find` takes out of a text that holds them: each bucket's top `top_words` candidates not yet dropped are checked, in
+    rounds, until the top holds no unchecked term (a dropped term's place goes to the next
+    candidate, checked in the next round). A term's texts checked: the bucket's distinct
+    texts that hold it and may hold personal data, at most FIND_CAP, its examples (the
+    shift's label, the most confident) first, the rest in a fixed pseudo-random order."""
+    checked: set = set()
+    while True:
+        top = con.execute(
+            f"""SELECT _flag, term FROM {_CANDIDATES} AS c
+            WHERE NOT EXISTS (SELECT 1 FROM {_DROPPED} AS x WHERE x._flag = c._flag AND x.term = c.term)
+            QUALIFY row_number() OVER (PARTITION BY _flag ORDER BY _cand) <= $top_words""",
+            {"top_words": top_words},
+        ).fetchall()
+        new = [pair for pair in top if pair not in checked]
+        if not new:
+            return
+        checked.update(new)
+        f, t = zip(*new, strict=True)
+        rows = con.execute(
+            f"""SELECT c._flag, c.term, d._text
+            FROM (SELECT unnest($f) AS _flag, unnest($t) AS term) AS c
+            JOIN {_FLAGGED} AS fl ON fl._flag = c._flag
+            JOIN {_DOCS} AS d ON d._flag = c._flag AND list_contains(d._terms, c.term)
+            WHERE regexp_matches(d._text, $maybe_personal)
+            QUALIFY row_number() OVER (
+                PARTITION BY c._flag, c.term
+                ORDER BY list_contains(fl._dir_labels, d._label) DESC,
+                         CASE WHEN list_contains(fl._dir_labels, d._label)
+                              THEN d._confidence END DESC NULLS LAST,
+                         hash(d._text), d._id) <= $cap""",
+            {"f": list(f), "t": list(t), "maybe_personal": MAYBE_PERSONAL, "cap": FIND_CAP},
+        ).fetchall()
+        texts = sorted({text for _, _, text in rows})
+        marked = {text: m for text in texts if (m := mark_personal(text)) != text}
+        if not marked:
+            continue
+        # the terms of the marked texts, read as the query reads every text (the patterns)
+        left = dict(
+            con.execute(
+                f"""SELECT _text, _terms FROM {_terms_of(
+                        f"(SELECT unnest($t) AS _text, {_replace_personal('unnest($m)')} AS _words)")}""",
+                {"t": list(marked), "m": list(marked.values()),
+                 **{k: v for k, v in params.items()
+                    if k.startswith("personal_") or k in ("pattern", "word", "stop", "negations")}},
+            ).fetchall()
+        )  # fmt: skip
+        dropped = {(f, t) for f, t, text in rows if text in left and t not in left[text]}
+        if dropped:
+            con.executemany(f"INSERT INTO {_DROPPED} VALUES (?, ?)", sorted(dropped))
 
 
 def mark_personal(text: str | None) -> str | None:
@@ -232,13 +313,6 @@ def mark_personal(text: str | None) -> str | None:
         out += [text[last : span.start], MARK]
         last = span.end
     return "".join([*out, text[last:]])
-
-
-def _mark_found(texts):
-    """`mark_personal` over a DuckDB vector (an Arrow array of texts)."""
-    import pyarrow as pa
-
-    return pa.array([mark_personal(t) for t in texts.to_pylist()], pa.string())
 
 
 def personal_patterns() -> tuple[str, ...]:
@@ -344,8 +418,10 @@ def drivers_sql(
     grain: str,
     window: int,
     view: str,
-) -> str:
-    """CREATE OR REPLACE TABLE for the drivers; named parameters as `write_drivers` binds."""
+) -> dict[str, str]:
+    """The statements `write_drivers` runs, in order: "flags", "docs", "candidates" (working
+    tables), then "table", the drivers table; named parameters as `write_drivers` binds
+    (`$dropped_*`: the (flag, term) pairs privacy.find took out, see `_check_found`)."""
     groups = [quote_ident(c) for c in by]
 
     def same_group(a: str, b: str) -> str:
@@ -362,9 +438,10 @@ def drivers_sql(
     # The same bucket as queries.trend_table_sql gives each row.
     bucket = bucket_sql(grain, f"src.{quote_ident(time_col)}")
     g_exists = f"WHERE true{same_group('f', 'src')}"
-    return f"""
-CREATE OR REPLACE TABLE {quote_ident(drivers_table)} AS
-WITH flags AS (
+    return {
+        "flags": f"""
+CREATE OR REPLACE TEMP TABLE {_FLAGGED} AS
+SELECT *, row_number() OVER () AS _flag FROM (
     SELECT {g_list}bucket,
            CASE WHEN z_score < 0 THEN 'negative' ELSE 'positive' END AS direction,
            CASE WHEN z_score < 0 THEN $neg ELSE $pos END AS _dir_labels,
@@ -377,13 +454,11 @@ WITH flags AS (
            volume AS _volume
     FROM {quote_ident(trend_table)}
     WHERE is_shift
-),
-window_buckets AS (
-    -- the window's buckets before each flagged one, as equi-join keys
-    SELECT {g_list}bucket,
-           CAST(bucket - {steps_sql(grain, f"unnest(range(1, {int(window) + 1}))")} AS DATE) AS _before
-    FROM flags
-),
+)
+""",
+        "docs": f"""
+CREATE OR REPLACE TEMP TABLE {_DOCS} AS
+WITH flags AS (SELECT * FROM {_FLAGGED}),
 scored_texts AS (
     -- scored texts of the groups that have a flagged bucket
     SELECT {cols("src")}{bucket} AS bucket,
@@ -395,32 +470,33 @@ scored_texts AS (
       AND src.{quote_ident(text_col)} IS NOT NULL
       AND EXISTS (SELECT 1 FROM flags AS f {g_exists})
 ),
-found AS MATERIALIZED (
-    -- the flagged buckets' texts that may hold personal data (an @, a digit, a dot before
-    -- a letter: every kind needs one), each once, with what privacy.find finds marked: a
-    -- Python function, the costly part, so not over the whole history
-    SELECT _text, {_MARK_FUNCTION}(_text) AS _found
-    FROM (SELECT DISTINCT s._text
-          FROM scored_texts AS s
-          JOIN flags AS f ON f.bucket = s.bucket{same_group("f", "s")}
-          WHERE regexp_matches(s._text, $maybe_personal))
-),
-docs AS MATERIALIZED (
+docs AS (
     -- _words, what the terms are counted from: the RE2 patterns over every text that may
-    -- hold personal data, after privacy.find where it went through it
-    SELECT s.*,
+    -- hold personal data (privacy.find comes after the terms are chosen: _check_found)
+    SELECT s.*, f._flag,
            CASE WHEN regexp_matches(s._text, $maybe_personal)
-                THEN {_replace_personal("coalesce(m._found, s._text)")}
+                THEN {_replace_personal("s._text")}
                 ELSE s._text END AS _words
     FROM scored_texts AS s
-    LEFT JOIN found AS m ON m._text = s._text
+    LEFT JOIN flags AS f ON f.bucket = s.bucket{same_group("f", "s")}
+)
+SELECT * EXCLUDE (_t) FROM {_terms_of("docs")}
+""",
+        "candidates": f"""
+CREATE OR REPLACE TEMP TABLE {_CANDIDATES} AS
+WITH flags AS (SELECT * FROM {_FLAGGED}),
+window_buckets AS (
+    -- the window's buckets before each flagged one, as equi-join keys
+    SELECT {g_list}bucket,
+           CAST(bucket - {steps_sql(grain, f"unnest(range(1, {int(window) + 1}))")} AS DATE) AS _before
+    FROM flags
 ),
 cell AS MATERIALIZED (
     -- texts per group x bucket x term, and how many carry each direction's label
     SELECT {g_list}bucket, term, count(*) AS _n,
            count(*) FILTER (WHERE list_contains($pos, _label)) AS _n_pos,
            count(*) FILTER (WHERE list_contains($neg, _label)) AS _n_neg
-    FROM (SELECT {g_list}bucket, _label, unnest(_terms) AS term FROM {_terms_of("docs")})
+    FROM (SELECT {g_list}bucket, _label, unnest(_terms) AS term FROM {_DOCS})
     GROUP BY ALL
 ),
 vocab AS (
@@ -433,7 +509,7 @@ vocab_total AS (
     SELECT {g_list}sum(_c) AS _c_total FROM vocab GROUP BY ALL
 ),
 inside AS (
-    SELECT {cols("f")}f.bucket, f.direction, c.term, c._n AS _y_i,
+    SELECT {cols("f")}f.bucket, f._flag, f.direction, c.term, c._n AS _y_i,
            CASE WHEN f.direction = 'negative' THEN c._n_neg ELSE c._n_pos END AS _n_dir,
            CASE WHEN f.direction = 'negative' THEN c._n_pos ELSE c._n_neg END AS _n_opp,
            -- C / D: the term's v texts, of net index x = (_n_pos - _n_neg) / v, account
@@ -491,16 +567,29 @@ phrased AS (
     )
 ),
 ranked AS (
+    -- candidates in rank order (_cand): the top $top_words of them not dropped by
+    -- privacy.find are the drivers; twice as many are kept for the dropped ones' places
     SELECT *, row_number() OVER (
-               PARTITION BY {flag_key} ORDER BY z DESC, share_of_shift DESC, term) AS rank
+               PARTITION BY {flag_key} ORDER BY z DESC, share_of_shift DESC, term) AS _cand
     FROM phrased
+    QUALIFY _cand <= 2 * $top_words
+)
+SELECT * FROM ranked
+""",
+        "table": f"""
+CREATE OR REPLACE TABLE {quote_ident(drivers_table)} AS
+WITH flags AS (SELECT * FROM {_FLAGGED}),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY _flag ORDER BY _cand) AS rank
+    FROM {_CANDIDATES} AS c
+    WHERE NOT EXISTS (SELECT 1 FROM {_DROPPED} AS x WHERE x._flag = c._flag AND x.term = c.term)
     QUALIFY rank <= $top_words
 ),
 candidates AS (
-    -- texts of the flagged buckets that carry the shift's label, tokenized again (few)
+    -- texts of the flagged buckets that carry the shift's label
     SELECT d.*
-    FROM docs AS d
-    JOIN flags AS f ON f.bucket = d.bucket AND list_contains(f._dir_labels, d._label){same_group("f", "d")}
+    FROM {_DOCS} AS d
+    JOIN flags AS f ON f._flag = d._flag AND list_contains(f._dir_labels, d._label)
 ),
 example_texts AS (
     -- one row per distinct text: the demo and real feeds repeat texts
@@ -508,7 +597,7 @@ example_texts AS (
     FROM ranked AS r
     JOIN (
         SELECT {g_list}bucket, _text, _id, _confidence, unnest(_terms) AS term
-        FROM {_terms_of("candidates")}
+        FROM candidates
     ) AS c ON c.bucket = r.bucket AND c.term = r.term{same_group("c", "r")}
     QUALIFY row_number() OVER (
         PARTITION BY {key("r")}, r.term, c._text ORDER BY c._confidence DESC, c._id) = 1
@@ -530,4 +619,5 @@ SELECT {cols("r")}r.bucket, r.direction, CAST(r.rank AS INTEGER) AS rank, r.term
 FROM ranked AS r
 LEFT JOIN examples AS e ON e.bucket = r.bucket AND e.term = r.term{same_group("e", "r")}
 ORDER BY {cols("r")}r.bucket, r.rank
-"""
+""",
+    }
