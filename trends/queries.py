@@ -67,11 +67,12 @@ SPREAD_FLOOR = 0.5
 RARE_EXPECTED = 5
 # That tail is summed exactly over at most this many counts (lgamma terms): where a count
 # and its complement are both larger (a busy bucket's common side: 5,000 positive posts of
-# 10,000 were 5,000 terms in every row) it is the normal approximation of the same
-# beta-binomial (its mean and variance, continuity-corrected). Against scipy's exact tails
-# past 500 both ways, for tails of 0.001-0.5: x0.64-1.44 where the trailing window holds at
-# least one bucket's volume (x0.78-1.25 at eight), x0.16-2.4 for a bucket ten times the
-# window's volume, the most the rare-side condition allows (`volume x share < 5`).
+# 10,000 were 5,000 terms in every row) it is the small tail's first this many terms from
+# the count outwards, plus a bound on the rest (`beta_binomial_tail_sql`): never below the
+# exact tail, and within 1e-6 of it where the beta-binomial's sd is under ~150 (n = 15,000
+# at a 10% share and a trailing window of 1,500 posts: sd 122); x1.0-1.15 above it for
+# tails of 0.001-0.1 at an sd of 1,700 (10 million posts a bucket). The normal
+# approximation used before was x0.51 at an exact tail of 0.001 in that skewed case.
 EXACT_TERMS = 500
 
 
@@ -263,32 +264,64 @@ def beta_binomial_tail_sql(k: str, n: str, a: str, b: str, log_norm: str | None 
     other kind's.
 
     DuckDB has no incomplete beta function, so the probabilities are summed from lgamma,
-    over the shorter of the tail and its complement, where that is at most EXACT_TERMS
-    counts; where both are longer (k and n - k both over EXACT_TERMS), the normal
-    approximation at the distribution's mean and variance, continuity-corrected. No row
-    builds a list of more than EXACT_TERMS terms.
+    over the shorter of the tail and its complement where that is at most EXACT_TERMS
+    counts. Where both are longer (k and n - k both over EXACT_TERMS), the tail on the far
+    side of the mean from k is the small one, and its first EXACT_TERMS counts from k
+    (k, k + 1, ... above the mean; k - 1, k - 2, ... below it) hold nearly all of it, the
+    terms falling away from the mode: above the mean, P(K >= k) is that sum plus a bound
+    on the rest (`_beta_binomial_rest_sql`), below it 1 - the sum of P(K <= k - 1)'s
+    first terms. Both are at least the exact tail (a p-value too large, never too small)
+    and equal to it, to 1e-6, wherever the distribution's sd is small against
+    EXACT_TERMS (under ~150); where it is not (n of millions), the bound is loose by
+    about the normal tail's (sd / distance)^2 (x1.05-1.15 for tails of 0.01-0.1 at an
+    sd of 1,700). No row builds a list of more than EXACT_TERMS terms.
 
     `log_norm`, where given, names `beta_binomial_log_norm_sql(n, a, b)` computed once per
     row (a column): written out, its five lgamma calls would run for every term."""
     k, n, a, b = (f"({x})" for x in (k, n, a, b))
     norm = f"({log_norm})" if log_norm else beta_binomial_log_norm_sql(n, a, b)
-    log_pmf = (
-        f"{norm} - lgamma(_j + 1) - lgamma({n} - _j + 1)"
-        f" + lgamma(_j + {a}) + lgamma({n} - _j + {b})"
-    )
+
+    def pmf(j: str) -> str:
+        j = f"({j})"
+        return (
+            f"exp({norm} - lgamma({j} + 1) - lgamma({n} - {j} + 1)"
+            f" + lgamma({j} + {a}) + lgamma({n} - {j} + {b}))"
+        )
 
     def total(first: str, last: str) -> str:
-        return f"list_sum(list_transform(range({first}, {last} + 1), lambda _j: exp({log_pmf})))"
+        return f"list_sum(list_transform(range({first}, {last} + 1), lambda _j: {pmf('_j')}))"
 
     # in DOUBLE: a product of DECIMAL counts (`sum(...) + 0.5`) can overflow DECIMAL(38)
-    dn, da, db = (f"CAST({x} AS DOUBLE)" for x in (n, a, b))
-    mean = f"{dn} * {da} / ({da} + {db})"
-    var = f"{dn} * {da} * {db} * ({da} + {db} + {dn}) / (({da} + {db}) ** 2 * ({da} + {db} + 1))"
+    mean = f"CAST({n} AS DOUBLE) * {a} / ({a} + {b})"
+    last = f"{k} + {EXACT_TERMS - 1}"
     return (
         f"CASE WHEN {k} <= 0 THEN 1.0 WHEN {k} > {n} THEN 0.0 "
         f"WHEN {n} - {k} + 1 <= least({k}, {EXACT_TERMS}) THEN least({total(k, n)}, 1) "
         f"WHEN {k} <= {EXACT_TERMS} THEN greatest(1 - {total('0', f'{k} - 1')}, 0) "
-        f"ELSE {normal_upper_tail_sql(f'({k} - 0.5 - {mean}) / sqrt({var})')} END"
+        f"WHEN {k} - 1 >= {mean} THEN least({total(k, last)}"
+        f" + {_beta_binomial_rest_sql(f'{k} + {EXACT_TERMS}', n, a, b, pmf)}, 1) "
+        f"ELSE greatest(1 - {total(f'{k} - {EXACT_TERMS}', f'{k} - 1')}, 0) END"
+    )
+
+
+def _beta_binomial_rest_sql(first: str, n: str, a: str, b: str, pmf) -> str:
+    """SQL for an upper bound on P(K >= first), K ~ beta-binomial(n, a, b), from one term
+    (`first` <= n + 1; `pmf(j)`: the SQL of P(K = j)). The ratio of consecutive terms,
+    P(K = j + 1) / P(K = j) = (n - j) / (n - j - 1 + b) x (j + a) / (j + 1), is a product
+    of two factors each monotone in j, so for j in [first, n - 1] it is at most r, the
+    product of each factor's larger end; the rest is at most P(K = first) / (1 - r), a
+    geometric series. Where r >= 1 (a rising end, a or b under 1), the bound is 1."""
+    first = f"({first})"
+    j, last = f"CAST({first} AS DOUBLE)", f"(CAST({n} AS DOUBLE) - 1)"
+
+    def ratio(i: str) -> tuple[str, str]:
+        return f"({n} - {i}) / ({n} - {i} - 1 + {b})", f"({i} + {a}) / ({i} + 1)"
+
+    (f_first, g_first), (f_last, g_last) = ratio(j), ratio(last)
+    r = f"(greatest({f_first}, {f_last}) * greatest({g_first}, {g_last}))"
+    return (
+        f"CASE WHEN {first} > {n} THEN 0.0 WHEN {first} = {n} THEN {pmf(n)} "
+        f"WHEN {r} < 1 THEN {pmf(first)} / (1 - {r}) ELSE 1.0 END"
     )
 
 
@@ -301,18 +334,6 @@ def beta_binomial_log_norm_sql(n: str, a: str, b: str) -> str:
         f"(lgamma({n} + 1) - lgamma({n} + {a} + {b})"
         f" + lgamma({a} + {b}) - lgamma({a}) - lgamma({b}))"
     )
-
-
-def normal_upper_tail_sql(z: str) -> str:
-    """SQL for P(Z >= z) of a standard normal Z. DuckDB has no erf: this is erfc(|z| /
-    sqrt(2)) / 2 by the Chebyshev fit of Numerical Recipes' erfcc (relative error under
-    1.2e-7 at every z, so a far tail keeps its digits), mirrored for z < 0."""
-    x = f"(abs({z}) / sqrt(2))"
-    t = f"(1 / (1 + 0.5 * {x}))"
-    coefs = [-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
-             -1.13520398, 1.48851587, -0.82215223, 0.17087277]  # fmt: skip
-    half_erfc = f"0.5 * {t} * exp(-{x} * {x} + {_horner(coefs, t)})"
-    return f"CASE WHEN {z} >= 0 THEN {half_erfc} ELSE 1 - {half_erfc} END"
 
 
 def _horner(coefs: list[float], x: str) -> str:
@@ -493,8 +514,9 @@ exact_test AS (
     -- two: is_shift = p_value <= alpha still, and it needs both. Both sides' tails, the
     -- common one's too: with 1 for a side that is not rare, a fall of the positives at a
     -- brand without negatives (P(negatives >= 0) = 1) could never be flagged. The rare
-    -- side's tail is a short sum (its count, + 1 terms), the common side's is the normal
-    -- approximation where its sum would exceed {EXACT_TERMS} terms (`beta_binomial_tail_sql`).
+    -- side's tail is a short sum (its count, + 1 terms), the common side's is the
+    -- small tail's first {EXACT_TERMS} terms plus a bound on the rest where the shorter sum
+    -- would exceed {EXACT_TERMS} terms (`beta_binomial_tail_sql`).
     SELECT *,
            CASE WHEN _p_t IS NOT NULL
                      AND volume * least(_trail_pos, _trail_neg) < {RARE_EXPECTED} THEN
