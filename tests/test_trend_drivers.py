@@ -216,6 +216,8 @@ def test_rerun_replaces_rows(planted):
     con.close()
     assert types["examples"] == "VARCHAR[]" and types["example_ids"] == "BIGINT[]"
     assert types["bucket"] == "DATE" and types["rank"] == "INTEGER"
+    # counts are plain integers, not the HUGEINT sum() gives
+    assert {types[c] for c in ("n_bucket", "n_trailing", "n_direction")} == {"BIGINT"}
 
 
 def test_without_groups(tmp_path):

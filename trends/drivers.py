@@ -614,7 +614,8 @@ examples AS (
     GROUP BY ALL
 )
 SELECT {cols("r")}r.bucket, r.direction, CAST(r.rank AS INTEGER) AS rank, r.term,
-       r.z, r.share_of_shift, r._y_i AS n_bucket, r._y_j AS n_trailing, r._n_dir AS n_direction,
+       r.z, r.share_of_shift, CAST(r._y_i AS BIGINT) AS n_bucket,
+       CAST(r._y_j AS BIGINT) AS n_trailing, CAST(r._n_dir AS BIGINT) AS n_direction,
        e.examples, e.example_ids
 FROM ranked AS r
 LEFT JOIN examples AS e ON e.bucket = r.bucket AND e.term = r.term{same_group("e", "r")}
