@@ -349,9 +349,11 @@ def check_owners(con, cfg: TrendsConfig, names: list[str], database: queries.Dat
     for name, comment in (comments[ascii_fold(n)] for n in names if ascii_fold(n) in comments):
         if queries.same_source(comment, cfg.source, database) is False:
             other = comment[len(queries.SOURCE_NOTE) :]
-            full = "_".join(sanitize(p) for p in queries.source_parts(cfg.source, database))
-            alt = f"trend_{full}_{cfg.grain}"
-            alt = f"{names[0]}_2" if alt.lower() == names[0].lower() else alt
+            parts = queries.source_parts(cfg.source, database)
+            alt = f"trend_{'_'.join(queries.name_part(p) for p in parts)}_{cfg.grain}"
+            alt = f"{names[0]}_2" if ascii_fold(alt) == ascii_fold(names[0]) else alt
+            if not queries.is_plain_name(alt):  # --trend-table takes ASCII names only
+                alt = f"trend_source2_{cfg.grain}"
             raise MarketpulseError(
                 f"table {name} of {cfg.db} holds the trends of {other}, whose tables have the "
                 f"names that {cfg.source!r} derives; pass --trend-table {alt} (or another name) "

@@ -83,7 +83,16 @@ def latest_view_name(scores_table: str, database: Database | None = None) -> str
     parts = source_parts(scores_table, database)
     if len(parts) == 2 and ascii_fold(parts[0]) == "main":
         parts = parts[1:]
-    return "latest_" + "_".join(sanitize(p) for p in parts)
+    return "latest_" + "_".join(name_part(p) for p in parts)
+
+
+def name_part(part: str) -> str:
+    """One part of a table name trends derives from a table's (`<kind>_<source>_<grain>`,
+    `latest_<scores>`): A-Z lower-cased, any other letter or digit kept (`投稿`, `Börse`:
+    every such name is quoted), anything else `_`. An ASCII name gives what `sanitize`
+    gives (`My Posts`: my_posts), so those tables keep their names; label columns
+    (`n_<label>`) still go through `sanitize`."""
+    return re.sub(r"\W", "_", ascii_fold(part))
 
 
 def is_plain_name(name: str) -> bool:
@@ -142,7 +151,7 @@ def table_name(kind: str, source: str, grain: str, database: Database | None = N
     parts = source_parts(source, database)
     if len(parts) == 2 and ascii_fold(parts[0]) == "main":
         parts = parts[1:]
-    return f"{kind}_{'_'.join(sanitize(p) for p in parts)}_{grain}"
+    return f"{kind}_{'_'.join(name_part(p) for p in parts)}_{grain}"
 
 
 def trend_table_name(source: str, grain: str, database: Database | None = None) -> str:
