@@ -226,12 +226,12 @@ def run(cfg: ExportConfig) -> Bundle:
     sweep_dead_runs(out.parent, staging_prefix(out), log)  # those of killed runs
     sweep_dead_runs(temp, WORK_PREFIX, log)
     # owned folders, made under a name with ~ and renamed once their lock is held
-    with owned_folder(out.parent, staging_prefix(out), staging_prefix(out)[:-1] + "~") as owned:
+    with owned_folder(out.parent, staging_prefix(out)) as owned:
         staging = owned / "bundle"  # beside owner.lock, which is not the bundle's
         staging.mkdir()
         write_tokenizer(checkpoint, staging / TOKENIZER, max_length)
         with (
-            owned_folder(temp, WORK_PREFIX, WORK_PREFIX[:-1] + "~") as work,
+            owned_folder(temp, WORK_PREFIX) as work,
             _temp_folder(work / "tmp"),  # the libraries' temp files too (ORT's ort.quant.*)
         ):
             calibration = Calibration(staging / TOKENIZER, max_length, calibration_texts)

@@ -68,12 +68,14 @@ _UNREMOVED: set[Path] = set()
 
 
 @contextmanager
-def owned_folder(parent: Path, prefix: str, making_prefix: str) -> Iterator[Path]:
+def owned_folder(parent: Path, prefix: str, making_prefix: str | None = None) -> Iterator[Path]:
     """A new folder `parent/<prefix><random>` holding an `owner.lock` this process keeps
     flocked until the folder is removed (lock file last: `remove_owned`), at the end. It is
     made as `<making_prefix><random>` and renamed once locked, so a folder under `prefix`
     always has its lock file. A lock another process holds stops the run
     (MarketpulseError): that process could remove the folder while it is in use."""
+    if making_prefix is None:  # `.x.train-` is made as `.x.train~`
+        making_prefix = prefix[:-1] + "~"
     making = Path(tempfile.mkdtemp(prefix=making_prefix, dir=parent))
     path = making.with_name(prefix + making.name.removeprefix(making_prefix))
     names = (making, path)

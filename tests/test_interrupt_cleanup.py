@@ -487,7 +487,8 @@ def test_sigterm_raises_ignores_further_sigterms_once_the_cleanup_started():
     `sigterm_cleanup_started`) is not interrupted by another; the handler before is put
     back at the end, and the next block raises again."""
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated), sigterm_raises():
+    reached = False
+    with pytest.raises(Terminated) as caught, sigterm_raises():
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises at once
@@ -495,6 +496,9 @@ def test_sigterm_raises_ignores_further_sigterms_once_the_cleanup_started():
             sigterm_cleanup_started()
             os.kill(os.getpid(), signal.SIGTERM)  # ignored: this cleanup goes on
             time.sleep(0.1)
+            reached = True
+    # the cleanup ran to its end, and the Terminated is the first one, not a second
+    assert reached and caught.value.__context__ is None
     assert signal.getsignal(signal.SIGTERM) is before
     with pytest.raises(Terminated), sigterm_raises():
         os.kill(os.getpid(), signal.SIGTERM)

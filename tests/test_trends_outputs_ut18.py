@@ -283,6 +283,7 @@ def test_write_refuses_sql_with_its_own_transaction_before_anything_runs(db, sql
 def test_a_read_only_query_may_still_hold_its_own_transaction(db):
     result = _sql(db, "BEGIN; SELECT count(*) AS n FROM posts; COMMIT", "--csv")
     assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["n", str(sum(sum(c) for c in COUNTS.values()))]
 
 
 def test_write_says_the_file_and_its_folder_must_be_writable(db, monkeypatch):

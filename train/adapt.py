@@ -308,7 +308,7 @@ def run(cfg: AdaptConfig) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{out.name}.adapt-"  # an owned folder: a killed run's is removed by the next
     sweep_dead_runs(out.parent, prefix, lambda line: log(f"adapt: {line}"))
-    with owned_folder(out.parent, prefix, prefix[:-1] + "~") as owned:
+    with owned_folder(out.parent, prefix) as owned:
         tmp = owned / "checkpoint"  # beside owner.lock, which is not the checkpoint's
         tmp.mkdir()
         args = training_arguments(

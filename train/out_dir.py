@@ -52,7 +52,7 @@ def staged_out(out: Path) -> Iterator[Path]:
     prefix = staging_prefix(target)
     sweep_dead_runs(target.parent, prefix, lambda line: log(f"train: {line}"))
     # made as .<out>.train~*, renamed once locked: a .<out>.train-* always has its lock
-    with owned_folder(target.parent, prefix, prefix[:-1] + "~") as owned:
+    with owned_folder(target.parent, prefix) as owned:
         stage = owned / "checkpoint"  # beside owner.lock, which is not the checkpoint's
         stage.mkdir()
         yield stage

@@ -228,11 +228,8 @@ def write_drivers(
     params["maybe_personal"] = MAYBE_PERSONAL
     params.update({f"personal_{k}": pattern for k, pattern in enumerate(patterns)})
 
-    def run(name: str, extra: dict | None = None) -> None:
-        bound = {**params, **(extra or {})}
-        con.execute(
-            sql[name], {k: v for k, v in bound.items() if re.search(rf"\${k}\b", sql[name])}
-        )
+    def run(name: str) -> None:
+        con.execute(sql[name], _bind(sql[name], params))
 
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {_DROPPED} (_flag BIGINT, term VARCHAR)")
@@ -245,6 +242,11 @@ def write_drivers(
         for table in _TEMP_TABLES:
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return con.execute(f"SELECT count(*) FROM {quote_ident(drivers_table)}").fetchone()[0]
+
+
+def _bind(sql: str, params: dict) -> dict:
+    """The `params` that `sql` names ($name): DuckDB refuses unused named parameters."""
+    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
 
 
 def _check_found(con: duckdb.DuckDBPyConnection, params: dict, top_words: int) -> None:
@@ -286,15 +288,10 @@ def _check_found(con: duckdb.DuckDBPyConnection, params: dict, top_words: int) -
         if not marked:
             continue
         # the terms of the marked texts, read as the query reads every text (the patterns)
-        left = dict(
-            con.execute(
-                f"""SELECT _text, _terms FROM {_terms_of(
-                        f"(SELECT unnest($t) AS _text, {_replace_personal('unnest($m)')} AS _words)")}""",
-                {"t": list(marked), "m": list(marked.values()),
-                 **{k: v for k, v in params.items()
-                    if k.startswith("personal_") or k in ("pattern", "word", "stop", "negations")}},
-            ).fetchall()
-        )  # fmt: skip
+        words = f"(SELECT unnest($t) AS _text, {_replace_personal('unnest($m)')} AS _words)"
+        query = f"SELECT _text, _terms FROM {_terms_of(words)}"
+        bound = _bind(query, {**params, "t": list(marked), "m": list(marked.values())})
+        left = dict(con.execute(query, bound).fetchall())
         dropped = {(f, t) for f, t, text in rows if text in left and t not in left[text]}
         if dropped:
             con.executemany(f"INSERT INTO {_DROPPED} VALUES (?, ?)", sorted(dropped))
